@@ -1,0 +1,3 @@
+from convladder.cli import main
+
+main()
