@@ -1,7 +1,104 @@
-"""CLI commands of this area (filled in by the area's owner)."""
+"""CLI: `summary`, `check`, `models`."""
+
+from __future__ import annotations
+
+import json
+import re
 
 import typer
 
+from convladder.errors import UserError
+
+
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """'28x28x1' (H x W x C, as the notes write sizes) or '28x28' -> (C, H, W)."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*(?:x\s*(\d+))?\s*", text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise UserError(f"--input {text!r}: write height x width x channels, e.g. 28x28x1 or 224x224x3")
+    h, w, c = int(match.group(1)), int(match.group(2)), int(match.group(3) or 1)
+    return (c, h, w)
+
+
+def parse_budget(text: str | None) -> int | None:
+    """'20k', '15000', '1.2M' -> parameter count."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
+    if not match:
+        raise UserError(f"--budget {text!r}: write a parameter count such as 20k, 15000 or 1.2M")
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the app."""
+    """Add summary, check and models."""
+
+    @app.command()
+    def summary(
+        model: str = typer.Argument(..., help="registered name, spec file (.yaml/.txt) or spec text"),
+        input: str = typer.Option(None, "--input", "-i", help="input size HxWxC, e.g. 28x28x1 (default: the spec's)"),
+        budget: str = typer.Option(None, help="parameter budget for the checks, e.g. 20k"),
+        classes: int = typer.Option(10, help="number of classes the output must give"),
+        as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
+    ) -> None:
+        """The network table: sizes, receptive field, jump, parameters, MACs; design checks below it."""
+        from convladder.analysis.checks import run_checks
+        from convladder.analysis.render import make_console, print_findings, print_table
+        from convladder.analysis.table import summarize
+        from convladder.spec.registry import resolve_spec
+
+        spec = resolve_spec(model, parse_input_size(input) if input else None)
+        table = summarize(spec)
+        findings = run_checks(table, budget=parse_budget(budget), classes=classes)
+        if as_json:
+            data = table.to_dict()
+            data["findings"] = [f.__dict__ for f in findings]
+            typer.echo(json.dumps(data, indent=2))
+            return
+        console = make_console()
+        print_table(table, console, title=spec.name or None)
+        print_findings(findings, console)
+
+    @app.command()
+    def check(
+        model: str = typer.Argument(..., help="registered name, spec file or spec text"),
+        budget: str = typer.Option("20k", help="parameter budget, e.g. 20k (the lesson's target)"),
+        input: str = typer.Option(None, "--input", "-i", help="input size HxWxC"),
+        classes: int = typer.Option(10, help="number of classes"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Design checks from the notes. Exits 1 when a check finds an error (e.g. over budget)."""
+        from convladder.analysis.checks import run_checks
+        from convladder.analysis.render import make_console, print_findings
+        from convladder.analysis.table import summarize
+        from convladder.spec.registry import resolve_spec
+
+        spec = resolve_spec(model, parse_input_size(input) if input else None)
+        findings = run_checks(summarize(spec), budget=parse_budget(budget), classes=classes)
+        if as_json:
+            typer.echo(json.dumps([f.__dict__ for f in findings], indent=2))
+        else:
+            print_findings(findings, make_console())
+        if any(f.severity == "error" for f in findings):
+            raise typer.Exit(1)
+
+    @app.command()
+    def models(as_json: bool = typer.Option(False, "--json")) -> None:
+        """The registered networks with their parameter counts."""
+        from rich.table import Table
+
+        from convladder.analysis.render import make_console
+        from convladder.spec.registry import list_models
+
+        entries = list_models()
+        if as_json:
+            typer.echo(json.dumps({name: {"params": e.params, "description": e.description, "input": list(e.input_shape),
+                                          "spec": e.text} for name, e in entries.items()}, indent=2))
+            return
+        table = Table(header_style="bold")
+        for col in ("name", "params", "input", "description"):
+            table.add_column(col, justify="right" if col == "params" else "left")
+        for name, e in entries.items():
+            c, h, w = e.input_shape
+            table.add_row(name, f"{e.params:,}", f"{h}x{w}x{c}", e.description)
+        make_console().print(table)

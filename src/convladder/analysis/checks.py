@@ -1,0 +1,174 @@
+"""Design checks from the class notes.
+
+Each rule is data: an id, a severity, the note it comes from (quoted), a
+suggestion, and a function that finds the layers breaking it. Add a rule by
+appending to RULES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from convladder.analysis.table import LayerRow, NetworkTable
+
+OUTPUT_KINDS = {"softmax", "logsoftmax"}
+WEIGHT_KINDS = ("conv", "fc")
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str  # error | warning | info
+    layer: str | None  # qualified layer name, or None for the whole network
+    message: str
+    why: str
+    suggestion: str
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    table: NetworkTable
+    budget: int | None
+    classes: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    severity: str
+    why: str  # quoted from the notes
+    suggestion: str
+    find: Callable[[CheckContext], Iterator[tuple[str | None, str]]]  # yields (layer, message)
+
+
+def _is_weight(row: LayerRow) -> bool:
+    return row.kind.startswith(WEIGHT_KINDS)
+
+
+def _last_weight_index(rows: list[LayerRow]) -> int | None:
+    for i in range(len(rows) - 1, -1, -1):
+        if _is_weight(rows[i]):
+            return i
+    return None
+
+
+def _maxpool_near_output(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    rows = ctx.table.layers
+    for i, row in enumerate(rows):
+        if row.kind.startswith("maxpool"):
+            after = sum(1 for r in rows[i + 1 :] if _is_weight(r))
+            if after < 2:
+                yield row.name, f"max-pool with only {after} weight layer(s) after it, right before the output"
+
+
+def _fc_2d_to_1d(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    rows = ctx.table.layers
+    for i, row in enumerate(rows):
+        if row.kind == "flatten" and len(row.input) == 3 and row.input[1] * row.input[2] > 1:
+            dense = next((r for r in rows[i + 1 :] if r.kind == "fc"), None)
+            if dense is not None:
+                c, h, w = row.input
+                yield dense.name, (f"fully connected layer reads a flattened {h}x{w}x{c} map "
+                                   f"({dense.params:,} parameters, {dense.share:.0%} of the network)")
+
+
+def _extras_on_last_layer(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    rows = ctx.table.layers
+    last = _last_weight_index(rows)
+    if last is None:
+        return
+    for row in rows[last + 1 :]:
+        if row.kind == "bn" or row.kind == "dropout" or row.kind in {
+            "relu", "leakyrelu", "prelu", "elu", "selu", "tanh", "sigmoid", "silu", "gelu", "relu6"
+        }:
+            yield row.name, f"{row.kind} after the last weight layer ({rows[last].name}), before the output"
+
+
+def _bias_before_bn(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    rows = ctx.table.layers
+    for row, nxt in zip(rows, rows[1:]):
+        if row.bias and nxt.kind == "bn":
+            yield row.name, f"bias of {row.output[0]} values right before batch norm, which subtracts the mean and so cancels it"
+
+
+def _budget(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    if ctx.budget is not None and ctx.table.total_params > ctx.budget:
+        yield None, f"{ctx.table.total_params:,} parameters, over the budget of {ctx.budget:,}"
+
+
+def _rf_smaller_than_input(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    row = ctx.table.reduction_row()
+    size = max(ctx.table.input[1], ctx.table.input[2])
+    if row is not None and row.rf is not None and row.rf < size:
+        yield row.name, (f"each value of {row.name}'s {row.output[1]}x{row.output[2]} output sees {row.rf}x{row.rf} px "
+                         f"of the {size}x{size} input, and that is what the output layer reads")
+
+
+def _pool3(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    for row in ctx.table.layers:
+        if row.kind in ("maxpool3x3", "avgpool3x3"):
+            yield row.name, f"{row.kind}: a 3x3 pool keeps 4 of 36 values on a 6x6 map (9%), a 2x2 keeps 9 (25%)"
+        elif "/3" in row.op:
+            yield row.name, f"{row.kind} with stride 3"
+
+
+def _classes(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    out = ctx.table.output
+    n = out[0] if len(out) == 1 or (len(out) == 3 and out[1] * out[2] == 1) else None
+    if n is None:
+        yield None, f"the output is a {out[1]}x{out[2]}x{out[0]} map, not one score per class"
+    elif n != ctx.classes:
+        yield None, f"the output has {n} values but the data set has {ctx.classes} classes"
+
+
+def _sigmoid(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    for row in ctx.table.layers:
+        if row.kind == "sigmoid":
+            yield row.name, "sigmoid squeezes activations into (0, 1) and its gradient vanishes"
+
+
+RULES: list[Rule] = [
+    Rule("maxpool-near-output", "warning",
+         "\"When we are close to output, no need for MP.\" / \"Don't use MP near to last layer\"",
+         "move the max-pool earlier (after the first block of 3x3 convolutions) and let convolutions finish the job",
+         _maxpool_near_output),
+    Rule("fc-2d-to-1d", "warning",
+         "\"Do not use FC for converting 2D to 1D\" — \"FC uses extremely large no of parameters\" and "
+         "\"In FC, spatial information is lost\"",
+         "reduce the map to 1x1 with global average pooling (gap), then a 1x1 convolution to the classes",
+         _fc_2d_to_1d),
+    Rule("last-layer-extras", "warning",
+         "\"Add BN after every layer except last layer\"; \"Add small values of dropout at every layer except the last one\"",
+         "end with the last convolution (or fc) straight into softmax",
+         _extras_on_last_layer),
+    Rule("bias-before-bn", "info",
+         "BN normalises each channel (\"Mu : Shift\"), so a bias just before it is subtracted away",
+         "write bias=false on layers followed by bn (the course assignment: no bias)",
+         _bias_before_bn),
+    Rule("budget", "error", "\"Target is under 20K parameters\"",
+         "use fewer channels (e.g. 16/32 -> 10/20), 1x1 merges after pooling, and gap instead of a big last kernel",
+         _budget),
+    Rule("rf-smaller-than-input", "warning",
+         "every output should see the whole object: the receptive field at the output should reach the input size",
+         "add a 3x3 convolution, or a max-pool earlier, so the last map's receptive field covers the image",
+         _rf_smaller_than_input),
+    Rule("pool-3x3", "warning",
+         "\"On MP with 3x3 ... Reduction by 4/36 ~ 9%\"; \"Never saw MP with stride of 3.\"",
+         "use 2x2 max-pooling with stride 2", _pool3),
+    Rule("output-classes", "error", "\"Last layer won't be a Transition block, it'll be output layer\" with one value per class",
+         "end with gap and a 1x1 convolution (or a kernel the size of the map) to as many channels as classes",
+         _classes),
+    Rule("sigmoid", "info", "\"Never going to use Sigmoid\"", "use ReLU (or LeakyReLU)", _sigmoid),
+]
+
+
+def run_checks(table: NetworkTable, budget: int | None = None, classes: int = 10,
+               rules: list[Rule] | None = None) -> list[Finding]:
+    """Every finding of every rule, in rule order."""
+    ctx = CheckContext(table, budget, classes)
+    return [
+        Finding(rule.id, rule.severity, layer, message, rule.why, rule.suggestion)
+        for rule in (rules if rules is not None else RULES)
+        for layer, message in rule.find(ctx)
+    ]

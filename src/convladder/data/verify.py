@@ -1,0 +1,82 @@
+"""Content checks: shapes and counts for any data set, pinned sha256 for the built-in ones."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from convladder.data import catalog
+from convladder.errors import UserError
+
+
+def array_sha256(arr: np.ndarray) -> str:
+    """sha256 of the array's raw C-order bytes (labels are hashed as uint8)."""
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def placement_hint(name: str) -> str:
+    """How to supply the files by hand (used at the end of error messages)."""
+    from convladder.paths import data_dir
+
+    files = ", ".join(f"{f}.gz" for f in catalog.FILES.values())
+    return (
+        f"or place the four IDX files ({files}) in {data_dir() / name}/, "
+        f"or run `convladder data fetch {name} --from FOLDER_OR_NPZ`"
+    )
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], where: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Validate shapes, dtypes and counts; return uint8 images and uint8 labels.
+
+    `where` maps each key to the file (or description) named in error messages.
+    """
+    out: dict[str, np.ndarray] = {}
+    for key in catalog.KEYS:
+        if key not in arrays:
+            raise UserError(f"{where.get(key, key)}: missing {key}")
+        arr = np.asarray(arrays[key])
+        if arr.dtype.kind not in "ui":
+            raise UserError(
+                f"{where[key]}: {key} has dtype {arr.dtype}; expected integers "
+                "(uint8 pixels 0..255, integer labels)"
+            )
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise UserError(f"{where[key]}: {key} values outside 0..255")
+        want = 3 if key.startswith("x") else 1
+        if key.startswith("x") and arr.ndim == 2 and arr.shape[1] == 784:
+            arr = arr.reshape(-1, 28, 28)  # flat 784-pixel rows, as some .npz files store them
+        if arr.ndim != want or len(arr) == 0:
+            shape = "(N, H, W)" if want == 3 else "(N,)"
+            raise UserError(f"{where[key]}: {key} has shape {arr.shape}; expected non-empty {shape}")
+        out[key] = arr.astype(np.uint8, copy=False)
+    for split in ("train", "test"):
+        x, y = out[f"x_{split}"], out[f"y_{split}"]
+        if len(x) != len(y):
+            raise UserError(
+                f"{where[f'x_{split}']} has {len(x)} images but {where[f'y_{split}']} has {len(y)} "
+                "labels — the files do not belong together; replace them with a matching pair"
+            )
+    if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
+        raise UserError(
+            f"{where['x_test']}: test images are {out['x_test'].shape[1:]} but training images are "
+            f"{out['x_train'].shape[1:]}"
+        )
+    return out
+
+
+def verify_hashes(name: str, arrays: Mapping[str, np.ndarray], where: Mapping[str, str]) -> dict[str, str]:
+    """Check the pinned sha256 of each array (when `name` is pinned); return the computed hashes."""
+    pinned = catalog.PINNED_SHA256.get(name)
+    got = {key: array_sha256(arrays[key]) for key in catalog.KEYS}
+    if pinned is None:
+        return got
+    for key in catalog.KEYS:
+        if got[key] != pinned[key]:
+            raise UserError(
+                f"{where[key]}: content does not match {name} ({key} sha256 {got[key][:12]}…, "
+                f"expected {pinned[key][:12]}…) — the file is corrupt or from another data set; "
+                f"delete it and run `convladder data fetch {name} --force`, {placement_hint(name)}"
+            )
+    return got

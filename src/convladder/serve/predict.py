@@ -1,0 +1,147 @@
+"""Load a trained run and classify MNIST-form images with it, batched, on CPU."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from convladder.errors import UserError
+
+# Train-set statistics of the data sets a run may name, for runs that did not record their own.
+DATASET_STATS: dict[str, tuple[float, float]] = {"mnist": (0.1307, 0.3081)}
+DEFAULT_STATS = DATASET_STATS["mnist"]
+
+
+def _find_stats(*sources: dict[str, Any]) -> tuple[float, float] | None:
+    """The normalisation a run recorded: `data_mean`/`data_std` (or `mean`/`std`) in any of its JSON files."""
+    for src in sources:
+        for mean_key, std_key in (("data_mean", "data_std"), ("mean", "std")):
+            if isinstance(src.get(mean_key), (int, float)) and isinstance(src.get(std_key), (int, float)):
+                return float(src[mean_key]), float(src[std_key])
+        data = src.get("data")
+        if isinstance(data, dict):
+            found = _find_stats(data)
+            if found:
+                return found
+    return None
+
+
+@dataclass
+class LoadedRun:
+    """A run's network in eval mode plus what inference needs from its records."""
+
+    run_id: str
+    path: Path
+    model: nn.Module
+    mean: float
+    std: float
+    config: dict[str, Any]
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test_acc(self) -> float | None:
+        """The run's recorded final MNIST test accuracy (percent), if it finished."""
+        acc = (self.result.get("final") or {}).get("test_acc")
+        return float(acc) if isinstance(acc, (int, float)) else None
+
+
+def load_run(run: str, runs_root: Path | None = None, which: str = "final") -> LoadedRun:
+    """A run by id, unique id prefix or 'latest' in the run store (`--runs`/$CONVLADDER_RUNS/./runs)."""
+    from convladder.train.store import RunStore
+
+    store = RunStore(runs_root)
+    record = store.get(run)
+    model = store.load_model(record.id, which=which)
+    config = store.read_config(record.id)
+    extra: list[dict[str, Any]] = []
+    for name in ("result.json", "env.json"):
+        path = store.root / record.id / name
+        if path.is_file():
+            try:
+                extra.append(json.loads(path.read_text()))
+            except json.JSONDecodeError:
+                extra.append({})
+        else:
+            extra.append({})
+    result, env = extra
+    stats = _find_stats(config, env, result) or DATASET_STATS.get(str(config.get("dataset", "mnist")), DEFAULT_STATS)
+    return LoadedRun(record.id, store.root / record.id, model.eval(), stats[0], stats[1], config, result)
+
+
+def to_unit(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """MNIST-form pixels (uint8 0..255, or float 0..1) -> float32 tensor (N, 1, 28, 28) in [0, 1]."""
+    x = torch.as_tensor(pixels)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    return x.reshape(x.shape[0], 1, *x.shape[-2:])
+
+
+class Predictor:
+    """Normalise and classify batches; always returns probabilities, whatever the spec's output layer."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float, batch_size: int = 8192):
+        self.model = model.eval()
+        self.mean, self.std, self.batch_size = float(mean), float(std), batch_size
+        # SpecNet.logits skips a trailing softmax/log-softmax; other modules are assumed to give logits.
+        self._logits = getattr(model, "logits", model)
+
+    @classmethod
+    def from_run(cls, run: LoadedRun) -> Predictor:
+        return cls(run.model, run.mean, run.std)
+
+    def logits(self, x01: torch.Tensor) -> torch.Tensor:
+        """x01: float (N, 1, 28, 28) in [0, 1]."""
+        with torch.inference_mode():
+            out = [self._logits((chunk - self.mean) / self.std) for chunk in x01.split(self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, 10)
+
+    def probs(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N, 28, 28) MNIST-form pixels -> (N, classes) probabilities (float32 numpy)."""
+        return torch.softmax(self.logits(to_unit(pixels)), dim=1).numpy()
+
+
+def top_k(probs: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """Per row, the k most probable (label, probability) pairs, best first."""
+    k = max(1, min(k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(int(c), float(p[c])) for c in row] for row, p in zip(order, probs)]
+
+
+def feature_maps(model: nn.Module, x: torch.Tensor, layers: int = 2) -> list[tuple[str, np.ndarray]]:
+    """What the first `layers` conv layers see: (name, (C, H, W) activations) for one input (1, 1, 28, 28).
+
+    Each conv's output is taken after the BN/activation that directly follow it, so the maps
+    show what the next layer receives (ReLU zeros included), not the raw filter response.
+    """
+    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda mod, _inp, out: calls.append((names[mod], mod, out)))
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            getattr(model, "logits", model)(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    followers = (nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.SiLU, nn.GELU, nn.Tanh, nn.Sigmoid)
+    maps: list[tuple[str, np.ndarray]] = []
+    for i, (name, module, _out) in enumerate(calls):
+        if not isinstance(module, nn.Conv2d):
+            continue
+        j = i
+        while j + 1 < len(calls) and isinstance(calls[j + 1][1], followers):
+            j += 1
+        maps.append((name, calls[j][2][0].float().numpy()))
+        if len(maps) == layers:
+            break
+    return maps
+
+
+def ensure_classes(probs: np.ndarray) -> None:
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise UserError(f"the network gives outputs of shape {tuple(probs.shape)}, not class scores")

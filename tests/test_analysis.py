@@ -1,0 +1,184 @@
+"""The network table against PyTorch itself: parameters, MACs (FlopCounterMode), RF (gradients)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from convladder.analysis.checks import RULES, run_checks
+from convladder.analysis.table import summarize
+from convladder.spec.build import build_module
+from convladder.spec.notation import parse_spec
+from convladder.spec.registry import get_spec, list_models
+
+# Every layer kind that changes the field, and the ones that must not.
+RF_SPECS = [
+    "conv3x3(4)",
+    "conv5x5(4, padding=2)",
+    "conv3x3(4, dilation=2)",
+    "conv3x3(4, stride=2) conv3x3(4)",
+    "conv3x3(4) maxpool2x2 conv3x3(4) conv1x1(4) conv3x3(4)",
+    "conv3x3(4) maxpool3x3(stride=2, padding=1) conv3x3(4)",
+    "conv3x3(4) avgpool2x2(stride=1) conv3x3(4, dilation=3)",
+    "conv3x3(4) maxpool3x3(stride=2, ceil_mode=true) conv3x3(4)",
+    "conv3x3(4) bn relu dropout(0.1) leakyrelu elu selu tanh sigmoid silu gelu prelu conv3x3(4)",
+    "conv7x7(4, stride=2, padding=3) maxpool3x3(stride=2, padding=1) conv3x3(4) conv3x3(4)",
+]
+
+
+def measured_rf(model: nn.Module, size: int) -> int:
+    """Receptive field of the centre output by gradients: positive weights, avg-pool for max-pool."""
+    model = model.eval()
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
+            if isinstance(child, nn.Dropout):
+                setattr(module, name, nn.Identity())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand_like(p) * 0.5 + 0.1)
+    x = torch.ones(1, 1, size, size, requires_grad=True)
+    out = model(x)
+    h, w = out.shape[2], out.shape[3]
+    out[0, :, h // 2, w // 2].sum().backward()
+    rows = (x.grad[0, 0].abs().sum(1) > 0).nonzero().flatten()
+    return int(rows.max() - rows.min() + 1)
+
+
+@pytest.mark.parametrize("text", RF_SPECS)
+def test_receptive_field_matches_gradient_measurement(text):
+    size = 97
+    spec = parse_spec(text).with_input((1, size, size))
+    table = summarize(spec)
+    model = build_module(spec)
+    assert measured_rf(model, size) == table.rf_out
+    for row in table.layers:
+        if row.kind in ("bn", "relu", "dropout", "tanh", "gelu") or row.kind.startswith("conv1x1"):
+            prev = table.layers[row.index - 1] if row.index else None
+            if prev is not None:
+                assert row.rf == prev.rf
+
+
+def test_gap_and_dense_after_flatten_cover_the_whole_input():
+    table = summarize(parse_spec("conv3x3(4, padding=1) maxpool2x2 conv3x3(4, padding=1) gap flatten fc(10)"))
+    assert table.rf_out >= 28
+    table = summarize(get_spec("pytorch-mnist"))
+    assert table.layers[-1].rf == 28
+
+
+def test_handout_rf_is_not_doubled_after_maxpool():
+    # The handout calls the field after conv-conv-conv-MP "22x22"; the recurrence says 8.
+    table = summarize(get_spec("eip4-3rd"))
+    pool = next(row for row in table.layers if row.kind == "maxpool2x2")
+    assert (pool.rf, pool.jump) == (8, 2)
+    assert [r.output for r in table.layers if r.kind.startswith("conv")][0] == [10, 26, 26]
+
+
+def flop_macs(model: nn.Module, shape: tuple[int, int, int]) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, *shape))
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("text", RF_SPECS + ["conv3x3(8) maxpool2x2 flatten fc(32) relu fc(10) softmax",
+                                             "conv3x3(8, groups=1) conv3x3(8, groups=4) gap conv1x1(10) softmax"])
+def test_params_and_macs_agree_with_pytorch(text):
+    spec = parse_spec(text)
+    table = summarize(spec)
+    model = build_module(spec).eval()
+    assert table.total_params == sum(p.numel() for p in model.parameters())
+    assert table.total_macs == flop_macs(model, spec.input_shape)
+
+
+@pytest.mark.parametrize("name", ["pytorch-mnist", "keras-mnist-convnet", "eip4-3rd"])
+def test_registered_networks_agree_with_pytorch(name):
+    spec = get_spec(name)
+    table = summarize(spec)
+    model = build_module(spec).eval()
+    assert table.total_params == sum(p.numel() for p in model.parameters()) == list_models()[name].params
+    assert table.total_macs == flop_macs(model, spec.input_shape)
+
+
+def test_plain_sequential_gives_the_same_table_as_the_spec():
+    spec = parse_spec("c1[conv3x3(8, bias=false) bn relu] t1[maxpool2x2 conv1x1(4)] o[conv3x3(10) gap flatten logsoftmax]")
+    mine = nn.Sequential(
+        nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 4, 1),
+        nn.Conv2d(4, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LogSoftmax(dim=1),
+    )
+    a, b = summarize(spec), summarize(mine, (1, 28, 28))
+    strip = lambda t: [(r.kind, r.output, r.rf, r.jump, r.params, r.macs) for r in t.layers]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a.total_params == b.total_params == sum(p.numel() for p in mine.parameters())
+    bn_row = a.layers[1]
+    assert (bn_row.trainable_params, bn_row.buffers) == (16, 16)  # PyTorch: 2C + 2C buffers; Keras shows 4C
+
+
+def test_large_rgb_input_with_fc_head_runs_on_meta():
+    table = summarize(get_spec("vgg16"))
+    assert table.total_params == 138_357_544
+    assert table.total_macs == 15_470_264_320
+    assert table.reduction_row().rf == 212
+
+
+def _rules_fired(text: str, budget: int | None = None, classes: int = 10) -> set[str]:
+    return {f.rule for f in run_checks(summarize(parse_spec(text)), budget=budget, classes=classes)}
+
+
+def test_each_rule_fires_where_it_should():
+    assert "maxpool-near-output" in _rules_fired("conv3x3(8) conv3x3(8) maxpool2x2 gap conv1x1(10) softmax")
+    assert "fc-2d-to-1d" in _rules_fired("conv3x3(8) flatten fc(10) softmax")
+    assert "last-layer-extras" in _rules_fired("conv3x3(8) gap conv1x1(10) bn relu softmax")
+    assert "bias-before-bn" in _rules_fired("conv3x3(8) bn relu gap conv1x1(10, bias=false) softmax")
+    assert "budget" in _rules_fired("conv3x3(64) conv3x3(64) gap conv1x1(10) softmax", budget=20_000)
+    assert "rf-smaller-than-input" in _rules_fired("conv3x3(8) conv3x3(8) gap conv1x1(10) softmax")
+    assert "pool-3x3" in _rules_fired("conv3x3(8) maxpool3x3 conv3x3(8) conv3x3(8) gap conv1x1(10) softmax")
+    assert "output-classes" in _rules_fired("conv3x3(8) gap conv1x1(12) softmax")
+    assert "sigmoid" in _rules_fired("conv3x3(8) sigmoid gap conv1x1(10) softmax")
+    assert {rule.id for rule in RULES} == {
+        "maxpool-near-output", "fc-2d-to-1d", "last-layer-extras", "bias-before-bn", "budget",
+        "rf-smaller-than-input", "pool-3x3", "output-classes", "sigmoid"}
+
+
+def test_a_good_course_network_has_no_findings():
+    text = ("c1[conv3x3(8, bias=false) relu bn] c2[conv3x3(12, bias=false) relu bn] c3[conv3x3(16, bias=false) relu bn] "
+            "t1[maxpool2x2 conv1x1(8, bias=false)] c4[conv3x3(12, bias=false) relu bn] c5[conv3x3(16, bias=false) relu bn] "
+            "c6[conv3x3(16, bias=false) relu bn] c7[conv3x3(16, bias=false) relu bn] c8[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
+    assert run_checks(summarize(parse_spec(text)), budget=20_000) == []
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "convladder", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_summary_json_schema():
+    result = run_cli("summary", "eip4-3rd", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["input"] == [1, 28, 28] and data["total_params"] == 10_890 and data["rf_out"] == 28
+    layer = data["layers"][0]
+    assert {"index", "name", "kind", "output", "rf", "jump", "params", "trainable_params", "macs"} <= set(layer)
+    assert sum(row["macs"] for row in data["layers"]) == data["total_macs"]
+
+
+def test_cli_summary_of_a_spec_at_another_input_and_bad_spec():
+    result = run_cli("summary", "conv3x3(8) maxpool2x2 flatten fc(10)", "--input", "64x64x3", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["layers"][0]["input"] == [3, 64, 64]
+    bad = run_cli("summary", "conv3x3(16) maxpool2x2(strid=2)")
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "column 24" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_check_exits_1_over_budget_and_models_lists():
+    assert run_cli("check", "pytorch-mnist", "--budget", "20k").returncode == 1
+    assert run_cli("check", "eip4-3rd", "--budget", "20k").returncode == 0
+    listing = run_cli("models", "--json")
+    assert json.loads(listing.stdout)["pytorch-mnist"]["params"] == 1_199_882
