@@ -106,6 +106,13 @@ def write_idx(path: Path, array: np.ndarray, *, compress: bool | None = None) ->
     return path
 
 
+def make_readable(path: str | Path) -> None:
+    """Give a mkstemp file (always 0600) the usual umask-based mode, so a shared cache is readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes so that `path` is either the old file or the complete new one, never partial."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +122,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,7 +19,21 @@ from convladder.errors import UserError
 # deprecated `numpy.core` alias is never imported (numpy 2 warns on it).
 _RECONSTRUCT = np.ndarray.__reduce__(np.empty(0))[0]
 
+
+
+def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """Stand-in for `_codecs.encode`, which Python 3 protocol-2 pickles use to store bytes.
+
+    Only the latin1 text -> bytes case is admitted, so a re-saved (Python 3) copy of the
+    pickle loads too, and nothing else can be reached through it.
+    """
+    if not isinstance(text, str) or encoding.replace("-", "").lower() not in ("latin1", "iso88591"):
+        raise UserError(f"pickle: refusing _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1", errors="strict")
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_encode,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,

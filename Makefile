@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make run   — set up, fetch verified MNIST, train the reference network to >= 99.4 % and show the result
+#   make test  — set up and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-torch.txt | cksum | cut -d' ' -f1)
+
+.PHONY: run test bench venv clean
+
+$(STAMP): pyproject.toml requirements-torch.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q -r requirements-torch.txt
+	$(BIN)/python -m pip install -q -e '.[dev,report,export,serve,ray]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/convladder data fetch mnist
+	$(BIN)/convladder summary tiny8k --budget 8k
+	$(BIN)/convladder train --model tiny8k
+	$(BIN)/convladder runs list --last 1
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
