@@ -1,7 +1,116 @@
-"""CLI commands of this area (filled in by the area's owner)."""
+"""CLI: `convladder ladder check|run|report|list` and `convladder diagnose RUN`."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
 
 import typer
 
+ladder_app = typer.Typer(help="Ladders: a base network and ordered one-change steps, run and compared.",
+                         no_args_is_help=True)
+
+LADDER_ARG = typer.Argument(..., help="built-in ladder name (see `ladder list`) or a ladder YAML file")
+
+
+def _store(runs: Optional[str]):
+    from convladder.train.store import RunStore
+
+    return RunStore(runs)
+
+
+@ladder_app.command("list")
+def list_cmd() -> None:
+    """List the built-in ladders."""
+    from convladder.ladder.ladder import builtin_names, load_ladder
+
+    for name in builtin_names():
+        lad = load_ladder(name)
+        typer.echo(f"{name:<12} {len(lad.steps):>2} steps  {lad.title}")
+
+
+@ladder_app.command("check")
+def check_cmd(ladder: str = LADDER_ARG) -> None:
+    """Print each step's diff against the previous one; fail on a step that changes more than one thing
+    without `because:` (or nothing)."""
+    from convladder.analysis.table import summarize
+    from convladder.ladder.diff import check_ladder
+    from convladder.ladder.ladder import load_ladder
+
+    lad = load_ladder(ladder)
+    diffs = check_ladder(lad)
+    for step, d in zip(lad.steps, diffs):
+        params = summarize(step.spec).total_params
+        things = "; ".join(d.things) or ("the starting point" if step.index == 1 else "-")
+        typer.echo(f"{step.index}. {step.name} ({params:,} params): {step.change}")
+        typer.echo(f"   thing(s): {things}" + (f"  because: {step.because}" if len(d.things) > 1 else ""))
+        if step.index > 1:
+            for line in d.lines():
+                typer.echo(f"  {line}")
+    typer.echo(f"ok: {len(lad.steps)} steps, each changes one thing or says why")
+
+
+@ladder_app.command("run")
+def run_cmd(
+    ladder: str = LADDER_ARG,
+    steps: Optional[str] = typer.Option(None, "--steps", help="e.g. 3-6 or 1,3,5 (default: all)"),
+    seeds: int = typer.Option(1, "--seeds", help="seeds per step"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="override every step's epochs"),
+    subset: Optional[int] = typer.Option(None, "--subset", help="use only the first N training images"),
+    data: Optional[str] = typer.Option(None, "--data", help="data set (mnist, fashion-mnist, synthetic)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, mps"),
+    runs: Optional[str] = typer.Option(None, "--runs", help="run store (default ./runs or $CONVLADDER_RUNS)"),
+    executor: str = typer.Option("inprocess", "--executor", help="inprocess (default) or ray"),
+) -> None:
+    """Run every step x seed as an independent job; finished jobs are skipped (resumable)."""
+    from convladder.ladder.ladder import load_ladder
+    from convladder.ladder.run import run_ladder
+
+    lad = load_ladder(ladder)
+    store = _store(runs)
+    results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=executor, epochs=epochs,
+                         subset=subset, dataset=data, device=device)
+    failed = [r for r in results if r["status"] == "failed"]
+    typer.echo(f"{len(results)} job(s): {sum(r['status'] == 'completed' for r in results)} trained, "
+               f"{sum(r['status'] == 'skipped' for r in results)} skipped, {len(failed)} failed; "
+               f"see `convladder ladder report {ladder} --runs {store.root}`")
+    if failed:
+        raise typer.Exit(1)
+
+
+@ladder_app.command("report")
+def report_cmd(
+    ladder: str = typer.Argument("eip4-s2", help="built-in ladder name or ladder YAML file"),
+    runs: Optional[str] = typer.Option(None, "--runs", help="run store"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """One table of the ladder's steps with the handout's figures beside ours, and a reading per step."""
+    from convladder.ladder.compare import format_table, ladder_summary
+    from convladder.ladder.ladder import load_ladder
+
+    lad = load_ladder(ladder)
+    rows = ladder_summary(lad, _store(runs))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        typer.echo(format_table(rows, lad))
+
+
+def diagnose_cmd(
+    run: str = typer.Argument(..., help="run id, unique prefix, or 'latest'"),
+    runs: Optional[str] = typer.Option(None, "--runs", help="run store"),
+    images: int = typer.Option(512, "--images", help="test images for the dead-ReLU count"),
+    which: str = typer.Option("final", "--which", help="final or best weights"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """BN health, dead ReLUs and parameter share of a trained network."""
+    from convladder.ladder.diagnostics import diagnose_run, format_diagnostics
+
+    d = diagnose_run(run, _store(runs), images, which)
+    typer.echo(json.dumps(d, indent=2) if as_json else format_diagnostics(d))
+
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the app."""
+    """Add `ladder ...` and `diagnose` to the app."""
+    app.add_typer(ladder_app, name="ladder")
+    app.command("diagnose")(diagnose_cmd)

@@ -1,7 +1,43 @@
-"""CLI commands of this area (filled in by the area's owner)."""
+"""CLI: `report` (HTML report of a run or ladder) and `concepts` (teaching figures, no training)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the app."""
+    """Add report and concepts."""
+
+    @app.command()
+    def report(
+        target: str = typer.Argument(..., help="run id (or unique prefix, 'latest', a run folder) or ladder name"),
+        runs: Path = typer.Option(None, "--runs", help="run store folder (default $CONVLADDER_RUNS or ./runs)"),
+        output: Path = typer.Option(None, "--output", "-o", help="HTML file to write (default report-<target>.html)"),
+    ) -> None:
+        """Write one self-contained HTML report (tables, checks, result, figures) of a run or a ladder."""
+        from convladder.report.html import write_report  # matplotlib loads only when this command runs
+
+        t0 = time.perf_counter()
+        out = write_report(target, output, runs)
+        size = out.stat().st_size / 1e6
+        typer.echo(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+
+    @app.command()
+    def concepts(
+        out: Path = typer.Option(Path("concepts"), "--out", help="folder for the PNG and SVG files"),
+        model: str = typer.Option(None, "--model", help="also compare GAP vs flatten for this network (name, file or spec)"),
+    ) -> None:
+        """Render the concept figures (GAP vs flatten, 2x2 vs 3x3 max-pool, activations) without training."""
+        from convladder.report.concepts import write_concepts
+
+        table = None
+        if model:
+            from convladder.analysis.table import summarize
+            from convladder.spec.registry import resolve_spec
+
+            table = summarize(resolve_spec(model))
+        for path in write_concepts(out, table):
+            typer.echo(str(path))

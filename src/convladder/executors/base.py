@@ -1,0 +1,147 @@
+"""Jobs and executors: a job is one training run, a pure function of its resolved config.
+
+`run_job(job, runs_root)` is a plain top-level function (picklable, importable by a worker on another
+machine): it rebuilds the `TrainConfig` from the job's dict, trains, writes the run store under
+`runs_root`, and returns a small JSON-able dict. An `Executor` maps jobs to such dicts; the in-process
+executor runs them one after another. Other executors (Ray) live beside this module and reuse `run_job`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+JOB_TAG = "job:"  # TrainConfig.tags entry `job:<key>` marks the run a job produced (used to skip reruns)
+
+OnDone = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Job:
+    """One training run: `key` identifies it (hash of `config`), `label` is for people (e.g. 'step 3 seed 2')."""
+
+    key: str
+    config: dict[str, Any]
+    label: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)  # passed through to the result (e.g. step index)
+
+
+# Keys that say where/how fast a job runs, not what it learns: a job moved to another machine keeps its key.
+KEY_EXCLUDED = ("name", "device", "threads", "eval_batch_size", "compile", "channels_last")
+
+
+def job_key(config: dict[str, Any]) -> str:
+    """A stable 16-hex hash of a resolved config (keys sorted; the `job:` tag and KEY_EXCLUDED left out)."""
+    core = {k: v for k, v in config.items() if k not in KEY_EXCLUDED}
+    core["tags"] = sorted(t for t in config.get("tags") or [] if not t.startswith(JOB_TAG))
+    blob = json.dumps(core, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_job(config: dict[str, Any], label: str = "", tags: Iterable[str] = (), **meta: Any) -> Job:
+    """A Job whose config carries its key in `tags` (so the store can find it again)."""
+    cfg = dict(config)
+    cfg["tags"] = [t for t in cfg.get("tags") or [] if not t.startswith(JOB_TAG)] + list(tags)
+    key = job_key(cfg)
+    cfg["tags"].append(f"{JOB_TAG}{key}")
+    return Job(key, cfg, label, dict(meta))
+
+
+def find_completed(runs_root: str | Path, key: str) -> str | None:
+    """The id of a completed run of job `key` in the store, or None."""
+    from convladder.train.store import RunStore
+
+    runs = RunStore(runs_root).list_runs(tag=f"{JOB_TAG}{key}", status="completed")
+    return runs[0].id if runs else None
+
+
+def run_job(job: Job, runs_root: str | Path) -> dict[str, Any]:
+    """Train one job into the store at `runs_root`; never raises for a failing job (the error is returned).
+
+    Idempotent: a job whose completed run is already in the store is not trained again (status 'skipped').
+    """
+    base = {"key": job.key, "label": job.label, **job.meta}
+    t0 = time.perf_counter()
+    try:
+        done = find_completed(runs_root, job.key)
+        if done:
+            return {**base, **_summary(runs_root, done), "status": "skipped", "error": None, "wall_time_s": 0.0}
+        from convladder.train.config import TrainConfig
+        from convladder.train.loop import train
+        from convladder.train.store import RunStore
+
+        result = train(TrainConfig.from_dict(job.config), store=RunStore(runs_root))
+        out = {**base, "run_id": result.run_id, "status": result.status, "error": None,
+               "final_test_acc": result.final.get("test_acc"), "final_train_acc": result.final.get("train_acc"),
+               "best_test_acc": result.best.get("test_acc"), "params": result.params}
+    except KeyboardInterrupt:
+        raise  # the user stops the whole batch; the trainer marked the run interrupted
+    except Exception as exc:  # noqa: BLE001 - a crashing job is recorded, the others go on
+        out = {**base, "run_id": _failed_run_id(runs_root, job.key), "status": "failed",
+               "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+    out["wall_time_s"] = time.perf_counter() - t0
+    return out
+
+
+def _summary(runs_root: str | Path, run_id: str) -> dict[str, Any]:
+    from convladder.train.store import RunStore
+
+    rec = RunStore(runs_root).get(run_id)
+    return {"run_id": rec.id, "final_test_acc": rec.final_test_acc, "params": rec.params}
+
+
+def _failed_run_id(runs_root: str | Path, key: str) -> str | None:
+    """The run folder a crashed job left (if it got that far), so the failure can be inspected."""
+    try:
+        from convladder.train.store import RunStore
+
+        runs = RunStore(runs_root).list_runs(tag=f"{JOB_TAG}{key}")
+        return runs[0].id if runs else None
+    except Exception:  # noqa: BLE001 - best effort only
+        return None
+
+
+class Executor(Protocol):
+    """Runs jobs somewhere; returns one result dict per job, in the jobs' order."""
+
+    def map(self, jobs: list[Job], runs_root: str | Path, on_done: OnDone | None = None) -> list[dict[str, Any]]: ...
+
+
+class InProcessExecutor:
+    """Sequential, in this process (the default). A crashing job is recorded as failed; the rest go on."""
+
+    name = "inprocess"
+
+    def map(self, jobs: list[Job], runs_root: str | Path, on_done: OnDone | None = None) -> list[dict[str, Any]]:
+        results = []
+        for job in jobs:
+            res = run_job(job, runs_root)
+            results.append(res)
+            if on_done:
+                on_done(res)
+        return results
+
+
+EXECUTORS: dict[str, Callable[[], Executor]] = {"inprocess": InProcessExecutor}
+
+
+def get_executor(name: str) -> Executor:
+    """An executor by name ('inprocess', or others registered in EXECUTORS by their modules)."""
+    from convladder.errors import UserError
+
+    if name not in EXECUTORS:
+        try:  # the Ray executor registers itself on import, if installed
+            import importlib
+
+            importlib.import_module(f"convladder.executors.{name}")
+        except ImportError:
+            pass
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}; known: {', '.join(sorted(EXECUTORS))}")
+    return EXECUTORS[name]()

@@ -1,0 +1,173 @@
+"""Comparing the steps of a ladder: one row per step, the handout's figure beside ours, a reading per step.
+
+The reading uses the notes' terms: gap = train - test, potential = test + (100 - train); potential
+below the target means no closing of the gap reaches it: the disease is overfitting (regularise);
+train below the target means the network cannot even fit the training set (underfitting).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from convladder.ladder.ladder import Ladder
+from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
+from convladder.train.result import gap, potential, verdict
+from convladder.train.store import RunStore
+
+ADVICE = {
+    "overfitting": "regularise (dropout, augmentation)",
+    "underfitting": "the network cannot fit the training set: more capacity, RF or epochs",
+    "still improving": "test accuracy is still rising: train longer before judging",
+    "healthy": "",
+}
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else None
+
+
+def _campaign(ladder: Ladder, store: RunStore, options: dict[str, Any] | None) -> tuple[str | None, list]:
+    """The `opts:` tag of the runs to show (the newest ladder run's, unless options are given) and all runs."""
+    runs = store.list_runs(tag=f"ladder:{ladder.name}")
+    if options is not None:
+        from convladder.ladder.run import options_tag
+
+        return options_tag(options), runs
+    for run in runs:  # newest first
+        for tag in run.tags:
+            if tag.startswith(OPTS_TAG):
+                return tag, runs
+    return None, runs
+
+
+def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One plain dict per step: spec facts, handout figures, seed results, aggregates, verdict and reading.
+
+    `options` picks which `ladder run` options to show (e.g. {"epochs": 1, "subset": 512}); by default
+    those of the newest run of this ladder. Runs whose config no longer matches the ladder file are
+    left out and counted as `stale`.
+    """
+    from convladder.analysis.table import summarize
+
+    opts_tag, runs = _campaign(ladder, store, options)
+    opts = parse_options_tag(opts_tag) if opts_tag else {}
+    expected = {job.key for job in ladder_jobs(ladder, None, max(1, _max_seeds(runs)), **opts)} if opts_tag else set()
+    rows: list[dict[str, Any]] = []
+    prev_test: float | None = None
+    for step in ladder.steps:
+        table = summarize(step.spec)
+        mine = [r for r in runs if f"step:{step.index}" in r.tags and (opts_tag is None or opts_tag in r.tags)]
+        fresh = [r for r in mine if any(t[4:] in expected for t in r.tags if t.startswith("job:"))]
+        per_seed: dict[int, Any] = {}
+        for r in fresh:  # newest first: keep the newest completed run per seed, else the newest failure
+            cur = per_seed.get(r.seed)
+            if cur is None or (cur.status != "completed" and r.status == "completed"):
+                per_seed[r.seed] = r
+        seeds = [_seed_row(store, r) for r in sorted(per_seed.values(), key=lambda r: r.seed or 0)]
+        done = [s for s in seeds if s["status"] == "completed"]
+        row: dict[str, Any] = {
+            "step": step.index, "name": step.name, "change": step.change, "why": step.why, "because": step.because,
+            "params": table.total_params, "rf_out": table.rf_out, "handout": step.handout, "spec": step.spec_text,
+            "epochs": step.train.get("epochs") if opts.get("epochs") is None else opts["epochs"],
+            "dataset": (done[0]["dataset"] if done else None) or opts.get("dataset") or step.train.get("dataset", "mnist"),
+            "seeds": seeds, "n_completed": len(done), "n_failed": sum(s["status"] == "failed" for s in seeds),
+            "stale": len(mine) - len(fresh), "target": ladder.target,
+        }
+        row.update(_aggregate(done, ladder.target))
+        row["reading"] = reading(row, prev_test)
+        if row.get("test") is not None:
+            prev_test = row["test"]
+        rows.append(row)
+    return rows
+
+
+def _max_seeds(runs: list) -> int:
+    return len({r.seed for r in runs}) or 1
+
+
+def _seed_row(store: RunStore, record: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"run_id": record.id, "seed": record.seed, "status": record.status, "dataset": record.dataset}
+    try:
+        res = store.read_result(record.id)
+    except Exception:  # noqa: BLE001 - a run without result.json (crashed early) is shown as such
+        return {**out, "error": "no result.json"}
+    final, best = res.get("final") or {}, res.get("best") or {}
+    history = [m["test_acc"] for m in store.read_metrics(record.id) if m.get("test_acc") is not None]
+    return {**out, "status": res.get("status", record.status), "train": final.get("train_acc"), "test": final.get("test_acc"),
+            "best_test": best.get("test_acc"), "best_epoch": best.get("epoch"), "selected_by": best.get("selected_by"),
+            "params": res.get("params"), "history": history, "error": res.get("message") or None,
+            "wall_time_s": res.get("wall_time_s")}
+
+
+def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Median train/test over seeds, min/median/max of final and best, gap/potential/verdict of the medians."""
+    if not done:
+        return {"train": None, "test": None, "gap": None, "potential": None, "verdict": None}
+    train = statistics.median(s["train"] for s in done if s["train"] is not None) if any(s["train"] is not None for s in done) else None
+    test = statistics.median(s["test"] for s in done)
+    bests = [s for s in done if s.get("best_test") is not None]
+    top = max(bests, key=lambda s: s["best_test"]) if bests else None
+    median_seed = min(done, key=lambda s: abs(s["test"] - test))
+    out = {"train": train, "test": test, "test_stats": _stats([s["test"] for s in done]),
+           "best_stats": _stats([s["best_test"] for s in bests]),
+           "best": top["best_test"] if top else None, "best_epoch": top["best_epoch"] if top else None,
+           "selected_by": top["selected_by"] if top else None, "params_trained": done[0].get("params")}
+    if train is None:
+        return {**out, "gap": None, "potential": None, "verdict": None}
+    return {**out, "gap": gap(train, test), "potential": potential(train, test),
+            "verdict": verdict(train, test, median_seed["history"], target)}
+
+
+def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
+    """The notes' reading of one step, e.g. 'train 99.80 / test 99.05: gap 0.75, potential 99.25 < target 99.4
+    -> overfitting: regularise'."""
+    if row.get("test") is None:
+        return "failed: " + (row["seeds"][0].get("error") or "see the run") if row.get("n_failed") else "not run yet"
+    target = row["target"]
+    if row.get("train") is None:
+        return f"test {row['test']:.2f} (no train accuracy recorded)"
+    cmp = "<" if row["potential"] < target else ">="
+    text = (f"train {row['train']:.2f} / test {row['test']:.2f}: gap {row['gap']:.2f}, "
+            f"potential {row['potential']:.2f} {cmp} target {target:g} -> {row['verdict']}")
+    advice = ADVICE.get(row["verdict"] or "", "")
+    if row["verdict"] == "healthy":
+        advice = "on target" if row["test"] >= target else "right direction: closing the gap reaches the target"
+    if advice:
+        text += f": {advice}"
+    if prev_test is not None:
+        text += f" ({row['test'] - prev_test:+.2f} vs previous step)"
+    return text
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
+    """The plain-text comparison table plus one reading line per step."""
+    datasets = sorted({str(r["dataset"]) for r in rows if r.get("dataset")})
+    head = (f"ladder {ladder.name} on {', '.join(datasets) or 'mnist'} (target {ladder.target:g} %; "
+            "test = final epoch, median over seeds; best = best epoch and how it was picked)")
+    cols = ("#", "step", "params (handout)", "RF", "ep", "train (h)", "test (h)", "min/med/max", "best@ep", "gap",
+            "potential", "verdict")
+    lines = []
+    for r in rows:
+        h = r["handout"] or {}
+        hp = f" ({int(h['params']):,})" if h.get("params") else ""
+        ts = r.get("test_stats")
+        spread = f"{ts['min']:.2f}/{ts['median']:.2f}/{ts['max']:.2f}" if ts else "-"
+        best = f"{r['best']:.2f}@{r['best_epoch']} ({r['selected_by']})" if r.get("best") is not None else "-"
+        seeds = f" [{r['n_completed']} seed(s)" + (f", {r['n_failed']} failed" if r["n_failed"] else "") + "]"
+        lines.append((str(r["step"]), r["name"], f"{r['params']:,}{hp}", str(r["rf_out"]), str(r["epochs"]),
+                      _pct(r.get("train")) + (f" ({h['train']:.2f})" if h.get("train") else ""),
+                      _pct(r.get("test")) + (f" ({h['test']:.2f}" + (f"@{h['epoch']}" if h.get("epoch") else "") + ")"
+                                             if h.get("test") else ""),
+                      spread, best, _pct(r.get("gap")), _pct(r.get("potential")), (r.get("verdict") or "-") + seeds))
+    widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, lines), "", "readings:"]
+    for r in rows:
+        out.append(f"  {r['step']}. {r['name']} -- {r['change']}")
+        out.append(f"     {r['reading']}" + (f"  [{r['stale']} stale run(s) of an older ladder file ignored]" if r["stale"] else ""))
+    return "\n".join(out)

@@ -1,0 +1,275 @@
+"""The self-contained HTML report of a run or a ladder.
+
+One file: images are base64 PNG or inline SVG, the CSS and the few lines of JS that sort tables are
+inline, and nothing refers to the network. Every figure is built inside its own guard, so a run
+that lacks weights, data or files still gives a report of what is there, with notes of what is not.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convladder.report import assets, concepts, figures, netfigs
+from convladder.report.plot import Figure
+from convladder.report.rundata import RunData, final_numbers, ladder_steps, load_run, resolve_target, spread
+
+E = html.escape
+
+
+def _num(v: Any, fmt: str = "{:.2f}") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return fmt.format(v)
+    return E(str(v))
+
+
+def _td(v: Any, fmt: str = "{:.2f}") -> str:
+    """A cell; numbers carry data-v so the sort is numeric."""
+    key = f' data-v="{v}"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+    return f"<td{key}>{_num(v, fmt)}</td>"
+
+
+def table_html(headers: list[str], rows: list[list[Any]], cls: str = "sortable") -> str:
+    head = "".join(f'<th scope="col" tabindex="0">{E(h)}</th>' for h in headers)
+    body = "".join("<tr>" + "".join(c if isinstance(c, str) and c.startswith("<td") else _td(c) for c in row) + "</tr>"
+                   for row in rows)
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _notes_html(notes: list[str]) -> str:
+    if not notes:
+        return ""
+    items = "".join(f"<li>{E(n)}</li>" for n in dict.fromkeys(notes))
+    return f'<div class="notes"><strong>Missing or incomplete — the report shows what is there:</strong><ul>{items}</ul></div>'
+
+
+def _figure_html(fig: Figure) -> str:
+    body = fig.html()
+    fig.close()
+    cls = ' class="wide"' if fig.wide else ""
+    return f'<figure id="fig-{E(fig.name)}"{cls}>{body}<figcaption>{E(fig.caption)}</figcaption></figure>'
+
+
+def _figures(builders: list[tuple[str, Callable[[], Figure | None]]], notes: list[str]) -> str:
+    """Build each figure in its own guard: one failing figure becomes a note, not a missing report."""
+    parts = []
+    for name, build in builders:
+        try:
+            fig = build()
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"figure {name} could not be drawn ({type(exc).__name__}: {str(exc)[:160]})")
+            continue
+        if fig is not None:
+            parts.append(_figure_html(fig))
+    return '<div class="figs">' + "".join(parts) + "</div>"
+
+
+# -- blocks ----------------------------------------------------------------------------------------------
+
+def seed_siblings(run: RunData) -> list[RunData]:
+    """Runs in the same store with the same config except the seed (the same experiment, other seeds)."""
+    ignore = {"seed", "seeds", "name", "tags", "threads", "device"}
+    key = {k: v for k, v in run.config.items() if k not in ignore}
+    if not key or not run.path.parent.is_dir():
+        return [run]
+    out = []
+    for folder in sorted(run.path.parent.iterdir()):
+        if folder == run.path or not (folder / "config.json").is_file():
+            continue
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if {k: v for k, v in cfg.items() if k not in ignore} == key:
+            out.append(load_run(folder))
+    return [run, *out]
+
+
+def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
+    n = final_numbers(run)
+    sel = n["selected_by"] or "?"
+    rows = [
+        ("status", E(str(n["status"]))),
+        ("final (last epoch) — test accuracy", f"{_num(n['test_acc'])} %"),
+        ("final (last epoch) — train accuracy", f"{_num(n['train_acc'])} % <small>({E(str(n['train_acc_source']))})</small>"),
+        ("final (last epoch) — validation accuracy", f"{_num(n['val_acc'])} %"),
+        (f"best epoch (selected by {E(sel)})",
+         f"epoch {_num(n['best_epoch'])}: test {_num(n['best_test_acc'])} %, val {_num(n['best_val_acc'])} %"),
+        ("gap = train − test", f"{_num(n['gap'])} points"),
+        ("potential = test + (100 − train)", f"{_num(n['potential'])} % <small>(target {_num(n['target'])})</small>"),
+        ("verdict", f"<strong>{E(str(n['verdict'] or '–'))}</strong>"),
+        ("parameters", _num(n["params"])),
+        ("wall time", f"{_num(n['wall_time_s'], '{:.1f}')} s"),
+    ]
+    sibs = siblings or [run]
+    s = spread([final_numbers(r)["test_acc"] for r in sibs])
+    if s:
+        rows.append(("final test over seeds (min / median / max)",
+                     f"{s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f} % <small>({s['n']} seed(s))</small>"))
+    body = "".join(f"<tr><th scope='row'>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<div class="scroll"><table class="kv">{body}</table></div>'
+
+
+def network_table(table: Any) -> str:
+    rows = [[r.index, r.name, r.kind, r.op, "×".join(map(str, r.input)), "×".join(map(str, r.output)), r.rf, r.jump,
+             r.params, round(100 * r.share, 2), r.macs] for r in table.layers]
+    head = ["#", "layer", "kind", "op", "input", "output", "RF", "jump", "params", "share %", "MACs"]
+    summary = (f"<p>{table.trainable_params:,} trainable parameters, {table.total_macs:,} MACs per image, "
+               f"output receptive field {table.rf_out} on a {'×'.join(map(str, table.input))} input.</p>")
+    return summary + table_html(head, rows)
+
+
+def checks_block(run: RunData, table: Any) -> str:
+    try:
+        from convladder.analysis.checks import run_checks
+
+        found = run_checks(table, budget=run.config.get("budget"), classes=int(run.config.get("classes") or 10))
+    except Exception as exc:  # noqa: BLE001
+        return f"<p>design checks unavailable ({E(str(exc)[:160])})</p>"
+    if not found:
+        return "<p>No design check fired.</p>"
+    items = "".join(f'<li class="{E(f.severity)}"><span class="sev">{E(f.severity)}</span> '
+                    f'<strong>{E(f.layer or "network")}</strong>: {E(f.message)}<br><small>why: {E(f.why)} — '
+                    f'try: {E(f.suggestion)}</small></li>' for f in found)
+    return f'<ul class="checks">{items}</ul>'
+
+
+def run_figures(run: RunData, notes: list[str], with_concepts: bool = True) -> str:
+    table = run.table()
+    model = run.model("final")
+    data = figures.load_test_data(run) if model is not None else None
+    pred = figures.predict(model, data) if (model is not None and data is not None) else None
+    one = figures.normalised(data, slice(0, 1)) if data is not None else None
+    batch = figures.normalised(data, slice(0, 256)) if data is not None else None
+    builders: list[tuple[str, Callable[[], Figure | None]]] = []
+    if run.metrics:
+        builders += [("curves", lambda: figures.curves(run)), ("gap", lambda: figures.gap_per_epoch([run]))]
+    if data is not None:
+        builders.append(("samples", lambda: figures.sample_grid(data)))
+    if pred is not None:
+        builders += [("misclassified", lambda: figures.misclassified(data, *pred)),
+                     ("confusion", lambda: figures.confusion(data, pred[0]))]
+    if table is not None:
+        builders += [("param_share", lambda: netfigs.param_share(table)), ("rf_growth", lambda: netfigs.rf_growth(table))]
+    if model is not None:
+        builders.append(("bn_gamma_beta", lambda: netfigs.bn_gamma_beta(model)))
+        if data is not None:
+            builders += [("dead_relu", lambda: netfigs.dead_relu(model, batch)),
+                         ("one_by_one", lambda: netfigs.one_by_one_merger(model, one)),
+                         ("feature_maps", lambda: netfigs.feature_maps(model, one))]
+    if with_concepts:
+        shape = concepts.head_shape(table) if table is not None else None
+        shapes = ([("this network's last map", shape)] if shape else []) + [("the notes' example", (512, 7, 7))]
+        builders.append(("gap_vs_flatten", lambda: concepts.gap_vs_flatten(shapes)))
+    html_figs = _figures(builders, notes)
+    if with_concepts:
+        html_figs = html_figs[:-len("</div>")] + _static_concepts() + "</div>"
+    return html_figs
+
+
+@functools.lru_cache(maxsize=1)
+def _static_concepts() -> str:
+    """The concept figures that do not depend on the run, rendered once per process."""
+    return "".join(_figure_html(f) for f in (concepts.maxpool_2x2_vs_3x3(), concepts.activations()))
+
+
+def run_section(run: RunData, detailed: bool = True, with_concepts: bool = True) -> str:
+    notes = run.notes  # figures append to the run's notes; they are rendered after the figures are built
+    c = run.config
+    title = f"{E(run.label)} <small>{E(run.id)}</small>" if run.label != f"run {run.id}" else E(run.label)
+    meta = " · ".join(E(f"{k}: {c[k]}") for k in ("dataset", "epochs", "optimizer", "lr", "schedule", "seed")
+                      if c.get(k) is not None)
+    parts = [f"<h2>{title}</h2><p class='meta'>{meta}</p>"]
+    parts.append("<h3>Result</h3>" + result_block(run, seed_siblings(run) if detailed else [run]))
+    table = run.table()
+    if table is not None:
+        parts.append("<h3>Network table</h3>" + network_table(table))
+        parts.append("<h3>Design checks</h3>" + checks_block(run, table))
+    if detailed:
+        parts.append("<h3>Figures</h3>" + run_figures(run, notes, with_concepts))
+        if c.get("model_spec"):
+            parts.append(f"<h3>Network spec</h3><pre>{E(str(c['model_spec']))}</pre>")
+        parts.append("<details><summary>config.json and env.json</summary><pre>"
+                     + E(json.dumps({"config": c, "env": run.env}, indent=1, default=str)) + "</pre></details>")
+    parts.insert(1, _notes_html(notes))
+    return "<section>" + "".join(parts) + "</section>"
+
+
+def _handout(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
+def ladder_body(name: str, runs: list[RunData]) -> str:
+    steps = ladder_steps(runs)
+    head = ["step", "name", "change", "params", "RF", "train final %", "test final %", "best epoch", "best-epoch test %",
+            "final test min / median / max", "seeds", "gap", "potential", "verdict", "handout"]
+    rows = []
+    for s in steps:
+        sp = s["final_spread"]
+        rows.append([s["step"], s["step_name"], s["change"], s["params"], s["rf"], s["train_acc"], s["test_acc"],
+                     s["best_epoch"], s["best_test_acc"],
+                     f"<td data-v='{sp['median']}'>{sp['min']:.2f} / {sp['median']:.2f} / {sp['max']:.2f}</td>" if sp else "–",
+                     s["seeds"], s["gap"], s["potential"], s["verdict"], _handout(s["handout"])])
+    medians = [s["median_run"] for s in steps]
+    notes: list[str] = []
+    figs = _figures([("ladder_curves", lambda: figures.overlay(medians)),
+                     ("ladder_gap", lambda: figures.gap_per_epoch(medians, "ladder_gap")),
+                     ("ladder_steps", lambda: figures.steps_bar(steps))], notes)
+    per_step = "".join(f"<details><summary>{E(r.label)} — {E(r.id)}</summary>{run_section(r, detailed=False)}</details>"
+                       for r in runs)
+    last = steps[-1]["median_run"] if steps else None
+    return (f"<section><h2>Ladder {E(name)}: {len(steps)} steps, {len(runs)} runs</h2>"
+            "<p>Each row is one step (one change); numbers are the median-seed run's, the spread is over seeds. "
+            "<em>final</em> = last epoch, <em>best epoch</em> = the epoch the selection split picked.</p>"
+            + table_html(head, rows) + _notes_html(notes) + "<h3>Across steps</h3>" + figs
+            + "<h3>Every run</h3>" + per_step + "</section>"
+            + (f"<h2 class='sub'>Last step in detail</h2>{run_section(last)}" if last else ""))
+
+
+def render(kind: str, name: str, runs: list[RunData]) -> str:
+    body = ladder_body(name, runs) if kind == "ladder" else run_section(runs[0])
+    css, js = assets.CSS, assets.JS
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>convladder report — {E(name)}</title><style>{css}</style></head><body>"
+            f"<header><h1>convladder report — {E(kind)} {E(name)}</h1><p class='meta'>written {stamp}, "
+            f"torch {E(torch.__version__)}. Click a table header to sort.</p></header><main>{body}</main>"
+            f"<script>{js}</script></body></html>")
+
+
+def write_report(target: str, out: str | Path | None = None, runs_root: str | Path | None = None) -> Path:
+    """Write the report of a run (id, prefix, 'latest' or folder) or ladder (name) to `out`, atomically."""
+    kind, runs = resolve_target(target, runs_root)
+    name = runs[0].id if kind == "run" else target
+    out = Path(out) if out else Path(f"report-{name}.html")
+    text = render(kind, name, runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

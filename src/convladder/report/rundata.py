@@ -1,0 +1,265 @@
+"""Reading run folders for the report, defensively.
+
+The report must describe whatever is on disk: a finished run, one that is still
+writing, one from an older version with fewer fields, or one whose files were
+damaged. So every file is read here with its own error handling, and anything
+missing or unreadable becomes a human-readable note instead of an exception.
+Only a target that names no run at all is a `UserError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convladder.errors import UserError
+from convladder.paths import runs_dir
+
+RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "result.json", "model.safetensors")
+
+
+def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
+    if not path.is_file():
+        notes.append(f"{path.name} is missing")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        notes.append(f"{path.name} cannot be read (half-written or damaged: {type(exc).__name__})")
+        return {}
+    if not isinstance(data, dict):
+        notes.append(f"{path.name} does not hold a JSON object")
+        return {}
+    return data
+
+
+def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    if not path.is_file():
+        notes.append("metrics.jsonl is missing (no epoch finished): no training curves")
+        return []
+    rows, bad = [], 0
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        notes.append("metrics.jsonl cannot be read")
+        return []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1  # a half-written last line from a crash, or damage
+            continue
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+        else:
+            bad += 1
+    if bad:
+        notes.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
+    return rows
+
+
+@dataclass
+class RunData:
+    """Everything the report needs from one run folder; `notes` says what is missing."""
+
+    id: str
+    path: Path
+    config: dict[str, Any]
+    env: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    result: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    _models: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        model = c.get("model")
+        # a spec typed on the command line is long text: name the run by its id instead
+        model = model if isinstance(model, str) and len(model) <= 40 else None
+        if c.get("ladder") is not None and c.get("step") is not None:
+            return f"step {c['step']}: {c.get('step_name') or model or self.id}"
+        return str(c.get("name") or model or f"run {self.id}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        shape = self.env.get("input_shape") or [1, 28, 28]
+        return tuple(int(v) for v in shape)  # type: ignore[return-value]
+
+    def spec(self) -> Any | None:
+        """The NetworkSpec rebuilt from config.json, or None (with a note)."""
+        if "spec" in self._models:
+            return self._models["spec"]
+        spec = None
+        text = self.config.get("model_spec") or self.config.get("model")
+        if not text:
+            self.notes.append("config.json has no model_spec: no network table or weight figures")
+        else:
+            try:
+                from convladder.spec.registry import resolve_spec
+
+                spec = resolve_spec(str(text), input_shape=self.input_shape)
+            except Exception as exc:  # noqa: BLE001 - any spec problem becomes a note, never a crash
+                self.notes.append(f"the network in config.json cannot be rebuilt ({exc})")
+        self._models["spec"] = spec
+        return spec
+
+    def model(self, which: str = "final") -> torch.nn.Module | None:
+        """The trained network in eval mode, or None (with a note) when weights are missing or do not fit."""
+        if which in self._models:
+            return self._models[which]
+        model = None
+        fname = "model.safetensors" if which == "final" else "best.safetensors"
+        wpath = self.path / fname
+        spec = self.spec()
+        if not wpath.is_file():
+            self.notes.append(f"{fname} is missing: no figures that need trained weights")
+        elif spec is not None:
+            try:
+                from safetensors.torch import load_file
+
+                from convladder.spec.build import build_module
+
+                model = build_module(spec)
+                model.load_state_dict(load_file(str(wpath)))
+                model.eval()
+            except Exception as exc:  # noqa: BLE001 - damaged/older weights: report without them
+                self.notes.append(f"{fname} cannot be loaded into the network ({type(exc).__name__}: {str(exc)[:160]})")
+                model = None
+        self._models[which] = model
+        return model
+
+    def table(self) -> Any | None:
+        """The network table (from the spec; no weights needed), or None."""
+        if "table" in self._models:
+            return self._models["table"]
+        table = None
+        spec = self.spec()
+        if spec is not None:
+            try:
+                from convladder.analysis.table import summarize
+
+                table = summarize(spec, self.input_shape)
+            except Exception as exc:  # noqa: BLE001
+                self.notes.append(f"network table failed ({exc})")
+        self._models["table"] = table
+        return table
+
+
+def load_run(path: Path) -> RunData:
+    """Read one run folder; never raises for missing or damaged files."""
+    notes: list[str] = []
+    if not path.is_dir():
+        notes.append("the run folder does not exist")
+    config = _read_json(path / "config.json", notes)
+    env = _read_json(path / "env.json", notes)
+    metrics = _read_metrics(path / "metrics.jsonl", notes)
+    result = {}
+    if (path / "result.json").is_file():
+        result = _read_json(path / "result.json", notes)
+    else:
+        notes.append("result.json is missing (the run is still going, crashed, or is from an older version): "
+                     "numbers below come from metrics.jsonl")
+    return RunData(path.name, path, config, env, metrics, result, notes)
+
+
+def _run_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (RUN_ID.match(p.name) or (p / "config.json").is_file()))
+
+
+def _ladder_name(folder: Path) -> str | None:
+    try:
+        value = json.loads((folder / "config.json").read_text()).get("ladder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value is not None else None
+
+
+def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, list[RunData]]:
+    """('run', [run]) or ('ladder', runs of that ladder) for a run id/prefix/folder or ladder name.
+
+    Raises UserError naming what to do when nothing matches.
+    """
+    root = Path(root).expanduser() if root else runs_dir()
+    direct = Path(target).expanduser()
+    if direct.is_dir() and any((direct / f).exists() for f in RUN_FILES):
+        return "run", [load_run(direct)]
+    folders = _run_folders(root)
+    ladder = [f for f in folders if _ladder_name(f) == target]
+    if ladder:
+        return "ladder", [load_run(f) for f in ladder]
+    if target in ("latest", "last") and folders:
+        return "run", [load_run(max(folders, key=lambda p: p.name))]
+    matches = [f for f in folders if f.name == target] or [f for f in folders if f.name.startswith(target)]
+    if len(matches) == 1:
+        return "run", [load_run(matches[0])]
+    if len(matches) > 1:
+        raise UserError(f"run prefix {target!r} matches {len(matches)} runs in {root}; give more characters "
+                        f"(see `convladder runs list --runs {root}`)")
+    raise UserError(f"no run or ladder {target!r} in {root} — see `convladder runs list --runs {root}` "
+                    f"for run ids (or pass a run folder path, or --runs DIR for another store)")
+
+
+# -- numbers for the result block and the ladder table ---------------------------------------------------
+
+def final_numbers(run: RunData) -> dict[str, Any]:
+    """final/best/gap/potential/verdict from result.json, falling back to the last metrics row."""
+    r, last = run.result, (run.metrics[-1] if run.metrics else {})
+    final = r.get("final") if isinstance(r.get("final"), dict) else {}
+    best = r.get("best") if isinstance(r.get("best"), dict) else {}
+    train = final.get("train_acc", last.get("train_acc"))
+    test = final.get("test_acc", last.get("test_acc"))
+    gap = r.get("gap", None if train is None or test is None else train - test)
+    pot = r.get("potential", None if train is None or test is None else test + 100 - train)
+    table = run.table() if run.config else None
+    return {
+        "status": r.get("status") or ("running or incomplete" if run.metrics else "no data"),
+        "params": r.get("params") or (table.trainable_params if table else None),
+        "rf": table.rf_out if table else None,
+        "epochs": r.get("epochs_done", len(run.metrics) or None),
+        "train_acc": train, "train_acc_source": r.get("train_acc_source", "seen during training (metrics)"),
+        "test_acc": test, "val_acc": final.get("val_acc", last.get("val_acc")),
+        "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"), "best_val_acc": best.get("val_acc"),
+        "selected_by": best.get("selected_by"),
+        "gap": gap, "potential": pot, "verdict": r.get("verdict"), "target": r.get("target", run.config.get("target")),
+        "wall_time_s": r.get("wall_time_s"), "seed": r.get("seed", run.config.get("seed")),
+    }
+
+
+def spread(values: list[float | None]) -> dict[str, float] | None:
+    vals = [float(v) for v in values if v is not None]
+    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "n": len(vals)} if vals else None
+
+
+def ladder_steps(runs: list[RunData]) -> list[dict[str, Any]]:
+    """One summary row per ladder step (seeds grouped), in step order."""
+    groups: dict[Any, list[RunData]] = {}
+    for run in runs:
+        groups.setdefault(run.config.get("step"), []).append(run)
+    rows = []
+    for step in sorted(groups, key=lambda s: (s is None, s if isinstance(s, (int, float)) else str(s))):
+        members = groups[step]
+        nums = [final_numbers(r) for r in members]
+        med = sorted(zip(nums, members), key=lambda p: (p[0]["test_acc"] is None, p[0]["test_acc"] or 0))[len(nums) // 2]
+        verdicts = sorted({n["verdict"] for n in nums if n["verdict"]})
+        c = members[0].config
+        rows.append({
+            "step": step, "step_name": c.get("step_name") or c.get("model"), "change": c.get("change") or "",
+            "handout": c.get("handout"), "runs": members, "median_run": med[1], "seeds": len(members),
+            "params": med[0]["params"], "rf": med[0]["rf"], "train_acc": med[0]["train_acc"],
+            "test_acc": med[0]["test_acc"], "best_epoch": med[0]["best_epoch"], "best_test_acc": med[0]["best_test_acc"],
+            "final_spread": spread([n["test_acc"] for n in nums]), "gap": med[0]["gap"],
+            "potential": med[0]["potential"], "verdict": ", ".join(verdicts) or None,
+        })
+    return rows

@@ -1,0 +1,166 @@
+"""Ladder files, the one-change check, running (skip/resume/failures), the report and diagnostics."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from convladder.errors import UserError
+from convladder.ladder.compare import format_table, ladder_summary
+from convladder.ladder.diagnostics import bn_health, dead_relu, diagnose_run
+from convladder.ladder.diff import check_ladder
+from convladder.ladder.ladder import load_ladder, parse_ladder
+from convladder.ladder.run import run_ladder
+from convladder.spec.registry import list_models
+from convladder.train.store import RunStore
+
+SMALL = """\
+name: small
+base:
+  model: "c1[conv3x3(4) relu] c2[conv3x3(8) relu] t[maxpool2x2 conv1x1(4) relu] out[conv12x12(10) flatten softmax]"
+  config: {dataset: synthetic, epochs: 1, val_size: 0, augment: false, schedule: none, lr: 0.05,
+           clean_train_eval: 256, batch_size: 64}
+steps:
+  - name: first
+    change: start
+  - name: bn
+    change: add BN after every ReLU
+    edit: [{add: {layer: bn, after: relu}}]
+  - name: wider
+    change: wider c1/c2
+    edit: [{set_channels: {c1: 6, c2: 10}}]
+"""
+
+
+def eip4_text() -> str:
+    """The built-in ladder; its last step names `tiny8k`, which the trainer area registers — if that has
+    not landed yet, check the rest of the ladder."""
+    text = resources.files("convladder.ladder.builtin").joinpath("eip4-s2.yaml").read_text()
+    if "tiny8k" not in list_models():
+        text = text[: text.index("  - name: tiny8k")]
+    return text
+
+
+def test_eip4_check_passes_and_counts() -> None:
+    ladder = parse_ladder(eip4_text(), "eip4-s2.yaml")
+    diffs = check_ladder(ladder)
+    assert [s.name for s in ladder.steps[:8]] == ["1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th"]
+    from convladder.analysis.table import summarize
+
+    assert summarize(ladder.step(3).spec).total_params == 10_890
+    assert list(diffs[3].things) == ["add bn"]
+    assert list(diffs[4].things) == ["conv: out_channels"]
+    assert all(s.handout for s in ladder.steps[:8])
+    if "tiny8k" in list_models():
+        from convladder.spec.registry import resolve_spec
+        from convladder.train.config import TrainConfig
+
+        last = ladder.steps[-1]
+        assert last.spec == resolve_spec("tiny8k")
+        assert summarize(last.spec).total_params <= 8000
+        defaults = TrainConfig().to_dict()
+        assert all(defaults[k] == TrainConfig.from_dict(last.train).to_dict()[k] for k in defaults if k != "model")
+
+
+def test_two_changes_refused_unless_because() -> None:
+    text = SMALL + "  - name: two\n    change: bn off and lr\n    edit: [{remove: bn}]\n    config: {lr: 0.1}\n"
+    with pytest.raises(UserError, match=r"step 4 \('two', x.yaml line 15\) changes 2 things"):
+        check_ladder(parse_ladder(text, "x.yaml"))
+    check_ladder(parse_ladder(text + "    because: testing\n", "x.yaml"))
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("  - name: u\n    change: x\n    config: {learning_rate: 0.1}\n", r"step 4 .*line 17.*unknown training key 'learning_rate'"),
+    ("  - name: u\n    change: x\n    colour: red\n", r"step 4 .*line 17.*unknown key 'colour'"),
+    ("  - name: u\n    change: x\n    edit: [{set_channels: {out: 5}}]\n", r"step 4 .*outputs \(5,\) per image"),
+    ("  - name: u\n    change: x\n    model: 'conv3x3(10) conv40x40(10)'\n", r"step 4 .*cannot be built"),
+    ("  - name: u\n    change: x\n    edit: [{add: {layer: bn, after: gap}}]\n", r"step 4 .*matches no layer"),
+    ("  - name: u\n    change: nothing\n", r"step 4 .*line 15.*changes nothing"),
+    ("  - name: u\n    change: x\n   bad: [\n", r"not valid YAML"),
+])
+def test_bad_input(extra: str, match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        check_ladder(parse_ladder(SMALL + extra, "x.yaml"))
+
+
+def test_cli_check_exit_codes(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from convladder.cli import build_app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMALL + "  - name: two\n    change: x\n    edit: [{remove: bn}]\n    config: {lr: 0.1}\n")
+    runner = CliRunner()
+    with pytest.raises(UserError, match="changes 2 things"):
+        runner.invoke(build_app(), ["ladder", "check", str(bad)], catch_exceptions=False)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(SMALL)
+    out = runner.invoke(build_app(), ["ladder", "check", str(ok)], catch_exceptions=False)
+    assert out.exit_code == 0 and "+ bn  [c1]" in out.output
+
+
+def test_run_skip_failure_report_and_diagnostics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.set_num_threads(1)
+    ladder = parse_ladder(SMALL, "small.yaml")
+    root = tmp_path / "runs"
+    trained: list[str] = []
+    import convladder.train.loop as loop
+
+    orig = loop.train
+
+    def counting(config, store=None, *a, **k):
+        trained.append(config.name)
+        if config.name.endswith("wider") and config.seed == 2:
+            raise RuntimeError("boom")
+        return orig(config, store, *a, **k)
+
+    monkeypatch.setattr(loop, "train", counting)
+    lines: list[str] = []
+    res = run_ladder(ladder, root, seeds=2, echo=lines.append)
+    assert [r["status"] for r in res] == ["completed"] * 5 + ["failed"]
+    assert "boom" in res[-1]["error"] and len(lines) == 6 and "FAILED" in lines[-1]
+    assert len(trained) == 6
+    res2 = run_ladder(ladder, root, seeds=2, echo=lines.append)  # rerun: only the failed job trains again
+    assert [r["status"] for r in res2][:5] == ["skipped"] * 5 and len(trained) == 7
+
+    rows = ladder_summary(ladder, RunStore(root))
+    assert [r["n_completed"] for r in rows] == [2, 2, 1]
+    assert rows[1]["test"] is not None and rows[1]["verdict"] and rows[1]["reading"].startswith("train ")
+    assert rows[0]["dataset"] == "synthetic"
+    text = format_table(rows, ladder)
+    assert "small on synthetic" in text and "readings:" in text
+
+    d = diagnose_run(rows[1]["seeds"][0]["run_id"], RunStore(root), n_images=64)
+    assert len(d["bn"]) == 3 and len(d["relu"]) == 3
+    assert all(0 <= r["dead_channel_fraction"] <= 1 for r in d["relu"])
+    assert abs(sum(p["share"] for p in d["params"]) - 1) < 1e-6
+
+
+def test_bn_rule_flags_horrendous() -> None:
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.fill_(4.0)
+        bn.bias.fill_(10.0)
+    good = nn.BatchNorm2d(4)
+    model = nn.Sequential(good, bn)
+    verdicts = [b["verdict"] for b in bn_health(model)]
+    assert verdicts == ["healthy", "horrendous"]
+    relu = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
+    with torch.no_grad():
+        relu[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        relu[0].bias.zero_()
+    stats = dead_relu(relu, torch.rand(8, 1, 4, 4) + 0.1)
+    assert stats[0]["dead_channels"] == 1 and stats[0]["dead_channel_fraction"] == 0.5
+
+
+@pytest.mark.slow
+def test_every_eip4_step_trains_one_tiny_epoch(tmp_path: Path) -> None:
+    """Every step of the built-in ladder builds and trains (synthetic data, 1 epoch; no timing asserts)."""
+    torch.set_num_threads(1)
+    ladder = parse_ladder(eip4_text(), "eip4-s2.yaml")
+    res = run_ladder(ladder, tmp_path, epochs=1, subset=256, dataset="synthetic", echo=lambda s: None)
+    assert all(r["status"] == "completed" for r in res), [r.get("error") for r in res]
