@@ -35,6 +35,27 @@ ZOO: dict[str, ZooEntry] = {
         "the lesson's 3rd network (Keras-style, with biases): 10,890 parameters, 7x7 kernel as output",
         10_890,
     ),
+    # Reference networks (owned by train/; recipe and measured accuracies in docs/training.md).
+    # The notes' method: 3x3 blocks, transition = maxpool2x2 + 1x1, relu bn (+ small dropout) after every
+    # layer but the last, GAP then a 1x1 to the classes, no bias, no fully connected layer.
+    "tiny8k": ZooEntry(
+        "conv1[conv3x3(8, bias=false) relu bn dropout(0.05)] conv2[conv3x3(12, bias=false) relu bn dropout(0.05)] "
+        "trans1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
+        "conv3[conv3x3(12, bias=false) relu bn dropout(0.05)] conv4[conv3x3(16, bias=false) relu bn dropout(0.05)] "
+        "conv5[conv3x3(16, bias=false) relu bn dropout(0.05)] conv6[conv3x3(12, padding=1, bias=false) relu bn dropout(0.05)] "
+        "out[gap conv1x1(10, bias=false) logsoftmax]",
+        "reference: <= 8k params, no bias, no FC; >= 99.4 % MNIST test within 12-15 epochs (convladder train defaults)",
+        7_944,
+    ),
+    "course15k": ZooEntry(
+        "conv1[conv3x3(10, bias=false) relu bn dropout(0.05)] conv2[conv3x3(16, bias=false) relu bn dropout(0.05)] "
+        "trans1[maxpool2x2 conv1x1(10, bias=false) relu bn] "
+        "conv3[conv3x3(16, bias=false) relu bn dropout(0.05)] conv4[conv3x3(16, bias=false) relu bn dropout(0.05)] "
+        "conv5[conv3x3(16, bias=false) relu bn dropout(0.05)] conv6[conv3x3(16, padding=1, bias=false) relu bn dropout(0.05)] "
+        "out[gap conv1x1(10, bias=false) logsoftmax]",
+        "the course assignment: <= 15k params, <= 20 epochs, no bias, no FC, >= 99.4 % MNIST test",
+        10_402,
+    ),
     "vgg16": ZooEntry(
         " ".join(
             f"conv{b}_{i}[conv3x3({c}, padding=1) relu]" + (f" pool{b}[maxpool2x2]" if i == n else "")

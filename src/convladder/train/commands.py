@@ -1,7 +1,210 @@
-"""CLI commands of this area (filled in by the area's owner)."""
+"""CLI: `convladder train` and `convladder runs list|show|compare`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
+import yaml
+
+from convladder.errors import UserError
+from convladder.train.config import TrainConfig, build_config
+
+Opt = typer.Option
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the app."""
+    """Add `train` and the `runs` sub-app."""
+    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                help="Train a network (name, spec file or spec text); trailing key=value args override the config.")(
+        train_command)
+    runs = typer.Typer(help="List, show and compare stored runs.", no_args_is_help=True)
+    runs.command("list")(runs_list)
+    runs.command("show")(runs_show)
+    runs.command("compare")(runs_compare)
+    app.add_typer(runs, name="runs")
+
+
+RunsOpt = Annotated[Optional[Path], Opt("--runs", help="run store folder (default $CONVLADDER_RUNS or ./runs)")]
+
+
+def train_command(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], Opt("--model", "-m", help="registered name, spec file, or spec text")] = None,
+    dataset: Annotated[Optional[str], Opt(help="mnist (default) or synthetic")] = None,
+    data_root: Annotated[Optional[str], Opt(help="folder with the data set's files")] = None,
+    epochs: Annotated[Optional[int], Opt()] = None,
+    batch_size: Annotated[Optional[int], Opt()] = None,
+    optimizer: Annotated[Optional[str], Opt(help="sgd, adam, adamw, adadelta")] = None,
+    lr: Annotated[Optional[float], Opt(help="learning rate (max lr for onecycle)")] = None,
+    momentum: Annotated[Optional[float], Opt()] = None,
+    nesterov: Annotated[Optional[bool], Opt("--nesterov/--no-nesterov")] = None,
+    weight_decay: Annotated[Optional[float], Opt()] = None,
+    schedule: Annotated[Optional[str], Opt(help="none, step, onecycle, cosine")] = None,
+    label_smoothing: Annotated[Optional[float], Opt()] = None,
+    augment: Annotated[Optional[bool], Opt("--augment/--no-augment", help="rotation/translation/scale on the device")] = None,
+    erase: Annotated[Optional[float], Opt(help="random-erasing probability")] = None,
+    seed: Annotated[Optional[int], Opt()] = None,
+    seeds: Annotated[Optional[int], Opt(help="train this many seeds and report min/median/max")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, mps")] = None,
+    threads: Annotated[Optional[int], Opt(help="torch CPU threads (0 = torch's choice)")] = None,
+    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model")] = None,
+    eval_every: Annotated[Optional[int], Opt("--eval-every", "--val-every", help="evaluate every N epochs")] = None,
+    val_size: Annotated[Optional[int], Opt(help="validation images held out of the training set (0 = none)")] = None,
+    select_on: Annotated[Optional[str], Opt(help="val (default) or test: which split picks the best epoch")] = None,
+    subset: Annotated[Optional[int], Opt(help="use only the first N training images")] = None,
+    target: Annotated[Optional[float], Opt(help="target test accuracy %% for the verdict")] = None,
+    name: Annotated[Optional[str], Opt(help="a name for the run")] = None,
+    tag: Annotated[Optional[list[str]], Opt("--tag", help="tag the run (repeatable)")] = None,
+    runs: RunsOpt = None,
+    config: Annotated[Optional[Path], Opt("--config", "-c", help="YAML file of config keys")] = None,
+    set_: Annotated[Optional[list[str]], Opt("--set", help="override key=value (repeatable)")] = None,
+    print_config: Annotated[bool, Opt("--print-config", help="print the resolved config as YAML and exit")] = False,
+    resume: Annotated[Optional[str], Opt("--resume", help="continue an interrupted run (id or prefix)")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
+    json_lines: Annotated[bool, Opt("--json", help="JSON lines per epoch and the final result")] = False,
+) -> None:
+    """Train; print per-epoch metrics and an honest result (final, best-epoch, gap, potential, verdict)."""
+    from convladder.train.loop import resume as resume_run
+    from convladder.train.loop import train, train_seeds
+    from convladder.train.progress import make_progress
+    from convladder.train.store import RunStore
+
+    store = RunStore(runs)
+    progress = make_progress(quiet, json_lines)
+    try:
+        if resume:
+            resume_run(resume, store, progress)
+            return
+        options: dict[str, Any] = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
+        options["tags"] = tag or None
+        extra = list(ctx.args)
+        bad = [a for a in extra if "=" not in a]
+        if bad:
+            raise UserError(f"unexpected argument(s) {' '.join(bad)}: options start with --, overrides look like key=value")
+        cfg = build_config(config, options, (set_ or []) + extra)
+        if print_config:
+            typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+            return
+        if cfg.seeds == 1:
+            train(cfg, store, progress)
+            return
+        _, stats = train_seeds(cfg, store, progress)
+        if json_lines:
+            typer.echo(json.dumps({"event": "seeds", **stats}))
+        elif not quiet:
+            for key in ("final_test_acc", "best_epoch_test_acc"):
+                s = stats[key]
+                typer.echo(f"{key.replace('_', ' ')} over seeds {stats['seeds']}: "
+                           f"min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}")
+            typer.echo(f"all seeds >= {stats['target']}: {'yes' if stats['all_seeds_reach_target'] else 'no'}")
+    except KeyboardInterrupt:
+        typer.secho("interrupted: the last finished epoch is saved; continue with `convladder train --resume <run id>` "
+                    "(see `convladder runs list`)", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(130)
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" + ("%" if pct else "")
+    return str(value)
+
+
+def runs_list(
+    runs: RunsOpt = None,
+    status: Annotated[Optional[str], Opt(help="completed, running, interrupted, failed")] = None,
+    model: Annotated[Optional[str], Opt()] = None,
+    tag: Annotated[Optional[str], Opt()] = None,
+    limit: Annotated[int, Opt(help="at most N runs (0 = all)")] = 50,
+    json_out: Annotated[bool, Opt("--json")] = False,
+) -> None:
+    """Runs in the store, newest first."""
+    from dataclasses import asdict
+
+    from convladder.train.store import RunStore
+
+    filters = {k: v for k, v in {"status": status, "model": model}.items() if v}
+    records = RunStore(runs).list_runs(limit=limit or None, tag=tag, **filters)
+    if json_out:
+        typer.echo(json.dumps([asdict(r) for r in records], indent=1))
+        return
+    if not records:
+        typer.echo("no runs")
+        return
+    typer.echo(f"{'id':24} {'status':11} {'model':16} {'seed':>4} {'params':>8} {'ep':>3} {'final test':>10} "
+               f"{'best val':>8} {'best ep':>7}")
+    for r in records:
+        model_name = (r.model or "-") if len(r.model or "") <= 16 else (r.model or "")[:13] + "..."
+        typer.echo(f"{r.id:24} {r.status:11} {model_name:16} {_fmt(r.seed):>4} {_fmt(r.params):>8} {_fmt(r.epochs):>3} "
+                   f"{_fmt(r.final_test_acc, True):>10} {_fmt(r.best_val_acc, True):>8} {_fmt(r.best_epoch):>7}")
+
+
+def runs_show(run: Annotated[str, typer.Argument(help="run id, prefix, or 'latest'")], runs: RunsOpt = None,
+              json_out: Annotated[bool, Opt("--json")] = False) -> None:
+    """A run's config, environment, per-epoch metrics and result."""
+    from convladder.train.store import RunStore
+
+    store = RunStore(runs)
+    record = store.get(run)
+    config, metrics = store.read_config(record.id), store.read_metrics(record.id)
+    try:
+        result = store.read_result(record.id)
+    except UserError:
+        result = None
+    if json_out:
+        typer.echo(json.dumps({"id": record.id, "status": record.status, "config": config,
+                               "env": store.read_env(record.id), "metrics": metrics, "result": result}, indent=1))
+        return
+    typer.echo(f"run {record.id} ({record.status})  {record.path}")
+    typer.echo(f"model: {config.get('model_spec')}")
+    typer.echo(f"params {_fmt(record.params)}  dataset {config['dataset']}  seed {config['seed']}  "
+               f"epochs {config['epochs']}  batch {config['batch_size']}  {config['optimizer']} lr {config['lr']} "
+               f"{config['schedule']}  augment {config['augment']}")
+    typer.echo(f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train acc*':>10} {'val acc':>8} {'test acc':>8} {'time':>6}")
+    for m in metrics:
+        typer.echo(f"{m['epoch']:>5} {m['lr']:>9.4g} {m['train_loss']:>10.4f} {_fmt(m['train_acc']):>10} "
+                   f"{_fmt(m.get('val_acc')):>8} {_fmt(m.get('test_acc')):>8} {m['epoch_time_s']:>5.1f}s")
+    typer.echo("* train acc as seen while training (dropout/augmentation on)")
+    if result:
+        from convladder.train.result import RunResult
+
+        typer.echo(RunResult.from_dict(result).summary())
+        if result.get("message"):
+            typer.echo(result["message"])
+
+
+def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="two or more run ids or prefixes")],
+                 runs: RunsOpt = None) -> None:
+    """Side by side: results and the config keys that differ."""
+    from convladder.train.store import RunStore
+
+    store = RunStore(runs)
+    records = [store.get(r) for r in run_ids]
+    configs = [store.read_config(r.id) for r in records]
+    results = []
+    for r in records:
+        try:
+            results.append(store.read_result(r.id))
+        except UserError:
+            results.append({})
+    rows: list[tuple[str, list[str]]] = [
+        ("status", [r.status for r in records]),
+        ("params", [_fmt(r.params) for r in records]),
+        ("final test", [_fmt((x.get("final") or {}).get("test_acc"), True) for x in results]),
+        ("best-epoch test", [_fmt((x.get("best") or {}).get("test_acc"), True) + f" (ep {(x.get('best') or {}).get('epoch')},"
+                             f" {(x.get('best') or {}).get('selected_by')})" for x in results]),
+        ("gap", [_fmt(x.get("gap")) for x in results]),
+        ("potential", [_fmt(x.get("potential")) for x in results]),
+        ("verdict", [_fmt(x.get("verdict")) for x in results]),
+        ("wall time s", [_fmt(x.get("wall_time_s")) for x in results]),
+    ]
+    keys = [k for k in configs[0] if k not in ("name",) and len({json.dumps(c.get(k)) for c in configs}) > 1]
+    rows += [(k, [_fmt(c.get(k)) for c in configs]) for k in keys]
+    width = max(len(r.id) for r in records) + 2
+    typer.echo(f"{'':18}" + "".join(f"{r.id:<{width}}" for r in records))
+    for label, values in rows:
+        typer.echo(f"{label:18}" + "".join(f"{v[:width - 1]:<{width}}" for v in values))

@@ -36,10 +36,10 @@ class TrainConfig:
     subset: int = 0  # use only the first N training images (0 = all)
     val_size: int = 5000  # held out of the training set for model selection (0 = no validation split)
     split_seed: int = 0  # the split is fixed across seeds so seeds are comparable
-    epochs: int = 15
+    epochs: int = 12
     batch_size: int = 128
     optimizer: str = "sgd"
-    lr: float = 0.05  # max lr for onecycle
+    lr: float = 0.1  # max lr for onecycle
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0

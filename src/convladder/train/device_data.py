@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -29,6 +30,7 @@ class Splits:
     std: float
 
 
+@lru_cache(maxsize=4)  # generation loops in Python; tests ask for the same set often
 def synthetic_splits(n_train: int = 2048, n_test: int = 512, classes: int = 10, seed: int = 0) -> Splits:
     """A learnable, deterministic 28x28 uint8 data set: one smooth template per class, shifted and noised.
 

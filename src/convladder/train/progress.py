@@ -95,11 +95,22 @@ class RichProgress(PlainProgress):
             self.last_read = now
         self.bar.update(self.task, completed=done, **fields)
 
-    def epoch_end(self, row: dict[str, Any]) -> None:
+    def _stop_bar(self) -> None:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        self._stop_bar()
         super().epoch_end(row)
+
+    def finish(self, result: RunResult) -> None:
+        self._stop_bar()
+        super().finish(result)
+
+    def note(self, text: str) -> None:
+        self._stop_bar()
+        super().note(text)
 
 
 class JsonProgress(Progress):

@@ -1,0 +1,85 @@
+"""Preparing a run before anything is written: data on the device, the model built and checked; env.json."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convladder.errors import UserError
+from convladder.train.config import TrainConfig
+from convladder.train.device_data import DeviceData
+
+
+@dataclass
+class Setup:
+    data: DeviceData
+    model: torch.nn.Module
+    spec_text: str
+    params: int
+
+
+def build_model(model: str, input_shape: tuple[int, ...], seed: int) -> tuple[torch.nn.Module, str]:
+    """Resolve a name/file/spec text and build it with seeded initial weights; return (module, spec text)."""
+    from convladder.spec.build import build_module
+    from convladder.spec.notation import format_spec
+    from convladder.spec.registry import resolve_spec
+
+    spec = resolve_spec(model, input_shape=tuple(input_shape))
+    torch.manual_seed(seed)  # the initial weights depend on the seed only
+    return build_module(spec), format_spec(spec)
+
+
+def prepare(config: TrainConfig, splits, device: torch.device) -> Setup:
+    """Put the data on the device and build the model; raise UserError if they do not fit together."""
+    data = DeviceData(splits, config, device)
+    model, spec_text = build_model(config.model_spec or config.model, data.image_shape, config.seed)
+    with torch.no_grad():
+        model.eval()
+        out = model.logits(torch.zeros(2, *data.image_shape))
+    if out.shape != (2, data.classes):
+        raise UserError(f"network {config.model!r} outputs {tuple(out.shape[1:])} per image but {data.name} has "
+                        f"{data.classes} classes: end it with gap and a 1x1 conv to {data.classes} channels")
+    torch.manual_seed(config.seed)  # the dummy forward used no RNG, but keep the stream identical on resume
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return Setup(data, model.to(device), spec_text, params)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Versions, commit, machine and device of this run (env.json)."""
+    import convladder
+
+    env: dict[str, Any] = {
+        "convladder": getattr(convladder, "__version__", None), "torch": torch.__version__,
+        "python": platform.python_version(), "git_commit": _git_commit(), "device": str(device),
+        "hostname": socket.gethostname(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "input_shape": list(input_shape),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
