@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/convladder data fetch mnist
 	$(BIN)/convladder summary tiny8k --budget 8k
 	$(BIN)/convladder train --model tiny8k
-	$(BIN)/convladder runs list --last 1
+	$(BIN)/convladder runs list --limit 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

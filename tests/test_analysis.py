@@ -138,13 +138,14 @@ def test_each_rule_fires_where_it_should():
     assert "last-layer-extras" in _rules_fired("conv3x3(8) gap conv1x1(10) bn relu softmax")
     assert "bias-before-bn" in _rules_fired("conv3x3(8) bn relu gap conv1x1(10, bias=false) softmax")
     assert "budget" in _rules_fired("conv3x3(64) conv3x3(64) gap conv1x1(10) softmax", budget=20_000)
-    assert "rf-smaller-than-input" in _rules_fired("conv3x3(8) conv3x3(8) gap conv1x1(10) softmax")
+    assert "rf-smaller-than-input" in _rules_fired("conv3x3(8) conv3x3(8) conv5x5(10) flatten softmax")
+    assert "pooled-features-see-part" in _rules_fired("conv3x3(8) conv3x3(8) gap conv1x1(10) softmax")
     assert "pool-3x3" in _rules_fired("conv3x3(8) maxpool3x3 conv3x3(8) conv3x3(8) gap conv1x1(10) softmax")
     assert "output-classes" in _rules_fired("conv3x3(8) gap conv1x1(12) softmax")
     assert "sigmoid" in _rules_fired("conv3x3(8) sigmoid gap conv1x1(10) softmax")
     assert {rule.id for rule in RULES} == {
         "maxpool-near-output", "fc-2d-to-1d", "last-layer-extras", "bias-before-bn", "budget",
-        "rf-smaller-than-input", "pool-3x3", "output-classes", "sigmoid"}
+        "rf-smaller-than-input", "pooled-features-see-part", "pool-3x3", "output-classes", "sigmoid"}
 
 
 def test_a_good_course_network_has_no_findings():

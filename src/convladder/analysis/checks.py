@@ -98,11 +98,18 @@ def _budget(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
 
 
 def _rf_smaller_than_input(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    rf, size = ctx.table.rf_out, max(ctx.table.input[1], ctx.table.input[2])
+    if rf is not None and rf < size:
+        yield None, f"the output sees {rf}x{rf} px of the {size}x{size} input"
+
+
+def _pooled_features_see_part(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
     row = ctx.table.reduction_row()
     size = max(ctx.table.input[1], ctx.table.input[2])
-    if row is not None and row.rf is not None and row.rf < size:
+    if row is not None and row.rf is not None and row.rf < size and (ctx.table.rf_out or 0) >= size:
         yield row.name, (f"each value of {row.name}'s {row.output[1]}x{row.output[2]} output sees {row.rf}x{row.rf} px "
-                         f"of the {size}x{size} input, and that is what the output layer reads")
+                         f"of the {size}x{size} input; the output layer pools or mixes them, so the output covers "
+                         f"the input but no single feature saw all of it")
 
 
 def _pool3(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
@@ -153,6 +160,10 @@ RULES: list[Rule] = [
          "every output should see the whole object: the receptive field at the output should reach the input size",
          "add a 3x3 convolution, or a max-pool earlier, so the last map's receptive field covers the image",
          _rf_smaller_than_input),
+    Rule("pooled-features-see-part", "info",
+         "GAP averages features over the map: each feature still sees only its own receptive field",
+         "fine when that field covers the object (MNIST digits sit in a 20x20 box); else add a 3x3 convolution",
+         _pooled_features_see_part),
     Rule("pool-3x3", "warning",
          "\"On MP with 3x3 ... Reduction by 4/36 ~ 9%\"; \"Never saw MP with stride of 3.\"",
          "use 2x2 max-pooling with stride 2", _pool3),
