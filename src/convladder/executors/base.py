@@ -139,7 +139,7 @@ def get_executor(name: str) -> Executor:
         try:  # the Ray executor registers itself on import, if installed
             import importlib
 
-            importlib.import_module(f"convladder.executors.{name}")
+            importlib.import_module(f"convladder.executors.{name}_executor")
         except ImportError:
             pass
     if name not in EXECUTORS:

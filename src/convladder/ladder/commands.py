@@ -61,14 +61,19 @@ def run_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, mps"),
     runs: Optional[str] = typer.Option(None, "--runs", help="run store (default ./runs or $CONVLADDER_RUNS)"),
     executor: str = typer.Option("inprocess", "--executor", help="inprocess (default) or ray"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join a Ray cluster: auto or ray://host:port"),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs per job on Ray"),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPU share per job on Ray, e.g. 0.25"),
 ) -> None:
     """Run every step x seed as an independent job; finished jobs are skipped (resumable)."""
+    from convladder.executors.commands import make_executor
     from convladder.ladder.ladder import load_ladder
     from convladder.ladder.run import run_ladder
 
     lad = load_ladder(ladder)
     store = _store(runs)
-    results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=executor, epochs=epochs,
+    runner = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
+    results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=runner, epochs=epochs,
                          subset=subset, dataset=data, device=device)
     failed = [r for r in results if r["status"] == "failed"]
     typer.echo(f"{len(results)} job(s): {sum(r['status'] == 'completed' for r in results)} trained, "

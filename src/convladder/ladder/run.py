@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from convladder.errors import UserError
-from convladder.executors.base import Job, find_completed, get_executor, make_job
+from convladder.executors.base import Executor, Job, find_completed, get_executor, make_job
 from convladder.ladder.ladder import Ladder, Step
 
 OPTION_KEYS = ("epochs", "subset", "device", "dataset", "threads", "batch_size")
@@ -91,7 +91,7 @@ def ladder_jobs(ladder: Ladder, steps: list[int] | None = None, seeds: int = 1, 
 
 
 def run_ladder(ladder: Ladder, runs_root: str | Path, steps: str | list[int] | None = None, seeds: int = 1,
-               executor: str = "inprocess", echo: Callable[[str], None] | None = None,
+               executor: str | Executor = "inprocess", echo: Callable[[str], None] | None = None,
                **options: Any) -> list[dict[str, Any]]:
     """Check the ladder, then run its jobs (skipping finished ones); return one result dict per job."""
     from convladder.ladder.diff import check_ladder
@@ -119,7 +119,7 @@ def run_ladder(ladder: Ladder, runs_root: str | Path, steps: str | list[int] | N
         echo(_progress_line(res, counter["n"], len(todo)))
 
     if todo:
-        get_executor(executor).map(todo, runs_root, on_done=on_done)
+        (get_executor(executor) if isinstance(executor, str) else executor).map(todo, runs_root, on_done=on_done)
     return [results.get(job.key, {"key": job.key, "label": job.label, "status": "missing"}) for job in jobs]
 
 

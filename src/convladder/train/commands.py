@@ -38,7 +38,7 @@ def train_command(
     epochs: Annotated[Optional[int], Opt()] = None,
     batch_size: Annotated[Optional[int], Opt()] = None,
     optimizer: Annotated[Optional[str], Opt(help="sgd, adam, adamw, adadelta")] = None,
-    lr: Annotated[Optional[float], Opt(help="learning rate (max lr for onecycle)")] = None,
+    lr: Annotated[Optional[str], Opt(help="learning rate (max lr for onecycle), or 'auto' for the LR range test's suggestion")] = None,
     momentum: Annotated[Optional[float], Opt()] = None,
     nesterov: Annotated[Optional[bool], Opt("--nesterov/--no-nesterov")] = None,
     weight_decay: Annotated[Optional[float], Opt()] = None,
@@ -80,11 +80,16 @@ def train_command(
             return
         options: dict[str, Any] = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
         options["tags"] = tag or None
+        lr_auto = isinstance(lr, str) and lr.strip().lower() == "auto"
+        if lr_auto:
+            options["lr"] = None
         extra = list(ctx.args)
         bad = [a for a in extra if "=" not in a]
         if bad:
             raise UserError(f"unexpected argument(s) {' '.join(bad)}: options start with --, overrides look like key=value")
         cfg = build_config(config, options, (set_ or []) + extra)
+        if lr_auto:
+            cfg = _with_found_lr(cfg, quiet or json_lines)
         if print_config:
             typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
             return
@@ -104,6 +109,18 @@ def train_command(
         typer.secho("interrupted: the last finished epoch is saved; continue with `convladder train --resume <run id>` "
                     "(see `convladder runs list`)", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(130)
+
+
+def _with_found_lr(cfg: TrainConfig, quiet: bool) -> TrainConfig:
+    """Run the LR range test on the training set (weights are restored) and take its suggestion."""
+    from convladder.executors.lrfind import suggest_lr
+
+    found = suggest_lr(cfg)
+    if found.suggested_lr is None:
+        raise UserError(f"--lr auto: the LR range test found no suggestion ({found.suggestion}); give --lr explicitly")
+    if not quiet:
+        typer.echo(f"lr auto: the LR range test suggests {found.suggested_lr:.4g} ({found.suggestion})")
+    return cfg.replace(lr=found.suggested_lr)
 
 
 def _fmt(value: Any, pct: bool = False) -> str:

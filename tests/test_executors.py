@@ -1,0 +1,209 @@
+"""Executors (in-process, Ray), sweeps and the LR range test, on tiny synthetic data (whole file < 90 s)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from convladder.errors import UserError
+from convladder.executors.base import InProcessExecutor, make_job
+from convladder.executors.lrfind import range_test, steepest, suggest_lr, valley
+from convladder.executors.sweep import load_sweep, make_trials, run_sweep, sweep_summary
+from convladder.train.config import TrainConfig
+from convladder.train.store import RunStore
+
+SPEC = ("c1[conv3x3({c1}, bias=false) relu bn dropout({drop})] c2[conv3x3(16, bias=false) relu bn] "
+        "t[maxpool2x2 conv1x1(8)] out[gap conv1x1(10)]")
+# threads=1: results are bit-identical across executors only when torch uses the same number of threads
+TINY = {"dataset": "synthetic", "subset": 256, "epochs": 1, "val_size": 0, "batch_size": 64, "threads": 1,
+        "clean_train_eval": 0, "augment": False, "lr": 0.2}
+RUN_FILES = {"config.json", "env.json", "metrics.jsonl", "result.json", "model.safetensors", "resume.pt"}
+
+
+def write_sweep(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def sweep_text(c1=(4, 8), drop=(0.0,), budget=5000, extra_params="", extra="") -> str:
+    return (f'name: t\nmodel: "{SPEC}"\nbudget: {budget}\nsearch: grid\nseeds: 1\n'
+            f"base: {json.dumps(TINY)}\n{extra}params:\n"
+            f"  c1: {{role: studied, values: {list(c1)}}}\n  drop: {{role: nuisance, values: {list(drop)}}}\n"
+            + extra_params)
+
+
+def metrics(root: Path, run_id: str) -> list[dict]:
+    rows = RunStore(root).read_metrics(run_id)
+    timing = ("_time_s", "_per_s")  # wall-clock fields differ between any two runs
+    return [{k: v for k, v in r.items() if not k.endswith(timing)} for r in rows]
+
+
+# -- in-process ---------------------------------------------------------------------------------------------
+def test_inprocess_sweep_trains_ranks_and_isolates(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path, sweep_text(c1=(4, 8), drop=(0.0, 0.1))), seeds=2)
+    result = run_sweep(spec, tmp_path / "runs", InProcessExecutor())
+    summary = sweep_summary(result)
+    assert summary["counts"] == {"completed": 4, "failed": 0, "rejected": 0}
+    ranked = [r for r in summary["trials"] if r["status"] == "completed"]
+    keys = [(-r["test_acc"]["min"], r["params"]) for r in ranked]
+    assert keys == sorted(keys)  # min-over-seeds accuracy, then fewer parameters
+    assert all(len(r["runs"]) == 2 for r in ranked)  # one run per seed
+    assert [row["value"] for row in summary["isolation"]] == [4, 8]
+    assert all(row["best_trial"] and row["nuisance"].keys() == {"drop"} for row in summary["isolation"])
+    store = RunStore(tmp_path / "runs")
+    assert len(store.list_runs(status="completed", tag="sweep:t")) == 8
+    # rerunning the sweep reuses the stored runs (jobs are keyed by their config)
+    again = sweep_summary(run_sweep(spec, tmp_path / "runs", InProcessExecutor()))
+    assert again["counts"]["completed"] == 4 and len(store.list_runs()) == 8
+
+
+def test_over_budget_networks_are_rejected_before_training(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path, sweep_text(c1=(4, 64), budget=2000)))
+    trials = make_trials(spec)
+    by_c1 = {t.values["c1"]: t for t in trials}
+    assert by_c1[4].status == "pending" and by_c1[4].params < 2000
+    assert by_c1[64].status == "rejected" and "budget" in by_c1[64].error
+    result = run_sweep(spec, tmp_path / "runs")
+    assert {t.values["c1"]: t.status for t in result.trials} == {4: "completed", 64: "rejected"}
+    assert len(RunStore(tmp_path / "runs").list_runs()) == 1  # nothing was trained for the rejected one
+
+
+@pytest.mark.parametrize("text, key, line", [
+    (sweep_text(extra_params="  widht: {role: nuisance, values: [1]}\n"), "widht", 10),
+    (sweep_text(extra="shedule: onecycle\n"), "shedule", 7),
+    (sweep_text(extra_params="  lr: {role: nuisance, valuse: [0.1]}\n"), "valuse", 10),
+])
+def test_unknown_key_names_key_and_line(tmp_path, text, key, line):
+    path = write_sweep(tmp_path, text)
+    with pytest.raises(UserError) as err:
+        load_sweep(path)
+    assert repr(key) in str(err.value) and f"{path}:{line}" in str(err.value)
+
+
+def test_crashing_trial_is_recorded_and_sweep_goes_on(tmp_path):
+    # batch_size 100000 passes config validation but cannot train on 256 images: that trial crashes
+    spec = load_sweep(write_sweep(tmp_path, sweep_text(
+        c1=(4,), extra_params="  batch_size: {role: nuisance, values: [64, 100000]}\n")))
+    summary = sweep_summary(run_sweep(spec, tmp_path / "runs"))
+    status = {r["values"]["batch_size"]: r for r in summary["trials"]}
+    assert status[64]["status"] == "completed"
+    assert status[100000]["status"] == "failed" and "batch_size" in status[100000]["error"]
+
+
+# -- LR range test ------------------------------------------------------------------------------------------
+def test_range_test_restores_weights_and_bn_buffers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    batches = iter(lambda: (torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)), None)
+    lrs, raw, smooth, _ = range_test(model, opt, batches, [1e-4 * 10 ** (i / 10) for i in range(50)])
+    assert len(lrs) == len(raw) == len(smooth) > 5
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not opt.state  # no momentum buffers left behind
+
+
+def test_suggest_lr_is_finite_on_synthetic_data():
+    cfg = TrainConfig.from_dict({**TINY, "model": SPEC.format(c1=8, drop=0.0), "subset": 512, "batch_size": 32})
+    res = suggest_lr(cfg, min_lr=1e-4, max_lr=10, steps=40)
+    assert res.suggested_lr is not None and 1e-4 <= res.suggested_lr <= 10
+    assert all(torch.isfinite(torch.tensor(res.smoothed)))
+    assert res.valley_lr is not None
+
+
+def test_valley_and_steepest_on_a_made_up_curve():
+    lrs = [10 ** (-5 + i / 10) for i in range(50)]
+    losses = [2.3] * 20 + [2.3 - 0.1 * i for i in range(20)] + [0.3 + i for i in range(10)]
+    assert lrs[20] <= valley(lrs, losses) <= lrs[39]
+    assert lrs[19] <= steepest(lrs, losses) <= lrs[39]
+
+
+# -- Ray ------------------------------------------------------------------------------------------------------
+def test_missing_ray_is_a_clear_error(monkeypatch):
+    from convladder.executors import ray_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(UserError, match=r"pip install 'convladder\[ray\]'"):
+        ray_executor.import_ray()
+
+
+def test_unreachable_ray_address_fails_fast():
+    from convladder.executors.ray_executor import check_reachable
+
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="unreachable"):
+        check_reachable("ray://127.0.0.1:9", timeout=2)  # port 9 (discard): nothing listens there
+    with pytest.raises(UserError, match="host:port"):
+        check_reachable("not-an-address")
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'convladder[ray]' to run the Ray tests")
+    from convladder.executors.ray_executor import RayExecutor
+
+    executor = RayExecutor(cpus_per_trial=1, num_cpus=2)
+    executor.connect()
+    yield executor
+    ray.shutdown()
+
+
+def test_ray_sweep_matches_inprocess(tmp_path, local_ray):
+    spec = load_sweep(write_sweep(tmp_path, sweep_text(c1=(4, 8))))
+    local = sweep_summary(run_sweep(spec, tmp_path / "a", InProcessExecutor()))
+    remote = sweep_summary(run_sweep(spec, tmp_path / "b", local_ray))
+    assert remote["executor"] == "ray" and remote["counts"]["completed"] == 2
+    for a, b in zip(local["trials"], remote["trials"]):
+        assert (a["trial"], a["test_acc"], a["params"]) == (b["trial"], b["test_acc"], b["params"])
+        run_a, run_b = a["runs"][0], b["runs"][0]
+        assert metrics(tmp_path / "a", run_a) == metrics(tmp_path / "b", run_b)  # same numbers, bit for bit
+        # the driver wrote the store: same files, row and result as an in-process run
+        assert {p.name for p in (tmp_path / "b" / run_b).iterdir()} == RUN_FILES
+        rec = RunStore(tmp_path / "b").get(run_b)
+        assert rec.status == "completed" and rec.final_test_acc == b["test_acc"]["min"]
+        assert RunStore(tmp_path / "b").read_result(run_b)["run_id"] == run_b
+        sd_a = RunStore(tmp_path / "a").load_state_dict(run_a)
+        sd_b = RunStore(tmp_path / "b").load_state_dict(run_b)
+        assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_ray_records_a_crashing_job(tmp_path, local_ray):
+    good = make_job({**TINY, "model": SPEC.format(c1=4, drop=0.0)}, label="good")
+    bad = make_job({**TINY, "model": SPEC.format(c1=4, drop=0.0), "batch_size": 100000}, label="bad")
+    done = []
+    results = local_ray.map([good, bad], tmp_path / "runs", on_done=done.append)
+    assert [r["label"] for r in results] == ["good", "bad"] and len(done) == 2
+    assert results[0]["status"] == "completed" and results[1]["status"] == "failed"
+    assert "batch_size" in results[1]["error"]
+
+
+# -- CLI ------------------------------------------------------------------------------------------------------
+def test_cli_sweep_dry_run_and_lr_find(tmp_path):
+    from typer.testing import CliRunner
+
+    from convladder.cli import build_app
+
+    runner = CliRunner()
+    path = write_sweep(tmp_path, sweep_text(c1=(4, 64), budget=2000))
+    res = runner.invoke(build_app(), ["sweep", str(path), "--dry-run", "--runs", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    assert "rejected" in res.output and "isolation of c1" in res.output
+    res = runner.invoke(build_app(), ["sweep", str(path), "--gpus-per-trial", "0.25"])
+    assert res.exit_code != 0 and isinstance(res.exception, UserError)
+    out = tmp_path / "lr"
+    res = runner.invoke(build_app(), ["lr-find", "--model", SPEC.format(c1=4, drop=0.0), "--dataset", "synthetic",
+                                      "--steps", "20", "--max", "10", "--out", str(out), "val_size=0", "threads=1"])
+    assert res.exit_code == 0, res.output
+    assert "suggested lr" in res.output
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert len(data["lrs"]) == len(data["smoothed"]) > 0 and out.with_suffix(".csv").is_file()
