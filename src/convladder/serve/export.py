@@ -1,0 +1,201 @@
+"""Export a run's network to one self-contained ONNX file, and check it against torch.
+
+The exported graph takes **float32 pixels in [0, 1], shape (batch, 1, 28, 28)** (MNIST form:
+white ink on black, i.e. uint8 / 255) and returns **probabilities, shape (batch, classes)**.
+The run's normalisation ((x - mean) / std) and the softmax are inside the graph, so a
+caller needs nothing from convladder. Input name `pixels`, output name `probs`; the batch
+dimension is dynamic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from convladder.errors import UserError
+from convladder.serve.predict import LoadedRun, Predictor
+
+INPUT_NAME, OUTPUT_NAME = "pixels", "probs"
+TOLERANCE = 1e-4  # max |onnxruntime - torch| per probability
+EXTRA_HINT = "pip install 'convladder[export]'"
+
+
+def require_onnx() -> None:
+    """Fail with the install hint when the optional export dependencies are missing."""
+    missing = []
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}: {EXTRA_HINT}")
+
+
+class ProbsFromPixels(nn.Module):
+    """pixels in [0, 1] -> normalise -> network logits -> softmax (what the ONNX file computes)."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.net = model
+        self.mean, self.std = float(mean), float(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = getattr(self.net, "logits", self.net)((x - self.mean) / self.std)
+        return torch.softmax(logits.flatten(1), dim=1)
+
+
+@dataclass
+class ExportReport:
+    """What `export_onnx` wrote and how it was checked."""
+
+    path: Path
+    bytes: int
+    images: int  # how many images the outputs were compared on
+    source: str  # "MNIST test set" or "generated images"
+    max_abs_diff: float
+    onnx_acc: float | None = None  # percent, on the MNIST test set
+    torch_acc: float | None = None
+    run_acc: float | None = None  # what the run recorded
+
+
+def cached_mnist_test() -> tuple[np.ndarray, np.ndarray] | None:
+    """MNIST test images/labels if they are in the local cache (never downloads)."""
+    try:
+        from convladder.data.datasets import load_dataset
+
+        splits = load_dataset("mnist", fetch=False)
+    except (ImportError, UserError, OSError):
+        return None
+    return np.asarray(splits.x_test), np.asarray(splits.y_test)
+
+
+def _onnx_bytes(wrapper: nn.Module) -> bytes:
+    """Trace to ONNX with the dynamo exporter, quietly (it logs and prints progress)."""
+    example = torch.rand(2, 1, 28, 28)
+    batch = torch.export.Dim("batch", min=1)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), external_data=False, optimize=True, verbose=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - exporter failures come in many types; report the layer problem
+        raise UserError(f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
+    finally:
+        quiet.setLevel(level)
+    import onnx
+
+    proto = program.model_proto
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise UserError("the exported model would need an external-data file; this exporter writes one file only")
+    return proto.SerializeToString()
+
+
+def _add_metadata(data: bytes, run: LoadedRun) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    meta = {
+        "convladder.run": run.run_id,
+        "convladder.input": "float32 pixels in [0,1], (batch,1,28,28), MNIST form (white ink on black)",
+        "convladder.output": "class probabilities (batch, classes)",
+        "convladder.mean": repr(run.mean),
+        "convladder.std": repr(run.std),
+        "convladder.model_spec": str(run.config.get("model_spec", "")),
+    }
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"convladder run {run.run_id}: {meta['convladder.input']} -> {meta['convladder.output']}"
+    return proto.SerializeToString()
+
+
+def ort_session(path_or_bytes: Path | bytes, threads: int = 0):
+    """An onnxruntime CPU session; threads=0 lets onnxruntime choose."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_probs(session, pixels01: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Run the exported model on float32 (N, 1, 28, 28) pixels in [0, 1]."""
+    outs = [session.run([OUTPUT_NAME], {INPUT_NAME: pixels01[i:i + batch_size]})[0]
+            for i in range(0, len(pixels01), batch_size)]
+    return np.concatenate(outs)
+
+
+def verify(data: bytes, run: LoadedRun, path: Path) -> ExportReport:
+    """Compare onnxruntime with torch on MNIST test images (or generated ones) and check accuracy."""
+    predictor = Predictor.from_run(run)
+    mnist = cached_mnist_test()
+    if mnist is not None:
+        x_u8, labels = mnist
+        source = "MNIST test set"
+    else:
+        # Without MNIST, exercise the graph on varied inputs: noise and blank images both matter.
+        rng = np.random.default_rng(0)
+        x_u8 = (rng.random((512, 28, 28)) ** 3 * 255).astype(np.uint8)
+        x_u8[:8] = 0
+        labels, source = None, "generated images"
+    x01 = x_u8.astype(np.float32)[:, None] / np.float32(255.0)
+    ref = predictor.probs(x_u8)
+    got = ort_probs(ort_session(data), x01)
+    diff = float(np.abs(got - ref).max())
+    report = ExportReport(path, len(data), len(x01), source, diff)
+    if diff > TOLERANCE:
+        raise UserError(f"ONNX and torch disagree by {diff:.2e} (> {TOLERANCE:g}) on the {source}; not writing {path}")
+    if labels is not None:
+        report.onnx_acc = float((got.argmax(1) == labels).mean() * 100)
+        report.torch_acc = float((ref.argmax(1) == labels).mean() * 100)
+        report.run_acc = run.test_acc
+        if report.onnx_acc != report.torch_acc:
+            raise UserError(f"ONNX accuracy {report.onnx_acc:.2f}% differs from torch's {report.torch_acc:.2f}%; not writing {path}")
+        # The run evaluated with its own pipeline; one image (0.01 %) of slack covers float summation order.
+        if report.run_acc is not None and abs(report.onnx_acc - report.run_acc) > 0.011:
+            raise UserError(
+                f"exported model scores {report.onnx_acc:.2f}% on MNIST test but run {run.run_id} recorded "
+                f"{report.run_acc:.2f}% — the weights or normalisation (mean {run.mean}, std {run.std}) do not match; not writing {path}")
+    return report
+
+
+def export_onnx(run: LoadedRun, out: Path, *, check: bool = True) -> ExportReport:
+    """Write `out` (one file) atomically after verifying it; nothing is written if a check fails."""
+    require_onnx()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = _add_metadata(_onnx_bytes(ProbsFromPixels(run.model, run.mean, run.std).eval()), run)
+    report = verify(data, run, out) if check else ExportReport(out, len(data), 0, "not checked", float("nan"))
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return report
