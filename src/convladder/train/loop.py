@@ -150,7 +150,7 @@ def train(config: TrainConfig, store: RunStore | None = None, progress: Progress
         state = _State(**saved["state"])
         handle.update(status="running")
     elif store is not None:
-        env = runenv.environment(device, data.image_shape)
+        env = runenv.environment(device, data.image_shape, data.mean, data.std)
         handle = store.create_run(config.to_dict(), env, params=params)
     run_id = handle.id if handle else None
     progress.start({"run_id": run_id, "model": config.model if len(config.model) < 40 else "custom spec",

@@ -70,8 +70,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Versions, commit, machine and device of this run (env.json)."""
+def environment(device: torch.device, input_shape: tuple[int, ...], data_mean: float | None = None,
+                data_std: float | None = None) -> dict[str, Any]:
+    """Versions, commit, machine and device of this run, and the normalisation it used (env.json)."""
     import convladder
 
     env: dict[str, Any] = {
@@ -79,6 +80,7 @@ def environment(device: torch.device, input_shape: tuple[int, ...]) -> dict[str,
         "python": platform.python_version(), "git_commit": _git_commit(), "device": str(device),
         "hostname": socket.gethostname(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "input_shape": list(input_shape),
+        "data_mean": data_mean, "data_std": data_std,  # predict/export/serve normalise the same way
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
