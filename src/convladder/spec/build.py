@@ -28,6 +28,25 @@ class ClassProbs(nn.Module):
         return "log_softmax" if self.log else "softmax"
 
 
+class Dropout(nn.Dropout):
+    """Element-wise dropout, as `nn.Dropout`, with a faster mask on the CPU.
+
+    On the CPU, `bernoulli_` draws one random number per element and took ~30 % of a training step of
+    the reference network. Here each 64-bit draw gives four 16-bit uniforms, so the mask costs ~1/6
+    as much; the keep probability is rounded to 1/65536. Other devices use torch's own dropout.
+    It draws from torch's default CPU generator, like `nn.Dropout`, so seeding and resume still apply.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or torch.jit.is_tracing():
+            return super().forward(x)
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        uniform16 = bits.view(torch.int16)[:n].view(x.shape)
+        keep = uniform16 >= (-32768 + round(self.p * 65536))
+        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)
+
+
 class SpecNet(nn.Sequential):
     """A network built from a spec: a Sequential of named blocks.
 
@@ -92,7 +111,7 @@ def build_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.Mo
         module = nn.BatchNorm2d(shape[0]) if spatial else nn.BatchNorm1d(shape[0])
         out = shape
     elif kind == "dropout":
-        module, out = nn.Dropout(layer.p), shape
+        module, out = Dropout(layer.p), shape
     elif kind == "gap":
         module, out = nn.AdaptiveAvgPool2d(1), (shape[0], 1, 1)
     elif kind == "flatten":
