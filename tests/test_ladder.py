@@ -13,7 +13,7 @@ from convladder.errors import UserError
 from convladder.ladder.compare import format_table, ladder_summary
 from convladder.ladder.diagnostics import bn_health, dead_relu, diagnose_run
 from convladder.ladder.diff import check_ladder
-from convladder.ladder.ladder import load_ladder, parse_ladder
+from convladder.ladder.ladder import parse_ladder
 from convladder.ladder.run import run_ladder
 from convladder.spec.registry import list_models
 from convladder.train.store import RunStore

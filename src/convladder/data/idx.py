@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from convladder.errors import UserError
+from convladder.fileio import atomic_write_bytes  # noqa: F401  (re-exported: data modules use it)
 
 # IDX type code -> big-endian numpy dtype.
 _CODE_TO_DTYPE = {
@@ -113,17 +113,3 @@ def make_readable(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes so that `path` is either the old file or the complete new one, never partial."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import html
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +17,17 @@ from typing import Any
 
 import torch
 
+from convladder.fileio import atomic_write_text
 from convladder.report import assets, concepts, figures, netfigs
 from convladder.report.plot import Figure
-from convladder.report.rundata import RunData, final_numbers, ladder_steps, load_run, resolve_target, spread
+from convladder.report.rundata import (
+    RunData,
+    final_numbers,
+    ladder_steps,
+    load_run,
+    resolve_target,
+    spread,
+)
 
 E = html.escape
 
@@ -262,14 +268,5 @@ def write_report(target: str, out: str | Path | None = None, runs_root: str | Pa
     out = Path(out) if out else Path(f"report-{name}.html")
     text = render(kind, name, runs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, text)
     return out

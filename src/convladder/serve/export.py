@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from convladder.errors import UserError
+from convladder.fileio import atomic_write_bytes
 from convladder.serve.predict import LoadedRun, Predictor
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probs"
@@ -185,17 +184,5 @@ def export_onnx(run: LoadedRun, out: Path, *, check: bool = True) -> ExportRepor
     out.parent.mkdir(parents=True, exist_ok=True)
     data = _add_metadata(_onnx_bytes(ProbsFromPixels(run.model, run.mean, run.std).eval()), run)
     report = verify(data, run, out) if check else ExportReport(out, len(data), 0, "not checked", float("nan"))
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(out, data)
     return report

@@ -59,7 +59,7 @@ class TrainConfig:
     seeds: int = 1  # train seeds seed, seed+1, ... and report min/median/max
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = leave torch's choice)
-    channels_last: str = "auto"  # auto: on where measured faster (CPU and CUDA for these nets)
+    channels_last: str = "auto"  # auto: on for CUDA only; on 2 CPU cores training was measured slower with it
     compile: bool = False
     eval_every: int = 1  # evaluate val/test every N epochs (the last epoch always)
     eval_batch_size: int = 2000

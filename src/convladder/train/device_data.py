@@ -7,31 +7,17 @@ worker processes and host-to-device copies per batch, which dominate the cost of
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
+from convladder.data.datasets import DataSplits
 from convladder.errors import UserError
 from convladder.train.config import TrainConfig
 
 
-@dataclass
-class Splits:
-    """Same fields as `convladder.data.datasets.DataSplits` (used for generated data)."""
-
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classes: int
-    mean: float
-    std: float
-
-
 @lru_cache(maxsize=4)  # generation loops in Python; tests ask for the same set often
-def synthetic_splits(n_train: int = 2048, n_test: int = 512, classes: int = 10, seed: int = 0) -> Splits:
+def synthetic_splits(n_train: int = 2048, n_test: int = 512, classes: int = 10, seed: int = 0) -> DataSplits:
     """A learnable, deterministic 28x28 uint8 data set: one smooth template per class, shifted and noised.
 
     A small CNN learns it to ~100 % in an epoch or two, so tests can check that training works.
@@ -52,25 +38,24 @@ def synthetic_splits(n_train: int = 2048, n_test: int = 512, classes: int = 10, 
     x_test, y_test = make(n_test)
     mean = float(x_train.float().mean() / 255)
     std = float(x_train.float().std() / 255)
-    return Splits("synthetic", x_train, y_train, x_test, y_test, classes, mean, std)
+    return DataSplits("synthetic", x_train, y_train, x_test, y_test, classes, mean, std)
 
 
 def load_splits(config: TrainConfig):
     """The data set named in the config: 'synthetic' is generated here, anything else comes from convladder.data."""
     if config.dataset == "synthetic":
         return synthetic_splits()
-    from convladder.data.datasets import load_dataset  # imported late: the data area owns downloads
+    from convladder.data.datasets import (
+        load_dataset,  # imported late: the data area owns downloads
+    )
 
     return load_dataset(config.dataset, config.data_root, fetch=True)
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train/validation indices (the data area's split when available; a seeded permutation otherwise)."""
-    try:
-        from convladder.data.split import train_val_split
-    except ImportError:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        return perm[val_size:].sort().values, perm[:val_size].sort().values
+    """Train/validation indices: the data area's seeded split."""
+    from convladder.data.split import train_val_split
+
     train_idx, val_idx = train_val_split(n, val_size, seed)
     return torch.as_tensor(train_idx, dtype=torch.int64), torch.as_tensor(val_idx, dtype=torch.int64)
 

@@ -129,7 +129,7 @@ def train(config: TrainConfig, store: RunStore | None = None, progress: Progress
     setup = runenv.prepare(config, data if data is not None else load_splits(config), device)
     data, model, spec_text, params = setup.data, setup.model, setup.spec_text, setup.params
     config = config.replace(model_spec=spec_text)
-    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and device.type in ("cpu", "cuda"))
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps = data.steps_per_epoch(config.batch_size)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import secrets
 import sqlite3
-import tempfile
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from convladder.errors import UserError
+from convladder.fileio import atomic_write_bytes
 from convladder.paths import runs_dir
 
 COLUMNS = ("id", "created", "status", "name", "model", "dataset", "seed", "params", "epochs",
@@ -33,20 +32,6 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
   id TEXT PRIMARY KEY, created TEXT NOT NULL, status TEXT NOT NULL, name TEXT, model TEXT, dataset TEXT,
   seed INTEGER, params INTEGER, epochs INTEGER, final_test_acc REAL, best_val_acc REAL, best_epoch INTEGER,
   path TEXT NOT NULL, tags TEXT NOT NULL DEFAULT '[]')"""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
