@@ -62,7 +62,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto: on for CUDA only; on 2 CPU cores training was measured slower with it
     compile: bool = False
     eval_every: int = 1  # evaluate val/test every N epochs (the last epoch always)
-    eval_batch_size: int = 2000
+    eval_batch_size: int = 500
     clean_train_eval: int = 10000  # at the end, evaluate train accuracy without dropout/augmentation on N images
     select_on: str = "val"  # which split picks the best epoch: val, or test if the user insists
     target: float = 99.4

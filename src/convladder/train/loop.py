@@ -50,24 +50,33 @@ class _State:
     warmup_s: float = 0.0
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the weights' format switch must give ordinary tensors back to training
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: DeviceData, batch_size: int,
              channels_last: bool = False) -> tuple[float, float]:
     """(mean loss, accuracy %) over (x uint8, y) in large batches; one device read at the end."""
     if len(y) == 0:
         return float("nan"), float("nan")
     model.eval()
+    # On the CPU, inference is faster channels_last (15k tiny8k images: 0.65 s vs 1.8 s) while training is
+    # slower, so the weights switch format for evaluation only; their values do not change.
+    switch = x.device.type == "cpu" and not channels_last
+    if switch:
+        model.to(memory_format=torch.channels_last)
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    for start in range(0, len(y), batch_size):
-        xb = data.normalise(to_unit(x[start:start + batch_size]))
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        yb = y[start:start + batch_size]
-        with _autocast(x.device):
-            logits = model.logits(xb).float()
-        loss += F.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
+    try:
+        for start in range(0, len(y), batch_size):
+            xb = data.normalise(to_unit(x[start:start + batch_size]))
+            if channels_last or switch:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y[start:start + batch_size]
+            with _autocast(x.device):
+                logits = model.logits(xb).float()
+            loss += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(1) == yb).sum()
+    finally:
+        if switch:
+            model.to(memory_format=torch.contiguous_format)
     return float(loss) / len(y), 100.0 * int(correct) / len(y)
 
 
