@@ -94,7 +94,10 @@ def train_command(
             typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
             return
         if cfg.seeds == 1:
-            train(cfg, store, progress)
+            result = train(cfg, store, progress)
+            if not (quiet or json_lines) and result.run_id:
+                typer.echo(f"run folder: {store.root / result.run_id}  (convladder runs show {result.run_id}; "
+                           f"convladder report {result.run_id})")
             return
         _, stats = train_seeds(cfg, store, progress)
         if json_lines:
