@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"train-{device.type}.md"
+    # the default network's table is train-<device>.md; another network's gets its own file
+    out = RESULTS / (f"train-{device.type}.md" if args.model is None else f"train-{device.type}-{args.model}.md")
     out.write_text(text)
     print(text)
     print(f"written to {out}")

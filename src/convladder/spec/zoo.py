@@ -47,6 +47,15 @@ ZOO: dict[str, ZooEntry] = {
         "reference: <= 8k params, no bias, no FC; >= 99.4 % MNIST test within 12-15 epochs (convladder train defaults)",
         7_944,
     ),
+    "tiny6k": ZooEntry(
+        "conv1[conv3x3(8, bias=false) relu bn dropout(0.05)] conv2[conv3x3(10, bias=false) relu bn dropout(0.05)] "
+        "trans1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
+        "conv3[conv3x3(10, bias=false) relu bn dropout(0.05)] conv4[conv3x3(14, bias=false) relu bn dropout(0.05)] "
+        "conv5[conv3x3(14, bias=false) relu bn dropout(0.05)] conv6[conv3x3(10, padding=1, bias=false) relu bn dropout(0.05)] "
+        "out[gap conv1x1(10, bias=false) logsoftmax]",
+        "tiny8k narrowed (conv2/conv3/conv6 to 10, conv4/conv5 to 14): 6,124 params; train with epochs=15",
+        6_124,
+    ),
     "course15k": ZooEntry(
         "conv1[conv3x3(10, bias=false) relu bn dropout(0.05)] conv2[conv3x3(16, bias=false) relu bn dropout(0.05)] "
         "trans1[maxpool2x2 conv1x1(10, bias=false) relu bn] "
