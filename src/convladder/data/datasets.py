@@ -9,10 +9,7 @@ cached file is always caught.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +20,11 @@ import numpy as np
 import torch
 
 from convladder.data import catalog, sources
-from convladder.data.idx import atomic_write_bytes, make_readable, write_idx
+from convladder.data.idx import write_idx
 from convladder.data.sources import Fetched, SourceUnavailable
 from convladder.data.verify import check_arrays, placement_hint, verify_hashes
 from convladder.errors import UserError
+from convladder.fileio import atomic_write_bytes
 from convladder.paths import data_dir
 
 Log = Callable[[str], Any]
@@ -128,15 +126,7 @@ def _write_meta(folder: Path, name: str, arrays: dict[str, np.ndarray], hashes: 
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        make_readable(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(dst, src.read_bytes())  # the IDX .gz files are ~10 MB at most
 
 
 def store(name: str, fetched: Fetched, arrays: dict[str, np.ndarray], hashes: dict[str, str],

@@ -7,14 +7,13 @@ uint32 per dimension, then the data in C order (big-endian for multi-byte types)
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from convladder.errors import UserError
-from convladder.fileio import atomic_write_bytes  # noqa: F401  (re-exported: data modules use it)
+from convladder.fileio import atomic_write_bytes
 
 # IDX type code -> big-endian numpy dtype.
 _CODE_TO_DTYPE = {
@@ -104,12 +103,3 @@ def write_idx(path: Path, array: np.ndarray, *, compress: bool | None = None) ->
         data = gzip.compress(data, compresslevel=6, mtime=0)
     atomic_write_bytes(path, data)
     return path
-
-
-def make_readable(path: str | Path) -> None:
-    """Give a mkstemp file (always 0600) the usual umask-based mode, so a shared cache is readable."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
