@@ -49,7 +49,7 @@ def test_inprocess_sweep_trains_ranks_and_isolates(tmp_path):
     spec = load_sweep(write_sweep(tmp_path, sweep_text(c1=(4, 8), drop=(0.0, 0.1))), seeds=2)
     result = run_sweep(spec, tmp_path / "runs", InProcessExecutor())
     summary = sweep_summary(result)
-    assert summary["counts"] == {"completed": 4, "failed": 0, "rejected": 0}
+    assert summary["counts"] == {"completed": 4, "stopped": 0, "failed": 0, "rejected": 0}
     ranked = [r for r in summary["trials"] if r["status"] == "completed"]
     keys = [(-r["test_acc"]["min"], r["params"]) for r in ranked]
     assert keys == sorted(keys)  # min-over-seeds accuracy, then fewer parameters
@@ -207,3 +207,50 @@ def test_cli_sweep_dry_run_and_lr_find(tmp_path):
     assert "suggested lr" in res.output
     data = json.loads(out.with_suffix(".json").read_text())
     assert len(data["lrs"]) == len(data["smoothed"]) > 0 and out.with_suffix(".csv").is_file()
+
+
+# -- Ray Tune scheduler (ASHA) --------------------------------------------------------------------------------
+SCHEDULED = {**TINY, "subset": 1200, "val_size": 200, "epochs": 2, "model": SPEC.format(c1=8, drop=0.0)}
+
+
+def test_scheduler_block_is_checked(tmp_path):
+    ok = load_sweep(write_sweep(tmp_path, sweep_text(extra="scheduler: {name: asha, grace_period: 2}\n")
+                                .replace('"val_size": 0', '"val_size": 64')))
+    assert ok.scheduler.grace_period == 2 and ok.scheduler.reduction_factor == 2
+    with pytest.raises(UserError, match=r"sweep.yaml:\d+: unknown scheduler key 'patience'"):
+        load_sweep(write_sweep(tmp_path, sweep_text(extra="scheduler: {name: asha, patience: 2}\n")))
+    with pytest.raises(UserError, match="validation accuracy.*val_size: 0"):
+        load_sweep(write_sweep(tmp_path, sweep_text(extra="scheduler: asha\n")))
+    with pytest.raises(UserError, match="hyperband.*not supported"):
+        load_sweep(write_sweep(tmp_path, sweep_text(extra="scheduler: hyperband\n")))
+    with pytest.raises(UserError, match="--executor ray"):
+        run_sweep(ok, tmp_path / "runs", InProcessExecutor())
+
+
+def test_asha_stops_weak_trials_and_the_store_gets_every_run(tmp_path, local_ray):
+    from convladder.executors.ray_executor import RayExecutor
+    from convladder.executors.scheduled import SchedulerSpec, map_scheduled
+
+    one_at_a_time = RayExecutor(cpus_per_trial=2)  # trials run in order on the 2-CPU Ray: ASHA's choices are fixed
+    jobs = [make_job({**SCHEDULED, "lr": 0.2}, label="good"), make_job({**SCHEDULED, "lr": 1e-5}, label="weak"),
+            make_job({**SCHEDULED, "lr": 2e-5}, label="weaker"),
+            make_job({**SCHEDULED, "batch_size": 100000}, label="crash")]
+    done = []
+    results = map_scheduled(one_at_a_time, jobs, tmp_path / "ray", SchedulerSpec("asha", 1, 2), on_done=done.append)
+    by = {r["label"]: r for r in results}
+    assert [r["label"] for r in results] == ["good", "weak", "weaker", "crash"] and len(done) == 4
+    assert by["good"]["status"] == "completed" and by["crash"]["status"] == "failed"
+    assert "batch_size" in by["crash"]["error"]
+    store = RunStore(tmp_path / "ray")
+    for label in ("weak", "weaker"):  # below the good trial's val accuracy at the epoch-1 rung
+        r = by[label]
+        assert r["status"] == "stopped" and r["epochs_done"] == 1, r
+        assert store.get(r["run_id"]).status == "stopped"
+        assert store.read_result(r["run_id"])["epochs_done"] == 1 and len(store.read_metrics(r["run_id"])) == 1
+    # a completed trial is the same run as in-process (threads 1): same metrics, bit for bit
+    local = InProcessExecutor().map([jobs[0]], tmp_path / "local")[0]
+    assert metrics(tmp_path / "local", local["run_id"]) == metrics(tmp_path / "ray", by["good"]["run_id"])
+    assert {p.name for p in (tmp_path / "ray" / by["good"]["run_id"]).iterdir()} >= RUN_FILES
+    # a rerun skips what the store already has and trains only what did not complete
+    again = map_scheduled(one_at_a_time, jobs[:1], tmp_path / "ray", SchedulerSpec())
+    assert again[0]["status"] == "skipped"

@@ -172,3 +172,45 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     model = store.load_model(run.id)  # epoch 1 weights, all finite
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
     assert len(store.read_metrics(run.id)) == 1
+
+
+def test_stopping_the_epoch_generator_records_a_stopped_run_that_resumes_to_full_length(tmp_path):
+    from convladder.train.loop import resume, run_to_end, train_epochs
+    store = RunStore(tmp_path / "runs")
+    config = tiny_config(epochs=3, device="cpu")
+    epochs = train_epochs(config, store)
+    first = next(epochs)
+    assert first["epoch"] == 1 and "val_acc" in first
+    epochs.close()  # what a scheduler does to a weak trial
+    [record] = store.list_runs()
+    assert record.status == "stopped"
+    result = json.loads((store.root / record.id / "result.json").read_text())
+    assert result["status"] == "stopped" and result["epochs_done"] == 1 and "--resume" in result["message"]
+    resumed = resume(record.id, store)
+    straight = run_to_end(train_epochs(config))
+    assert resumed.status == "completed" and resumed.epochs_done == 3
+    assert resumed.final["test_acc"] == straight.final["test_acc"]  # bit for bit on CPU, as an unbroken run
+
+
+@pytest.mark.parametrize("scheme", ["glorot", "kaiming"])
+def test_init_schemes_redraw_conv_weights_and_zero_biases(scheme):
+    from convladder.train.init import init_weights
+    from convladder.train.runenv import build_model
+
+    spec = "c1[conv3x3(16) relu] c2[conv3x3(32) relu bn] out[gap conv1x1(10)]"
+    torch_init, _ = build_model(spec, (1, 28, 28), seed=1)
+    model, _ = build_model(spec, (1, 28, 28), seed=1, init=scheme)
+    again, _ = build_model(spec, (1, 28, 28), seed=1, init=scheme)
+    conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    base = [m for m in torch_init.modules() if isinstance(m, torch.nn.Conv2d)]
+    for m, b in zip(conv, base):
+        assert float(m.bias.detach().abs().max()) == 0
+        fan_in, fan_out = m.weight[0].numel(), m.weight.shape[0] * m.weight[0, 0].numel()
+        want = 2 / (fan_in + fan_out) if scheme == "glorot" else 2 / fan_in
+        assert abs(float(m.weight.detach().var()) / want - 1) < 0.35  # the scheme's variance, not torch's 1/(3 fan_in)
+        assert not torch.equal(m.weight, b.weight)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError):
+        init_weights(model, "lecun")
+    with pytest.raises(UserError, match="init"):
+        train(tiny_config(init="lecun"))

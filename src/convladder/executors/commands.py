@@ -83,7 +83,8 @@ def sweep_command(
         if quiet or json_out:
             return
         acc = res.get("final_test_acc")
-        typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {res.get('label')}: {res.get('status')}"
+        stop = f" after epoch {res.get('epochs_done')}" if res.get("status") == "stopped" else ""
+        typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {res.get('label')}: {res.get('status')}{stop}"
                    + (f" test {acc:.2f}%" if acc is not None else "") + (f"  {res['error']}" if res.get("error") else "")
                    + (f"  run {res['run_id']}" if res.get("run_id") else ""))
 
@@ -100,7 +101,8 @@ def sweep_command(
         return
     typer.echo(format_table(summary))
     c = summary["counts"]
-    typer.echo(f"\n{c['completed']} completed, {c['failed']} failed, {c['rejected']} over budget; "
+    typer.echo(f"\n{c['completed']} completed, " + (f"{c['stopped']} stopped early, " if c["stopped"] else "")
+               + f"{c['failed']} failed, {c['rejected']} over budget; "
                f"{summary['wall_time_s']:.1f}s on {summary['executor']}; summary: {path}")
 
 

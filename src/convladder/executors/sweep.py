@@ -7,6 +7,7 @@ File format (docs/scaling.md has the long version):
     budget: 8000            # max parameters; networks above it are rejected before they train
     search: grid            # or random (with samples: N per studied value, sample_seed: S)
     seeds: 2                # each trial trains seeds seed .. seed+N-1; ranked by the worst of them
+    scheduler: asha         # optional: Ray Tune's ASHA stops weak trials early on val_acc (executors/scheduled.py)
     base: {dataset: mnist, epochs: 3, threads: 1}   # TrainConfig keys held for every trial
     params:
       c1:   {role: studied,  values: [4, 8, 12]}    # the effect we read
@@ -36,8 +37,9 @@ import yaml
 
 from convladder.errors import UserError
 from convladder.executors.base import Executor, InProcessExecutor, Job, make_job
+from convladder.executors.scheduled import SchedulerSpec, parse_scheduler, stopped_summary
 
-TOP_KEYS = {"name", "model", "budget", "search", "samples", "sample_seed", "seeds", "base", "params"}
+TOP_KEYS = {"name", "model", "budget", "search", "samples", "sample_seed", "seeds", "base", "params", "scheduler"}
 PARAM_KEYS = {"role", "values", "value", "uniform", "loguniform", "randint"}
 ROLES = ("studied", "nuisance", "fixed")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
@@ -67,6 +69,7 @@ class SweepSpec:
     sample_seed: int = 0
     seeds: int = 1
     path: str | None = None
+    scheduler: SchedulerSpec | None = None  # early stopping on Ray Tune (ASHA); None = every trial trains fully
 
     @property
     def studied(self) -> Param | None:
@@ -162,7 +165,11 @@ def parse_sweep(data: dict[str, Any], where: Callable[..., str] = lambda *k: "sw
                      budget=_int(data.get("budget"), where("budget"), allow_none=True), search=search,
                      samples=_int(data.get("samples", 4), where("samples")),
                      sample_seed=_int(data.get("sample_seed", 0), where("sample_seed"), minimum=0),
-                     seeds=_int(data.get("seeds", base.get("seeds", 1)), where("seeds")))
+                     seeds=_int(data.get("seeds", base.get("seeds", 1)), where("seeds")),
+                     scheduler=parse_scheduler(data.get("scheduler"), where))
+    if spec.scheduler and int(base.get("val_size", TrainConfig.val_size)) == 0:
+        raise UserError(f"{where('scheduler')}: the scheduler compares trials on validation accuracy, but base: "
+                        "sets val_size: 0; keep a validation split (the test set never stops a trial)")
     base.pop("seeds", None)  # seeds are expanded into jobs here, one run per seed
     TrainConfig.from_dict({k: v for k, v in base.items()})  # type-check the fixed keys now, not per trial
     return spec
@@ -291,14 +298,26 @@ class SweepResult:
 
 def run_sweep(spec: SweepSpec, runs_root: str | Path, executor: Executor | None = None,
               on_done: Callable[[dict[str, Any]], None] | None = None) -> SweepResult:
-    """Train every in-budget trial for every seed through `executor`; failures are recorded, the rest go on."""
+    """Train every in-budget trial for every seed through `executor`; failures are recorded, the rest go on.
+
+    With `spec.scheduler` the jobs run as Ray Tune trials and weak ones are stopped early (status 'stopped').
+    """
     executor = executor or InProcessExecutor()
+    if spec.scheduler and not hasattr(executor, "connect"):
+        raise UserError(f"scheduler: {spec.scheduler.name} runs on Ray Tune: add --executor ray "
+                        "(the in-process executor trains every trial to the end; drop scheduler: for that)")
     t0 = time.perf_counter()
     trials = make_trials(spec)
     runnable = [t for t in trials if t.status == "pending"]
     jobs = [job for t in runnable for job in trial_jobs(t, spec.seeds)]
     by_id = {t.id: t for t in trials}
-    for res in executor.map(jobs, runs_root, on_done=on_done):
+    if spec.scheduler:
+        from convladder.executors.scheduled import map_scheduled
+
+        done = map_scheduled(executor, jobs, runs_root, spec.scheduler, on_done=on_done)
+    else:
+        done = executor.map(jobs, runs_root, on_done=on_done)
+    for res in done:
         by_id[res["trial"]].runs.append(res)
     for t in runnable:
         _settle(t)
@@ -307,9 +326,13 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path, executor: Executor | None 
 
 
 def _settle(t: Trial) -> None:
-    """A trial is completed when every seed completed (or was already in the store); else failed."""
+    """Completed when every seed completed (or was in the store); stopped when the scheduler ended a seed early."""
     ok = [r for r in t.runs if r.get("status") in ("completed", "skipped") and r.get("final_test_acc") is not None]
-    bad = [r for r in t.runs if r not in ok]
+    stopped = [r for r in t.runs if r.get("status") == "stopped"]
+    bad = [r for r in t.runs if r not in ok and r not in stopped]
+    if stopped and not bad:
+        t.status, t.error = "stopped", stopped_summary(stopped)
+        return  # no test accuracy: a stopped trial is not ranked by the test set
     if bad or not ok:
         t.status = "failed"
         t.error = "; ".join(f"{r.get('label')}: {r.get('error') or r.get('status')}" for r in bad) or "no runs"
@@ -322,7 +345,7 @@ def _settle(t: Trial) -> None:
 
 def rank(trials: list[Trial]) -> list[Trial]:
     """Completed trials by min-over-seeds test accuracy (high first), then parameters (few first); then the rest."""
-    order = {"completed": 0, "failed": 1, "rejected": 2, "pending": 3}
+    order = {"completed": 0, "stopped": 1, "failed": 2, "rejected": 3, "pending": 4}
     return sorted(trials, key=lambda t: (order[t.status], -(t.acc.get("min") or 0.0) if t.status == "completed" else 0,
                                          t.params if t.params is not None else 1 << 62, t.id))
 
@@ -349,9 +372,10 @@ def sweep_summary(result: SweepResult) -> dict[str, Any]:
                               "nuisance": {k: v for k, v in best.values.items() if k != studied.name} if best else None,
                               "trials": len(tried), "completed": sum(t.status == "completed" for t in tried),
                               "rejected": sum(t.status == "rejected" for t in tried)})
-    counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "failed", "rejected")}
+    counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "stopped", "failed", "rejected")}
     return {"name": spec.name, "file": spec.path, "executor": result.executor, "search": spec.search,
-            "seeds": spec.seeds, "budget": spec.budget, "model_template": spec.model,
+            "seeds": spec.seeds, "budget": spec.budget,
+            "scheduler": spec.scheduler.describe() if spec.scheduler else None, "model_template": spec.model,
             "roles": {p.name: p.role for p in spec.params}, "studied": studied.name if studied else None,
             "trials": rows, "isolation": isolation, "counts": counts, "wall_time_s": result.wall_time_s,
             "runs_root": result.runs_root}
@@ -373,7 +397,8 @@ def format_table(summary: dict[str, Any]) -> str:
     names = list(summary["roles"])
     head = f"{'rank':>4} {'trial':5} {'status':9} " + " ".join(f"{n[:10]:>10}" for n in names) + \
         f" {'params':>8} {'min acc':>8} {'median':>7} {'max':>7}"
-    lines = [head]
+    lines = ([f"scheduler: {summary['scheduler']}; stopped trials are listed after the completed ones, unranked"]
+             if summary.get("scheduler") else []) + [head]
     for r in summary["trials"]:
         acc = r["test_acc"] or {}
         vals = " ".join(f"{_short(r['values'].get(n)):>10}" for n in names)

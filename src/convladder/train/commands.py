@@ -62,7 +62,7 @@ def train_command(
     config: Annotated[Optional[Path], Opt("--config", "-c", help="YAML file of config keys")] = None,
     set_: Annotated[Optional[list[str]], Opt("--set", help="override key=value (repeatable)")] = None,
     print_config: Annotated[bool, Opt("--print-config", help="print the resolved config as YAML and exit")] = False,
-    resume: Annotated[Optional[str], Opt("--resume", help="continue an interrupted run (id or prefix)")] = None,
+    resume: Annotated[Optional[str], Opt("--resume", help="continue an interrupted or early-stopped run (id or prefix)")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
     json_lines: Annotated[bool, Opt("--json", help="JSON lines per epoch and the final result")] = False,
 ) -> None:
@@ -136,7 +136,7 @@ def _fmt(value: Any, pct: bool = False) -> str:
 
 def runs_list(
     runs: RunsOpt = None,
-    status: Annotated[Optional[str], Opt(help="completed, running, interrupted, failed")] = None,
+    status: Annotated[Optional[str], Opt(help="completed, running, interrupted, stopped, failed")] = None,
     model: Annotated[Optional[str], Opt()] = None,
     tag: Annotated[Optional[str], Opt()] = None,
     limit: Annotated[int, Opt(help="at most N runs (0 = all)")] = 50,

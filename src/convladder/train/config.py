@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from convladder.errors import UserError
+from convladder.train.init import INITS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 SCHEDULES = ("none", "step", "onecycle", "cosine")
@@ -55,6 +56,7 @@ class TrainConfig:
     translate: float = 2.0  # pixels, uniform in [-translate, translate]
     scale: float = 0.1  # uniform in [1 - scale, 1 + scale]
     erase: float = 0.0  # probability of random erasing per image
+    init: str = "torch"  # weight init: torch (PyTorch defaults), glorot (Keras' defaults), kaiming (He normal)
     seed: int = 1
     seeds: int = 1  # train seeds seed, seed+1, ... and report min/median/max
     device: str = "auto"
@@ -181,6 +183,7 @@ def validate(config: TrainConfig) -> None:
     choice("device", DEVICES)
     choice("select_on", SELECT_ON)
     choice("channels_last", TRISTATE)
+    choice("init", INITS)
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "seeds": config.seeds,
                 "eval_every": config.eval_every, "eval_batch_size": config.eval_batch_size, "step_size": config.step_size}
     for key, value in positive.items():

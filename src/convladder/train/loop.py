@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from convladder.errors import UserError
+from convladder.train import runenv
 from convladder.train.augment import AugmentParams, augment
 from convladder.train.config import TrainConfig, validate
 from convladder.train.device_data import DeviceData, load_splits, to_unit
@@ -24,7 +26,6 @@ from convladder.train.optim import current_lr, make_optimizer, make_scheduler
 from convladder.train.progress import Progress
 from convladder.train.result import RunResult, gap, potential, seed_stats, verdict
 from convladder.train.store import RunHandle, RunStore
-from convladder.train import runenv
 
 PAUSE_ENV = "CONVLADDER_TEST_PAUSE_AFTER_EPOCH"  # test hook: after saving epoch N, touch $..._MARKER and sleep
 NAN_CHECK_EVERY = 100  # steps between cheap finite-loss checks (one sync each)
@@ -129,6 +130,25 @@ def train(config: TrainConfig, store: RunStore | None = None, progress: Progress
     and the model built). Raises UserError for bad input, TrainingDiverged on NaN/inf loss;
     KeyboardInterrupt is re-raised after the run is marked interrupted (resumable).
     """
+    return run_to_end(train_epochs(config, store, progress, data=data, resume_run=resume_run))
+
+
+def run_to_end(epochs: Generator[dict[str, Any], None, RunResult]) -> RunResult:
+    """Drive a `train_epochs` generator to its end and return its RunResult."""
+    while True:
+        try:
+            next(epochs)
+        except StopIteration as stop:
+            return stop.value
+
+
+def train_epochs(config: TrainConfig, store: RunStore | None = None, progress: Progress | None = None, *,
+                 data=None, resume_run: str | None = None) -> Generator[dict[str, Any], None, RunResult]:
+    """`train` one epoch at a time: yields each epoch's metrics row (after it is saved), returns the RunResult.
+
+    A caller that stops early (`.close()`, e.g. a scheduler such as ASHA dropping a weak trial) gets the run
+    recorded as 'stopped' after its last finished epoch, with a result.json; it can be resumed to full length.
+    """
     t0 = time.perf_counter()
     validate(config)
     progress = progress or Progress()
@@ -230,6 +250,13 @@ def train(config: TrainConfig, store: RunStore | None = None, progress: Progress
                 _save_epoch(handle, model, optimizer, scheduler, gen, device, state, improved)
             progress.epoch_end(row)
             _pause_hook(epoch)
+            yield row
+    except GeneratorExit:  # the caller stopped early: a finished-so-far run, not a failure
+        if handle is not None:
+            _finish(handle, _result(config, state, run_id, params, clock(), "stopped", select, None,
+                                    f"stopped early after epoch {state.epoch} of {config.epochs}; "
+                                    f"continue with: convladder train --resume {run_id}"))
+        raise
     except KeyboardInterrupt:
         if handle is not None:
             result = _result(config, state, run_id, params, clock(), "interrupted", select, None,

@@ -25,21 +25,22 @@ class Setup:
     params: int
 
 
-def build_model(model: str, input_shape: tuple[int, ...], seed: int) -> tuple[torch.nn.Module, str]:
-    """Resolve a name/file/spec text and build it with seeded initial weights; return (module, spec text)."""
+def build_model(model: str, input_shape: tuple[int, ...], seed: int, init: str = "torch") -> tuple[torch.nn.Module, str]:
+    """Resolve a name/file/spec text and build it with seeded initial weights (scheme `init`); return (module, spec text)."""
+    from convladder.train.init import init_weights
     from convladder.spec.build import build_module
     from convladder.spec.notation import format_spec
     from convladder.spec.registry import resolve_spec
 
     spec = resolve_spec(model, input_shape=tuple(input_shape))
     torch.manual_seed(seed)  # the initial weights depend on the seed only
-    return build_module(spec), format_spec(spec)
+    return init_weights(build_module(spec), init), format_spec(spec)
 
 
 def prepare(config: TrainConfig, splits, device: torch.device) -> Setup:
     """Put the data on the device and build the model; raise UserError if they do not fit together."""
     data = DeviceData(splits, config, device)
-    model, spec_text = build_model(config.model_spec or config.model, data.image_shape, config.seed)
+    model, spec_text = build_model(config.model_spec or config.model, data.image_shape, config.seed, config.init)
     with torch.no_grad():
         model.eval()
         out = model.logits(torch.zeros(2, *data.image_shape))
