@@ -113,10 +113,14 @@ def test_sigkill_between_epochs_then_resume_matches(tmp_path):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.time() < deadline, "child never reached the end of epoch 1"
         time.sleep(0.1)
+    (alive,) = store.list_runs()
+    assert alive.status == "running"  # paused after epoch 1, its process is there
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     (killed,) = store.list_runs()
-    assert killed.status == "running"  # it had no chance to say otherwise
+    # the process had no chance to say so; the store sees its owner is gone and says what it is
+    assert killed.status == "interrupted" and store.get(killed.id).status == "interrupted"
+    assert not (store.root / killed.id / "running.json").exists()
     resumed = resume(killed.id, store)
     assert resumed.status == "completed"
     assert without_times(store.read_metrics(killed.id)) == without_times(RunStore(tmp_path / "full").read_metrics(full.run_id))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
+import socket
 import sqlite3
 import time
 from contextlib import closing
@@ -26,6 +28,7 @@ from convladder.errors import UserError
 from convladder.fileio import atomic_write_bytes
 from convladder.paths import runs_dir
 
+OWNER_FILE = "running.json"  # host and pid of the process training the run; removed when it stops running
 COLUMNS = ("id", "created", "status", "name", "model", "dataset", "seed", "params", "epochs",
            "final_test_acc", "best_val_acc", "best_epoch", "path", "tags")
 SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
@@ -63,6 +66,17 @@ class RunRecord:
     tags: list[str]
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (a zombie or another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunHandle:
     """Writes one run's folder and keeps its index row up to date."""
 
@@ -97,7 +111,12 @@ class RunHandle:
             raise UserError(f"{path} cannot be read ({type(exc).__name__}: {exc}); start a new run") from None
 
     def update(self, **fields: Any) -> None:
+        """Change the index row; status 'running' records this process as the run's owner (see OWNER_FILE)."""
+        if fields.get("status") == "running":
+            self.write_json(OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
         self.store._update(self.id, **fields)
+        if "status" in fields and fields["status"] != "running":
+            (self.path / OWNER_FILE).unlink(missing_ok=True)
 
 
 class RunStore:
@@ -146,6 +165,8 @@ class RunStore:
         with closing(self._connect()) as conn:
             conn.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                          tuple(values.values()))
+        if values["status"] == "running":
+            handle.write_json(OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
         return handle
 
     def handle(self, run_id_or_prefix: str) -> RunHandle:
@@ -163,10 +184,28 @@ class RunStore:
         with closing(self._connect()) as conn:
             rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM runs WHERE {where} ORDER BY created DESC, id DESC",
                                 tuple(filters.values())).fetchall()
-        records = [RunRecord(*r[:-1], tags=json.loads(r[-1] or "[]")) for r in rows]
+        records = [self._settle_orphan(RunRecord(*r[:-1], tags=json.loads(r[-1] or "[]"))) for r in rows]
         if tag:
             records = [r for r in records if tag in r.tags]
         return records[:limit] if limit else records
+
+    def _settle_orphan(self, record: RunRecord) -> RunRecord:
+        """A 'running' run whose process on this host is gone (SIGKILL, power loss) becomes 'interrupted'.
+
+        The trainer had no chance to say so itself; its last finished epoch is saved, so it can be resumed.
+        """
+        if record.status != "running":
+            return record
+        try:
+            owner = json.loads((self.root / record.id / OWNER_FILE).read_text())
+            if owner.get("host") != socket.gethostname() or _alive(int(owner["pid"])):
+                return record
+        except (OSError, ValueError, KeyError, TypeError):
+            return record  # no owner file (older run) or unreadable: leave the row as it is
+        self._update(record.id, status="interrupted")
+        (self.root / record.id / OWNER_FILE).unlink(missing_ok=True)
+        record.status = "interrupted"
+        return record
 
     def get(self, run_id_or_prefix: str) -> RunRecord:
         """A run by id or unique id prefix ('latest' = the newest run)."""
