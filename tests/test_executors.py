@@ -254,3 +254,21 @@ def test_asha_stops_weak_trials_and_the_store_gets_every_run(tmp_path, local_ray
     # a rerun skips what the store already has and trains only what did not complete
     again = map_scheduled(one_at_a_time, jobs[:1], tmp_path / "ray", SchedulerSpec())
     assert again[0]["status"] == "skipped"
+
+
+def test_cli_train_seeds_on_ray(tmp_path, local_ray):
+    from typer.testing import CliRunner
+
+    from convladder.cli import build_app
+
+    args = ["train", "--model", SPEC.format(c1=4, drop=0.0), "--dataset", "synthetic", "--subset", "256",
+            "--epochs", "1", "--val-size", "0", "--batch-size", "64", "--no-augment", "--seeds", "2",
+            "--threads", "1", "--runs", str(tmp_path / "runs"), "--executor", "ray"]
+    res = CliRunner().invoke(build_app(), args)
+    assert res.exit_code == 0, res.output
+    assert "seed 1: completed" in res.output and "seed 2: completed" in res.output
+    assert "final test acc over seeds [1, 2]: min" in res.output
+    runs = RunStore(tmp_path / "runs").list_runs(status="completed")
+    assert sorted(r.seed for r in runs) == [1, 2]
+    again = CliRunner().invoke(build_app(), args)  # the store has both: nothing trains again
+    assert again.exit_code == 0 and again.output.count(": skipped") == 2, again.output

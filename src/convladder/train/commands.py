@@ -65,6 +65,10 @@ def train_command(
     resume: Annotated[Optional[str], Opt("--resume", help="continue an interrupted or early-stopped run (id or prefix)")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
     json_lines: Annotated[bool, Opt("--json", help="JSON lines per epoch and the final result")] = False,
+    executor: Annotated[str, Opt("--executor", help="where --seeds runs: inprocess (default) or ray")] = "inprocess",
+    ray_address: Annotated[Optional[str], Opt("--ray-address", help="join a Ray cluster (auto, host:port, ray://...)")] = None,
+    cpus_per_trial: Annotated[float, Opt("--cpus-per-trial", help="CPUs per seed on Ray")] = 1.0,
+    gpus_per_trial: Annotated[float, Opt("--gpus-per-trial", help="GPU share per seed on Ray, e.g. 0.25")] = 0.0,
 ) -> None:
     """Train; print per-epoch metrics and an honest result (final, best-epoch, gap, potential, verdict)."""
     from convladder.train.loop import resume as resume_run
@@ -93,6 +97,10 @@ def train_command(
         if print_config:
             typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
             return
+        if executor != "inprocess" or ray_address or gpus_per_trial:
+            _train_seeds_on_executor(cfg, store, executor, ray_address, cpus_per_trial, gpus_per_trial,
+                                     quiet, json_lines)
+            return
         if cfg.seeds == 1:
             result = train(cfg, store, progress)
             if not (quiet or json_lines) and result.run_id:
@@ -100,18 +108,50 @@ def train_command(
                            f"convladder report {result.run_id})")
             return
         _, stats = train_seeds(cfg, store, progress)
-        if json_lines:
-            typer.echo(json.dumps({"event": "seeds", **stats}))
-        elif not quiet:
-            for key in ("final_test_acc", "best_epoch_test_acc"):
-                s = stats[key]
-                typer.echo(f"{key.replace('_', ' ')} over seeds {stats['seeds']}: "
-                           f"min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}")
-            typer.echo(f"all seeds >= {stats['target']}: {'yes' if stats['all_seeds_reach_target'] else 'no'}")
+        _print_seed_stats(stats, quiet, json_lines)
     except KeyboardInterrupt:
         typer.secho("interrupted: the last finished epoch is saved; continue with `convladder train --resume <run id>` "
                     "(see `convladder runs list`)", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(130)
+
+
+def _print_seed_stats(stats: dict[str, Any], quiet: bool, json_lines: bool) -> None:
+    if json_lines:
+        typer.echo(json.dumps({"event": "seeds", **stats}))
+    elif not quiet:
+        for key in ("final_test_acc", "best_epoch_test_acc"):
+            s = stats[key]
+            if s:
+                typer.echo(f"{key.replace('_', ' ')} over seeds {stats['seeds']}: "
+                           f"min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}")
+        typer.echo(f"all seeds >= {stats['target']}: {'yes' if stats['all_seeds_reach_target'] else 'no'}")
+
+
+def _train_seeds_on_executor(cfg: TrainConfig, store, executor: str, ray_address: str | None, cpus: float,
+                             gpus: float, quiet: bool, json_lines: bool) -> None:
+    """Each seed is a job on the executor (e.g. Ray, side by side); the driver writes the store as they end."""
+    from convladder.executors.base import make_job
+    from convladder.executors.commands import make_executor
+    from convladder.train.result import RunResult, seed_stats
+
+    runner = make_executor(executor, ray_address, cpus, gpus)
+    jobs = [make_job(cfg.replace(seed=cfg.seed + i, seeds=1).to_dict(), label=f"seed {cfg.seed + i}")
+            for i in range(cfg.seeds)]
+
+    def line(res: dict[str, Any]) -> None:
+        if not (quiet or json_lines):
+            acc = res.get("final_test_acc")
+            typer.echo(f"{res['label']}: {res['status']}" + (f" test {acc:.2f}%" if acc is not None else "")
+                       + (f"  {res['error']}" if res.get("error") else "") + (f"  run {res['run_id']}" if res.get("run_id") else ""))
+
+    results = runner.map(jobs, store.root, on_done=line)
+    done = [RunResult.from_dict(store.read_result(r["run_id"])) for r in results
+            if r["status"] in ("completed", "skipped") and r.get("run_id")]
+    if done:
+        _print_seed_stats(seed_stats(done), quiet, json_lines)
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(results)} seed(s) failed: {failed[0]['label']}: {failed[0]['error']}")
 
 
 def _with_found_lr(cfg: TrainConfig, quiet: bool) -> TrainConfig:
