@@ -25,4 +25,6 @@ PY
 python -m convladder ladder report eip4-s2 --runs "$(grep ^RUNS "$OUT/ladder-cuda.txt" | cut -d" " -f2)" | tee -a "$OUT/ladder-cuda.txt"
 # 3. four sweep trials sharing the GPU through Ray (only where ray is installed)
 python -c "import ray" 2>/dev/null && python bench/bench_sweep.py --device cuda --gpus-per-trial 0.25 | tee "$OUT/sweep-cuda.txt" || echo "ray not installed: sweep check skipped"
+# 4. ASHA early stopping vs the full sweep, trials sharing the GPU
+python -c "import ray" 2>/dev/null && python bench/bench_asha.py --device cuda --gpus-per-trial 0.25 --subset 20000 | tee "$OUT/asha-cuda.txt" || echo "ray not installed: ASHA check skipped"
 cp bench/results/*cuda* "$OUT"/ 2>/dev/null || true
