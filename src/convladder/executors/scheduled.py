@@ -233,7 +233,13 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
             run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=0, callbacks=[Poll()],
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except Exception as exc:  # noqa: BLE001 - Tune's own failure (not a trial's): one line, finished runs kept
+            collect()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise UserError(f"Ray Tune stopped the sweep ({type(exc).__name__}: {first}); runs that finished are "
+                            "in the store and a rerun skips them") from None
         collect()
         lost = {r.config["job"]: r.error for r in grid if r.error is not None}
     finally:
