@@ -165,3 +165,33 @@ def test_ladder_report_in_browser(store: Path, tmp_path: Path) -> None:
         assert driver.execute_script("return document.documentElement.scrollWidth") <= 400
     finally:
         driver.quit()
+
+
+def test_sweep_report_draws_the_isolation_plot(tmp_path: Path) -> None:
+    from convladder.executors.sweep import parse_sweep, run_sweep, sweep_summary, write_summary
+
+    template = "c1[conv3x3({c1}, bias=false) relu bn] t[maxpool2x2 conv1x1(8)] out[gap conv1x1(10)]"
+    base = {"dataset": "synthetic", "subset": 256, "epochs": 1, "val_size": 0, "batch_size": 64, "threads": 1,
+            "clean_train_eval": 0, "augment": False}
+    spec = parse_sweep({"name": "width", "model": template, "budget": 1500, "base": base,
+                        "params": {"c1": {"role": "studied", "values": [4, 8, 64]},
+                                   "lr": {"role": "nuisance", "values": [0.05, 0.2]}}})
+    runs = tmp_path / "runs"
+    summary = sweep_summary(run_sweep(spec, runs))
+    write_summary(summary, runs)
+    out = write_report("sweep:width", tmp_path / "sweep.html", runs)
+    page = out.read_text()
+    assert "Sweep width: 6 trials" in page and "Isolation of c1" in page
+    assert 'aria-label="Isolation plot of the studied parameter c1' in page  # the figure, inline SVG
+    assert page.count("over budget") >= 2  # c1=64 is rejected before training, and said so
+    best4 = next(r for r in summary["isolation"] if r["value"] == 4)
+    assert f"{best4['test_acc']['min']:.2f}" in page
+    # the summary file itself, or the sweep's bare name, work too; a damaged file is one clear error
+    path = next((runs / "sweeps").glob("width-*.json"))
+    assert write_report(str(path), tmp_path / "b.html", runs).read_text().count("Isolation of c1") == 1
+    assert "Sweep width" in write_report("width", tmp_path / "c.html", runs).read_text()
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="cannot be read"):
+        write_report(str(path), tmp_path / "d.html", runs)
+    with pytest.raises(UserError, match="no summary of sweep 'nope'"):
+        write_report("sweep:nope", tmp_path / "e.html", runs)

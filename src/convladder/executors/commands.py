@@ -103,7 +103,8 @@ def sweep_command(
     c = summary["counts"]
     typer.echo(f"\n{c['completed']} completed, " + (f"{c['stopped']} stopped early, " if c["stopped"] else "")
                + f"{c['failed']} failed, {c['rejected']} over budget; "
-               f"{summary['wall_time_s']:.1f}s on {summary['executor']}; summary: {path}")
+               f"{summary['wall_time_s']:.1f}s on {summary['executor']}; summary: {path}\n"
+               f"report with the isolation plot: convladder report sweep:{summary['name']} --runs {root}")
 
 
 def lr_find_command(

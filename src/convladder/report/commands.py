@@ -13,11 +13,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        target: str = typer.Argument(..., help="run id (or unique prefix, 'latest', a run folder) or ladder name"),
+        target: str = typer.Argument(..., help="run id (or unique prefix, 'latest', a run folder), ladder name, or sweep (sweep:NAME or its summary .json)"),
         runs: Path = typer.Option(None, "--runs", help="run store folder (default $CONVLADDER_RUNS or ./runs)"),
         output: Path = typer.Option(None, "--output", "-o", help="HTML file to write (default report-<target>.html)"),
     ) -> None:
-        """Write one self-contained HTML report (tables, checks, result, figures) of a run or a ladder."""
+        """Write one self-contained HTML report (tables, checks, result, figures) of a run, a ladder or a sweep."""
         from convladder.report.html import write_report  # matplotlib loads only when this command runs
 
         t0 = time.perf_counter()

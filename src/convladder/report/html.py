@@ -249,8 +249,35 @@ def ladder_body(name: str, runs: list[RunData]) -> str:
             + (f"<h2 class='sub'>Last step in detail</h2>{run_section(last)}" if last else ""))
 
 
-def render(kind: str, name: str, runs: list[RunData]) -> str:
-    body = ladder_body(name, runs) if kind == "ladder" else run_section(runs[0])
+def sweep_body(summary: dict[str, Any]) -> str:
+    """The ranked trial table, the isolation plot and table of the studied parameter, and how it ran."""
+    from convladder.report import sweepreport
+
+    head, rows = sweepreport.sweep_rows(summary)
+    notes: list[str] = []
+    figs = _figures([("isolation", lambda: sweepreport.isolation_figure(summary))], notes)
+    c = summary.get("counts") or {}
+    facts = (f"{summary.get('search', '?')} search, {summary.get('seeds', 1)} seed(s) per trial, budget "
+             f"{_num(summary.get('budget'))} parameters, executor {E(str(summary.get('executor')))}"
+             + (f", scheduler {E(summary['scheduler'])}" if summary.get("scheduler") else "")
+             + f"; {c.get('completed', 0)} completed, {c.get('stopped', 0)} stopped early, {c.get('failed', 0)} failed, "
+             f"{c.get('rejected', 0)} over budget; {_num(summary.get('wall_time_s'), '{:.1f}')} s")
+    iso = ""
+    if summary.get("studied"):
+        iso = (f"<h3>Isolation of {E(summary['studied'])}</h3>" + figs
+               + table_html(["value", "best trial", "min test %", "params", "nuisance values", "trials"],
+                            sweepreport.isolation_rows(summary)))
+    return (f"<section><h2>Sweep {E(str(summary.get('name')))}: {len(summary['trials'])} trials</h2>"
+            f"<p>{facts}. Ranked by the <em>final</em> test accuracy of the worst seed, then by fewer parameters; "
+            "stopped, failed and over-budget trials follow unranked.</p>"
+            + (f"<p class='meta'>model template: <code>{E(summary['model_template'])}</code></p>"
+               if summary.get("model_template") else "")
+            + table_html(head, rows) + iso + _notes_html(notes) + "</section>")
+
+
+def render(kind: str, name: str, runs: list[RunData], summary: dict[str, Any] | None = None) -> str:
+    body = (sweep_body(summary) if kind == "sweep" and summary is not None else
+            ladder_body(name, runs) if kind == "ladder" else run_section(runs[0]))
     css, js = assets.CSS, assets.JS
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -262,11 +289,29 @@ def render(kind: str, name: str, runs: list[RunData]) -> str:
 
 
 def write_report(target: str, out: str | Path | None = None, runs_root: str | Path | None = None) -> Path:
-    """Write the report of a run (id, prefix, 'latest' or folder) or ladder (name) to `out`, atomically."""
-    kind, runs = resolve_target(target, runs_root)
-    name = runs[0].id if kind == "run" else target
+    """Write the report of a run (id, prefix, 'latest' or folder), ladder (name) or sweep (`sweep:NAME` or its
+    summary file) to `out`, atomically."""
+    from convladder.errors import UserError
+    from convladder.paths import runs_dir
+    from convladder.report.sweepreport import SWEEP_PREFIX, find_summary, load_summary
+
+    root = Path(runs_root).expanduser() if runs_root else runs_dir()
+    summary_path = find_summary(target, root) if target.startswith(SWEEP_PREFIX) or target.endswith(".json") else None
+    if summary_path is None:
+        try:
+            kind, runs = resolve_target(target, runs_root)
+        except UserError:
+            summary_path = find_summary(target, root)  # a sweep's name
+            if summary_path is None:
+                raise
+    if summary_path is not None:
+        summary = load_summary(summary_path)
+        kind, runs, name = "sweep", [], str(summary.get("name") or summary_path.stem)
+    else:
+        summary = None
+        name = runs[0].id if kind == "run" else target
     out = Path(out) if out else Path(f"report-{name}.html")
-    text = render(kind, name, runs)
+    text = render(kind, name, runs, summary)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     return out
