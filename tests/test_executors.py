@@ -272,3 +272,24 @@ def test_cli_train_seeds_on_ray(tmp_path, local_ray):
     assert sorted(r.seed for r in runs) == [1, 2]
     again = CliRunner().invoke(build_app(), args)  # the store has both: nothing trains again
     assert again.exit_code == 0 and again.output.count(": skipped") == 2, again.output
+
+
+def test_stopped_trials_are_listed_unranked_after_completed_ones(tmp_path):
+    from convladder.executors.sweep import SweepResult, _settle, format_table
+
+    spec = load_sweep(write_sweep(tmp_path, sweep_text(c1=(4, 8, 12), extra="scheduler: asha\n")
+                                  .replace('"val_size": 0', '"val_size": 64')))
+    trials = make_trials(spec)[:3]
+    outcomes = [[{"status": "completed", "final_test_acc": 91.0, "label": "a"}],
+                [{"status": "stopped", "epochs_done": 1, "last_val_acc": 40.0, "label": "b"}],
+                [{"status": "completed", "final_test_acc": 95.0, "label": "c"},
+                 {"status": "stopped", "epochs_done": 2, "last_val_acc": 90.0, "label": "c2"}]]
+    for trial, runs in zip(trials, outcomes):
+        trial.runs = runs
+        _settle(trial)
+    assert [t.status for t in trials] == ["completed", "stopped", "stopped"]  # one stopped seed stops the trial
+    assert trials[1].error == "stopped by the scheduler after epoch 1 (val 40.00 %)" and not trials[1].acc
+    summary = sweep_summary(SweepResult(spec, trials, "ray", 1.0, str(tmp_path)))
+    assert [(r["trial"], r["rank"]) for r in summary["trials"]] == [("t000", 1), ("t001", None), ("t002", None)]
+    assert summary["counts"]["stopped"] == 2 and summary["scheduler"].startswith("asha on val_acc")
+    assert format_table(summary).startswith("scheduler: asha on val_acc")
