@@ -164,3 +164,9 @@ def test_every_eip4_step_trains_one_tiny_epoch(tmp_path: Path) -> None:
     ladder = parse_ladder(eip4_text(), "eip4-s2.yaml")
     res = run_ladder(ladder, tmp_path, epochs=1, subset=256, dataset="synthetic", echo=lambda s: None)
     assert all(r["status"] == "completed" for r in res), [r.get("error") for r in res]
+    # the HTML report finds a real `ladder run` by its tags and names each step from the ladder file
+    from convladder.report.html import write_report
+
+    page = write_report("eip4-s2", tmp_path / "ladder.html", tmp_path).read_text()
+    assert "Ladder eip4-s2: 15 steps, 15 runs" in page
+    assert "add BatchNorm after every ReLU" in page and "test 98.84" in page  # a step's change and handout figure

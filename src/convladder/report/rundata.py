@@ -9,6 +9,7 @@ Only a target that names no run at all is a `UserError`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import statistics
@@ -160,7 +161,7 @@ def load_run(path: Path) -> RunData:
     notes: list[str] = []
     if not path.is_dir():
         notes.append("the run folder does not exist")
-    config = _read_json(path / "config.json", notes)
+    config = _with_ladder_step(_read_json(path / "config.json", notes))
     env = _read_json(path / "env.json", notes)
     metrics = _read_metrics(path / "metrics.jsonl", notes)
     result = {}
@@ -178,12 +179,54 @@ def _run_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and (RUN_ID.match(p.name) or (p / "config.json").is_file()))
 
 
+def _tag(config: dict[str, Any], prefix: str) -> str | None:
+    return next((t[len(prefix):] for t in config.get("tags") or [] if isinstance(t, str) and t.startswith(prefix)), None)
+
+
+@functools.lru_cache(maxsize=8)
+def _ladder_steps_by_index(name: str) -> dict[int, Any]:
+    try:
+        from convladder.ladder.ladder import load_ladder
+
+        return {step.index: step for step in load_ladder(name).steps}
+    except Exception:  # noqa: BLE001 - a ladder file that moved or changed: the report shows what the runs say
+        return {}
+
+
+def _with_ladder_step(config: dict[str, Any]) -> dict[str, Any]:
+    """A `convladder ladder run` run says its ladder and step in tags (ladder:NAME, step:I); the report reads
+    `ladder`, `step`, `step_name`, `change`, `handout` keys, filled here from the tags and the ladder file."""
+    name, step = _tag(config, "ladder:"), _tag(config, "step:")
+    if config.get("ladder") is not None or name is None or step is None or not step.isdigit():
+        return config
+    out = {**config, "ladder": name, "step": int(step)}
+    known = _ladder_steps_by_index(name).get(int(step))
+    if known is not None:
+        out.setdefault("step_name", known.name)
+        out.setdefault("change", known.change)
+        out.setdefault("handout", known.handout)
+    return out
+
+
 def _ladder_name(folder: Path) -> str | None:
     try:
-        value = json.loads((folder / "config.json").read_text()).get("ladder")
+        config = json.loads((folder / "config.json").read_text())
+        value = config.get("ladder") or _tag(config, "ladder:")
     except (OSError, ValueError, AttributeError):
         return None
     return str(value) if value is not None else None
+
+
+def _newest_campaign(folders: list[Path]) -> list[Path]:
+    """Runs of one ladder from several `ladder run` option sets (opts: tag): keep the newest set's runs."""
+    opts = {}
+    for f in folders:
+        try:
+            opts[f] = _tag(json.loads((f / "config.json").read_text()), "opts:")
+        except (OSError, ValueError, AttributeError):
+            opts[f] = None
+    newest = opts[max(folders, key=lambda p: p.name)]
+    return [f for f in folders if opts[f] == newest]
 
 
 def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, list[RunData]]:
@@ -198,7 +241,7 @@ def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, li
     folders = _run_folders(root)
     ladder = [f for f in folders if _ladder_name(f) == target]
     if ladder:
-        return "ladder", [load_run(f) for f in ladder]
+        return "ladder", [load_run(f) for f in _newest_campaign(ladder)]
     if target in ("latest", "last") and folders:
         return "run", [load_run(max(folders, key=lambda p: p.name))]
     matches = [f for f in folders if f.name == target] or [f for f in folders if f.name.startswith(target)]
