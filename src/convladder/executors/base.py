@@ -89,6 +89,14 @@ def run_job(job: Job, runs_root: str | Path) -> dict[str, Any]:
     return out
 
 
+def job_line(res: dict[str, Any]) -> str:
+    """'t001 seed 1: completed test 97.12%  run ID' (or the error / where it stopped) for a finished job."""
+    acc = res.get("final_test_acc")
+    stop = f" after epoch {res.get('epochs_done')}" if res.get("status") == "stopped" else ""
+    return (f"{res.get('label')}: {res.get('status')}{stop}" + (f" test {acc:.2f}%" if acc is not None else "")
+            + (f"  {res['error']}" if res.get("error") else "") + (f"  run {res['run_id']}" if res.get("run_id") else ""))
+
+
 def _summary(runs_root: str | Path, run_id: str) -> dict[str, Any]:
     from convladder.train.store import RunStore
 

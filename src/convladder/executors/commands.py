@@ -64,6 +64,7 @@ def sweep_command(
     quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
 ) -> None:
     """Expand the search space, reject over-budget networks, train the rest, print the ranked table."""
+    from convladder.executors.base import job_line
     from convladder.executors.sweep import (SweepResult, format_table, load_sweep, make_trials, run_sweep,
                                             sweep_summary, write_summary)
     from convladder.paths import runs_dir
@@ -82,11 +83,7 @@ def sweep_command(
     def progress(res: dict[str, Any]) -> None:
         if quiet or json_out:
             return
-        acc = res.get("final_test_acc")
-        stop = f" after epoch {res.get('epochs_done')}" if res.get("status") == "stopped" else ""
-        typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {res.get('label')}: {res.get('status')}{stop}"
-                   + (f" test {acc:.2f}%" if acc is not None else "") + (f"  {res['error']}" if res.get("error") else "")
-                   + (f"  run {res['run_id']}" if res.get("run_id") else ""))
+        typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {job_line(res)}")
 
     try:
         result = run_sweep(spec, root, ex, on_done=progress)

@@ -121,6 +121,11 @@ class RayExecutor:
         self.num_cpus, self.num_gpus, self.shutdown = num_cpus, num_gpus, shutdown
         self.init_time_s = 0.0
 
+    @property
+    def torch_threads(self) -> int:
+        """torch CPU threads per trial: its CPU share on CPU trials, torch's choice (0) on GPU trials."""
+        return max(1, int(self.cpus)) if self.gpus == 0 else 0
+
     def connect(self):
         """Start or join Ray (once per process); returns the ray module."""
         ray = import_ray()
@@ -154,7 +159,7 @@ class RayExecutor:
     def map(self, jobs: list[Job], runs_root: str | Path, on_done: OnDone | None = None) -> list[dict[str, Any]]:
         """Submit all jobs, import each finished run into the store as it arrives; results in the jobs' order."""
         ray = self.connect()
-        threads = max(1, int(self.cpus)) if self.gpus == 0 else 0
+        threads = self.torch_threads
         task = ray.remote(run_job_packed).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
         results: list[dict[str, Any] | None] = [None] * len(jobs)
         pending: dict[Any, int] = {}

@@ -217,8 +217,7 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
                 self.last = time.monotonic()
                 collect()
 
-    threads = max(1, int(executor.cpus)) if executor.gpus == 0 else 0
-    trainable = tune.with_parameters(_trainable_class(), jobs=jobs, collector=name, threads=threads)
+    trainable = tune.with_parameters(_trainable_class(), jobs=jobs, collector=name, threads=executor.torch_threads)
     resources = {"cpu": executor.cpus, "gpu": executor.gpus}
     storage = tempfile.mkdtemp(prefix="convladder-tune-store-")
     max_epochs = max(int(jobs[i].config.get("epochs", 1)) for i in todo)

@@ -208,25 +208,23 @@ def _with_ladder_step(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ladder_name(folder: Path) -> str | None:
+def _config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads((folder / "config.json").read_text())
-        value = config.get("ladder") or _tag(config, "ladder:")
-    except (OSError, ValueError, AttributeError):
-        return None
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _ladder_name(config: dict[str, Any]) -> str | None:
+    value = config.get("ladder") or _tag(config, "ladder:")
     return str(value) if value is not None else None
 
 
-def _newest_campaign(folders: list[Path]) -> list[Path]:
+def _newest_campaign(configs: dict[Path, dict[str, Any]]) -> list[Path]:
     """Runs of one ladder from several `ladder run` option sets (opts: tag): keep the newest set's runs."""
-    opts = {}
-    for f in folders:
-        try:
-            opts[f] = _tag(json.loads((f / "config.json").read_text()), "opts:")
-        except (OSError, ValueError, AttributeError):
-            opts[f] = None
-    newest = opts[max(folders, key=lambda p: p.name)]
-    return [f for f in folders if opts[f] == newest]
+    newest = _tag(configs[max(configs, key=lambda p: p.name)], "opts:")
+    return [f for f, c in configs.items() if _tag(c, "opts:") == newest]
 
 
 def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, list[RunData]]:
@@ -239,7 +237,8 @@ def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, li
     if direct.is_dir() and any((direct / f).exists() for f in RUN_FILES):
         return "run", [load_run(direct)]
     folders = _run_folders(root)
-    ladder = [f for f in folders if _ladder_name(f) == target]
+    configs = {f: _config(f) for f in folders}
+    ladder = {f: c for f, c in configs.items() if _ladder_name(c) == target}
     if ladder:
         return "ladder", [load_run(f) for f in _newest_campaign(ladder)]
     if target in ("latest", "last") and folders:

@@ -130,7 +130,7 @@ def _print_seed_stats(stats: dict[str, Any], quiet: bool, json_lines: bool) -> N
 def _train_seeds_on_executor(cfg: TrainConfig, store, executor: str, ray_address: str | None, cpus: float,
                              gpus: float, quiet: bool, json_lines: bool) -> None:
     """Each seed is a job on the executor (e.g. Ray, side by side); the driver writes the store as they end."""
-    from convladder.executors.base import make_job
+    from convladder.executors.base import job_line, make_job
     from convladder.executors.commands import make_executor
     from convladder.train.result import RunResult, seed_stats
 
@@ -140,9 +140,7 @@ def _train_seeds_on_executor(cfg: TrainConfig, store, executor: str, ray_address
 
     def line(res: dict[str, Any]) -> None:
         if not (quiet or json_lines):
-            acc = res.get("final_test_acc")
-            typer.echo(f"{res['label']}: {res['status']}" + (f" test {acc:.2f}%" if acc is not None else "")
-                       + (f"  {res['error']}" if res.get("error") else "") + (f"  run {res['run_id']}" if res.get("run_id") else ""))
+            typer.echo(job_line(res))
 
     results = runner.map(jobs, store.root, on_done=line)
     done = [RunResult.from_dict(store.read_result(r["run_id"])) for r in results

@@ -72,8 +72,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # exists, owned by someone else
+        pass
     return True
 
 
@@ -110,10 +110,14 @@ class RunHandle:
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
             raise UserError(f"{path} cannot be read ({type(exc).__name__}: {exc}); start a new run") from None
 
+    def claim(self) -> None:
+        """Record this process as the one training the run (OWNER_FILE), so a vanished owner can be noticed."""
+        self.write_json(OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
+
     def update(self, **fields: Any) -> None:
         """Change the index row; status 'running' records this process as the run's owner (see OWNER_FILE)."""
         if fields.get("status") == "running":
-            self.write_json(OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
+            self.claim()
         self.store._update(self.id, **fields)
         if "status" in fields and fields["status"] != "running":
             (self.path / OWNER_FILE).unlink(missing_ok=True)
@@ -166,7 +170,7 @@ class RunStore:
             conn.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                          tuple(values.values()))
         if values["status"] == "running":
-            handle.write_json(OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
+            handle.claim()
         return handle
 
     def handle(self, run_id_or_prefix: str) -> RunHandle:
@@ -185,6 +189,8 @@ class RunStore:
             rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM runs WHERE {where} ORDER BY created DESC, id DESC",
                                 tuple(filters.values())).fetchall()
         records = [self._settle_orphan(RunRecord(*r[:-1], tags=json.loads(r[-1] or "[]"))) for r in rows]
+        if "status" in filters:  # an orphan found while listing 'running' is 'interrupted' now
+            records = [r for r in records if r.status == filters["status"]]
         if tag:
             records = [r for r in records if tag in r.tags]
         return records[:limit] if limit else records
@@ -202,8 +208,7 @@ class RunStore:
                 return record
         except (OSError, ValueError, KeyError, TypeError):
             return record  # no owner file (older run) or unreadable: leave the row as it is
-        self._update(record.id, status="interrupted")
-        (self.root / record.id / OWNER_FILE).unlink(missing_ok=True)
+        RunHandle(self, record.id).update(status="interrupted")  # also removes the owner file
         record.status = "interrupted"
         return record
 
