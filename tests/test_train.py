@@ -163,7 +163,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > steps_per_epoch + 3 and kwargs.get("reduction") != "sum" else loss
 
-    monkeypatch.setattr("convladder.train.loop.F.cross_entropy", poisoned)
+    monkeypatch.setattr("convladder.train.step.F.cross_entropy", poisoned)
     with pytest.raises(TrainingDiverged, match="NaN/inf in epoch 2") as exc:
         train(tiny_config(epochs=3), store)
     run = store.list_runs()[0]

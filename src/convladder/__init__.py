@@ -1,3 +1,123 @@
-"""convladder: design compact CNNs under a parameter budget, one change at a time."""
+"""convladder: design compact CNNs under a parameter budget, one change at a time.
+
+The Python API (imported lazily, so `import convladder` stays fast):
+
+    import convladder
+    result = convladder.train(Net, epochs=2, model_args={"width": 16})   # a class, instance, spec or name
+    table = convladder.summarize(Net(), (1, 28, 28))
+    model = convladder.create_model(result.run_id, model=Net)           # the trained network back
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from convladder.analysis.table import NetworkTable
+    from convladder.train.result import RunResult
 
 __version__ = "0.1.0"
+
+__all__ = ["train", "create_model", "summarize", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # `convladder.train` is the train package, made callable (see convladder/train/__init__.py): importing
+    # it here, lazily, keeps `import convladder` fast and leaves one object under that name.
+    if name == "train":
+        import importlib
+
+        return importlib.import_module("convladder.train")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _train(model_or_spec: Any = "tiny8k", /, *, runs: str | Path | bool | None = None, quiet: bool = False,
+          progress: Any = None, data: Any = None, resume: str | None = None,
+          **config_keys: Any) -> RunResult | list[RunResult]:
+    """convladder.train(...): train a network and return its RunResult (a list of them when seeds > 1).
+
+    model_or_spec: a registered name, spec text or file, a NetworkSpec, `path/to/file.py:ClassName` (imports and
+    runs that file), an nn.Module class (constructed with `model_args` and the run's seed, once per seed) or an
+    nn.Module instance (trained in place, with its own initial weights; one seed).
+    config_keys: any TrainConfig key, e.g. epochs=2, dataset="synthetic", lr=0.05, model_args={"width": 16}.
+    runs: the run store folder (default $CONVLADDER_RUNS or ./runs); runs=False trains without writing a run.
+    resume: continue that interrupted run (give the same class or instance it trained).
+    """
+    import contextlib
+
+    from torch import nn
+
+    from convladder.errors import UserError
+    from convladder.train.config import TrainConfig
+    from convladder.train.loop import resume as resume_run
+    from convladder.train.loop import train as train_one
+    from convladder.train.loop import train_seeds
+    from convladder.train.models import handing_over
+    from convladder.train.progress import Progress, resolve_progress
+    from convladder.train.result import SeedResults
+    from convladder.train.store import RunStore
+
+    if "model" in config_keys:
+        raise UserError("give the network as the first argument of convladder.train, not as model=")
+    obj = model_or_spec
+    python_object = isinstance(obj, nn.Module) or (isinstance(obj, type) and issubclass(obj, nn.Module))
+    if isinstance(obj, nn.Module) and int(config_keys.get("seeds", 1)) > 1:
+        raise UserError("an instance trains in place, so it gives one seed: pass the class to train several seeds "
+                        "(each seed builds a fresh model)")
+    if not python_object and not isinstance(obj, str):
+        from convladder.spec.layers import NetworkSpec
+        from convladder.spec.notation import format_spec
+
+        if not isinstance(obj, NetworkSpec):
+            raise UserError(f"convladder.train takes a name, spec text, NetworkSpec, file.py:ClassName or an "
+                            f"nn.Module class/instance, not a {type(obj).__name__}")
+        obj = format_spec(obj)
+    store = None if runs is False else RunStore(None if runs in (None, True) else runs)
+    progress = Progress() if quiet else resolve_progress(progress)
+    with handing_over(obj) if python_object else contextlib.nullcontext(obj) as model:
+        if resume is not None:
+            if store is None:
+                raise UserError("resume needs the run store: leave runs=False out")
+            return _located(resume_run(resume, store, progress, data=data), store)
+        config = TrainConfig.from_dict({**config_keys, "model": model})
+        if config.seeds > 1:
+            return SeedResults([_located(r, store) for r in train_seeds(config, store, progress, data=data)[0]])
+        return _located(train_one(config, store, progress, data=data), store)
+
+
+def _located(result: Any, store: Any) -> Any:
+    """Tell the result where its run folder is, so result.report() finds runs kept outside the default store."""
+    if store is not None and getattr(result, "run_id", None):
+        result.run_dir = str(store.run_path(result.run_id))
+    return result
+
+
+def create_model(target: Any, /, **kwargs: Any) -> Any:
+    """A network from a name, spec, `file.py:ClassName`, nn.Module class/instance, or a run id (with its weights).
+
+    See `convladder.train.models.create_model` for the keywords (model=, args=, input_shape=, seed=, which=, ...).
+    """
+    from convladder.train.models import create_model as _create
+
+    return _create(target, **kwargs)
+
+
+def summarize(model_or_spec: Any, input_shape: tuple[int, int, int] | None = None, *,
+              args: dict[str, Any] | None = None) -> NetworkTable:
+    """The network table of a spec/name, an nn.Module instance or class, or `file.py:ClassName` (`args`: its arguments)."""
+    from torch import nn
+
+    from convladder.analysis.table import summarize as _summarize
+    from convladder.spec.own import is_own_ref
+
+    if isinstance(model_or_spec, nn.Module):
+        return _summarize(model_or_spec, input_shape or (1, 28, 28))
+    if (isinstance(model_or_spec, type) and issubclass(model_or_spec, nn.Module)) or is_own_ref(model_or_spec):
+        model = create_model(model_or_spec, args=args, input_shape=input_shape)
+        return _summarize(model, input_shape or (1, 28, 28))
+    if isinstance(model_or_spec, str):
+        from convladder.spec.registry import resolve_spec
+
+        return _summarize(resolve_spec(model_or_spec, input_shape))
+    return _summarize(model_or_spec, input_shape)

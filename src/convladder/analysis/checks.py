@@ -88,7 +88,7 @@ def _extras_on_last_layer(ctx: CheckContext) -> Iterator[tuple[str | None, str]]
 def _bias_before_bn(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
     rows = ctx.table.layers
     for row, nxt in zip(rows, rows[1:]):
-        if row.bias and nxt.kind == "bn":
+        if row.bias and nxt.kind == "bn" and not nxt.reads_from:  # reads_from empty: it reads the row above
             yield row.name, f"bias of {row.output[0]} values right before batch norm, which subtracts the mean and so cancels it"
 
 

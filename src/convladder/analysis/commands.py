@@ -30,13 +30,35 @@ def parse_budget(text: str | None) -> int | None:
     return int(float(match.group(1)) * scale)
 
 
+def table_for(model: str, input: str | None, model_args: str | None):
+    """(table, title) for a name, spec text/file, or an own class `file.py:ClassName` (imports that file)."""
+    from convladder.analysis.table import summarize
+    from convladder.spec.own import is_own_ref
+
+    shape = parse_input_size(input) if input else None
+    if is_own_ref(model):
+        from convladder.spec.own import load_own, parse_model_args
+
+        args = parse_model_args(model_args) if model_args else None
+        module, _, _ = load_own(model, args, shape or (1, 28, 28))
+        return summarize(module, shape or (1, 28, 28)), model
+    if model_args:
+        raise UserError("--model-args applies to your own class (path/to/file.py:ClassName), not to a spec")
+    from convladder.spec.registry import resolve_spec
+
+    spec = resolve_spec(model, shape)
+    return summarize(spec), spec.name or None
+
+
 def register(app: typer.Typer) -> None:
     """Add summary, check and models."""
 
     @app.command()
     def summary(
-        model: str = typer.Argument(..., help="registered name, spec file (.yaml/.txt) or spec text"),
+        model: str = typer.Argument(..., help="registered name, spec file (.yaml/.txt), spec text, or "
+                                    "path/to/file.py:ClassName (your nn.Module; importing it runs that file)"),
         input: str = typer.Option(None, "--input", "-i", help="input size HxWxC, e.g. 28x28x1 (default: the spec's)"),
+        model_args: str = typer.Option(None, "--model-args", help="JSON constructor arguments of your class"),
         budget: str = typer.Option(None, help="parameter budget for the checks, e.g. 20k"),
         classes: int = typer.Option(10, help="number of classes the output must give"),
         as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
@@ -44,11 +66,8 @@ def register(app: typer.Typer) -> None:
         """The network table: sizes, receptive field, jump, parameters, MACs; design checks below it."""
         from convladder.analysis.checks import run_checks
         from convladder.analysis.render import make_console, print_findings, print_table
-        from convladder.analysis.table import summarize
-        from convladder.spec.registry import resolve_spec
 
-        spec = resolve_spec(model, parse_input_size(input) if input else None)
-        table = summarize(spec)
+        table, title = table_for(model, input, model_args)
         findings = run_checks(table, budget=parse_budget(budget), classes=classes)
         if as_json:
             data = table.to_dict()
@@ -56,25 +75,24 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(data, indent=2))
             return
         console = make_console()
-        print_table(table, console, title=spec.name or None)
+        print_table(table, console, title=title)
         print_findings(findings, console)
 
     @app.command()
     def check(
-        model: str = typer.Argument(..., help="registered name, spec file or spec text"),
+        model: str = typer.Argument(..., help="registered name, spec file, spec text or path/to/file.py:ClassName"),
         budget: str = typer.Option("20k", help="parameter budget, e.g. 20k (the lesson's target)"),
         input: str = typer.Option(None, "--input", "-i", help="input size HxWxC"),
+        model_args: str = typer.Option(None, "--model-args", help="JSON constructor arguments of your class"),
         classes: int = typer.Option(10, help="number of classes"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Design checks from the notes. Exits 1 when a check finds an error (e.g. over budget)."""
         from convladder.analysis.checks import run_checks
         from convladder.analysis.render import make_console, print_findings
-        from convladder.analysis.table import summarize
-        from convladder.spec.registry import resolve_spec
 
-        spec = resolve_spec(model, parse_input_size(input) if input else None)
-        findings = run_checks(summarize(spec), budget=parse_budget(budget), classes=classes)
+        table, _ = table_for(model, input, model_args)
+        findings = run_checks(table, budget=parse_budget(budget), classes=classes)
         if as_json:
             typer.echo(json.dumps([f.__dict__ for f in findings], indent=2))
         else:

@@ -1,12 +1,21 @@
-"""Print the network table and findings in the terminal (rich), in the notes' layout."""
+"""The network table and findings, in the notes' layout: rich in the terminal, plain text in a REPL, HTML in Jupyter.
+
+All three read the same cells (`_cells`), so a `?` with its reason looks the same everywhere. A row whose
+receptive field or jump cannot be determined exactly carries the reason in `row.note`; a row that reads from a
+node other than the row above names it in `row.reads_from` (both optional: read with getattr).
+"""
 
 from __future__ import annotations
+
+import html
+import io
 
 from rich.console import Console
 from rich.table import Table
 
 from convladder.analysis.checks import Finding
-from convladder.analysis.table import NetworkTable
+from convladder.analysis.table import LayerRow, NetworkTable
+
 
 def make_console() -> Console:
     """A console that never squeezes the table: wide when output goes to a file or pipe."""
@@ -15,6 +24,11 @@ def make_console() -> Console:
 
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+SEVERITY_COLOUR = {"error": "#c62828", "warning": "#b26a00", "info": "#00838f"}  # the HTML twin of SEVERITY_STYLE
+
+# (header, right-aligned); "from" and "note" are added only when some row has one
+COLUMNS = [("#", True), ("block", False), ("layer", False), ("input", True), ("operation", False), ("output", True),
+           ("RF", True), ("jump", True), ("params", True), ("MACs", True), ("share", True)]
 
 
 def format_size(shape: list[int]) -> str:
@@ -26,23 +40,62 @@ def format_count(n: int) -> str:
     return f"{n:,}"
 
 
-def network_table(table: NetworkTable, title: str | None = None) -> Table:
-    """The table as a rich Table: input | operation | output | RF | jump | params | MACs | share."""
-    out = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
-    for name, justify in [("#", "right"), ("block", "left"), ("layer", "left"), ("input", "right"),
-                          ("operation", "left"), ("output", "right"), ("RF", "right"), ("jump", "right"),
-                          ("params", "right"), ("MACs", "right"), ("share", "right")]:
-        out.add_column(name, justify=justify)
-    previous_block = None
+def _note(row: LayerRow) -> str:
+    return str(getattr(row, "note", "") or "")
+
+
+def _reads_from(row: LayerRow, numbers: dict[str, int] | None = None) -> str:
+    """What a row reads when that is not the row above (multi-path networks), as row numbers ('#5, #6') or
+    'input'; '' otherwise."""
+    value = getattr(row, "reads_from", None)
+    if not value:
+        return ""
+    names = list(value) if isinstance(value, (list, tuple)) else [value]
+    numbers = numbers or {}
+    return ", ".join(f"#{numbers[n]}" if n in numbers else str(n) for n in names)
+
+
+def _unknown(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _columns(table: NetworkTable) -> tuple[list[tuple[str, bool]], bool, bool]:
+    with_from = any(_reads_from(r) for r in table.layers)
+    with_note = any(_note(r) for r in table.layers)
+    cols = list(COLUMNS) + ([("from", False)] if with_from else []) + ([("note", False)] if with_note else [])
+    return cols, with_from, with_note
+
+
+def _cells(table: NetworkTable) -> list[list[str]]:
+    """One list of display strings per row, in the order of `_columns`; a block name only where it starts."""
+    _, with_from, with_note = _columns(table)
+    numbers = {row.name: row.index + 1 for row in table.layers}
+    out, previous_block = [], None
     for row in table.layers:
         block = row.block if row.block != previous_block else ""
         previous_block = row.block
-        out.add_row(
-            str(row.index + 1), block, row.kind, format_size(row.input), row.op, format_size(row.output),
-            "?" if row.rf is None else str(row.rf), "?" if row.jump is None else str(row.jump),
-            format_count(row.params) if row.params else "", format_count(row.macs) if row.macs else "",
-            f"{row.share:.1%}" if row.params else "",
-        )
+        cells = [str(row.index + 1), block, row.kind, format_size(row.input), row.op, format_size(row.output),
+                 row.rf_text, row.jump_text, format_count(row.params) if row.params else "",
+                 format_count(row.macs) if row.macs else "", f"{row.share:.1%}" if row.params else ""]
+        if with_from:
+            cells.append(_reads_from(row, numbers))
+        if with_note:
+            cells.append(_note(row))
+        out.append(cells)
+    return out
+
+
+def network_table(table: NetworkTable, title: str | None = None) -> Table:
+    """The table as a rich Table: input | operation | output | RF | jump | params | MACs | share (| from | note)."""
+    out = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
+    cols, _, _ = _columns(table)
+    for name, right in cols:
+        # a long reason wraps instead of being cut: it is the only place the "?" is explained
+        wrap = name in ("note", "from")
+        out.add_column(name, justify="right" if right else "left", overflow="fold" if wrap else "ellipsis",
+                       max_width=48 if wrap else None)
+    for cells in _cells(table):
+        out.add_row(*cells)
     return out
 
 
@@ -53,7 +106,8 @@ def totals_line(table: NetworkTable) -> str:
         + (f", frozen {frozen:,}" if frozen else "") + ")",
         f"BN buffers {table.total_buffers:,} (Keras would count them as params: {table.total_params + table.total_buffers:,})",
         f"MACs {table.total_macs:,}",
-        f"RF at output {table.rf_out if table.rf_out is not None else '?'}",
+        f"RF at output {table.rf_out if table.rf_out is not None else '?'}"
+        + (f" ({table.rf_note})" if table.rf_out is None and getattr(table, "rf_note", "") else ""),
     ]
     return " | ".join(parts)
 
@@ -61,6 +115,8 @@ def totals_line(table: NetworkTable) -> str:
 def print_table(table: NetworkTable, console: Console, title: str | None = None) -> None:
     console.print(network_table(table, title))
     console.print(totals_line(table))
+    if getattr(table, "notice", ""):
+        console.print(f"note: {table.notice}", highlight=False)
 
 
 def print_findings(findings: list[Finding], console: Console) -> None:
@@ -73,3 +129,78 @@ def print_findings(findings: list[Finding], console: Console) -> None:
         console.print(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] [bold]{f.rule}[/]{where}: {f.message}")
         console.print(f"    why: {f.why}", highlight=False)
         console.print(f"    try: {f.suggestion}", highlight=False)
+
+
+# -- plain text (a REPL's repr) ------------------------------------------------------------------------------
+
+def table_text(table: NetworkTable, findings: list[Finding] | None = None) -> str:
+    """The table, its totals and (if given) the findings as plain text without colour codes."""
+    buf = io.StringIO()
+    # as wide as the table needs: a REPL wraps long lines itself, a squeezed table would hide columns
+    # force_jupyter=False: inside a kernel rich would otherwise display the table itself and write nothing here
+    console = Console(file=buf, width=400, color_system=None, force_terminal=False, force_jupyter=False,
+                      highlight=False, emoji=False)
+    print_table(table, console)
+    if findings is not None:
+        print_findings(findings, console)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines())
+
+
+# -- HTML (Jupyter's _repr_html_) ----------------------------------------------------------------------------
+
+E = html.escape
+_CELL = "padding:1px 8px;border-bottom:1px solid rgba(128,128,128,.25);white-space:nowrap;"
+
+
+def _td(text: str, right: bool, title: str = "") -> str:
+    align = "text-align:right;" if right else "text-align:left;"
+    tip = f' title="{E(title)}"' if title else ""
+    return f'<td style="{_CELL}{align}"{tip}>{E(text)}</td>'
+
+
+def findings_html(findings: list[Finding]) -> str:
+    """The design checks as a list: severity, rule, layer, message, and the notes' why and what to try."""
+    if not findings:
+        return '<p style="color:#2e7d32;margin:4px 0">design checks: no findings</p>'
+    items = []
+    for f in findings:
+        colour = SEVERITY_COLOUR.get(f.severity, "inherit")
+        where = f" at <code>{E(f.layer)}</code>" if f.layer else ""
+        items.append(f'<li style="margin:2px 0"><span style="color:{colour};font-weight:bold">{E(f.severity)}</span> '
+                     f"<b>{E(f.rule)}</b>{where}: {E(f.message)}<br><small>why: {E(f.why)}<br>"
+                     f"try: {E(f.suggestion)}</small></li>")
+    return (f'<p style="margin:6px 0 2px"><b>design checks: {len(findings)} finding(s)</b></p>'
+            f'<ul style="margin:0;padding-left:1.4em">{"".join(items)}</ul>')
+
+
+def table_html(table: NetworkTable, findings: list[Finding] | None = None) -> str:
+    """The table as one self-contained HTML fragment (inline styles only: it sits inside a notebook page).
+
+    A `?` cell carries its reason as a tooltip and in the note column; `findings` (if given) follow the totals.
+    """
+    cols, _, with_note = _columns(table)
+    head = "".join(f'<th style="{_CELL}text-align:{"right" if right else "left"}">{E(name)}</th>'
+                   for name, right in cols)
+    body = []
+    for row, cells in zip(table.layers, _cells(table)):
+        reason = _note(row)
+        tds = []
+        for (name, right), text in zip(cols, cells):
+            unknown = name in ("RF", "jump") and text == "?"
+            tds.append(_td(text, right, reason if unknown else ""))
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    unknown_rows = sum(1 for r in table.layers if r.rf_text == "?" or r.jump_text == "?")
+    caveat = (f'<p style="margin:2px 0"><small>? = cannot be determined exactly ({unknown_rows} row(s)); '
+              f'{"the note column says why" if with_note else "no reason was recorded"}.</small></p>'
+              if unknown_rows else "")
+    parts = [
+        '<div class="convladder-table" style="overflow-x:auto">',
+        f'<table style="border-collapse:collapse;font-size:90%"><thead><tr>{head}</tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table>',
+        f'<p style="margin:4px 0">{E(totals_line(table))}</p>',
+        f'<p style="margin:4px 0"><b>note:</b> {E(table.notice)}</p>' if getattr(table, "notice", "") else "",
+        caveat,
+        findings_html(findings) if findings is not None else "",
+        "</div>",
+    ]
+    return "".join(parts)

@@ -1,17 +1,13 @@
 """The network table: per layer, sizes, receptive field, jump, parameters and MACs.
 
-Works on a spec or on any single-path `torch.nn.Module` (e.g. a user's own
-`nn.Sequential`): the module is run once on a zero input with forward hooks on
-its leaf modules, so the table follows the order layers are actually called.
-Functional calls inside `forward` (F.relu, x.view) are not modules and do not
-appear; they change neither parameters nor receptive field.
+Works on a spec or on any `torch.nn.Module`, written as a Sequential or as a class whose `forward` uses
+functional calls, residual adds or concatenations: the one tracer (`analysis.trace`) captures the graph of
+forward, so `F.max_pool2d`, `x.view`, `x.mean((2, 3))` and `+` are rows like modules are. Rows are in
+execution order; a row that does not read the row above names what it reads (`LayerRow.inputs`).
 
-Receptive field by the standard recurrence (Araujo, Norris & Sim, Distill 2019):
-    k' = d(k-1)+1,  n_out = floor((n_in + 2p - k')/s) + 1 (ceil mode respected),
-    j_out = j_in * s,  r_out = r_in + (k'-1) * j_in.
-BN, activations, dropout and 1x1 convolutions leave it unchanged. Global pooling
-and a fully connected layer cover the union of every position's field:
-r_in + (n_in-1) * j_in, which is at least the input size for a net that reads all of it.
+Receptive field and jump per node (`analysis.field`): the standard recurrence, the largest field at a merge
+whose inputs' jumps agree, and '?' with the reason (`LayerRow.note`) wherever the field cannot be known
+exactly — never a number that might be wrong.
 
 Parameter counting follows PyTorch: BN has 2C trainable parameters (gamma, beta)
 and 2C buffers (running mean, variance) — Keras shows the same BN as 4C params.
@@ -28,14 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from convladder.analysis.field import Field, propagate
+from convladder.analysis.trace import INPUT, ModelTrace, trace_model
 from convladder.errors import UserError
-from convladder.spec.build import ClassProbs, build_module
+from convladder.spec.build import build_module
 from convladder.spec.layers import NetworkSpec
-
-ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU,
-                    nn.ReLU6, nn.Hardswish, nn.Mish, nn.Softplus)
-NEUTRAL_TYPES = ACTIVATION_TYPES + (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity,
-                                    nn.GroupNorm, nn.LayerNorm, nn.Softmax, nn.LogSoftmax, ClassProbs)
 
 
 @dataclass
@@ -55,6 +48,23 @@ class LayerRow:
     macs: int
     bias: bool = False  # conv/fc with a bias term
     share: float = 0.0  # fraction of the network's parameters
+    reads_from: list[str] = field(default_factory=list)  # rows (or "input") it reads, when not just the row above
+    note: str = ""  # why RF/jump show '?', or a remark (shared weights, a field per axis)
+    rf_hw: list[int] | None = None  # receptive field (height, width)
+    jump_hw: list[int] | None = None
+
+    @property
+    def rf_text(self) -> str:
+        """'28', '28x32' for a field that differs per axis, or '?'."""
+        if self.rf is not None:
+            return str(self.rf)
+        return f"{self.rf_hw[0]}x{self.rf_hw[1]}" if self.rf_hw else "?"
+
+    @property
+    def jump_text(self) -> str:
+        if self.jump is not None:
+            return str(self.jump)
+        return f"{self.jump_hw[0]}x{self.jump_hw[1]}" if self.jump_hw else "?"
 
 
 @dataclass
@@ -68,6 +78,19 @@ class NetworkTable:
     rf_out: int | None
     spec: NetworkSpec | None = field(default=None, repr=False)
     block_roles: dict[str, str] = field(default_factory=dict)
+    notice: str = ""  # how the network was read when it could not be read fully (the hooks fallback)
+    rf_note: str = ""  # why the output's field is unknown
+    multipath: bool = False  # some row reads from something other than the row above
+
+    def __repr__(self) -> str:
+        from convladder.analysis.render import table_text
+
+        return table_text(self)
+
+    def _repr_html_(self) -> str:
+        from convladder.analysis.render import table_html
+
+        return table_html(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +101,10 @@ class NetworkTable:
             "total_buffers": self.total_buffers,
             "total_macs": self.total_macs,
             "rf_out": self.rf_out,
+            "rf_note": self.rf_note,
             "block_roles": self.block_roles,
+            "notice": self.notice,
+            "multipath": self.multipath,
         }
 
     @property
@@ -100,62 +126,8 @@ class NetworkTable:
         return previous
 
 
-def _pair(value: Any) -> int:
-    return int(value[0] if isinstance(value, (tuple, list)) else value)
-
-
-def describe_module(module: nn.Module, in_shape: list[int]) -> tuple[str, str]:
-    """(kind, op) for a leaf module, in the notes' style."""
-    if isinstance(module, nn.Conv2d):
-        k = _pair(module.kernel_size)
-        cin = module.in_channels // module.groups
-        return f"conv{k}x{k}", f"({k}x{k}x{cin})x{module.out_channels}"
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = _pair(module.kernel_size)
-        kind = "maxpool" if isinstance(module, nn.MaxPool2d) else "avgpool"
-        return f"{kind}{k}x{k}", f"{kind} {k}x{k}/{_pair(module.stride or k)}"
-    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        return "gap" if isinstance(module, nn.AdaptiveAvgPool2d) else "gmp", "global pool"
-    if isinstance(module, nn.Linear):
-        return "fc", f"{module.in_features}x{module.out_features}"
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return "bn", f"bn {module.num_features}"
-    if isinstance(module, (nn.Dropout, nn.Dropout2d)):
-        return "dropout", f"dropout {module.p:g}"
-    if isinstance(module, nn.Flatten):
-        return "flatten", "flatten"
-    if isinstance(module, ClassProbs):
-        return ("logsoftmax" if module.log else "softmax"), ("log-softmax" if module.log else "softmax")
-    if isinstance(module, nn.LogSoftmax):
-        return "logsoftmax", "log-softmax"
-    name = type(module).__name__.lower()
-    return name, name
-
-
-def _trace(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device) -> list[tuple[str, nn.Module, list[int], list[int]]]:
-    names = {module: name for name, module in model.named_modules()}
-    calls: list[tuple[str, nn.Module, list[int], list[int]]] = []
-
-    def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-        if not inputs or not isinstance(inputs[0], torch.Tensor) or not isinstance(output, torch.Tensor):
-            return
-        calls.append((names[module], module, list(inputs[0].shape[1:]), list(output.shape[1:])))
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"the network cannot run on a {input_shape[1]}x{input_shape[2]}x{input_shape[0]} input: {first}") from None
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return calls
+def _pair_value(pair: tuple[int, int] | None) -> int | None:
+    return pair[0] if pair is not None and pair[0] == pair[1] else None
 
 
 def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, int, int] | None = None) -> NetworkTable:
@@ -168,15 +140,14 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
         # The meta device builds even VGG-sized networks without allocating their weights.
         with torch.device("meta"):
             model = build_module(spec)
-        device = torch.device("meta")
     else:
         model = model_or_spec
+        if not isinstance(model, nn.Module):
+            raise UserError(f"summarize needs a network spec or an nn.Module, not {type(model).__name__}")
         if input_shape is None:
             raise UserError("summarize needs input_shape=(C, H, W) for a plain nn.Module")
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    calls = _trace(model, tuple(input_shape), device)
-    rows = _rows(calls, list(input_shape))
+    trace = trace_model(model, tuple(input_shape))
+    rows = _rows(trace, propagate(trace))
     total = sum(p.numel() for p in model.parameters())
     for row in rows:
         row.share = row.params / total if total else 0.0
@@ -184,6 +155,7 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
     if spec is not None:
         for number, block in enumerate(spec.blocks):
             roles[block.name or f"block{number + 1}"] = block.resolved_role
+    last = rows[-1] if rows else None
     return NetworkTable(
         input=list(input_shape),
         layers=rows,
@@ -191,42 +163,40 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_buffers=sum(row.buffers for row in rows),
         total_macs=sum(row.macs for row in rows),
-        rf_out=rows[-1].rf if rows else 1,
+        rf_out=last.rf if last else 1,
         spec=spec,
         block_roles=roles,
+        notice=trace.notice,
+        rf_note=(last.note if last is not None and last.rf is None else ""),
+        multipath=any(row.reads_from for row in rows),
     )
 
 
-def _rows(calls: list[tuple[str, nn.Module, list[int], list[int]]], input_shape: list[int]) -> list[LayerRow]:
-    r: int | None = 1
-    j: int | None = 1
-    n_last = input_shape[1]  # spatial size of the last 2D map, for global layers
-    rows = []
-    for index, (name, module, ishape, oshape) in enumerate(calls):
-        kind, op = describe_module(module, ishape)
-        macs = 0
-        if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and r is not None:
-            k, s = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-            d = _pair(getattr(module, "dilation", 1))
-            r, j = r + (d * (k - 1)) * j, j * s
-        elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and r is not None:
-            r = r + (ishape[1] - 1) * j  # the union of every position's field
-        elif isinstance(module, nn.Linear) and r is not None and n_last > 1:
-            r = r + (n_last - 1) * j  # a dense layer over a flattened map reads every position
-            n_last = 1
-        elif not isinstance(module, NEUTRAL_TYPES + (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            r = j = None  # a layer whose effect on the field we do not know
-        if len(oshape) == 3:
-            n_last = oshape[1]
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs = oshape[0] * oshape[1] * oshape[2] * (module.in_channels // module.groups) * kh * kw
-        elif isinstance(module, nn.Linear):
-            macs = module.in_features * module.out_features
-        params = sum(p.numel() for p in module.parameters(recurse=False))
-        trainable = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
-        buffers = sum(b.numel() for bname, b in module.named_buffers(recurse=False) if bname != "num_batches_tracked")
-        bias = isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None
-        rows.append(LayerRow(index, name, name.split(".")[0], kind, op, ishape, oshape, r, j, params, trainable,
-                             buffers, macs, bias))
+def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
+    """Visible nodes become rows; a hidden node (a cast, an index) hands its row's name on to its readers."""
+    alias: dict[str, str] = {INPUT: INPUT}
+    rows: list[LayerRow] = []
+    previous = INPUT
+    for node in trace.nodes:
+        sources = list(dict.fromkeys(alias.get(i, i) for i in node.inputs))
+        if not node.visible:
+            alias[node.name] = sources[0] if len(sources) == 1 else node.name
+            if len(sources) == 1:
+                continue
+        alias.setdefault(node.name, node.name)
+        f = fields[node.name]
+        note = f.reason
+        if node.shared_with:
+            note = (note + "; " if note else "") + f"same weights as {node.shared_with}"
+        if f.r is not None and f.r[0] != f.r[1]:
+            note = (note + "; " if note else "") + f"field differs per axis: {f.r[0]} high, {f.r[1]} wide"
+        block = node.name.split(".")[0] if node.module is not None or node.scope else ""
+        rows.append(LayerRow(
+            index=len(rows), name=node.name, block=block, kind=node.kind, op=node.op, input=node.input,
+            output=node.output or [], rf=_pair_value(f.r), jump=_pair_value(f.j), params=node.params,
+            trainable_params=node.trainable, buffers=node.buffers, macs=node.macs, bias=node.bias,
+            reads_from=[] if sources == [previous] else sources, note=note,
+            rf_hw=list(f.r) if f.r is not None else None, jump_hw=list(f.j) if f.j is not None else None,
+        ))
+        previous = node.name
     return rows

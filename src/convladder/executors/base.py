@@ -33,12 +33,14 @@ class Job:
 
 
 # Keys that say where/how fast a job runs, not what it learns: a job moved to another machine keeps its key.
-KEY_EXCLUDED = ("name", "device", "threads", "eval_batch_size", "compile", "channels_last")
+# how a run executes, not what it computes (cuda_graphs, batched: same metrics to float tolerance)
+KEY_EXCLUDED = ("name", "device", "threads", "eval_batch_size", "compile", "channels_last", "cuda_graphs", "batched")
 
 
 def job_key(config: dict[str, Any]) -> str:
     """A stable 16-hex hash of a resolved config (keys sorted; the `job:` tag and KEY_EXCLUDED left out)."""
-    core = {k: v for k, v in config.items() if k not in KEY_EXCLUDED}
+    # model_args: None is left out so that jobs keyed before the key existed keep their key
+    core = {k: v for k, v in config.items() if k not in KEY_EXCLUDED and not (k == "model_args" and v is None)}
     core["tags"] = sorted(t for t in config.get("tags") or [] if not t.startswith(JOB_TAG))
     blob = json.dumps(core, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -106,7 +106,9 @@ def sweep_command(
 
 def lr_find_command(
     ctx: typer.Context,
-    model: Annotated[Optional[str], Opt("--model", "-m", help="registered name, spec file, or spec text")] = None,
+    model: Annotated[Optional[str], Opt("--model", "-m", help="registered name, spec file, spec text, or "
+                                        "path/to/file.py:ClassName (imports that file)")] = None,
+    model_args: Annotated[Optional[str], Opt("--model-args", help="JSON constructor arguments of your class")] = None,
     dataset: Annotated[Optional[str], Opt(help="mnist (default), fashion-mnist or synthetic")] = None,
     subset: Annotated[Optional[int], Opt(help="use only the first N training images")] = None,
     batch_size: Annotated[Optional[int], Opt()] = None,
@@ -131,7 +133,7 @@ def lr_find_command(
     bad = [a for a in extra if "=" not in a]
     if bad:
         raise UserError(f"unexpected argument(s) {' '.join(bad)}: options start with --, overrides look like key=value")
-    options = {"model": model, "dataset": dataset, "subset": subset, "batch_size": batch_size,
+    options = {"model": model, "model_args": model_args, "dataset": dataset, "subset": subset, "batch_size": batch_size,
                "optimizer": optimizer, "seed": seed, "device": device}
     cfg = build_config(config, options, extra)
     res = suggest_lr(cfg, min_lr=min_lr, max_lr=max_lr, steps=steps)

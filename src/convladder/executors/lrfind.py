@@ -70,9 +70,37 @@ def lr_schedule(min_lr: float, max_lr: float, steps: int) -> list[float]:
     return [min_lr * ratio ** (i / (steps - 1)) for i in range(steps)]
 
 
+def ramp(take, lrs: list[float], *, beta: float = 0.98, diverge: float = 4.0
+         ) -> tuple[list[float], list[float], list[float], str]:
+    """The ramp's bookkeeping: `take(i, lr)` trains one step at `lr` and returns its loss (a float).
+
+    Smooths the loss (bias-corrected exponential average) and stops at NaN/inf or when the smoothed loss
+    exceeds `diverge` x its best. Returns (lrs taken, raw losses, smoothed losses, why it stopped).
+    """
+    taken: list[float] = []
+    raw: list[float] = []
+    smooth: list[float] = []
+    avg, best, stopped = 0.0, math.inf, "max lr reached"
+    for i, lr in enumerate(lrs):
+        value = take(i, lr)
+        if not math.isfinite(value):
+            stopped = f"diverged (loss {value} at lr {lr:.3g})"
+            break
+        avg = beta * avg + (1 - beta) * value
+        sm = avg / (1 - beta ** (i + 1))  # bias correction: early values are not pulled towards 0
+        taken.append(lr)
+        raw.append(value)
+        smooth.append(sm)
+        best = min(best, sm)
+        if i > 0 and sm > diverge * best:
+            stopped = f"diverged (smoothed loss {sm:.3g} > {diverge:g}x best {best:.3g} at lr {lr:.3g})"
+            break
+    return taken, raw, smooth, stopped
+
+
 def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches, lrs: list[float], *,
                beta: float = 0.98, diverge: float = 4.0, loss_fn=None) -> tuple[list[float], list[float], list[float], str]:
-    """Run the ramp: one optimiser step per lr on the next batch from `batches` (an iterator of (x, y)).
+    """The ramp for any model and optimiser: one step per lr on the next batch from `batches` ((x, y) pairs).
 
     Restores the model's state_dict (weights and BN buffers) and the optimiser's state before returning,
     whatever happens. Returns (lrs taken, raw losses, smoothed losses, why it stopped).
@@ -81,39 +109,27 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(optimizer.state_dict())
     was_training = model.training
-    taken: list[float] = []
-    raw: list[float] = []
-    smooth: list[float] = []
-    avg, best, stopped = 0.0, math.inf, "max lr reached"
-    try:
-        model.train()
-        for i, lr in enumerate(lrs):
-            x, y = next(batches)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = loss_fn(model, x, y)
-            value = float(loss.detach())  # one sync per step is fine: the test is ~100 steps
-            if not math.isfinite(value):
-                stopped = f"diverged (loss {value} at lr {lr:.3g})"
-                break
+
+    def take(i: int, lr: float) -> float:
+        x, y = next(batches)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(model, x, y)
+        value = float(loss.detach())  # one sync per step is fine: the test is ~100 steps
+        if math.isfinite(value):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            avg = beta * avg + (1 - beta) * value
-            sm = avg / (1 - beta ** (i + 1))  # bias correction: early values are not pulled towards 0
-            taken.append(lr)
-            raw.append(value)
-            smooth.append(sm)
-            best = min(best, sm)
-            if i > 0 and sm > diverge * best:
-                stopped = f"diverged (smoothed loss {sm:.3g} > {diverge:g}x best {best:.3g} at lr {lr:.3g})"
-                break
+        return value
+
+    try:
+        model.train()
+        return ramp(take, lrs, beta=beta, diverge=diverge)
     finally:
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_opt)
         optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
-    return taken, raw, smooth, stopped
 
 
 def valley(lrs: list[float], losses: list[float]) -> float | None:
@@ -148,39 +164,41 @@ def suggest_lr(config, *, min_lr: float = 1e-5, max_lr: float = 1.0, steps: int 
                beta: float = 0.98, diverge: float = 4.0) -> LRFindResult:
     """The LR range test for a TrainConfig: its model, data, batch size, optimiser and augmentation.
 
-    Deterministic for a given config.seed. Writes nothing. `data`: a DataSplits-like object (tests).
+    Trains with the training step of `convladder train` (train/step.py) on a model built for the test and
+    thrown away afterwards. Deterministic for a given config.seed. Writes nothing. `data`: a DataSplits-like
+    object (tests).
     """
-    from convladder.train.augment import AugmentParams, augment
-    from convladder.train.config import validate
-    from convladder.train.device_data import load_splits, to_unit
-    from convladder.train.loop import resolve_device
-    from convladder.train.optim import make_optimizer
     from convladder.train import runenv
+    from convladder.train.config import validate
+    from convladder.train.device_data import load_splits
+    from convladder.train.epochs import channels_last_for
+    from convladder.train.loop import resolve_device, set_threads
+    from convladder.train.optim import schedule_tables
+    from convladder.train.step import TrainStep
 
     validate(config)
     lrs = lr_schedule(min_lr, max_lr, steps)
     device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config, device)
     setup = runenv.prepare(config, data if data is not None else load_splits(config), device)
     data, model = setup.data, setup.model
-    optimizer = make_optimizer(model, config)
+    channels_last = channels_last_for(config, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # The training step itself, its schedule table replaced by the ramp (momentum/beta1 held at the config's).
+    momentum = schedule_tables(config.replace(schedule="none", epochs=1), 1)[1][0]
     gen = torch.Generator(device=device).manual_seed(config.seed)
-    aug = AugmentParams(config.rotate, config.translate, config.scale, config.erase) if config.augment else None
+    step = TrainStep(model, data, config, device, [gen], lrs + lrs[-1:], [momentum] * (len(lrs) + 1),
+                     channels_last=channels_last)
+    model.train()
 
-    def batches():
-        while True:  # cycle epochs when the ramp is longer than one epoch
-            for idx in data.batches(config.batch_size, gen):
-                x = to_unit(data.x_train[idx])
-                if aug is not None:
-                    x = augment(x, aug, gen)
-                yield data.normalise(x), data.y_train[idx]
+    def take(i: int, lr: float) -> float:
+        if i % step.steps == 0:  # cycle epochs when the ramp is longer than one epoch
+            step.new_epoch()
+        step()
+        return float(step.last_loss[0])  # one sync per step is fine: the test is ~100 steps
 
-    def loss_fn(m, x, y):
-        return F.cross_entropy(m.logits(x).float(), y, label_smoothing=config.label_smoothing)
-
-    taken, raw, smooth, stopped = range_test(model, optimizer, batches(), lrs, beta=beta, diverge=diverge,
-                                             loss_fn=loss_fn)
+    taken, raw, smooth, stopped = ramp(take, lrs, beta=beta, diverge=diverge)
     return analyse(taken, raw, smooth, stopped, min_lr, max_lr, steps,
                    info={"model": config.model, "params": setup.params, "optimizer": config.optimizer,
                          "batch_size": config.batch_size, "dataset": config.dataset, "seed": config.seed,

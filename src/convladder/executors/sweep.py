@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import random
+import re
 import statistics
 import string
 import time
@@ -117,6 +118,10 @@ def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
         raise UserError(f"sweep file {p} must be a mapping (name:, model:, params:, ...)")
     spec = parse_sweep(data, lambda *key: f"{p}:{lines.get(tuple(key), '?')}", default_name=p.stem)
     spec.path = str(p)
+    # an own class (model: nets.py:Net) is found relative to the sweep file, wherever the sweep is started
+    spec.model = _own_relative_to(spec.model, p.parent)
+    if "model" in spec.base:
+        spec.base["model"] = _own_relative_to(spec.base["model"], p.parent)
     if seeds is not None:
         spec.seeds = seeds
     return spec
@@ -173,6 +178,29 @@ def parse_sweep(data: dict[str, Any], where: Callable[..., str] = lambda *k: "sw
     base.pop("seeds", None)  # seeds are expanded into jobs here, one run per seed
     TrainConfig.from_dict({k: v for k, v in base.items()})  # type-check the fixed keys now, not per trial
     return spec
+
+
+def _own_relative_to(model: Any, folder: Path) -> Any:
+    """`file.py:Class` (a template too) with a relative file -> the file under `folder`, absolute."""
+    match = re.match(r"^(?P<file>[^:]+\.py):(?P<cls>.+)$", model) if isinstance(model, str) else None
+    if not match or Path(match["file"]).expanduser().is_absolute():
+        return model
+    return f"{(folder / match['file']).resolve()}:{match['cls']}"
+
+
+def _param_count(config: Any) -> int:
+    """Parameters of a trial's network: a spec's table, or an own class built (its file imported) to count."""
+    from convladder.spec.own import is_own_ref
+
+    if is_own_ref(config.model):
+        from convladder.spec.own import load_own
+
+        module, _, _ = load_own(config.model, config.model_args)
+        return sum(p.numel() for p in module.parameters())
+    from convladder.analysis.table import summarize
+    from convladder.spec.registry import resolve_spec
+
+    return summarize(resolve_spec(config.model)).total_params
 
 
 def _int(value: Any, where: str, allow_none: bool = False, minimum: int = 1) -> int | None:
@@ -251,8 +279,6 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def make_trials(spec: SweepSpec) -> list[Trial]:
     """Trials with their configs and parameter counts; over-budget or unbuildable ones are marked already."""
-    from convladder.analysis.table import summarize
-    from convladder.spec.registry import resolve_spec
     from convladder.train.config import TrainConfig, validate
 
     holes = _placeholders(spec.model) if spec.model else set()
@@ -268,7 +294,7 @@ def make_trials(spec: SweepSpec) -> list[Trial]:
             tc = TrainConfig.from_dict(config)
             validate(tc)
             trial.config = tc.to_dict()
-            trial.params = summarize(resolve_spec(tc.model)).total_params
+            trial.params = _param_count(tc)
         except Exception as exc:  # noqa: BLE001 - a bad point (spec error, invalid value) fails alone
             trial.status, trial.error = "failed", f"{type(exc).__name__}: {exc}"
             trials.append(trial)

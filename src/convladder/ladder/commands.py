@@ -33,14 +33,13 @@ def list_cmd() -> None:
 def check_cmd(ladder: str = LADDER_ARG) -> None:
     """Print each step's diff against the previous one; fail on a step that changes more than one thing
     without `because:` (or nothing)."""
-    from convladder.analysis.table import summarize
     from convladder.ladder.diff import check_ladder
     from convladder.ladder.ladder import load_ladder
 
     lad = load_ladder(ladder)
     diffs = check_ladder(lad)
     for step, d in zip(lad.steps, diffs):
-        params = summarize(step.spec).total_params
+        params = step.table().total_params
         things = "; ".join(d.things) or ("the starting point" if step.index == 1 else "-")
         typer.echo(f"{step.index}. {step.name} ({params:,} params): {step.change}")
         typer.echo(f"   thing(s): {things}" + (f"  because: {step.because}" if len(d.things) > 1 else ""))

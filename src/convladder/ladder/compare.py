@@ -48,7 +48,6 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
     those of the newest run of this ladder. Runs whose config no longer matches the ladder file are
     left out and counted as `stale`.
     """
-    from convladder.analysis.table import summarize
 
     opts_tag, runs = _campaign(ladder, store, options)
     opts = parse_options_tag(opts_tag) if opts_tag else {}
@@ -56,7 +55,7 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
     rows: list[dict[str, Any]] = []
     prev_test: float | None = None
     for step in ladder.steps:
-        table = summarize(step.spec)
+        table = step.table()
         mine = [r for r in runs if f"step:{step.index}" in r.tags and (opts_tag is None or opts_tag in r.tags)]
         fresh = [r for r in mine if any(t[4:] in expected for t in r.tags if t.startswith("job:"))]
         per_seed: dict[int, Any] = {}

@@ -47,48 +47,39 @@ def bn_health(model: nn.Module) -> list[dict[str, Any]]:
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def dead_relu(model: nn.Module, images: torch.Tensor) -> list[dict[str, Any]]:
-    """Per ReLU: fraction of channels (and units) never positive on `images` (N,C,H,W, normalised)."""
-    stats: dict[str, dict[str, Any]] = {}
-    hooks = []
+    """Per ReLU (module or functional call): fraction of channels (and units) never positive on `images`."""
+    from convladder.analysis.trace import capture
 
-    def hook(name: str):
-        def fn(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            alive_units = (output > 0).any(dim=0)  # (C,H,W) or (C,)
-            alive_ch = alive_units.flatten(1).any(dim=1) if alive_units.dim() > 1 else alive_units
-            stats[name] = {"layer": name, "channels": int(alive_ch.numel()),
-                           "dead_channels": int((~alive_ch).sum()),
-                           "dead_channel_fraction": float((~alive_ch).float().mean()),
-                           "dead_unit_fraction": float((~alive_units).float().mean())}
-        return fn
-
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ReLU):
-            hooks.append(mod.register_forward_hook(hook(name)))
     was_training = model.training
     try:
         model.eval()
-        model(images)
+        _, records = capture(model, images, lambda node: node.kind == "relu")
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    return list(stats.values())
+    out = []
+    for record in records:
+        alive_units = (record.output > 0).any(dim=0)  # (C,H,W) or (C,)
+        alive_ch = alive_units.flatten(1).any(dim=1) if alive_units.dim() > 1 else alive_units
+        out.append({"layer": record.node.name, "channels": int(alive_ch.numel()),
+                    "dead_channels": int((~alive_ch).sum()),
+                    "dead_channel_fraction": float((~alive_ch).float().mean()),
+                    "dead_unit_fraction": float((~alive_units).float().mean())})
+    return out
 
 
-def parameter_share(spec: Any) -> list[dict[str, Any]]:
+def parameter_share(model_or_spec: Any, input_shape: tuple[int, int, int] | None = None) -> list[dict[str, Any]]:
     """Parameters and share of the total per layer (from the network table), largest first."""
     from convladder.analysis.table import summarize
 
-    table = summarize(spec)
+    table = summarize(model_or_spec, input_shape)
     rows = [{"layer": r.name, "kind": r.kind, "params": r.params, "share": r.share} for r in table.layers if r.params]
     return sorted(rows, key=lambda r: -r["params"])
 
 
 def diagnose_run(run: str, store: Any, n_images: int = 512, which: str = "final") -> dict[str, Any]:
     """All three diagnostics for one stored run, on the first `n_images` test images of its data set."""
-    from convladder.spec.notation import parse_spec
     from convladder.train.config import TrainConfig
     from convladder.train.device_data import load_splits, to_unit
 
@@ -102,7 +93,7 @@ def diagnose_run(run: str, store: Any, n_images: int = 512, which: str = "final"
     relu = dead_relu(model, x)
     return {"run_id": record.id, "model": config.model if len(config.model) < 40 else "custom spec",
             "dataset": config.dataset, "images": int(len(x)), "bn": bn, "relu": relu,
-            "params": parameter_share(parse_spec(config.model_spec or config.model)),
+            "params": parameter_share(model, tuple(x.shape[1:])),
             "summary": {"bn_flagged": [b["layer"] for b in bn if b["verdict"] != "healthy"],
                         "dead_channels": sum(r["dead_channels"] for r in relu),
                         "relu_channels": sum(r["channels"] for r in relu)}}

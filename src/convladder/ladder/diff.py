@@ -72,13 +72,23 @@ def _group(key: str) -> str | None:
     return key
 
 
-def diff_steps(prev_spec: NetworkSpec, new_spec: NetworkSpec, prev_config: dict[str, Any],
-               new_config: dict[str, Any]) -> StepDiff:
-    """Layer-level diff of the specs (aligned on canonical layer text) and key-level diff of the configs."""
+def diff_steps(prev_spec: NetworkSpec | None, new_spec: NetworkSpec | None, prev_config: dict[str, Any],
+               new_config: dict[str, Any], prev_own: str | None = None, new_own: str | None = None) -> StepDiff:
+    """Layer-level diff of the specs (aligned on canonical layer text) and key-level diff of the configs.
+
+    A step that trains an own class (spec None, `*_own` = its file.py:ClassName) is compared as a whole:
+    another class is one thing, `network: model`.
+    """
     d = StepDiff()
+    if prev_spec is None or new_spec is None:
+        old_name, new_name = prev_own or "spec network", new_own or "spec network"
+        if old_name != new_name or (prev_spec is None) != (new_spec is None):
+            d.changed.append(("-", old_name, new_name))
+            d.things["network: model"] = [f"{old_name} -> {new_name}"]
+        prev_spec = new_spec = NetworkSpec(())  # only the configs are compared below
     a, b = _flat(prev_spec), _flat(new_spec)
     ta, tb = [format_layer(x) for _, x in a], [format_layer(x) for _, x in b]
-    things: dict[str, list[str]] = {}
+    things: dict[str, list[str]] = dict(d.things)
 
     def thing(name: str, what: str) -> None:
         things.setdefault(name, []).append(what)
@@ -119,7 +129,9 @@ def diff_steps(prev_spec: NetworkSpec, new_spec: NetworkSpec, prev_config: dict[
         if old != new:
             d.config.append((key, old, new))
             group = _group(key)
-            if group:
+            if key == "model_args":  # an own class's constructor arguments are part of the network
+                thing("network: model" if "network: model" in things else "network: model_args", f"{old!r} -> {new!r}")
+            elif group:
                 thing(f"config {group}", f"{key}: {old!r} -> {new!r}")
     if [blk.name for blk in prev_spec.blocks] != [blk.name for blk in new_spec.blocks] and not d.notes:
         d.notes.append("block names changed")
@@ -146,14 +158,16 @@ def check_ladder(ladder: Any) -> list[StepDiff]:
     """Diff every step against the one before (step 1 against the base); raise UserError for a step
     that changes nothing, or more than one thing without `because:`."""
     from convladder.errors import UserError
+    from convladder.spec.own import is_own_ref
     from convladder.spec.registry import resolve_spec
 
     diffs: list[StepDiff] = []
-    prev_spec = resolve_spec(ladder.base_model)
+    prev_own = ladder.base_model if is_own_ref(ladder.base_model) else None
+    prev_spec = None if prev_own else resolve_spec(ladder.base_model)
     prev_cfg = full_config(ladder.base_config)
     for step in ladder.steps:
         cfg = full_config(step.train)
-        d = diff_steps(prev_spec, step.spec, prev_cfg, cfg)
+        d = diff_steps(prev_spec, step.spec, prev_cfg, cfg, prev_own, getattr(step, "own", None))
         if step.index > 1 and d.empty:
             raise UserError(f"{step.where(ladder)} changes nothing against step {step.index - 1}: "
                             "change one thing (model/edit/config) or remove the step")
@@ -161,5 +175,5 @@ def check_ladder(ladder: Any) -> list[StepDiff]:
             raise UserError(f"{step.where(ladder)} changes {len(d.things)} things ({'; '.join(d.things)}): "
                             "split it into one-change steps, or say why they go together with `because: ...`")
         diffs.append(d)
-        prev_spec, prev_cfg = step.spec, cfg
+        prev_spec, prev_cfg, prev_own = step.spec, cfg, getattr(step, "own", None)
     return diffs

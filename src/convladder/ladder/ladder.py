@@ -16,8 +16,9 @@ A ladder is YAML (format in docs/ladder.md):
         handout: {params: 11260, train: 99.39, test: 98.97}
 
 Each step is applied to the step before it (the first to the base). A step may override the
-network with `model:` (a whole new spec) or `edit:` (targeted edits, below), and the training
-recipe with `config:`. Loading resolves every step to a full spec and a full config dict, and
+network with `model:` (a whole new spec, or your own class as `path/to/file.py:ClassName`, the path
+relative to the ladder file, its constructor arguments in `config: {model_args: {...}}`) or `edit:`
+(targeted edits of a spec, below), and the training recipe with `config:`. Loading resolves every step to a full spec and a full config dict, and
 raises a UserError naming the step and its line for anything wrong.
 
 Edits (a list; each item is a one-key mapping, applied in order):
@@ -67,13 +68,28 @@ class Step:
     config: dict[str, Any] = field(default_factory=dict)  # the overrides this step writes
     handout: dict[str, Any] = field(default_factory=dict)
     line: int = 0
-    spec: NetworkSpec | None = None  # resolved
+    spec: NetworkSpec | None = None  # resolved (None when the step trains an own class)
     train: dict[str, Any] = field(default_factory=dict)  # resolved config overrides (cumulative, no model)
+    own: str | None = None  # resolved own class: absolute path/to/file.py:ClassName
 
     @property
     def spec_text(self) -> str:
+        """What the step's runs train: the spec text, or the own class's absolute file.py:ClassName."""
+        if self.own is not None:
+            return self.own
         assert self.spec is not None
         return format_spec(self.spec)
+
+    def table(self) -> Any:
+        """The step's network table (an own class is imported and built to trace it)."""
+        from convladder.analysis.table import summarize
+
+        if self.spec is not None:
+            return summarize(self.spec)
+        from convladder.spec.own import load_own
+
+        module, _, _ = load_own(str(self.own), self.train.get("model_args"), (1, 28, 28), CLASSES)
+        return summarize(module, (1, 28, 28))
 
     def where(self, ladder: Ladder, key: str | None = None) -> str:
         line = ladder.key_lines.get((self.index, key), self.line) if key else self.line
@@ -161,13 +177,21 @@ def parse_ladder(text: str, source: str = "<ladder>") -> Ladder:
                     base_model=str(base["model"]), base_config=base_config, steps=[],
                     target=float(data.get("target", base_config.get("target", 99.4))), key_lines=lines)
     _check_config(ladder, base_config, f"ladder {source} base config")
-    spec = _resolve_model(str(base["model"]), f"ladder {source} base model")
+    base_dir = Path(source).parent if Path(source).is_file() else None  # own classes: relative to the file
+    network = _resolve_model(str(base["model"]), f"ladder {source} base model", base_dir)
+    if isinstance(network, str):
+        ladder.base_model = network
     config = dict(base_config)
+    checked: set[str] = set()
     for i, raw in enumerate(steps_raw, 1):
         step = _parse_step(ladder, i, raw)
-        spec = _apply(ladder, step, spec)
         config = {**config, **step.config}
-        step.spec, step.train = spec, dict(config)
+        network = _apply(ladder, step, network, base_dir, config.get("model_args"), checked)
+        if isinstance(network, str):
+            step.own = network
+        else:
+            step.spec = network
+        step.train = dict(config)
         ladder.steps.append(step)
     return ladder
 
@@ -217,19 +241,49 @@ def _check_config(ladder: Ladder, config: dict[str, Any], where: str) -> None:
         raise UserError(f"{where}: {exc}") from None
 
 
-def _resolve_model(model: str, where: str) -> NetworkSpec:
+def _resolve_model(model: str, where: str, base_dir: Path | None = None) -> NetworkSpec | str:
+    """A spec, or (own class) the absolute `file.py:ClassName`, the file taken relative to `base_dir`."""
+    from convladder.spec.own import is_own_ref, parse_own_ref
     from convladder.spec.registry import resolve_spec
 
     try:
+        if is_own_ref(model):
+            return parse_own_ref(model, base_dir).text
         return resolve_spec(model)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
 
 
-def _apply(ladder: Ladder, step: Step, spec: NetworkSpec) -> NetworkSpec:
-    """The step's spec: its `model:` (if any), then its edits; checked to build."""
+def _check_own(ref: str, args: Any, where: str, checked: set[str]) -> None:
+    """Import and build the own class once per (class, arguments): bad input fails at load, naming the step."""
+    import json
+
+    from convladder.spec.own import load_own
+
+    key = f"{ref}\n{json.dumps(args, sort_keys=True, default=str)}"
+    if key in checked:
+        return
+    try:
+        load_own(ref, args, (1, 28, 28), CLASSES)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    checked.add(key)
+
+
+def _apply(ladder: Ladder, step: Step, spec: NetworkSpec | str, base_dir: Path | None = None, model_args: Any = None,
+           checked: set[str] | None = None) -> NetworkSpec | str:
+    """The step's network: its `model:` (if any), then its edits; checked to build (an own class: to run)."""
     if step.model:
-        spec = _resolve_model(str(step.model), step.where(ladder, "model"))
+        spec = _resolve_model(str(step.model), step.where(ladder, "model"), base_dir)
+    if isinstance(spec, str):
+        if step.edits:
+            raise UserError(f"{step.where(ladder, 'edit')}: `edit:` changes spec networks, but this step trains your "
+                            f"own class {spec} — change it with `model:` (another class) or `config: {{model_args: ...}}`")
+        _check_own(spec, model_args, step.where(ladder, "model" if step.model else None), checked or set())
+        return spec
+    if model_args:
+        raise UserError(f"{step.where(ladder, 'config')}: model_args applies to an own class (model: file.py:ClassName), "
+                        "not to a spec network")
     for n, edit in enumerate(step.edits, 1):
         where = f"{step.where(ladder, 'edit')}, edit {n}"
         try:

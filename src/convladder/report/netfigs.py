@@ -11,7 +11,7 @@ from torch import nn
 
 from convladder.report.plot import Figure, cmap_with_gaps, mosaic, normalise_tiles, plt
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.PReLU)
+ACTIVATIONS = {"relu", "relu6", "leakyrelu", "elu", "selu", "gelu", "silu", "prelu"}  # the tracer's kinds
 
 
 def param_share(table: Any) -> Figure:
@@ -65,23 +65,27 @@ def bn_gamma_beta(model: nn.Module) -> Figure | None:
                   "β = 0 and γ = 1 is a great job; β = 10 and γ = 4 is horrendous", fig, vector=True)
 
 
-def _capture(model: nn.Module, x: torch.Tensor, types: tuple[type, ...]) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
-    """(name, module, input, output) of every module of `types`, in call order, for one forward pass."""
-    seen: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.append((n, mod, inp[0].detach(), out.detach())))
-             for n, m in model.named_modules() if isinstance(m, types)]
-    try:
-        with torch.no_grad():
-            getattr(model, "logits", model)(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+def _capture(model: nn.Module, x: torch.Tensor, select) -> list[tuple[str, nn.Module | None, torch.Tensor, torch.Tensor]]:
+    """(name, module, input, output) of every selected node of the one tracer, in call order, for one forward pass."""
+    from convladder.analysis.trace import capture
+
+    with torch.no_grad():
+        _, records = capture(model, x, select)
+    return [(r.node.name, r.node.module, r.inputs[0].detach() if r.inputs else r.output, r.output.detach())
+            for r in records]
+
+
+def _is_activation(node) -> bool:
+    return node.kind in ACTIVATIONS
+
+
+def _is_conv(node) -> bool:
+    return node.kind.startswith("conv") and node.category == "window"
 
 
 def dead_relu(model: nn.Module, x: torch.Tensor) -> Figure | None:
     """Per activation layer: channels never positive on the batch (dead) and zeros overall (sparsity)."""
-    caps = [c for c in _capture(model, x, ACTIVATIONS) if c[3].dim() >= 2]
+    caps = [c for c in _capture(model, x, _is_activation) if c[3].dim() >= 2]
     if not caps:
         return None
     names, dead, zero = [], [], []
@@ -103,7 +107,7 @@ def dead_relu(model: nn.Module, x: torch.Tensor) -> Figure | None:
 
 def feature_maps(model: nn.Module, x1: torch.Tensor, max_channels: int = 16) -> Figure | None:
     """Each convolution's output channels for one image (each channel scaled to its own range)."""
-    caps = [c for c in _capture(model, x1, (nn.Conv2d,)) if c[3].shape[-1] > 1]
+    caps = [c for c in _capture(model, x1, _is_conv) if c[3].dim() == 4 and c[3].shape[-1] > 1]
     if not caps:
         return None
     fig, axes = plt.subplots(len(caps) + 1, 1, figsize=(8, 1.1 * (len(caps) + 1)),
@@ -114,7 +118,7 @@ def feature_maps(model: nn.Module, x1: torch.Tensor, max_channels: int = 16) -> 
     for ax, (name, m, _, out) in zip(axes[1:], caps):
         maps = normalise_tiles(out[0, :max_channels].numpy())
         ax.imshow(mosaic(maps, len(maps), pad=max(1, maps.shape[-1] // 12)), cmap=cmap_with_gaps(), interpolation="nearest")
-        k = m.kernel_size[0]
+        k = m.kernel_size[0] if isinstance(m, nn.Conv2d) else "?"
         ax.set_title(f"{name} conv{k}x{k} → {out.shape[1]}×{out.shape[2]}×{out.shape[3]}"
                      + (f" (first {max_channels})" if out.shape[1] > max_channels else ""), fontsize=8, loc="left")
     for ax in axes:
@@ -129,8 +133,8 @@ def one_by_one_merger(model: nn.Module, x1: torch.Tensor, outputs: int = 3, inpu
     Row k shows out_k = Σ_i w[k,i]·in_i + b_k: the largest-|w| input channels multiplied by their weights, then the sum —
     recomputed here with einsum and checked against the layer's real output.
     """
-    caps = [c for c in _capture(model, x1, (nn.Conv2d,))
-            if c[1].kernel_size == (1, 1) and c[1].groups == 1 and c[1].in_channels > 1 and c[2].shape[-1] > 1]
+    caps = [c for c in _capture(model, x1, lambda n: n.kind == "conv1x1" and isinstance(n.module, nn.Conv2d))
+            if c[1].groups == 1 and c[1].in_channels > 1 and c[2].shape[-1] > 1]
     if not caps:
         return None
     name, conv, inp, out = caps[0]

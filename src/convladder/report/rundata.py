@@ -92,6 +92,11 @@ class RunData:
         return str(c.get("name") or model or f"run {self.id}")
 
     @property
+    def own(self) -> bool:
+        """Whether the run trained a person's own class (it then has own_model.json)."""
+        return (self.path / "own_model.json").is_file()
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         shape = self.env.get("input_shape") or [1, 28, 28]
         return tuple(int(v) for v in shape)  # type: ignore[return-value]
@@ -102,7 +107,9 @@ class RunData:
             return self._models["spec"]
         spec = None
         text = self.config.get("model_spec") or self.config.get("model")
-        if not text:
+        if self.own:
+            pass  # an own class: no spec; model() and table() rebuild it from the run's record
+        elif not text:
             self.notes.append("config.json has no model_spec: no network table or weight figures")
         else:
             try:
@@ -124,6 +131,16 @@ class RunData:
         spec = self.spec()
         if not wpath.is_file():
             self.notes.append(f"{fname} is missing: no figures that need trained weights")
+        elif self.own:
+            try:
+                from convladder.train.models import model_from_folder, source_status
+
+                changed = source_status(self.path)
+                if changed:
+                    self.notes.append(changed)
+                model = model_from_folder(self.path, which)
+            except Exception as exc:  # noqa: BLE001 - the person's class may fail in any way: a note, not a crash
+                self.notes.append(f"the own model cannot be rebuilt ({type(exc).__name__}: {str(exc)[:300]})")
         elif spec is not None:
             try:
                 from safetensors.torch import load_file
@@ -145,7 +162,16 @@ class RunData:
             return self._models["table"]
         table = None
         spec = self.spec()
-        if spec is not None:
+        if self.own:
+            model = self.model("final")
+            if model is not None:
+                try:
+                    from convladder.analysis.table import summarize
+
+                    table = summarize(model, self.input_shape)
+                except Exception as exc:  # noqa: BLE001
+                    self.notes.append(f"network table failed ({exc})")
+        elif spec is not None:
             try:
                 from convladder.analysis.table import summarize
 

@@ -62,12 +62,23 @@ def fold_batchnorm(modules: list[nn.Module]) -> nn.Sequential:
     return nn.Sequential(*[m for m, k in zip(mods, keep) if k])
 
 
+class _Logits(nn.Module):
+    """Calls `net.logits` (an own class's raw scores, whatever its forward returns)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.logits(x)
+
+
 def inference_logits(model: nn.Module) -> nn.Module:
-    """A fused copy of a SpecNet that returns logits; other modules are returned unchanged."""
+    """A fused copy of a SpecNet that returns logits; other modules answer with their `logits` (if any), unfused."""
     from convladder.spec.build import ClassProbs, SpecNet
 
     if not isinstance(model, SpecNet):
-        return model
+        return _Logits(model) if callable(getattr(model, "logits", None)) else model
     flat = [m for block in model for m in block]
     if flat and isinstance(flat[-1], ClassProbs):
         flat = flat[:-1]

@@ -105,7 +105,7 @@ class Predictor:
         # Moderate batches keep the activations of small-channel nets in cache; 4096+ runs from RAM and is slower.
         self.batch_size = batch_size
         # A copy with BatchNorm folded into the convs, returning logits (no trailing softmax): same numbers
-        # within float rounding, less memory traffic. Non-SpecNet modules are assumed to give logits.
+        # within float rounding, less memory traffic. Other modules answer through their logits().
         self._logits = inference_logits(self.model).to(memory_format=torch.channels_last)
 
     @classmethod
@@ -133,30 +133,26 @@ def top_k(probs: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
 
 def feature_maps(model: nn.Module, x: torch.Tensor, layers: int = 2) -> tuple[torch.Tensor, list[tuple[str, np.ndarray]]]:
     """Logits for one normalised input (1, 1, 28, 28) and what the first `layers` conv layers see:
-    (name, (C, H, W) activations) each. One forward pass gives both.
+    (name, (C, H, W) activations) each, read by the one tracer (functional calls included).
 
     Each conv's output is taken after the BN/activation that directly follow it, so the maps
     show what the next layer receives (ReLU zeros included), not the raw filter response.
     """
-    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
-    names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda mod, _inp, out: calls.append((names[mod], mod, out)))
-             for m in model.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode():
-            logits = getattr(model, "logits", model)(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    followers = (nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.SiLU, nn.GELU, nn.Tanh, nn.Sigmoid)
+    from convladder.analysis.trace import capture
+
+    followers = {"bn", "relu", "leakyrelu", "prelu", "elu", "selu", "silu", "gelu", "tanh", "sigmoid"}
+    with torch.inference_mode():
+        logits = getattr(model, "logits", model)(x)
+        _, records = capture(model, x, lambda node: node.visible and node.output is not None and len(node.output) == 3)
     maps: list[tuple[str, np.ndarray]] = []
-    for i, (name, module, _out) in enumerate(calls):
-        if not isinstance(module, nn.Conv2d):
+    for i, record in enumerate(records):
+        if not record.node.kind.startswith("conv"):
             continue
-        j = i
-        while j + 1 < len(calls) and isinstance(calls[j + 1][1], followers):
+        j = i  # take the map after the BN/activation that directly follow the convolution
+        while j + 1 < len(records) and records[j + 1].node.kind in followers and records[j + 1].node.reads_one_of(
+                records[j].node.name):
             j += 1
-        maps.append((name, calls[j][2][0].float().contiguous().numpy()))
+        maps.append((record.node.name, records[j].output[0].float().contiguous().numpy()))
         if len(maps) == layers:
             break
     return logits, maps

@@ -60,12 +60,17 @@ class SpecNet(nn.Sequential):
         self.spec = spec
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        modules = [m for block in self for m in block]
-        if modules and isinstance(modules[-1], ClassProbs):
-            modules = modules[:-1]
-        for module in modules:
-            x = module(x)
-        return x.flatten(1)
+        return run_without_output_layer(self, x).flatten(1)
+
+
+def run_without_output_layer(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run a Sequential of blocks, skipping a trailing softmax/log-softmax (training wants raw logits)."""
+    modules = [m for block in blocks for m in block]
+    if modules and isinstance(modules[-1], ClassProbs):
+        modules = modules[:-1]
+    for module in modules:
+        x = module(x)
+    return x
 
 
 def conv_out(n: int, k: int, s: int, p: int, d: int = 1, ceil: bool = False) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from convladder.errors import UserError
 from convladder.spec.layers import NetworkSpec
 from convladder.spec.notation import SpecError, parse_spec
+from convladder.spec.own import is_own_ref
 from convladder.spec.yamlform import load_spec_file
 from convladder.spec.zoo import ZOO, ZooEntry
 
@@ -28,10 +29,16 @@ def get_spec(name: str) -> NetworkSpec:
 def resolve_spec(model: str | NetworkSpec, input_shape: tuple[int, int, int] | None = None) -> NetworkSpec:
     """A registered name, a path to a .yaml/.txt spec file, or spec text -> NetworkSpec.
 
+    `file.py:ClassName` (an own class) is refused with a message: it is built by `train.models.build`.
+
     `input_shape`, when given, replaces the spec's own.
     """
     if isinstance(model, NetworkSpec):
         spec = model
+    elif is_own_ref(model):
+        raise UserError(f"{model!r} names your own class (file.py:ClassName), not a network spec — train, summary, "
+                        "check, lr-find, ladder steps and sweeps take it as --model/model:, and Python code as "
+                        "convladder.create_model(...); importing it runs that file")
     elif model in ZOO:
         spec = get_spec(model)
     elif _looks_like_path(model):

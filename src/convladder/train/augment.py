@@ -1,6 +1,7 @@
 """Batched augmentation on the device in plain torch: one affine warp per batch, plus random erasing.
 
-All random numbers come from the caller's generator, so a run is reproducible and resumable.
+All random numbers come from the caller's generator (or, for the training step, from a buffer drawn from it
+once per epoch), so a run is reproducible and resumable.
 Works on float images in [0, 1] before normalisation, so padding and erasing fill with black (0).
 """
 
@@ -26,19 +27,29 @@ class AugmentParams:
         return bool(self.rotate or self.translate or self.scale)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+def noise_rows(params: AugmentParams) -> int:
+    """Uniform [0, 1) numbers `augment_from` reads per image: 4 for the warp, 5 for erasing."""
+    return 4 * params.warps + 5 * (params.erase > 0)
 
 
-def random_affine(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
-    """Rotate, translate and scale each image of (N,C,H,W) by its own random amount (bilinear, zero padding)."""
-    n, _, h, w = x.shape
-    dev = x.device
-    angle = _uniform(n, -params.rotate, params.rotate, generator, dev) * (math.pi / 180)
-    scale = _uniform(n, 1 - params.scale, 1 + params.scale, generator, dev)
+def draw_noise(params: AugmentParams, n: int, generator: torch.Generator, device: torch.device,
+               leading: tuple[int, ...] = ()) -> torch.Tensor:
+    """(*leading, noise_rows, n) uniforms from `generator`; a whole epoch's worth is drawn in one call."""
+    return torch.rand(*leading, noise_rows(params), n, generator=generator, device=device)
+
+
+def _span(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return u * (high - low) + low
+
+
+def affine_from(x: torch.Tensor, params: AugmentParams, u: torch.Tensor) -> torch.Tensor:
+    """Rotate, translate and scale each image of (N,C,H,W) by amounts read from u (4, N) uniforms (bilinear, zero padding)."""
+    _, _, h, w = x.shape
+    angle = _span(u[0], -params.rotate, params.rotate) * (math.pi / 180)
+    scale = _span(u[1], 1 - params.scale, 1 + params.scale)
     # affine_grid works in [-1, 1] coordinates: t pixels = 2t/size.
-    tx = _uniform(n, -params.translate, params.translate, generator, dev) * (2 / w)
-    ty = _uniform(n, -params.translate, params.translate, generator, dev) * (2 / h)
+    tx = _span(u[2], -params.translate, params.translate) * (2 / w)
+    ty = _span(u[3], -params.translate, params.translate) * (2 / h)
     # The grid maps output to input coordinates, so the inverse scale makes digits grow for scale > 1.
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
@@ -46,17 +57,17 @@ def random_affine(x: torch.Tensor, params: AugmentParams, generator: torch.Gener
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_erase(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
-    """Set one random rectangle per image to 0 with probability `params.erase` (masks, no Python loop)."""
+def erase_from(x: torch.Tensor, params: AugmentParams, u: torch.Tensor) -> torch.Tensor:
+    """Set one rectangle per image to 0 with probability `params.erase`; its place and size from u (5, N) uniforms."""
     n, _, h, w = x.shape
     dev = x.device
-    area = _uniform(n, *params.erase_area, generator, dev) * (h * w)
-    aspect = torch.exp(_uniform(n, math.log(0.5), math.log(2.0), generator, dev))
+    area = _span(u[0], *params.erase_area) * (h * w)
+    aspect = torch.exp(_span(u[1], math.log(0.5), math.log(2.0)))
     eh = (area * aspect).sqrt().clamp(1, h)
     ew = (area / aspect).sqrt().clamp(1, w)
-    y0 = torch.rand(n, generator=generator, device=dev) * (h - eh)
-    x0 = torch.rand(n, generator=generator, device=dev) * (w - ew)
-    apply = torch.rand(n, generator=generator, device=dev) < params.erase
+    y0 = u[2] * (h - eh)
+    x0 = u[3] * (w - ew)
+    apply = u[4] < params.erase
     rows = torch.arange(h, device=dev).view(1, h, 1)
     cols = torch.arange(w, device=dev).view(1, 1, w)
     inside = ((rows >= y0.view(n, 1, 1)) & (rows < (y0 + eh).view(n, 1, 1))
@@ -64,10 +75,29 @@ def random_erase(x: torch.Tensor, params: AugmentParams, generator: torch.Genera
     return x.masked_fill(inside.unsqueeze(1), 0.0)
 
 
+def augment_from(x: torch.Tensor, params: AugmentParams, u: torch.Tensor) -> torch.Tensor:
+    """`augment` with its random numbers given: u is (noise_rows(params), N) uniforms in [0, 1).
+
+    No generator is touched here, so a CUDA graph can replay it: the numbers come from a buffer that is
+    refilled (outside the graph) once per epoch.
+    """
+    if params.warps:
+        x = affine_from(x, params, u[:4])
+    if params.erase > 0:
+        x = erase_from(x, params, u[4 * params.warps:])
+    return x
+
+
+def random_affine(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
+    """Rotate, translate and scale each image of (N,C,H,W) by its own random amount (bilinear, zero padding)."""
+    return affine_from(x, params, torch.rand(4, len(x), generator=generator, device=x.device))
+
+
+def random_erase(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
+    """Set one random rectangle per image to 0 with probability `params.erase` (masks, no Python loop)."""
+    return erase_from(x, params, torch.rand(5, len(x), generator=generator, device=x.device))
+
+
 def augment(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
     """Apply the configured augmentations to float images (N,C,H,W) in [0, 1]; shape and dtype are kept."""
-    if params.warps:
-        x = random_affine(x, params, generator)
-    if params.erase > 0:
-        x = random_erase(x, params, generator)
-    return x
+    return augment_from(x, params, draw_noise(params, len(x), generator, x.device))

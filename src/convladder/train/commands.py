@@ -18,7 +18,7 @@ Opt = typer.Option
 def register(app: typer.Typer) -> None:
     """Add `train` and the `runs` sub-app."""
     app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                help="Train a network (name, spec file or spec text); trailing key=value args override the config.")(
+                help="Train a network (name, spec file, spec text or file.py:ClassName); trailing key=value args override the config.")(
         train_command)
     runs = typer.Typer(help="List, show and compare stored runs.", no_args_is_help=True)
     runs.command("list")(runs_list)
@@ -32,7 +32,10 @@ RunsOpt = Annotated[Optional[Path], Opt("--runs", help="run store folder (defaul
 
 def train_command(
     ctx: typer.Context,
-    model: Annotated[Optional[str], Opt("--model", "-m", help="registered name, spec file, or spec text")] = None,
+    model: Annotated[Optional[str], Opt("--model", "-m", help="registered name, spec file, spec text, or "
+                                        "path/to/file.py:ClassName (your nn.Module; importing it runs that file)")] = None,
+    model_args: Annotated[Optional[str], Opt("--model-args", help="""JSON object of your class's constructor """
+                                             """arguments, e.g. '{"width": 16}'""")] = None,
     dataset: Annotated[Optional[str], Opt(help="mnist (default) or synthetic")] = None,
     data_root: Annotated[Optional[str], Opt(help="folder with the data set's files")] = None,
     epochs: Annotated[Optional[int], Opt()] = None,
@@ -49,7 +52,7 @@ def train_command(
     seed: Annotated[Optional[int], Opt()] = None,
     seeds: Annotated[Optional[int], Opt(help="train this many seeds and report min/median/max")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, mps")] = None,
-    threads: Annotated[Optional[int], Opt(help="torch CPU threads (0 = torch's choice)")] = None,
+    threads: Annotated[Optional[int], Opt(help="torch CPU threads (0 = 1 on <= 2 cores, else torch's choice)")] = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model")] = None,
     eval_every: Annotated[Optional[int], Opt("--eval-every", "--val-every", help="evaluate every N epochs")] = None,
     val_size: Annotated[Optional[int], Opt(help="validation images held out of the training set (0 = none)")] = None,
@@ -219,6 +222,17 @@ def runs_show(run: Annotated[str, typer.Argument(help="run id, prefix, or 'lates
         return
     typer.echo(f"run {record.id} ({record.status})  {record.path}")
     typer.echo(f"model: {config.get('model_spec')}")
+    from convladder.train.models import read_record, source_status
+
+    own = read_record(store.root / record.id)
+    if own is not None:
+        rebuild = "the command line rebuilds it" if own.rebuild == "file" else "rebuilt in Python only"
+        typer.echo(f"own class {own.cls}({json.dumps(own.args) if own.args is not None else 'arguments unknown'}) "
+                   f"from {own.file or own.module}, output {own.output}, sha256 {str(own.sha256)[:12]}; "
+                   f"source recorded in {'model_source.py' if own.sha256 else '(none)'}; {rebuild}")
+        changed = source_status(store.root / record.id)
+        if changed:
+            typer.secho(f"warning: {changed}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"params {_fmt(record.params)}  dataset {config['dataset']}  seed {config['seed']}  "
                f"epochs {config['epochs']}  batch {config['batch_size']}  {config['optimizer']} lr {config['lr']} "
                f"{config['schedule']}  augment {config['augment']}")

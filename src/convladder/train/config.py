@@ -30,8 +30,9 @@ class TrainConfig:
     The defaults train the `tiny8k` reference network to >= 99.4 % MNIST test accuracy.
     """
 
-    model: str = "tiny8k"  # registered name, spec file or spec text
+    model: str = "tiny8k"  # registered name, spec file, spec text, or path/to/file.py:ClassName (own class)
     model_spec: str | None = None  # resolved spec text (filled in by the trainer; what a run rebuilds from)
+    model_args: dict | None = None  # constructor arguments of an own class (a JSON object on the command line)
     dataset: str = "mnist"  # or "synthetic" (generated, learnable; for tests and smoke runs)
     data_root: str | None = None
     subset: int = 0  # use only the first N training images (0 = all)
@@ -60,9 +61,11 @@ class TrainConfig:
     seed: int = 1
     seeds: int = 1  # train seeds seed, seed+1, ... and report min/median/max
     device: str = "auto"
-    threads: int = 0  # torch CPU threads (0 = leave torch's choice)
+    threads: int = 0  # torch CPU threads (0 = 1 on a machine with <= 2 cores, where 2 collapse under load; else torch's choice)
     channels_last: str = "auto"  # auto: on for CUDA only; on 2 CPU cores training was measured slower with it
     compile: bool = False
+    cuda_graphs: str = "auto"  # auto/on: capture the training step once as a CUDA graph and replay it (CUDA only)
+    batched: str = "auto"  # seeds > 1 as one batched model: auto = on CUDA when the network allows; on; off
     eval_every: int = 1  # evaluate val/test every N epochs (the last epoch always)
     eval_batch_size: int = 500
     clean_train_eval: int = 10000  # at the end, evaluate train accuracy without dropout/augmentation on N images
@@ -103,6 +106,8 @@ def _coerce(key: str, value: Any) -> Any:
         if "None" in kind:
             return None
         raise UserError(f"config key {key!r} cannot be empty")
+    if kind.startswith("dict"):
+        return _coerce_dict(key, value)
     try:
         if kind.startswith("list"):
             if isinstance(value, str):
@@ -126,6 +131,13 @@ def _coerce(key: str, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise UserError(f"config key {key!r}: {value!r} is not a valid {kind.replace(' | None', '')}") from None
+
+
+def _coerce_dict(key: str, value: Any) -> dict:
+    """A mapping, or its JSON text (e.g. --model-args '{"width": 16}')."""
+    from convladder.spec.own import parse_model_args
+
+    return parse_model_args(value, f"config key {key!r}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -176,6 +188,8 @@ def validate(config: TrainConfig) -> None:
         if value not in allowed:
             raise UserError(f"{key} {value!r} is not one of: {', '.join(allowed)}")
 
+    if config.model_args is not None:
+        config.model_args = _coerce_dict("model_args", config.model_args)
     config.optimizer = config.optimizer.lower()
     config.schedule = config.schedule.lower()
     choice("optimizer", OPTIMIZERS)
@@ -183,6 +197,8 @@ def validate(config: TrainConfig) -> None:
     choice("device", DEVICES)
     choice("select_on", SELECT_ON)
     choice("channels_last", TRISTATE)
+    choice("cuda_graphs", TRISTATE)
+    choice("batched", TRISTATE)
     choice("init", INITS)
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "seeds": config.seeds,
                 "eval_every": config.eval_every, "eval_batch_size": config.eval_batch_size, "step_size": config.step_size}

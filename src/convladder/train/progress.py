@@ -1,11 +1,15 @@
-"""Progress reporting: a rich bar per epoch on a terminal, plain lines otherwise, JSON lines, or nothing."""
+"""Progress reporting: a rich bar per epoch on a terminal, a live HTML block in a notebook, plain lines otherwise,
+JSON lines, or nothing."""
 
 from __future__ import annotations
 
+import html
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from convladder.train.result import RunResult
@@ -135,10 +139,205 @@ class JsonProgress(Progress):
         self._emit("note", {"text": text})
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, classic, VS Code, Colab); False in a terminal IPython or python.
+
+    Looks only at an IPython that is already imported: convladder never imports IPython itself.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+DisplayFn = Callable[[dict[str, str], str, bool], None]  # (mime bundle, display id, update?)
+
+
+def _ipython_display(bundle: dict[str, str], display_id: str, update: bool) -> None:
+    from IPython.display import display
+
+    display(bundle, raw=True, display_id=display_id, update=update)
+
+
+E = html.escape
+_CELL = "padding:1px 8px;text-align:right;white-space:nowrap;"
+_COLUMNS = [("epoch", "epoch", "{}"), ("lr", "lr", "{:.4g}"), ("train loss", "train_loss", "{:.4f}"),
+            ("train acc % (seen)", "train_acc", "{:.2f}"), ("val loss", "val_loss", "{:.4f}"),
+            ("val acc %", "val_acc", "{:.2f}"), ("test loss", "test_loss", "{:.4f}"),
+            ("test acc %", "test_acc", "{:.2f}"), ("time s", "epoch_time_s", "{:.1f}")]
+
+
+@dataclass
+class _Run:
+    """One run inside a notebook block."""
+
+    header: str
+    run_id: str | None
+    seed: int | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    result_line: str = ""
+
+
+class NotebookProgress(Progress):
+    """One live output block in a Jupyter notebook: per run a header, a table of finished epochs and the result
+    line; a bar for the current epoch with running loss/accuracy and time left; notes.
+
+    Plain HTML updated in place through IPython display handles (no widgets, no JavaScript), with a text/plain
+    twin for front ends that show text only. Updates are throttled: reading the running loss syncs the device.
+    Runs that start together (seeds trained side by side) share a block; a run started after the last one
+    finished gets a new block.
+    """
+
+    def __init__(self, display_fn: DisplayFn | None = None, every_s: float = 0.5):
+        self.display_fn = display_fn or _ipython_display
+        self.every_s = every_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self.display_id: str | None = None
+        self.runs: list[_Run] = []
+        self.epoch = self.epochs = self.steps = self.done = 0
+        self.running = ""
+        self.epoch_t0 = 0.0
+        self.last_shown = 0.0
+        self.notes: list[str] = []
+
+    def _show(self) -> None:
+        bundle = {"text/plain": self.text(), "text/html": self.html()}
+        update = self.display_id is not None
+        if not update:
+            self.display_id = uuid.uuid4().hex
+        self.display_fn(bundle, self.display_id, update)
+        self.last_shown = time.monotonic()
+
+    def _open(self) -> list[_Run]:
+        return [r for r in self.runs if not r.result_line]
+
+    def start(self, info: dict[str, Any]) -> None:
+        if self.runs and not self._open():
+            self._reset()  # the block's runs are over: the next run gets its own block
+        run = f"run {info['run_id']}" if info.get("run_id") else "run (not stored)"
+        header = (f"{run}: {info['model']} ({info['params']:,} params) on {info['device']}, "
+                  f"{info['n_train']:,} train / {info['n_val']:,} val / {info['n_test']:,} test images, "
+                  f"seed {info['seed']}")
+        self.runs.append(_Run(header, info.get("run_id"), info.get("seed")))
+        self.epochs = int(info.get("epochs") or 0)
+        self._show()
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epoch, self.epochs, self.steps, self.done = epoch, epochs, steps, 0
+        self.running = ""
+        self.epoch_t0 = time.monotonic()
+        self._show()
+
+    def step(self, done: int, stats: StatsFn) -> None:
+        self.done = done
+        if time.monotonic() - self.last_shown >= self.every_s:
+            loss, acc = stats()
+            self.running = f"loss {loss:.4f} acc {acc:.2f}%"
+            self._show()
+
+    def _run_of_row(self, row: dict[str, Any]) -> _Run | None:
+        """The open run a metrics row belongs to: by seed when the row says it, else the first open run that has
+        not had this epoch yet (side-by-side seeds report their rows in start order)."""
+        open_runs = self._open()
+        if row.get("seed") is not None:
+            return next((r for r in open_runs if r.seed == row["seed"]), None)
+        epoch = row.get("epoch", 0)
+        return next((r for r in open_runs if not r.rows or r.rows[-1].get("epoch", 0) < epoch), None)
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        run = self._run_of_row(row)
+        if run is None:  # a row for no run this block knows of: show it rather than lose it
+            run = _Run("run (started elsewhere)", None, row.get("seed"))
+            self.runs.append(run)
+        run.rows.append(row)
+        self.done = self.steps
+        self._show()
+
+    def finish(self, result: RunResult) -> None:
+        open_runs = self._open()
+        run = next((r for r in open_runs if result.run_id and r.run_id == result.run_id), None) or next(
+            (r for r in open_runs if r.seed == result.seed), None) or (open_runs[0] if open_runs else None)
+        if run is None:
+            run = _Run(f"run {result.run_id}", result.run_id, result.seed)
+            self.runs.append(run)
+        run.result_line = result.summary()
+        if not self._open():
+            self.epoch = 0  # no bar once every run of the block is over
+        self._show()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self._show()
+
+    def _left(self) -> str:
+        if not self.done or not self.steps:
+            return ""
+        elapsed = time.monotonic() - self.epoch_t0
+        return f"{elapsed:.0f} s, ~{elapsed * (self.steps - self.done) / self.done:.0f} s left in this epoch"
+
+    def _bar_shown(self) -> bool:
+        return bool(self.epoch) and self.done < self.steps and bool(self._open())
+
+    def text(self) -> str:
+        lines = []
+        for run in self.runs:
+            lines += [run.header] + [_epoch_line(r, self.epochs) for r in run.rows]
+            lines += [run.result_line] if run.result_line else []
+        if self._bar_shown():
+            lines.append(f"epoch {self.epoch}/{self.epochs}: step {self.done}/{self.steps} {self.running} "
+                         f"{self._left()}")
+        return "\n".join(lines + self.notes)
+
+    def _table(self, rows: list[dict[str, Any]]) -> str:
+        keys = [c for c in _COLUMNS if any(r.get(c[1]) is not None for r in rows)]
+        head = "".join(f'<th style="{_CELL}">{E(name)}</th>' for name, _, _ in keys)
+        body = "".join("<tr>" + "".join(f'<td style="{_CELL}">' + ("" if r.get(k) is None else E(fmt.format(r[k])))
+                                        + "</td>" for _, k, fmt in keys) + "</tr>" for r in rows)
+        return (f'<table style="border-collapse:collapse;font-size:90%"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{body}</tbody></table>")
+
+    def html(self) -> str:
+        parts = []
+        for run in self.runs:
+            parts.append(f"<div><b>{E(run.header)}</b></div>")
+            if run.rows:
+                parts.append(self._table(run.rows))
+            if run.result_line:
+                parts.append(f"<div><b>{E(run.result_line)}</b></div>")
+        if self._bar_shown():
+            parts.append(f'<div>epoch {self.epoch}/{self.epochs} <progress value="{self.done}" max="{self.steps}" '
+                         f'style="width:16em;vertical-align:middle"></progress> {self.done}/{self.steps} '
+                         f"{E(self.running)} <small>{E(self._left())}</small></div>")
+        parts += [f'<div style="color:#b26a00">{E(n)}</div>' for n in self.notes]
+        return '<div class="convladder-progress">' + "".join(parts) + "</div>"
+
+
 def make_progress(quiet: bool = False, json_lines: bool = False) -> Progress:
-    """JSON lines if asked, nothing if quiet, a rich bar on a terminal, plain lines otherwise."""
+    """JSON lines if asked, nothing if quiet, a live block in a Jupyter notebook, a rich bar on a terminal,
+    plain lines otherwise."""
     if json_lines:
         return JsonProgress()
     if quiet:
         return Progress()
+    if in_notebook():
+        return NotebookProgress()
     return RichProgress() if sys.stdout.isatty() else PlainProgress()
+
+
+def resolve_progress(progress: Progress | bool | str | None = None) -> Progress:
+    """What the Python API's `progress=` means: None/True -> shown (as `make_progress` picks), False -> silent,
+    "json" -> JSON lines, "plain" -> plain lines, a Progress -> itself."""
+    if isinstance(progress, Progress):
+        return progress
+    if progress is None or progress is True:
+        return make_progress()
+    if progress is False:
+        return Progress()
+    if progress == "json":
+        return JsonProgress()
+    if progress == "plain":
+        return PlainProgress()
+    from convladder.errors import UserError
+
+    raise UserError(f"progress={progress!r}: use True, False, 'plain', 'json' or a convladder.train.progress.Progress")

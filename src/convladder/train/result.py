@@ -1,4 +1,5 @@
-"""Reading a run honestly: final vs best-epoch accuracy, gap, potential, verdict, and multi-seed statistics.
+"""Reading a run honestly: final vs best-epoch accuracy, gap, potential, verdict, and multi-seed statistics;
+how a result shows in a REPL (`str`/`repr`) and in Jupyter (`_repr_html_`), and its report inline.
 
 The verdict rule (also in docs/training.md), with T = target (default 99.4) and accuracies in %:
 1. still improving — final test < T and test accuracy rose by more than RISE (0.1) over the last 3 evaluations;
@@ -9,8 +10,11 @@ The verdict rule (also in docs/training.md), with T = target (default 99.4) and 
 
 from __future__ import annotations
 
+import html
 import statistics
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 RISE = 0.1  # percentage points over the last 3 evaluations that count as "still improving"
@@ -60,9 +64,13 @@ class RunResult:
     seed: int | None = None
     target: float = 99.4
     extra: dict[str, Any] = field(default_factory=dict)
+    # where the run's folder is (set by whoever holds the store; never written to result.json)
+    run_dir: str | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("run_dir")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
@@ -81,9 +89,210 @@ class RunResult:
             parts.append(self.verdict)
         return ", ".join(parts)
 
+    # -- display: a plain REPL, print(), and Jupyter -------------------------------------------------------
+
+    def lines(self) -> list[tuple[str, str]]:
+        """(label, value) pairs in reading order: final vs best epoch, gap, potential, verdict, time."""
+        f, b = self.final, self.best
+        val = f", val {_pct(f.get('val_acc'))}" if f.get("val_acc") is not None else ""
+        out = [("final (last epoch)",
+                f"epoch {self.epochs_done}: test {_pct(f.get('test_acc'))}, train {_pct(f.get('train_acc'))}{val}")]
+        if b.get("epoch"):
+            sel = str(b.get("selected_by") or "?")
+            label = f"best epoch (by {sel})" if sel in ("val", "test") else f"best epoch ({sel})"
+            out.append((label, f"epoch {b['epoch']}: test {_pct(b.get('test_acc'))}"
+                        + (f", val {_pct(b.get('val_acc'))}" if b.get("val_acc") is not None else "")))
+        if self.gap is not None:
+            out.append(("gap = train - test", f"{self.gap:+.2f} points; train accuracy {self.train_acc_source}"))
+            out.append(("potential = test + (100 - train)", f"{self.potential:.2f}% (target {self.target:g}%)"))
+        out.append(("verdict", self.verdict or "-"))
+        reached = ("not reached" if self.time_to_target_s is None else f"reached after {self.time_to_target_s:.1f} s")
+        out.append(("time", f"{self.wall_time_s:.1f} s wall (first step {self.warmup_s:.2f} s); "
+                    f"target {self.target:g}% {reached}"))
+        if self.message:
+            out.append(("note", self.message))
+        return out
+
+    def _title(self) -> str:
+        run = f"run {self.run_id}" if self.run_id else "run (not stored)"
+        seed = f", seed {self.seed}" if self.seed is not None else ""
+        return f"{run}: {self.status}, {self.epochs_done} epoch(s), {self.params:,} params{seed}"
+
+    def __str__(self) -> str:
+        rows = self.lines()
+        width = max(len(k) for k, _ in rows)
+        return "\n".join([self._title()] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+    __repr__ = __str__  # a REPL shows the readable block, not a dataclass dump
+
+    def _repr_html_(self) -> str:
+        body = "".join(f'<tr><th style="{_TH}">{E(k)}</th><td style="{_TD}">'
+                       + (f"<b>{E(v)}</b>" if k == "verdict" else E(v)) + "</td></tr>" for k, v in self.lines())
+        return f'<div><b>{E(self._title())}</b><table style="border-collapse:collapse">{body}</table></div>'
+
+    def report(self, runs_root: str | Path | None = None, out: str | Path | None = None, *,
+               model: Any = None) -> RunReport:
+        """The run's HTML report (the one `convladder report RUN` writes), shown inline in Jupyter.
+
+        Reads the run store only; with `out` the report is also written to that file. The run folder is
+        `run_dir` when the trainer set it, else `<runs_root or the default run store>/<run_id>`. `model`: the
+        class the run trained, for a class the report cannot import itself (one defined in a notebook); the
+        weight figures (mistakes, confusion, BN, feature maps) need it.
+        """
+        return RunReport.of_run(self.folder(runs_root), out, model=model)
+
+    def folder(self, runs_root: str | Path | None = None) -> Path:
+        """The run's folder in the store (UserError when the run was not stored)."""
+        from convladder.errors import UserError
+        from convladder.paths import runs_dir
+
+        if self.run_dir and runs_root is None:
+            return Path(self.run_dir)
+        if not self.run_id:
+            raise UserError("this run was not stored (no run id): train with a run store to get a report")
+        root = Path(runs_root).expanduser() if runs_root else runs_dir()
+        path = root / self.run_id
+        if not path.is_dir():
+            raise UserError(f"run {self.run_id} is not in {root} — pass runs_root= (the store it was trained in)")
+        return path
+
+
+E = html.escape
+_TH = "text-align:left;padding:1px 12px 1px 0;font-weight:normal;color:#555;white-space:nowrap;vertical-align:top"
+_TD = "text-align:left;padding:1px 0"
+
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
+
+
+class RunReport:
+    """A run's HTML report: inline in Jupyter (in an iframe, so its styles stay inside), a path or size elsewhere."""
+
+    def __init__(self, html_text: str, name: str, path: Path | None = None, height: int = 720):
+        self.html = html_text
+        self.name = name
+        self.path = path
+        self.height = height
+
+    @classmethod
+    def of_run(cls, folder: Path, out: str | Path | None = None, *, model: Any = None) -> RunReport:
+        # late imports: the report area sits above train/, and needs matplotlib only when a report is asked for
+        from convladder.report.html import render
+        from convladder.report.rundata import load_run
+
+        run = load_run(folder)
+        if model is not None:
+            _give_models(run, folder, model)
+        report = cls(render("run", run.id, [run]), folder.name)
+        if out is not None:
+            report.save(out)
+        return report
+
+    def save(self, out: str | Path) -> Path:
+        """Write the report to `out` (one self-contained HTML file), atomically."""
+        from convladder.fileio import atomic_write_text
+
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, self.html)
+        self.path = path
+        return path
+
+    def _repr_html_(self) -> str:
+        # srcdoc keeps the report's CSS and sorting script inside the frame; no network, no scripts in the page
+        return (f'<iframe srcdoc="{E(self.html, quote=True)}" style="width:100%;height:{self.height}px;'
+                f'border:1px solid #ccc" sandbox="allow-scripts"></iframe>')
+
+    def __repr__(self) -> str:
+        where = f"written to {self.path}" if self.path else "not written; .save('report.html') writes it"
+        return f"<RunReport of run {self.name}: {len(self.html) / 1e6:.1f} MB of HTML, {where}>"
+
+
+def _give_models(run: Any, folder: Path, model: Any) -> None:
+    """Hand the report the trained networks rebuilt from `model` (the person's class), so it need not import it.
+
+    RunData caches its networks in `_models`; filling that cache is how a caller supplies them.
+    """
+    from convladder.train.models import create_model
+
+    for which, name in (("final", "model.safetensors"), ("best", "best.safetensors")):
+        if (folder / name).is_file():
+            run._models[which] = create_model(folder, model=model, which=which)
+
+
+class SeedResults:
+    """The results of one configuration over several seeds, with min/median/max (the notes report the least)."""
+
+    def __init__(self, results: list[RunResult]):
+        if not results:
+            raise ValueError("SeedResults needs at least one result")
+        self.results = list(results)
+
+    def __iter__(self) -> Iterator[RunResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> RunResult:
+        return self.results[i]
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return seed_stats(self.results)
+
+    @property
+    def median(self) -> RunResult:
+        """The run whose final test accuracy is the median (the lower one of the middle two)."""
+        ranked = sorted(self.results, key=lambda r: (r.final.get("test_acc") is None, r.final.get("test_acc") or 0.0))
+        return ranked[(len(ranked) - 1) // 2]
+
+    def report(self, runs_root: str | Path | None = None, out: str | Path | None = None, *,
+               model: Any = None) -> RunReport:
+        """The median run's report; its result block gives the spread over every seed run in the store."""
+        return self.median.report(runs_root, out, model=model)
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        s = self.stats
+        out = []
+        for label, key in (("final test (last epoch)", "final_test_acc"), ("best-epoch test", "best_epoch_test_acc")):
+            v = s[key]
+            if v:
+                out.append((f"{label} min / median / max", f"{v['min']:.2f} / {v['median']:.2f} / {v['max']:.2f}%"))
+        out.append((f"every seed >= {s['target']:g}%", "yes" if s["all_seeds_reach_target"] else "no"))
+        w = s["wall_time_s"]
+        out.append(("wall time min / median / max", f"{w['min']:.1f} / {w['median']:.1f} / {w['max']:.1f} s"))
+        return out
+
+    def _per_seed(self) -> list[list[str]]:
+        return [[str(r.seed), r.run_id or "-", r.status, _pct(r.final.get("test_acc")),
+                 f"{r.best.get('epoch') or '-'}: {_pct(r.best.get('test_acc'))}",
+                 "-" if r.gap is None else f"{r.gap:+.2f}", "-" if r.potential is None else f"{r.potential:.2f}",
+                 r.verdict or "-", f"{r.wall_time_s:.1f}"] for r in self.results]
+
+    _HEAD = ["seed", "run", "status", "final test", "best epoch: test", "gap", "potential", "verdict", "time s"]
+
+    def __str__(self) -> str:
+        rows = [self._HEAD] + self._per_seed()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
+        table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines = self.summary_lines()
+        kw = max(len(k) for k, _ in lines)
+        return "\n".join([f"{len(self)} seed(s), {self.results[0].params:,} params"] + table
+                         + [f"  {k:<{kw}}  {v}" for k, v in lines])
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        head = "".join(f'<th style="{_TH}">{E(h)}</th>' for h in self._HEAD)
+        body = "".join("<tr>" + "".join(f'<td style="{_TD};padding-right:12px">{E(c)}</td>' for c in r) + "</tr>"
+                       for r in self._per_seed())
+        summary = "".join(f'<tr><th style="{_TH}">{E(k)}</th><td style="{_TD}"><b>{E(v)}</b></td></tr>'
+                          for k, v in self.summary_lines())
+        return (f"<div><b>{len(self)} seed(s), {self.results[0].params:,} params</b>"
+                f'<table style="border-collapse:collapse"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+                f'<table style="border-collapse:collapse;margin-top:4px">{summary}</table></div>')
 
 
 def seed_stats(results: list[RunResult]) -> dict[str, Any]:

@@ -15,41 +15,46 @@ import torch
 from convladder.errors import UserError
 from convladder.train.config import TrainConfig
 from convladder.train.device_data import DeviceData
+from convladder.train.models import OwnModel, build, remember
 
 
 @dataclass
 class Setup:
     data: DeviceData
     model: torch.nn.Module
-    spec_text: str
+    spec_text: str  # config.model_spec: spec text, an absolute file.py:ClassName, or python:<name>
     params: int
+    own: OwnModel | None = None  # what the run records about an own model (None for a spec)
 
 
-def build_model(model: str, input_shape: tuple[int, ...], seed: int, init: str = "torch") -> tuple[torch.nn.Module, str]:
-    """Resolve a name/file/spec text and build it with seeded initial weights (scheme `init`); return (module, spec text)."""
-    from convladder.train.init import init_weights
-    from convladder.spec.build import build_module
-    from convladder.spec.notation import format_spec
-    from convladder.spec.registry import resolve_spec
-
-    spec = resolve_spec(model, input_shape=tuple(input_shape))
-    torch.manual_seed(seed)  # the initial weights depend on the seed only
-    return init_weights(build_module(spec), init), format_spec(spec)
+def build_model(model: Any, input_shape: tuple[int, ...], seed: int, init: str = "torch", *,
+                args: dict[str, Any] | None = None, classes: int | None = None) -> tuple[torch.nn.Module, str]:
+    """Build a name/file/spec text/own class with seeded initial weights (scheme `init`); return (module, model_spec)."""
+    built = build(model, args=args, input_shape=tuple(input_shape), seed=seed, init=init, classes=classes)
+    return built.module, built.spec_text
 
 
 def prepare(config: TrainConfig, splits, device: torch.device) -> Setup:
-    """Put the data on the device and build the model; raise UserError if they do not fit together."""
+    """Put the data on the device and build the model; raise UserError if they do not fit together.
+
+    Nothing is written here: a network that cannot be built or run leaves no run folder behind.
+    """
     data = DeviceData(splits, config, device)
-    model, spec_text = build_model(config.model_spec or config.model, data.image_shape, config.seed, config.init)
-    with torch.no_grad():
-        model.eval()
-        out = model.logits(torch.zeros(2, *data.image_shape))
-    if out.shape != (2, data.classes):
-        raise UserError(f"network {config.model!r} outputs {tuple(out.shape[1:])} per image but {data.name} has "
-                        f"{data.classes} classes: end it with gap and a 1x1 conv to {data.classes} channels")
+    built = build(config.model_spec or config.model, args=config.model_args, input_shape=data.image_shape,
+                  seed=config.seed, init=config.init, classes=data.classes)
+    model = built.module
+    if built.own is None:
+        with torch.no_grad():
+            model.eval()
+            out = model.logits(torch.zeros(2, *data.image_shape))
+        if out.shape != (2, data.classes):
+            raise UserError(f"network {config.model!r} outputs {tuple(out.shape[1:])} per image but {data.name} has "
+                            f"{data.classes} classes: end it with gap and a 1x1 conv to {data.classes} channels")
+    else:  # own models were checked on this input size while building; the store records them with the run
+        remember(built.spec_text, config.model_args, built.own)
     torch.manual_seed(config.seed)  # the dummy forward used no RNG, but keep the stream identical on resume
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Setup(data, model.to(device), spec_text, params)
+    return Setup(data, model.to(device), built.spec_text, params, built.own)
 
 
 def _git_commit() -> str | None:

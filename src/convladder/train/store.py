@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from convladder.errors import UserError
@@ -105,6 +103,12 @@ class RunHandle:
         path = self.path / "resume.pt"
         if not path.is_file():
             raise UserError(f"run {self.id} has no resume.pt (it never finished an epoch); start a new run")
+        from convladder.spec.own import notice
+        from convladder.train.models import source_status
+
+        changed = source_status(self.path)  # resuming runs the file as it is now: say if it is not what ran
+        if changed:
+            notice(changed)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
@@ -160,6 +164,11 @@ class RunStore:
                 continue
         handle = RunHandle(self, run_id)
         handle.write_json("config.json", config)
+        from convladder.train.models import pending_record, write_record
+
+        own = pending_record(config)  # an own model just built for this config: record its source and class
+        if own is not None:
+            write_record(handle.path, own)
         if env is not None:
             handle.write_json("env.json", env)
         values = {"id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
@@ -253,29 +262,16 @@ class RunStore:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def load_state_dict(self, run_id: str, which: str = "final") -> dict[str, torch.Tensor]:
-        if which not in ("final", "best"):
-            raise UserError(f"which must be 'final' or 'best', not {which!r}")
-        path = self.run_path(run_id) / ("model.safetensors" if which == "final" else "best.safetensors")
-        if not path.is_file():
-            raise UserError(f"{path} does not exist: the run saved no {which} weights")
-        try:
-            return st_load(path.read_bytes())
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"checkpoint {path} cannot be read ({exc}); it is damaged or not a safetensors file") from None
+        from convladder.train.models import read_weights
 
-    def load_model(self, run_id: str, which: str = "final") -> torch.nn.Module:
-        """Rebuild the network from the spec in config.json and load its weights (eval mode)."""
-        from convladder.spec.build import build_module
-        from convladder.spec.notation import parse_spec
+        return read_weights(self.run_path(run_id), which)
 
-        config = self.read_config(run_id)
-        try:
-            shape = tuple(self.read_env(run_id).get("input_shape") or (1, 28, 28))
-        except UserError:
-            shape = (1, 28, 28)
-        model = build_module(parse_spec(config["model_spec"], name=config.get("model"), input_shape=shape))
-        try:
-            model.load_state_dict(self.load_state_dict(run_id, which))
-        except RuntimeError as exc:
-            raise UserError(f"run {run_id}: weights do not fit the network in config.json ({exc})") from None
-        return model.eval()
+    def load_model(self, run_id: str, which: str = "final", *, model: Any = None,
+                   code: str | None = None) -> torch.nn.Module:
+        """Rebuild the run's network (spec, or own class from its record) and load its weights (eval mode).
+
+        `model`/`code`: for own-model runs, see `convladder.train.models.create_model`.
+        """
+        from convladder.train.models import model_from_folder
+
+        return model_from_folder(self.run_path(run_id), which, model=model, code=code)

@@ -1,0 +1,148 @@
+"""The epoch runner: epochs of `TrainStep`s, then evaluation, for one model or N batched copies.
+
+`EpochRunner` owns the model, the step (eager or a replayed CUDA graph), one generator per copy and
+the per-copy views of the state (weights, resume state) that the recorder saves. `train_batched` trains N
+seeds of one spec as one batched model and records each copy as its own run, exactly like N single runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import torch
+
+from convladder.train.config import TrainConfig
+from convladder.train.optim import schedule_tables
+from convladder.train.progress import Progress
+from convladder.train.step import StepRunner, TrainStep, evaluate_copies, step_mode
+
+PAUSE_ENV = "CONVLADDER_TEST_PAUSE_AFTER_EPOCH"  # test hook: after saving epoch N, touch $..._MARKER and sleep
+
+
+def pause_hook(epoch: int) -> None:
+    """Tests kill the process here (SIGKILL between epochs) to check that resume reproduces the run."""
+    if os.environ.get(PAUSE_ENV) == str(epoch):
+        marker = os.environ.get(PAUSE_ENV + "_MARKER")
+        if marker:
+            open(marker, "w").close()
+        time.sleep(600)
+
+
+def channels_last_for(config: TrainConfig, device: torch.device) -> bool:
+    return config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
+
+
+class EpochRunner:
+    """Trains `model` (a single network, or a BatchedNet of len(seeds) copies) epoch by epoch."""
+
+    def __init__(self, model: torch.nn.Module, data, config: TrainConfig, device: torch.device, seeds: list[int],
+                 notice=None):
+        self.config, self.data, self.device, self.seeds = config, data, device, seeds
+        self.copies = len(seeds)
+        self.batched = self.copies > 1
+        self.channels_last = channels_last_for(config, device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # static shapes: cuDNN's fastest kernel per layer, picked once
+        self.steps = data.steps_per_epoch(config.batch_size)
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        lrs, moms = schedule_tables(config, self.steps)
+        forward = torch.compile(model.logits) if config.compile else None
+        self.step = TrainStep(model, data, config, device, self.generators, lrs, moms, forward=forward,
+                              channels_last=self.channels_last)
+        self.runner = StepRunner(self.step, step_mode(config, device), notice)
+
+    @property
+    def warmup_s(self) -> float:
+        return self.runner.warmup_s
+
+    # -- one epoch ----------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, progress: Progress) -> tuple[list[dict[str, Any]], list[bool], float]:
+        """Train one epoch; return per-copy rows (lr, train loss/acc), whether each loss is finite, and the start time."""
+        progress.epoch_start(epoch, self.config.epochs, self.steps)
+        te = time.perf_counter()
+        self.model.train()
+        step, run = self.step, self.runner
+        step.new_epoch()
+        batch = self.config.batch_size
+        for k in range(1, self.steps + 1):
+            run()
+            progress.step(k, lambda k=k: (float(step.loss_sum[0]) / (k * batch), 100.0 * int(step.correct[0]) / (k * batch)))
+        losses, accs, seen = step.read_epoch()  # the epoch's one read from the device
+        train_time = time.perf_counter() - te
+        lr = step.lr_at(epoch * self.steps)
+        rows = [{"epoch": epoch, "lr": lr, "train_loss": loss, "train_acc": acc, "train_time_s": train_time,
+                 "train_images_per_s": seen / train_time} for loss, acc in zip(losses, accs)]
+        return rows, [math.isfinite(v) for v in losses], te
+
+    def evaluate_into(self, rows: list[dict[str, Any]], epoch: int, te: float) -> None:
+        """Add val/test loss and accuracy (on evaluation epochs) and the epoch's time to each copy's row."""
+        c, d = self.config, self.data
+        if epoch % c.eval_every == 0 or epoch == c.epochs:
+            if len(d.y_val):
+                for row, (loss, acc) in zip(rows, self._evaluate(d.x_val, d.y_val)):
+                    row["val_loss"], row["val_acc"] = loss, acc
+            for row, (loss, acc) in zip(rows, self._evaluate(d.x_test, d.y_test)):
+                row["test_loss"], row["test_acc"] = loss, acc
+        for row in rows:
+            row["epoch_time_s"] = time.perf_counter() - te
+            # keep the row's key order of earlier versions: timing last
+            row["train_time_s"] = row.pop("train_time_s")
+            row["train_images_per_s"] = row.pop("train_images_per_s")
+
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
+        return evaluate_copies(self.model, x, y, self.data, self.config.eval_batch_size, self.channels_last, self.copies)
+
+    def clean_train(self) -> list[tuple[float, int]] | None:
+        """Train accuracy without dropout/augmentation on the first clean_train_eval images, per copy."""
+        if not self.config.clean_train_eval:
+            return None
+        n = min(self.config.clean_train_eval, self.data.n_train)
+        accs = self._evaluate(self.data.x_train[:n], self.data.y_train[:n])
+        return [(acc, n) for _, acc in accs]
+
+    # -- state per copy ------------------------------------------------------------------------------------
+    def weights(self, i: int) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict()
+        if not self.batched:
+            return state
+        from convladder.train.batched import unpack_state
+
+        return unpack_state(state, i, self.copies)
+
+    def resume_state(self, i: int, weights: dict[str, torch.Tensor], epoch: int) -> dict[str, Any]:
+        """What resume.pt holds for copy i (single-model format, so any copy resumes as an ordinary run)."""
+        optimizer = self.step.state()
+        if self.batched:
+            from convladder.train.batched import unpack_optimizer_state
+
+            optimizer = unpack_optimizer_state(optimizer, i, self.copies)
+        rng = {"gen": self.generators[i].get_state(), "cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"model": {k: v.detach().cpu().contiguous() for k, v in weights.items()}, "optimizer": optimizer,
+                "scheduler": {"step": epoch * self.steps}, "rng": rng}
+
+    def load_resume(self, saved: dict[str, Any], epoch: int) -> None:
+        """Continue a single run from its resume.pt after `epoch` epochs."""
+        assert not self.batched
+        self.model.load_state_dict(saved["model"])
+        self.step.load_state(saved["optimizer"])
+        rng = saved["rng"]
+        self.generators[0].set_state(rng["gen"])
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.step.set_position(epoch * self.steps)
+
+
+def run_info(config: TrainConfig, run_id: str | None, params: int, device: torch.device, data) -> dict[str, Any]:
+    """What Progress.start gets."""
+    return {"run_id": run_id, "model": config.model if len(config.model) < 40 else "custom spec", "params": params,
+            "device": str(device), "n_train": data.n_train, "n_val": len(data.y_val), "n_test": len(data.y_test),
+            "seed": config.seed, "epochs": config.epochs}

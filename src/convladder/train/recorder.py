@@ -1,0 +1,161 @@
+"""The recorder: one run's bookkeeping, and the outcomes of a run turned into run statuses.
+
+It holds what changes from epoch to epoch (rows, best epoch, time to target), writes the run folder after
+every epoch (weights, metrics, resume state), and ends the run with one of:
+
+| outcome | status | when |
+|---|---|---|
+| completed | completed | every epoch trained |
+| stopped | stopped | the caller closed the epoch generator (a scheduler such as ASHA); resumable |
+| interrupted | interrupted | Ctrl-C (KeyboardInterrupt); resumable |
+| diverged | failed | the loss became NaN/inf; the last good epoch's checkpoint is kept |
+| failed | failed | any other exception after the run folder exists |
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from convladder.errors import UserError
+from convladder.train.config import TrainConfig
+from convladder.train.result import RunResult, gap, potential, verdict
+from convladder.train.store import RunHandle, RunStore
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf; the run is marked failed and its last good checkpoint kept."""
+
+    def __init__(self, message: str, result: RunResult):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class RunState:
+    """What changes from epoch to epoch (saved in resume.pt)."""
+
+    epoch: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "val_acc": None, "test_acc": None})
+    elapsed_s: float = 0.0
+    time_to_target_s: float | None = None
+    warmup_s: float = 0.0
+
+
+class Recorder:
+    """One run: its config, optional store folder, state and clock (wall time carries over a resume)."""
+
+    def __init__(self, config: TrainConfig, store: RunStore | None, params: int, t0: float, select: str | None):
+        self.config, self.store, self.params, self.t0, self.select = config, store, params, t0, select
+        self.state = RunState()
+        self.handle: RunHandle | None = None
+        self._carried = 0.0  # wall time from earlier processes of a resumed run
+
+    # -- opening ----------------------------------------------------------------------------------------
+    def create(self, env: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.handle = self.store.create_run(self.config.to_dict(), env, params=self.params)
+
+    def reopen(self, run_id: str) -> dict[str, Any]:
+        """Load resume.pt of `run_id`, restore the state and mark the run running; return the saved dict."""
+        assert self.store is not None
+        self.handle = self.store.handle(run_id)
+        saved = self.handle.load_resume()
+        self.state = RunState(**saved["state"])
+        self._carried = self.state.elapsed_s - (time.perf_counter() - self.t0)
+        self.handle.update(status="running")
+        return saved
+
+    @property
+    def run_id(self) -> str | None:
+        return self.handle.id if self.handle else None
+
+    def clock(self) -> float:
+        """Wall time of the run so far, including earlier processes of a resumed run."""
+        return self._carried + time.perf_counter() - self.t0
+
+    # -- each epoch ---------------------------------------------------------------------------------------
+    def epoch_done(self, row: dict[str, Any], weights: dict[str, torch.Tensor] | None, resume: dict[str, Any] | None) -> bool:
+        """Add the epoch's row, update best and time to target, save; returns whether the epoch is the new best."""
+        state = self.state
+        if state.time_to_target_s is None and row.get("test_acc") is not None and row["test_acc"] >= self.config.target:
+            state.time_to_target_s = self.clock()
+        state.rows.append(row)
+        state.epoch = row["epoch"]
+        key = f"{self.select}_acc" if self.select else None
+        improved = key is not None and key in row and (state.best["epoch"] is None or row[key] > state.best[key])
+        if improved:
+            state.best = {"epoch": row["epoch"], "val_acc": row.get("val_acc"), "test_acc": row.get("test_acc")}
+        state.elapsed_s = self.clock()
+        if self.handle is not None and weights is not None:
+            self.handle.save_weights("model", weights)
+            if improved:
+                self.handle.save_weights("best", weights)
+            self.handle.write_metrics(state.rows)
+            if resume is not None:  # written last: a resume.pt always matches the files beside it
+                self.handle.save_resume({**resume, "state": dict(state.__dict__)})
+        return improved
+
+    # -- outcomes -----------------------------------------------------------------------------------------
+    def completed(self, clean: tuple[float, int] | None) -> RunResult:
+        return self._end("completed", clean)
+
+    def stopped(self) -> RunResult:
+        return self._end("stopped", None, f"stopped early after epoch {self.state.epoch} of {self.config.epochs}; "
+                                          f"continue with: convladder train --resume {self.run_id}")
+
+    def interrupted(self) -> RunResult:
+        return self._end("interrupted", None, f"interrupted after epoch {self.state.epoch}; "
+                                              f"resume with: convladder train --resume {self.run_id}")
+
+    def failed(self, exc: BaseException) -> RunResult:
+        return self._end("failed", None, f"{type(exc).__name__}: {exc}")
+
+    def diverged(self, epoch: int) -> TrainingDiverged:
+        where = f"run {self.run_id}" if self.handle else "the run"
+        message = (f"loss became NaN/inf in epoch {epoch} ({where} stopped; the checkpoint of epoch {self.state.epoch} "
+                   f"is kept): lower the learning rate (lr={self.config.lr:g}) or check the data")
+        return TrainingDiverged(message, self._end("failed", None, message, select=False))
+
+    def _end(self, status: str, clean: tuple[float, int] | None, message: str = "", select: bool = True) -> RunResult:
+        result = make_result(self.config, self.state, self.run_id, self.params, self.clock(), status,
+                             self.select if select else None, clean, message)
+        if self.handle is not None:
+            self.handle.write_json("result.json", result.to_dict())
+            self.handle.update(status=result.status, final_test_acc=result.final.get("test_acc"),
+                               best_val_acc=result.best.get("val_acc"), best_epoch=result.best.get("epoch"))
+        return result
+
+
+def make_result(config: TrainConfig, state: RunState, run_id: str | None, params: int, wall: float, status: str,
+                select: str | None, clean: tuple[float, int] | None, message: str = "") -> RunResult:
+    """The RunResult of a run's state: final, best epoch, gap, potential, verdict."""
+    clean_train, clean_n = clean if clean is not None else (None, 0)
+    rows = state.rows
+    last = rows[-1] if rows else {}
+    evaluated = [r for r in rows if "test_acc" in r]
+    final_test = evaluated[-1]["test_acc"] if evaluated else None
+    seen = last.get("train_acc")
+    train_acc = clean_train if clean_train is not None else seen
+    best = dict(state.best)
+    best["selected_by"] = select or "final epoch (no validation split)"
+    if select is None and evaluated:
+        best.update(epoch=evaluated[-1]["epoch"], val_acc=evaluated[-1].get("val_acc"), test_acc=final_test)
+    ok = train_acc is not None and final_test is not None
+    return RunResult(
+        run_id=run_id, status=status, params=params, epochs_done=state.epoch,
+        final={"train_acc": train_acc, "train_acc_seen": seen, "train_acc_clean": clean_train,
+               "val_acc": evaluated[-1].get("val_acc") if evaluated else None, "test_acc": final_test},
+        best=best,
+        gap=gap(train_acc, final_test) if ok else None,
+        potential=potential(train_acc, final_test) if ok else None,
+        verdict=verdict(train_acc, final_test, [r["test_acc"] for r in evaluated], config.target) if ok else None,
+        train_acc_source=(f"clean (no dropout/augmentation, first {clean_n} training images)"
+                          if clean_train is not None else "seen while training (dropout/augmentation on)"),
+        wall_time_s=wall, time_to_target_s=state.time_to_target_s, warmup_s=state.warmup_s,
+        message=message, seed=config.seed, target=config.target,
+        extra={"train_images_per_s": sorted(r["train_images_per_s"] for r in rows)[len(rows) // 2] if rows else None})

@@ -1,0 +1,309 @@
+"""The training step as one function, and the evaluation step.
+
+`TrainStep()` does one optimisation step: pick the batch, augment, forward, loss, backward, optimiser,
+schedule, and add the batch's loss and correct count to sums on the device. Everything it reads or writes
+lives in tensors that exist before the first step (the epoch's batch order and augmentation noise, the step
+counters, the learning rate and momentum, the sums), so:
+
+- no step synchronises with the host: the sums are read once per epoch (`read_epoch`), and a NaN/inf loss
+  shows up there as a non-finite sum;
+- shapes never change: every batch has `batch_size` images (the epoch's remainder is left out, see
+  `DeviceData.epoch_order`);
+- on CUDA the whole step is captured once as a CUDA graph and replayed (`StepRunner`). Random numbers work
+  under capture because augmentation reads a noise buffer drawn from the run's generator once per epoch,
+  outside the graph, and dropout draws from the default CUDA generator, which graphs advance on every replay.
+
+One `TrainStep` trains one model, or N independent copies packed into one batched model
+(`train/batched.py`): copy i reads its own batches and noise (drawn from its own generator), and its loss is
+its own mean, summed over copies, so each copy's gradient is exactly what it would be alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from convladder.train.augment import AugmentParams, augment_from, draw_noise, noise_rows
+from convladder.train.config import TrainConfig
+from convladder.train.device_data import DeviceData, to_unit
+from convladder.train.optim import make_optimizer
+
+CUDA_EVAL_BATCH = 10000  # on CUDA, evaluation batches are at least this large (one launch per batch matters there)
+WARMUP_STEPS = 3  # eager steps before capture (cuDNN picks its kernels, the allocator settles), as torch's docs do
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed); CPU autocast is slower than fp32 for these tiny convs.
+
+    The cast-weight cache is off: a CUDA graph must cast inside the captured step, not reuse a cache entry.
+    """
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+class TrainStep:
+    """One training step of `model` (`copies` > 1: a batched model whose `logits` is (B, copies, classes))."""
+
+    def __init__(self, model: torch.nn.Module, data: DeviceData, config: TrainConfig, device: torch.device,
+                 generators: list[torch.Generator], lr_table: list[float], momentum_table: list[float], *,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, channels_last: bool = False):
+        self.model, self.data, self.config, self.device = model, data, config, device
+        self.generators = generators
+        self.copies = len(generators)
+        self.batch_size = config.batch_size
+        self.steps = data.steps_per_epoch(config.batch_size)
+        self.forward = forward or model.logits
+        self.channels_last = channels_last
+        self.aug = AugmentParams(config.rotate, config.translate, config.scale, config.erase) if config.augment else None
+        if self.aug is not None and noise_rows(self.aug) == 0:
+            self.aug = None
+        f32 = dict(device=device, dtype=torch.float32)
+        i64 = dict(device=device, dtype=torch.int64)
+        self.lr_host = list(lr_table)
+        self.lr_table = torch.tensor(lr_table, **f32)
+        self.momentum_table = torch.tensor(momentum_table, **f32)
+        self.lr = self.lr_table[0].clone()
+        self.momentum = self.momentum_table[0].clone()
+        self.optimizer = make_optimizer(model, config, self.lr, self.momentum, capturable=device.type == "cuda")
+        n, s, b = self.copies, self.steps, self.batch_size
+        self.order = torch.zeros(n, s, b, **i64)  # this epoch's batches, per copy
+        self.noise = torch.zeros(n, s, noise_rows(self.aug), b, **f32) if self.aug is not None else None
+        self.t = torch.zeros((), **i64)  # steps taken in the run (the schedule's row)
+        self.k = torch.zeros((), **i64)  # steps taken in this epoch (the batch's row)
+        self.loss_sum = torch.zeros(n, **f32)
+        self.correct = torch.zeros(n, **i64)
+        self.last_loss = torch.zeros(n, **f32)  # the latest step's loss per copy (read by the LR range test)
+
+    # -- outside the step (once per epoch) ---------------------------------------------------------------
+    def new_epoch(self) -> None:
+        """Draw the epoch's batch order and augmentation noise from each copy's generator; zero the sums."""
+        for i, gen in enumerate(self.generators):
+            self.order[i].copy_(self.data.epoch_order(self.batch_size, gen))
+            if self.noise is not None:
+                self.noise[i].copy_(draw_noise(self.aug, self.batch_size, gen, self.device, (self.steps,)))
+        self.k.zero_()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def set_position(self, t: int) -> None:
+        """Continue the schedule at step `t` (resume)."""
+        self.t.fill_(t)
+        self.lr.copy_(self.lr_table[t])
+        self.momentum.copy_(self.momentum_table[t])
+
+    def read_epoch(self) -> tuple[list[float], list[float], int]:
+        """(mean train loss per copy, train accuracy % per copy, images per copy) of the steps since new_epoch.
+
+        The only read from the device in an epoch; assumes `steps` steps were taken.
+        """
+        seen = self.steps * self.batch_size
+        loss, correct = torch.stack([self.loss_sum, self.correct.to(torch.float32)]).tolist()
+        return [v / seen for v in loss], [100.0 * c / seen for c in correct], seen
+
+    def lr_at(self, t: int) -> float:
+        """The lr of step t, from the host's copy of the table (no device read)."""
+        return self.lr_host[min(t, len(self.lr_host) - 1)]
+
+    # -- the step ------------------------------------------------------------------------------------------
+    def __call__(self) -> None:
+        n, b = self.copies, self.batch_size
+        row = self.k.view(1)
+        idx = self.order.index_select(1, row).view(n, b)  # (copies, batch)
+        x = to_unit(self.data.x_train[idx.view(-1)])  # (copies * batch, C, H, W), copy-major
+        y = self.data.y_train[idx]
+        if self.aug is not None:
+            u = self.noise.index_select(1, row).view(n, -1, b).transpose(0, 1).reshape(-1, n * b)
+            x = augment_from(x, self.aug, u)
+        x = self.data.normalise(x)
+        if n > 1:  # copy i's images on channel group i
+            c, h, w = x.shape[1:]
+            x = x.view(n, b, c, h, w).transpose(0, 1).reshape(b, n * c, h, w)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            logits = self.forward(x).float()
+        if n == 1:
+            per_copy = F.cross_entropy(logits, y[0], label_smoothing=self.config.label_smoothing).view(1)
+            loss = per_copy[0]
+            hits = (logits.detach().argmax(1) == y[0]).sum().view(1)
+        else:  # each copy's mean loss, summed: copy i's gradient is its own, as if trained alone
+            flat = F.cross_entropy(logits.reshape(b * n, -1), y.t().reshape(-1), reduction="none",
+                                   label_smoothing=self.config.label_smoothing)
+            per_copy = flat.view(b, n).mean(0)
+            loss = per_copy.sum()
+            hits = (logits.detach().argmax(2) == y.t()).sum(0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        # the schedule: the next step's lr and momentum, read on the device from the table
+        self.t += 1
+        self.lr.copy_(self.lr_table.index_select(0, self.t.view(1)).view(()))
+        self.momentum.copy_(self.momentum_table.index_select(0, self.t.view(1)).view(()))
+        per_copy = per_copy.detach()
+        self.last_loss.copy_(per_copy)
+        self.loss_sum.add_(per_copy * b)
+        self.correct.add_(hits)
+        self.k += 1
+
+    def state(self) -> dict:
+        """Optimiser state (the schedule's position is the epoch count; generators are saved by the caller)."""
+        return self.optimizer.state_dict()
+
+    def load_state(self, optimizer_state: dict) -> None:
+        self.optimizer.load_state_dict(optimizer_state)
+        # load_state_dict puts the saved hyperparameters into the groups: point them at the step's tensors again
+        for group in self.optimizer.param_groups:
+            if "lr" in group:
+                group["lr"] = self.lr
+            if "betas" in group and isinstance(group["betas"][0], torch.Tensor):
+                group["betas"] = (self.momentum, group["betas"][1])
+
+
+class StepRunner:
+    """Calls a `TrainStep`: eagerly, or on CUDA as one captured CUDA graph replayed every step.
+
+    `mode`: 'eager', or 'graph' (CUDA only): the first WARMUP_STEPS calls run eagerly on a side stream (they
+    are real training steps), then the step is captured once and every later call replays it. If capture
+    raises, training goes on eagerly after a one-line notice on stderr. `warmup_s`: time of the first call,
+    or of the warm-up steps plus capture.
+    """
+
+    def __init__(self, step: TrainStep, mode: str = "eager", notice: Callable[[str], None] | None = None):
+        self.step, self.mode = step, mode
+        self.notice = notice or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.graph = None
+        self.calls = 0
+        self.warmup_s = 0.0
+        self._stream = None
+        self._t0: float | None = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.mode != "graph":
+            if self.calls == 1:
+                t0 = time.perf_counter()
+                self.step()
+                self._sync()
+                self.warmup_s = time.perf_counter() - t0
+            else:
+                self.step()
+            return
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        if self.calls <= WARMUP_STEPS:
+            self._eager_on_side_stream()
+            return
+        entry_stream = torch.cuda.current_stream()
+        try:
+            self._capture()
+        except Exception as exc:  # noqa: BLE001 - any capture failure: go on eagerly
+            self.graph = None
+            self.mode = "eager"
+            torch.cuda.set_stream(entry_stream)  # a raising capture_end can skip torch's own stream restore
+            torch.cuda.synchronize()
+            self.notice(f"CUDA graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                        "training goes on eagerly")
+            self.step()
+            self.warmup_s = time.perf_counter() - self._t0
+            return
+        self.graph.replay()
+        torch.cuda.synchronize()
+        self.warmup_s = time.perf_counter() - self._t0
+
+    def _sync(self) -> None:
+        if self.step.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _eager_on_side_stream(self) -> None:
+        # torch's docs: warm up on a side stream before capture (the same stream then captures)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            self.step()
+        torch.cuda.current_stream().wait_stream(self._stream)
+
+    def _capture(self) -> None:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        # grads set to None before capture: backward then allocates them from the graph's own pool
+        self.step.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph, stream=self._stream):
+            self.step()  # recorded, not run: the replay below does this step
+        self.graph = graph
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+
+def step_mode(config: TrainConfig, device: torch.device) -> str:
+    """'graph' on CUDA unless switched off (cuda_graphs=off) or the forward is torch.compile'd; else 'eager'."""
+    setting = getattr(config, "cuda_graphs", "auto")
+    if device.type != "cuda" or setting == "off" or config.compile:
+        return "eager"
+    return "graph"
+
+
+@torch.no_grad()  # not inference_mode: the weights' format switch must give ordinary tensors back to training
+def evaluate_copies(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: DeviceData, batch_size: int,
+                    channels_last: bool = False, copies: int = 1) -> list[tuple[float, float]]:
+    """[(mean loss, accuracy %)] per copy over (x uint8, y) in large batches; one device read at the end.
+
+    With copies > 1 every copy sees the same images (stacked on its channel group).
+    """
+    if len(y) == 0:
+        return [(float("nan"), float("nan"))] * copies
+    was_training = model.training
+    model.eval()
+    if x.device.type == "cuda":
+        batch_size = max(batch_size, CUDA_EVAL_BATCH)
+    # On the CPU, inference is faster channels_last (15k tiny8k images: 0.65 s vs 1.8 s) while training is
+    # slower, so the weights switch format for evaluation only; their values do not change.
+    switch = x.device.type == "cpu" and not channels_last
+    if switch:
+        model.to(memory_format=torch.channels_last)
+    loss = torch.zeros(copies, device=x.device)
+    correct = torch.zeros(copies, device=x.device, dtype=torch.int64)
+    try:
+        for start in range(0, len(y), batch_size):
+            xb = data.normalise(to_unit(x[start:start + batch_size]))
+            if copies > 1:
+                xb = xb.repeat(1, copies, 1, 1)
+            if channels_last or switch:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y[start:start + batch_size]
+            with autocast(x.device):
+                logits = model.logits(xb).float()
+            if copies == 1:
+                logits = logits.unsqueeze(1)
+            nb = len(yb)
+            if copies == 1:
+                loss += F.cross_entropy(logits[:, 0], yb, reduction="sum").view(1)
+            else:
+                loss += F.cross_entropy(logits.reshape(nb * copies, -1), yb.repeat_interleave(copies),
+                                        reduction="none").view(nb, copies).sum(0)
+            correct += (logits.argmax(2) == yb.view(-1, 1)).sum(0)
+    finally:
+        if switch:
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+    pairs = torch.stack([loss, correct.to(loss.dtype)]).tolist()
+    return [(pairs[0][i] / len(y), 100.0 * pairs[1][i] / len(y)) for i in range(copies)]
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: DeviceData, batch_size: int,
+             channels_last: bool = False) -> tuple[float, float]:
+    """(mean loss, accuracy %) of one model over (x uint8, y)."""
+    return evaluate_copies(model, x, y, data, batch_size, channels_last, 1)[0]

@@ -1,0 +1,142 @@
+"""Batched copies: packing and unpacking, the first steps equal N separate runs, --seeds N stores N ordinary runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from convladder.errors import UserError
+from convladder.train.batched import unpack_optimizer_state, unpack_state, why_not_batchable, widen
+from convladder.train.config import TrainConfig
+from convladder.train.device_data import DeviceData, synthetic_splits
+from convladder.train.loop import resume, train_seeds
+from convladder.train.optim import schedule_tables
+from convladder.train.progress import Progress
+from convladder.train.runenv import build_model
+from convladder.train.step import TrainStep, evaluate_copies
+from convladder.train.store import RunStore
+
+# no dropout: one mask over the batched tensor cannot equal N separate masks (see train/batched.py)
+CONV = ("c1[conv3x3(8, bias=false) relu bn] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
+        "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
+FC = "c1[conv3x3(6) relu bn maxpool2x2] c2[conv3x3(8, groups=2) relu] head[flatten fc(16) relu bn fc(10) logsoftmax]"
+SEEDS = [3, 4, 5]
+
+
+def config(model: str = CONV, **kw) -> TrainConfig:
+    base = dict(model=model, dataset="synthetic", epochs=2, batch_size=64, val_size=256, lr=0.1, seed=3, threads=1,
+                erase=0.3, clean_train_eval=256)
+    return TrainConfig(**{**base, **kw})
+
+
+def models(spec: str):
+    return [build_model(spec, (1, 28, 28), s)[0] for s in SEEDS]
+
+
+@pytest.mark.parametrize("spec", [CONV, FC])
+def test_widen_then_unpack_gives_each_copy_back_and_the_same_outputs(spec):
+    nets = models(spec)
+    batched = widen(nets)
+    assert sum(p.numel() for p in batched.parameters()) == 3 * sum(p.numel() for p in nets[0].parameters())
+    for i, net in enumerate(nets):
+        back = unpack_state(batched.state_dict(), i, 3)
+        assert back.keys() == net.state_dict().keys()
+        assert all(torch.equal(back[k], v) for k, v in net.state_dict().items())
+    x = torch.randn(5, 1, 28, 28)
+    batched.eval()
+    out = batched.logits(x.repeat(1, 3, 1, 1))
+    assert out.shape == (5, 3, 10)
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(out[:, i], net.eval().logits(x), rtol=1e-4, atol=1e-5)
+
+
+def test_what_cannot_be_batched_says_why():
+    assert why_not_batchable(models(CONV)[0]) is None
+    prelu, _ = build_model("c1[conv3x3(8) prelu] out[gap conv1x1(10)]", (1, 28, 28), 1)
+    assert "prelu" in why_not_batchable(prelu)
+    assert "not a network built from a spec" in why_not_batchable(torch.nn.Sequential(torch.nn.Flatten()))
+
+
+@pytest.mark.parametrize("spec, optimizer", [(CONV, "sgd"), (FC, "sgd"), (CONV, "adam")])
+def test_first_steps_of_a_batched_run_equal_separate_runs(spec, optimizer):
+    cfg = config(spec, optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 0.003, label_smoothing=0.05)
+    data = DeviceData(synthetic_splits(), cfg, torch.device("cpu"))
+    lrs, moms = schedule_tables(cfg, data.steps_per_epoch(cfg.batch_size))
+    nets = models(spec)
+    batched = widen([copy.deepcopy(n) for n in nets])
+    cpu = torch.device("cpu")
+    step = TrainStep(batched, data, cfg, cpu, [torch.Generator().manual_seed(s) for s in SEEDS], lrs, moms)
+    singles = [TrainStep(n, data, cfg, cpu, [torch.Generator().manual_seed(s)], lrs, moms) for n, s in zip(nets, SEEDS)]
+    for s in [step, *singles]:
+        s.model.train()
+        s.new_epoch()
+        for _ in range(6):
+            s()
+    for i, single in enumerate(singles):
+        mine = unpack_state(batched.state_dict(), i, 3)
+        for k, v in single.model.state_dict().items():
+            torch.testing.assert_close(mine[k], v, rtol=2e-4, atol=2e-5, msg=f"copy {i} {k}")
+        opt = unpack_optimizer_state(step.optimizer.state_dict(), i, 3)
+        for j, state in single.optimizer.state_dict()["state"].items():
+            for name, v in state.items():
+                torch.testing.assert_close(opt["state"][j][name], v, rtol=2e-4, atol=2e-5)
+    loss, acc, _ = step.read_epoch()
+    for i, single in enumerate(singles):
+        l1, a1, _ = single.read_epoch()
+        assert loss[i] == pytest.approx(l1[0], rel=1e-4) and acc[i] == pytest.approx(a1[0], abs=0.2)
+    evals = evaluate_copies(batched, data.x_test, data.y_test, data, 500, copies=3)
+    for i, single in enumerate(singles):
+        (l1, a1), = evaluate_copies(single.model, data.x_test, data.y_test, data, 500)
+        assert evals[i][0] == pytest.approx(l1, rel=1e-3) and evals[i][1] == pytest.approx(a1, abs=0.3)
+
+
+def test_train_seeds_batched_stores_ordinary_runs_like_separate_training(tmp_path):
+    stores = {mode: RunStore(tmp_path / mode) for mode in ("on", "off")}
+    out = {mode: train_seeds(config(seeds=3, batched=mode), stores[mode]) for mode in stores}
+    for (a, b) in zip(out["on"][0], out["off"][0]):
+        assert a.seed == b.seed and a.status == b.status == "completed"
+        assert a.final["test_acc"] == pytest.approx(b.final["test_acc"], abs=1.0)
+        assert a.final["train_acc"] == pytest.approx(b.final["train_acc"], abs=1.0)
+    store = stores["on"]
+    runs = store.list_runs()
+    assert sorted(r.seed for r in runs) == SEEDS and all(r.status == "completed" for r in runs)
+    for r in runs:
+        assert store.read_config(r.id)["seed"] == r.seed and len(store.read_metrics(r.id)) == 2
+        model = store.load_model(r.id)  # the ordinary single-network state_dict
+        assert model.logits(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        assert store.read_env(r.id)["batched_with_seeds"] == SEEDS
+    assert out["on"][1]["seeds"] == SEEDS
+
+
+class StopAt(Progress):
+    def __init__(self, n: int):
+        self.n = n
+
+    def epoch_start(self, epoch, epochs, steps):
+        if epoch == self.n:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_batched_run_resumes_each_seed_as_an_ordinary_run(tmp_path):
+    cfg = config(seeds=3, batched="on", epochs=3)
+    full, _ = train_seeds(cfg, RunStore(tmp_path / "full"))
+    store = RunStore(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        train_seeds(cfg, store, StopAt(2))
+    runs = store.list_runs(status="interrupted")
+    assert sorted(r.seed for r in runs) == SEEDS
+    for r in runs:
+        resumed = resume(r.id, store)
+        want = next(f for f in full if f.seed == r.seed)
+        assert resumed.status == "completed" and resumed.epochs_done == 3
+        assert resumed.final["test_acc"] == pytest.approx(want.final["test_acc"], abs=1.0)
+
+
+def test_batched_on_for_a_network_that_cannot_be_batched_is_a_user_error():
+    spec = "c1[conv3x3(8) prelu bn] out[gap conv1x1(10) logsoftmax]"
+    with pytest.raises(UserError, match="prelu"):
+        train_seeds(config(spec, seeds=2, batched="on", epochs=1))
+    results, stats = train_seeds(config(spec, seeds=2, batched="auto", epochs=1))  # CPU: one by one
+    assert [r.seed for r in results] == [3, 4]

@@ -1,0 +1,177 @@
+"""The training step: schedule tables, TensorSGD, the step against a hand-written reference, static batches,
+the CUDA-graph fallback (tiny generated data, CPU)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convladder.train.augment import AugmentParams, augment_from
+from convladder.train.config import TrainConfig
+from convladder.train.device_data import DeviceData, synthetic_splits, to_unit
+from convladder.train.optim import TensorSGD, make_scheduler, schedule_tables
+from convladder.train.runenv import build_model
+from convladder.train.step import StepRunner, TrainStep
+
+SPEC = ("c1[conv3x3(8, bias=false) relu bn dropout(0.1)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
+        "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(model=SPEC, dataset="synthetic", epochs=2, batch_size=64, val_size=256, lr=0.1, seed=3, threads=1,
+                erase=0.3)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw", [{}, {"optimizer": "adam"}, {"optimizer": "adadelta"}, {"schedule": "step"},
+                                {"schedule": "cosine"}, {"schedule": "none"}, {"momentum": 0.0, "nesterov": False},
+                                {"epochs": 3, "pct_start": 0.3, "div_factor": 25.0}])
+def test_schedule_tables_are_torchs_schedulers(kw):
+    cfg, steps = TrainConfig(**kw), 37
+    lrs, moms = schedule_tables(cfg, steps)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer != "sgd":
+        opt = {"adam": torch.optim.Adam, "adadelta": torch.optim.Adadelta}[cfg.optimizer]([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    sched = make_scheduler(opt, cfg, steps)
+    group = opt.param_groups[0]
+    total = cfg.epochs * steps
+    assert len(lrs) == len(moms) == total + 1
+    for t in range(total + 1):
+        assert lrs[t] == pytest.approx(group["lr"], rel=1e-12, abs=1e-15)
+        want = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
+        assert moms[t] == pytest.approx(want, rel=1e-12)
+        if t < total:
+            opt.step()
+            sched.step()
+
+
+@pytest.mark.parametrize("nesterov, wd, mom", [(True, 0.0, 0.9), (False, 5e-4, 0.9), (False, 0.0, 0.0)])
+def test_tensor_sgd_matches_torch_sgd_with_changing_lr_and_momentum(nesterov, wd, mom):
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = copy.deepcopy(a)
+    lr, m = torch.tensor(0.1), torch.tensor(mom)
+    ours = TensorSGD(a.parameters(), lr, m, nesterov=nesterov, weight_decay=wd, use_momentum=mom > 0)
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=mom, nesterov=nesterov, weight_decay=wd)
+    for step in range(6):
+        x = torch.randn(8, 5)
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        new_lr, new_m = 0.1 / (step + 2), (mom - 0.01 * step if mom else 0.0)
+        lr.fill_(new_lr)
+        m.fill_(new_m)
+        ref.param_groups[0]["lr"], ref.param_groups[0]["momentum"] = new_lr, new_m
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def _setup(cfg: TrainConfig):
+    data = DeviceData(synthetic_splits(), cfg, torch.device("cpu"))
+    model, _ = build_model(cfg.model, data.image_shape, cfg.seed)
+    return data, model
+
+
+def test_the_step_equals_a_hand_written_reference_step():
+    """augmentation -> forward -> loss -> backward -> SGD (torch's) -> OneCycleLR (torch's), step by step."""
+    cfg = config(label_smoothing=0.1)
+    data, model = _setup(cfg)
+    ref_model = copy.deepcopy(model)
+    steps = data.steps_per_epoch(cfg.batch_size)
+    lrs, moms = schedule_tables(cfg, steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = TrainStep(model, data, cfg, torch.device("cpu"), [gen], lrs, moms)
+    torch.manual_seed(11)  # dropout's stream
+    model.train()
+    step.new_epoch()
+    order, noise = step.order[0].clone(), step.noise[0].clone()
+    n_steps = 5
+    for _ in range(n_steps):
+        step()
+    losses = step.loss_sum.clone()
+
+    opt = torch.optim.SGD(ref_model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    sched = make_scheduler(opt, cfg, steps)
+    aug = AugmentParams(cfg.rotate, cfg.translate, cfg.scale, cfg.erase)
+    torch.manual_seed(11)
+    ref_model.train()
+    ref_sum = 0.0
+    for k in range(n_steps):
+        idx = order[k]
+        x = data.normalise(augment_from(to_unit(data.x_train[idx]), aug, noise[k]))
+        loss = F.cross_entropy(ref_model.logits(x), data.y_train[idx], label_smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        ref_sum += float(loss.detach()) * cfg.batch_size
+    for (name, p), q in zip(model.state_dict().items(), ref_model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert float(losses[0]) == pytest.approx(ref_sum, rel=1e-5)
+    assert step.lr_at(n_steps) == pytest.approx(opt.param_groups[0]["lr"])
+    assert float(step.lr) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
+    assert float(step.momentum) == pytest.approx(opt.param_groups[0]["momentum"], rel=1e-6)
+
+
+def test_batches_have_a_static_shape_and_the_remainder_is_left_out():
+    cfg = config(batch_size=100, val_size=248)  # 1800 training images: 18 batches, none partial
+    data, _ = _setup(cfg.replace(batch_size=100))
+    assert data.steps_per_epoch(100) == 18
+    cfg = config(batch_size=128)
+    data, _ = _setup(cfg)
+    order = data.epoch_order(128, torch.Generator().manual_seed(0))
+    assert order.shape == (data.n_train // 128, 128)
+    assert len(set(order.flatten().tolist())) == order.numel()  # no image twice in an epoch
+    again = data.epoch_order(128, torch.Generator().manual_seed(0))
+    assert torch.equal(order, again)
+
+
+def test_epoch_sums_are_read_once_and_a_nan_shows_up_at_the_end():
+    cfg = config(augment=False)
+    data, model = _setup(cfg)
+    lrs, moms = schedule_tables(cfg, data.steps_per_epoch(cfg.batch_size))
+    step = TrainStep(model, data, cfg, torch.device("cpu"), [torch.Generator().manual_seed(1)], lrs, moms)
+    step.new_epoch()
+    for _ in range(step.steps):
+        step()
+    loss, acc, seen = step.read_epoch()
+    assert seen == step.steps * cfg.batch_size and 0 < loss[0] < 5 and 0 <= acc[0] <= 100
+    assert int(step.t) == step.steps and int(step.k) == step.steps
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    step.new_epoch()
+    for _ in range(3):
+        step()
+    assert not torch.isfinite(torch.tensor(step.read_epoch()[0][0]))
+
+
+def test_graph_capture_failure_falls_back_to_eager_with_a_notice(monkeypatch):
+    """The CUDA path's control flow on the CPU: warm-up steps, a capture that raises, eager from then on."""
+    cfg = config(augment=False)
+    runs = []
+    for mode in ("eager", "graph"):
+        data, model = _setup(cfg)
+        lrs, moms = schedule_tables(cfg, data.steps_per_epoch(cfg.batch_size))
+        step = TrainStep(model, data, cfg, torch.device("cpu"), [torch.Generator().manual_seed(1)], lrs, moms)
+        notes: list[str] = []
+        runner = StepRunner(step, mode, notes.append)
+        monkeypatch.setattr(runner, "_eager_on_side_stream", step)
+        monkeypatch.setattr(runner, "_capture", lambda: (_ for _ in ()).throw(RuntimeError("capture refused\nmore")))
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: None)
+        monkeypatch.setattr(torch.cuda, "set_stream", lambda *a, **k: None)
+        torch.manual_seed(5)
+        step.new_epoch()
+        for _ in range(step.steps):
+            runner()
+        runs.append((model.state_dict(), notes, runner))
+    (eager_sd, eager_notes, _), (graph_sd, graph_notes, graph_runner) = runs
+    assert eager_notes == [] and len(graph_notes) == 1
+    assert "capture failed" in graph_notes[0] and "capture refused" in graph_notes[0] and "\n" not in graph_notes[0]
+    assert graph_runner.mode == "eager" and not graph_runner.captured
+    for k in eager_sd:
+        assert torch.equal(eager_sd[k], graph_sd[k]), k  # every step ran exactly once, in order
