@@ -13,7 +13,8 @@ if [ ! -d "$CONVLADDER_HOME/data/mnist" ]; then
   exit 2
 fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0))"
-# 1. the table: eager vs CUDA graph, batch 128/512/1024, 1 seed vs 10 seeds batched, the two reference recipes.
+# 1. the table: eager vs CUDA graph, batch 128/512/1024, 1 seed vs 10 seeds (streams: one graph, N branches;
+#    grouped: one grouped-convolution model), the two reference recipes.
 #    --budget: configurations still to start after it are listed as skipped; timeout: a hard stop (the table
 #    is rewritten after every configuration, so what finished is in $OUT either way).
 timeout 285 $PY bench/bench_gpu.py --device cuda --budget 215 --out "$OUT" 2>&1 | tee "$OUT/gpu-bench.log"

@@ -140,3 +140,114 @@ def test_batched_on_for_a_network_that_cannot_be_batched_is_a_user_error():
         train_seeds(config(spec, seeds=2, batched="on", epochs=1))
     results, stats = train_seeds(config(spec, seeds=2, batched="auto", epochs=1))  # CPU: one by one
     assert [r.seed for r in results] == [3, 4]
+
+
+# -- streams: N ordinary models stepped together (one CUDA graph on CUDA; one after another elsewhere) ---------
+
+DROP = ("c1[conv3x3(8, bias=false) relu bn dropout(0.1)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
+        "c2[conv3x3(16, bias=false) relu bn dropout(0.1)] out[gap conv1x1(10, bias=false) logsoftmax]")
+OWN_NET = '''import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3)
+        self.conv2 = nn.Conv2d(6, 10, 3)
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x):
+        x = self.drop(F.max_pool2d(F.relu(self.conv1(x)), 2))
+        return F.log_softmax(F.adaptive_avg_pool2d(self.conv2(x), 1).flatten(1), dim=1)
+'''
+TIMING = ("epoch_time_s", "train_time_s", "train_images_per_s")
+
+
+def _same_runs(store_a: RunStore, store_b: RunStore) -> None:
+    """Every seed's metrics (timing aside) and final weights are identical in the two stores."""
+    a = {r.seed: r for r in store_a.list_runs()}
+    b = {r.seed: r for r in store_b.list_runs()}
+    assert a.keys() == b.keys() and len(a) > 1
+    for seed in a:
+        ra, rb = a[seed], b[seed]
+        assert ra.status == rb.status == "completed"
+        ma, mb = store_a.read_metrics(ra.id), store_b.read_metrics(rb.id)
+        assert len(ma) == len(mb)
+        for x, y in zip(ma, mb):
+            assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+        wa = store_a.load_model(ra.id).state_dict()
+        wb = store_b.load_model(rb.id).state_dict()
+        assert all(torch.equal(wa[k], wb[k]) for k in wb)
+
+
+@pytest.mark.parametrize("model", ["spec", "own"])
+def test_streams_on_cpu_equals_sequential_runs_seed_by_seed(tmp_path, model):
+    # dropout and augmentation on: each copy must draw exactly its own seed's random streams
+    spec = DROP
+    if model == "own":
+        (tmp_path / "net.py").write_text(OWN_NET)
+        spec = f"{tmp_path / 'net.py'}:Net"
+    stores = {mode: RunStore(tmp_path / mode) for mode in ("streams", "off")}
+    out = {mode: train_seeds(config(spec, seeds=3, batched=mode), stores[mode]) for mode in stores}
+    for a, b in zip(out["streams"][0], out["off"][0]):
+        assert a.seed == b.seed and a.final["test_acc"] == b.final["test_acc"]
+        assert a.final == b.final
+    _same_runs(stores["streams"], stores["off"])
+    env = stores["streams"].read_env(stores["streams"].list_runs()[0].id)
+    assert env["batched_with_seeds"] == SEEDS and env["batched_mode"] == "streams"
+    # the copies really differ (own seeds): not one run stored three times
+    finals = {r.final["train_acc_seen"] for r in out["streams"][0]}
+    assert len(finals) == 3
+
+
+def test_streams_seeds_differ_from_a_shared_dropout_stream(tmp_path):
+    # the equivalence above fails when the copies share one dropout stream (each copy's RNG state is its own)
+    from convladder.train import batched
+
+    class Shared(batched.CopyRng):
+        def own(self, i):
+            return batched.contextlib.nullcontext()
+
+    stores = {m: RunStore(tmp_path / m) for m in ("shared", "off")}
+    cfg = config(DROP, seeds=2, batched="streams", epochs=1)
+    orig = batched.CopyRng
+    batched.CopyRng = Shared
+    try:
+        train_seeds(cfg, stores["shared"])
+    finally:
+        batched.CopyRng = orig
+    train_seeds(cfg.replace(batched="off"), stores["off"])
+    with pytest.raises(AssertionError):
+        _same_runs(stores["shared"], stores["off"])
+
+
+def test_an_interrupted_streams_run_resumes_each_seed_to_its_sequential_result(tmp_path):
+    cfg = config(DROP, seeds=3, epochs=3)
+    full = RunStore(tmp_path / "full")
+    train_seeds(cfg.replace(batched="off"), full)
+    store = RunStore(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        train_seeds(cfg.replace(batched="streams"), store, StopAt(3))
+    runs = store.list_runs(status="interrupted")
+    assert sorted(r.seed for r in runs) == SEEDS
+    for r in runs:
+        assert len(store.read_metrics(r.id)) == 2
+        assert resume(r.id, store).status == "completed"
+    _same_runs(store, full)  # bit for bit on CPU: each copy's resume.pt holds its own RNG states
+
+
+def test_batched_mode_choices():
+    from convladder.train.loop import batched_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object only: no GPU needed
+    assert batched_mode(config(seeds=3), cuda) == "streams"
+    assert batched_mode(config(seeds=3), cpu) is None  # auto: one after another on the CPU
+    assert batched_mode(config(seeds=1), cuda) is None
+    assert batched_mode(config(seeds=3, batched="streams"), cpu) == "streams"
+    assert batched_mode(config(seeds=3, batched="on"), cuda) == "grouped"
+    assert batched_mode(config(seeds=3, batched="grouped"), cpu) == "grouped"
+    assert batched_mode(config(seeds=3, batched="off"), cuda) is None
+    with pytest.raises(UserError, match="batched 'parallel' is not one of"):
+        train_seeds(config(seeds=2, batched="parallel"))

@@ -188,3 +188,36 @@ def test_capture_returns_functional_relu_outputs_in_order():
     assert torch.allclose(out, model(x))
     trace = trace_model(model, (1, 28, 28))
     assert trace.method == "fx" and trace.output == [10]
+
+
+def test_capture_traces_once_and_is_safe_from_threads(monkeypatch):
+    import threading
+
+    import convladder.analysis.trace as trace_mod
+
+    calls = []
+    real = trace_mod.trace_model
+    monkeypatch.setattr(trace_mod, "trace_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = CourseNet().eval()
+    x = torch.randn(2, 1, 28, 28)
+    expected = model(x)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                out, records = capture(model, x, lambda n: n.kind == "relu")
+                assert torch.allclose(out, expected, atol=1e-5) and len(records) == 6
+                assert torch.allclose(model(x), expected, atol=1e-5)  # plain calls alongside, in other threads
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(calls) == 1
+    model.trans = nn.Conv2d(12, 8, 1, bias=False)  # a notebook edit: the next capture traces again
+    capture(model, x, lambda n: n.kind == "relu")
+    assert len(calls) == 2

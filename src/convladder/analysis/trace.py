@@ -14,6 +14,8 @@ depends on what was not seen is reported as unknown downstream (`?`), never gues
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,11 +80,19 @@ class _Tracer(fx.Tracer):
         return isinstance(m, (ClassProbs, SpecDropout)) or super().is_leaf_module(m, qualname)
 
 
+# fx patches torch.nn.Module.__call__ for every thread while it traces, so a model running in another thread
+# at that moment would see fx proxies: tracing holds this lock, and `capture` (the page server's per-request
+# path) reuses a trace made once, so serving threads never trace.
+_LOCK = threading.RLock()
+_CAPTURE_TRACES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, ModelTrace]] = weakref.WeakKeyDictionary()
+
+
 def capture_graph(model: nn.Module) -> fx.GraphModule:
     """fx graph of `model.forward` (raises whatever fx raises when it cannot)."""
-    tracer = _Tracer()
-    graph = tracer.trace(model)
-    return fx.GraphModule(tracer.root, graph)
+    with _LOCK:
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph)
 
 
 class _Recorder(fx.Interpreter):
@@ -291,9 +301,10 @@ def capture(model: nn.Module, x: torch.Tensor, select: Callable[[TraceNode], boo
     """Run `model` on `x` once; return (forward's output, inputs and outputs of the selected nodes in order).
 
     Uses the same graph as `trace_model` (the fallback: hooks), so names and kinds agree with the network table.
-    The model's mode (train/eval) is left as the caller set it.
+    The model's mode (train/eval) is left as the caller set it. The trace is made once per model, input size
+    and set of submodules, then reused (safe for threads serving requests).
     """
-    trace = trace_model(model, tuple(x.shape[1:]))
+    trace = _capture_trace(model, tuple(x.shape[1:]))
     chosen = {n.name for n in trace.nodes if select(n)}
     if trace.method == "fx" and trace.graph is not None:
         wanted = {fxnode: node for fxnode, node in trace.by_fx.items() if node.name in chosen}
@@ -309,13 +320,25 @@ def capture(model: nn.Module, x: torch.Tensor, select: Callable[[TraceNode], boo
         return output, records
     modules = {n.module: n for n in trace.nodes if n.name in chosen and n.module is not None}
     seen: list[Captured] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(Captured(modules[mod], [inp[0]], out)))
-               for m in modules]
-    try:
-        with torch.set_grad_enabled(grad):
-            output = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with _LOCK:  # hooks are shared by every thread calling the model: one capture at a time
+        handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(Captured(modules[mod], [inp[0]], out)))
+                   for m in modules]
+        try:
+            with torch.set_grad_enabled(grad):
+                output = model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
     return output, seen
+
+
+def _capture_trace(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
+    # Replacing a submodule (a notebook edit) changes the key, so a stale graph is never reused.
+    key = (input_shape, tuple((name, id(m)) for name, m in model.named_modules()))
+    with _LOCK:
+        per_model = _CAPTURE_TRACES.setdefault(model, {})
+        if key not in per_model:
+            per_model.clear()
+            per_model[key] = trace_model(model, input_shape)
+        return per_model[key]
 

@@ -75,6 +75,9 @@ class DigitApp:
         self.run = run
         self.predictor = Predictor.from_run(run)
         self.max_bytes, self.max_side = max_bytes, max_side
+        # Trace the network now, before any request thread runs it (tracing is not thread-safe).
+        shape = tuple(getattr(run, "input_shape", None) or (1, 28, 28))
+        feature_maps(self.predictor.model, torch.zeros(1, *shape), FEATURE_LAYERS)
         self.page = resources.files("convladder.serve").joinpath("page.html").read_bytes()
 
     def info(self) -> dict[str, Any]:

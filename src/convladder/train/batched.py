@@ -12,17 +12,34 @@ the same seed draws when trained alone.
 
 Every parameter, buffer and optimiser-state tensor of the batched model is the copies' tensors
 concatenated along dim 0, so `unpack_state(..., i)` gives copy i's ordinary state_dict back.
+
+The second mode, "streams" (`StreamsEpochRunner`), keeps N ordinary models — any module with `.logits`,
+a SpecNet or a person's own class — each with its own `TrainStep`, optimiser, generator (data order,
+augmentation) and global RNG state (dropout). On CUDA the N steps are captured into ONE CUDA graph as N
+parallel branches (fork/join over side streams), so one replay runs all N steps concurrently: a tiny network's
+step is a chain of small, latency-bound kernels, and N chains side by side fill the GPU that one leaves idle.
+Elsewhere (CPU, `cuda_graphs=off`, or when capture fails) the copies step one after another, each under its
+own RNG state, so a copy's run equals its sequential run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
+import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from convladder.spec.build import ClassProbs, SpecNet, run_without_output_layer
+from convladder.train.config import TrainConfig
+from convladder.train.epochs import EpochRunner, drive_steps, epoch_rows, finish_rows
+from convladder.train.progress import Progress
+from convladder.train.step import WARMUP_STEPS, StepRunner, TrainStep, step_mode
 
 _STATELESS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.MaxPool2d,
               nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, ClassProbs)
@@ -133,3 +150,199 @@ def unpack_optimizer_state(state: dict, index: int, copies: int) -> dict:
 
     return {"state": {k: {name: part(v) for name, v in s.items()} for k, s in state["state"].items()},
             "param_groups": copy.deepcopy(state["param_groups"])}
+
+
+# -- streams: N ordinary models, their steps captured as parallel branches of one CUDA graph ------------------
+
+class CopyRng:
+    """Each copy's own global RNG state (the CPU generator, and the default CUDA generator on CUDA).
+
+    A sequential run seeds the global generators with its seed and its dropout draws from them; `own(i)` puts
+    copy i's state in place around an eager step and keeps what the step left, so each copy draws the stream
+    it would draw alone. (Inside the one captured graph every copy draws from the default CUDA generator,
+    which gives each random op its own Philox offset at capture: independent masks, not the solo run's.)
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.states: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def _now(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _put(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    def record(self) -> None:
+        """Append the current global state as the next copy's (called right after that copy's model is built)."""
+        self.states.append(self._now())
+
+    @contextlib.contextmanager
+    def own(self, i: int) -> Iterator[None]:
+        outer = self._now()
+        self._put(self.states[i])
+        try:
+            yield
+        finally:
+            self.states[i] = self._now()
+            self._put(outer)
+
+    def saved(self, i: int) -> dict[str, torch.Tensor]:
+        cpu, cuda = self.states[i]
+        return {"cpu": cpu, **({"cuda": cuda} if cuda is not None else {})}
+
+
+class StreamsRunner:
+    """Calls N `TrainStep`s: on CUDA ('graph') as one captured graph with one parallel branch per copy.
+
+    The first WARMUP_STEPS calls run every copy eagerly on its own side stream (real training steps), then
+    all N steps are captured once — for each copy: its side stream waits for the capture stream, its step
+    runs there, and the capture stream waits for it — and every later call replays the graph. If that capture
+    raises: a one-line notice, then each copy captures and replays its own graph, one after another
+    (`StepRunner`, which itself goes on eagerly if its capture fails). 'eager': the copies step one after
+    another, each under its own RNG state (`CopyRng`).
+    """
+
+    def __init__(self, steps: list[TrainStep], mode: str, rng: CopyRng,
+                 notice: Callable[[str], None] | None = None):
+        self.steps, self.mode, self.rng = steps, mode, rng
+        self.notice = notice or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.singles: list[StepRunner] | None = None  # after a failed capture: one runner per copy
+        self.calls = 0
+        self.warmup_s = 0.0
+        self._t0: float | None = None
+        self._side: list[torch.cuda.Stream] = []
+        self._capture_stream: torch.cuda.Stream | None = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self.singles is not None:
+            for runner in self.singles:
+                runner()
+            return
+        if self.mode != "graph":
+            t0 = time.perf_counter()
+            for i, step in enumerate(self.steps):
+                with self.rng.own(i):
+                    step()
+            if self.calls == 1:
+                self._sync()
+                self.warmup_s = time.perf_counter() - t0
+            return
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+            self._side = [torch.cuda.Stream() for _ in self.steps]
+            self._capture_stream = torch.cuda.Stream()
+        if self.calls <= WARMUP_STEPS:
+            self._branches(own_rng=True)  # each copy warms up on the side stream it is captured on
+            return
+        entry_stream = torch.cuda.current_stream()
+        try:
+            self._capture()
+        except Exception as exc:  # noqa: BLE001 - any capture failure: per-copy graphs, one after another
+            self.graph = None
+            torch.cuda.set_stream(entry_stream)  # a raising capture_end can skip torch's own stream restore
+            torch.cuda.synchronize()
+            self.notice(f"CUDA graph capture of {len(self.steps)} copies on parallel streams failed "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); each copy replays its own "
+                        "graph, one after another")
+            self.singles = [StepRunner(step, "graph", self.notice, stream=side, warmed=True)
+                            for step, side in zip(self.steps, self._side)]
+            for runner in self.singles:
+                runner()
+        else:
+            self.graph.replay()
+        torch.cuda.synchronize()
+        self.warmup_s = time.perf_counter() - self._t0
+
+    def _sync(self) -> None:
+        if self.steps[0].device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _branches(self, own_rng: bool = False) -> None:
+        """Fork: copy i's step on side stream i after what the current stream did; join: the current stream waits."""
+        here = torch.cuda.current_stream()
+        for i, (step, side) in enumerate(zip(self.steps, self._side)):
+            side.wait_stream(here)
+            with torch.cuda.stream(side):
+                if own_rng:
+                    with self.rng.own(i):
+                        step()
+                else:
+                    step()
+        for side in self._side:
+            here.wait_stream(side)
+
+    def _capture(self) -> None:
+        torch.cuda.synchronize()
+        for step in self.steps:  # grads set to None: backward then allocates them from the graph's own pool
+            step.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self._capture_stream):
+            self._branches()  # recorded, not run: the replay after capture does this step
+        self.graph = graph
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def rng_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Copy i's global RNG state to save for resume: its own while it steps eagerly, else the shared one."""
+        if self.graph is None and self.singles is None:
+            return self.rng.saved(i)
+        state = {"cpu": torch.get_rng_state()}
+        if self.steps[0].device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.steps[0].device)
+        return state
+
+
+class StreamsEpochRunner:
+    """N ordinary models (one per seed) trained epoch by epoch together; `EpochRunner`'s interface."""
+
+    def __init__(self, models: list[nn.Module], data, configs: list[TrainConfig], device: torch.device,
+                 rng: CopyRng, notice: Callable[[str], None] | None = None):
+        self.runners = [EpochRunner(m, data, c, device, [c.seed], notice) for m, c in zip(models, configs)]
+        self.config, self.data, self.device = configs[0], data, device
+        self.copies = len(models)
+        self.steps = self.runners[0].steps
+        self.runner = StreamsRunner([r.step for r in self.runners], step_mode(configs[0], device), rng, notice)
+
+    @property
+    def warmup_s(self) -> float:
+        return self.runner.warmup_s
+
+    def train_epoch(self, epoch: int, progress: Progress) -> tuple[list[dict[str, Any]], list[bool], float]:
+        progress.epoch_start(epoch, self.config.epochs, self.steps)
+        te = time.perf_counter()
+        for r in self.runners:
+            r.model.train()
+            r.step.new_epoch()
+        first = self.runners[0].step
+        drive_steps(self.runner, self.steps, first, self.config.batch_size, progress)
+        reads = [r.step.read_epoch() for r in self.runners]  # each copy's one read of the epoch
+        return epoch_rows(epoch, first.lr_at(epoch * self.steps), [x[0][0] for x in reads],
+                          [x[1][0] for x in reads], reads[0][2], te)
+
+    def evaluate_into(self, rows: list[dict[str, Any]], epoch: int, te: float) -> None:
+        for r, row in zip(self.runners, rows):
+            r.add_evaluations([row], epoch)
+        finish_rows(rows, te)  # every copy's epoch took the same wall time: they trained together
+
+    def clean_train(self) -> list[tuple[float, int]] | None:
+        cleans = [r.clean_train() for r in self.runners]
+        return None if cleans[0] is None else [c[0] for c in cleans]
+
+    def weights(self, i: int) -> dict[str, torch.Tensor]:
+        return self.runners[i].weights(0)
+
+    def resume_state(self, i: int, weights: dict[str, torch.Tensor], epoch: int) -> dict[str, Any]:
+        state = self.runners[i].resume_state(0, weights, epoch)
+        state["rng"].update(self.runner.rng_state(i))
+        return state

@@ -52,7 +52,7 @@ def train_command(
     seed: Annotated[Optional[int], Opt()] = None,
     seeds: Annotated[Optional[int], Opt(help="train this many seeds and report min/median/max")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, mps")] = None,
-    threads: Annotated[Optional[int], Opt(help="torch CPU threads (0 = 1 on <= 2 cores, else torch's choice)")] = None,
+    threads: Annotated[Optional[int], Opt(help="torch CPU threads (0 = the cores other work leaves free, at least 1)")] = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model")] = None,
     eval_every: Annotated[Optional[int], Opt("--eval-every", "--val-every", help="evaluate every N epochs")] = None,
     val_size: Annotated[Optional[int], Opt(help="validation images held out of the training set (0 = none)")] = None,

@@ -21,6 +21,7 @@ SCHEDULES = ("none", "step", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SELECT_ON = ("val", "test")
 TRISTATE = ("auto", "on", "off")
+BATCHED = ("auto", "on", "off", "grouped", "streams")
 
 
 @dataclass
@@ -61,11 +62,11 @@ class TrainConfig:
     seed: int = 1
     seeds: int = 1  # train seeds seed, seed+1, ... and report min/median/max
     device: str = "auto"
-    threads: int = 0  # torch CPU threads (0 = 1 on a machine with <= 2 cores, where 2 collapse under load; else torch's choice)
+    threads: int = 0  # torch CPU threads (0 = torch's choice less the cores other work keeps busy, at least 1)
     channels_last: str = "auto"  # auto: on for CUDA only; on 2 CPU cores training was measured slower with it
     compile: bool = False
     cuda_graphs: str = "auto"  # auto/on: capture the training step once as a CUDA graph and replay it (CUDA only)
-    batched: str = "auto"  # seeds > 1 as one batched model: auto = on CUDA when the network allows; on; off
+    batched: str = "auto"  # seeds > 1 at once: streams (N models, one CUDA graph), grouped/on, off; auto: streams on CUDA
     eval_every: int = 1  # evaluate val/test every N epochs (the last epoch always)
     eval_batch_size: int = 500
     clean_train_eval: int = 10000  # at the end, evaluate train accuracy without dropout/augmentation on N images
@@ -198,7 +199,7 @@ def validate(config: TrainConfig) -> None:
     choice("select_on", SELECT_ON)
     choice("channels_last", TRISTATE)
     choice("cuda_graphs", TRISTATE)
-    choice("batched", TRISTATE)
+    choice("batched", BATCHED)
     choice("init", INITS)
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "seeds": config.seeds,
                 "eval_every": config.eval_every, "eval_batch_size": config.eval_batch_size, "step_size": config.step_size}

@@ -2,7 +2,8 @@
 
 `EpochRunner` owns the model, the step (eager or a replayed CUDA graph), one generator per copy and
 the per-copy views of the state (weights, resume state) that the recorder saves. `train_batched` trains N
-seeds of one spec as one batched model and records each copy as its own run, exactly like N single runs.
+seeds as one batched model (or as N models on parallel CUDA streams, `batched.StreamsEpochRunner`, which has
+the same interface) and records each copy as its own run, exactly like N single runs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,19 +71,17 @@ class EpochRunner:
         self.model.train()
         step, run = self.step, self.runner
         step.new_epoch()
-        batch = self.config.batch_size
-        for k in range(1, self.steps + 1):
-            run()
-            progress.step(k, lambda k=k: (float(step.loss_sum[0]) / (k * batch), 100.0 * int(step.correct[0]) / (k * batch)))
+        drive_steps(run, self.steps, step, self.config.batch_size, progress)
         losses, accs, seen = step.read_epoch()  # the epoch's one read from the device
-        train_time = time.perf_counter() - te
-        lr = step.lr_at(epoch * self.steps)
-        rows = [{"epoch": epoch, "lr": lr, "train_loss": loss, "train_acc": acc, "train_time_s": train_time,
-                 "train_images_per_s": seen / train_time} for loss, acc in zip(losses, accs)]
-        return rows, [math.isfinite(v) for v in losses], te
+        return epoch_rows(epoch, step.lr_at(epoch * self.steps), losses, accs, seen, te)
 
     def evaluate_into(self, rows: list[dict[str, Any]], epoch: int, te: float) -> None:
         """Add val/test loss and accuracy (on evaluation epochs) and the epoch's time to each copy's row."""
+        self.add_evaluations(rows, epoch)
+        finish_rows(rows, te)
+
+    def add_evaluations(self, rows: list[dict[str, Any]], epoch: int) -> None:
+        """Add val/test loss and accuracy to each copy's row on evaluation epochs."""
         c, d = self.config, self.data
         if epoch % c.eval_every == 0 or epoch == c.epochs:
             if len(d.y_val):
@@ -89,11 +89,6 @@ class EpochRunner:
                     row["val_loss"], row["val_acc"] = loss, acc
             for row, (loss, acc) in zip(rows, self._evaluate(d.x_test, d.y_test)):
                 row["test_loss"], row["test_acc"] = loss, acc
-        for row in rows:
-            row["epoch_time_s"] = time.perf_counter() - te
-            # keep the row's key order of earlier versions: timing last
-            row["train_time_s"] = row.pop("train_time_s")
-            row["train_images_per_s"] = row.pop("train_images_per_s")
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
         return evaluate_copies(self.model, x, y, self.data, self.config.eval_batch_size, self.channels_last, self.copies)
@@ -141,8 +136,35 @@ class EpochRunner:
         self.step.set_position(epoch * self.steps)
 
 
+def epoch_rows(epoch: int, lr: float, losses: list[float], accs: list[float], seen: int,
+               te: float) -> tuple[list[dict[str, Any]], list[bool], float]:
+    """Per-copy rows of a trained epoch (started at `te`), whether each copy's loss is finite, and `te`."""
+    train_time = time.perf_counter() - te
+    rows = [{"epoch": epoch, "lr": lr, "train_loss": loss, "train_acc": acc, "train_time_s": train_time,
+             "train_images_per_s": seen / train_time} for loss, acc in zip(losses, accs)]
+    return rows, [math.isfinite(v) for v in losses], te
+
+
+def finish_rows(rows: list[dict[str, Any]], te: float) -> None:
+    """Add the epoch's time (training + evaluation, from `te`) to each row."""
+    now = time.perf_counter()
+    for row in rows:
+        row["epoch_time_s"] = now - te
+        # keep the row's key order of earlier versions: timing last
+        row["train_time_s"] = row.pop("train_time_s")
+        row["train_images_per_s"] = row.pop("train_images_per_s")
+
+
 def run_info(config: TrainConfig, run_id: str | None, params: int, device: torch.device, data) -> dict[str, Any]:
     """What Progress.start gets."""
     return {"run_id": run_id, "model": config.model if len(config.model) < 40 else "custom spec", "params": params,
             "device": str(device), "n_train": data.n_train, "n_val": len(data.y_val), "n_test": len(data.y_test),
             "seed": config.seed, "epochs": config.epochs}
+
+
+def drive_steps(run: Callable[[], None], steps: int, shown: Any, batch: int, progress: Progress) -> None:
+    """Call `run` (one training step, or one replay of several) `steps` times; the progress display reads the
+    running loss/accuracy of `shown` (a TrainStep) from the device only when it redraws."""
+    for k in range(1, steps + 1):
+        run()
+        progress.step(k, lambda k=k: (float(shown.loss_sum[0]) / (k * batch), 100.0 * int(shown.correct[0]) / (k * batch)))

@@ -1,15 +1,16 @@
 """Training runs: one seed (`train`, or epoch by epoch with `train_epochs`), N seeds, and resume.
 
 The pieces: `step.py` (the training step and the evaluation step), `epochs.py` (epochs of steps, per-copy
-state), `recorder.py` (the run folder, and outcomes -> statuses), `batched.py` (N seeds as one model).
-`train(config)` runs one seed; `train_seeds(config)` runs config.seeds seeds — batched into one model when
-the network allows (`batched` = auto/on/off) — and summarises them; `resume(run, store)` continues an
-interrupted run from its last saved epoch with the same result (on CPU, bit for bit) as an uninterrupted
-run, because every RNG the run draws from is saved.
+state), `recorder.py` (the run folder, and outcomes -> statuses), `batched.py` (N seeds at once).
+`train(config)` runs one seed; `train_seeds(config)` runs config.seeds seeds — at once when `batched` says so
+(streams: N models in one CUDA graph; grouped: one widened model) — and summarises them; `resume(run, store)`
+continues an interrupted run from its last saved epoch with the same result (on CPU, bit for bit) as an
+uninterrupted run, because every RNG the run draws from is saved.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Generator
@@ -29,7 +30,7 @@ from convladder.train.step import autocast, evaluate
 from convladder.train.store import RunStore
 
 __all__ = ["PAUSE_ENV", "TrainingDiverged", "evaluate", "autocast", "resolve_device", "train", "train_epochs",
-           "run_to_end", "resume", "train_seeds", "train_batched"]
+           "run_to_end", "resume", "train_seeds", "train_batched", "batched_mode"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,15 +47,30 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_threads(config: TrainConfig, device: torch.device) -> None:
-    """config.threads, or the default: on the CPU, 1 thread when the machine has at most 2 cores.
+    """config.threads, or the default on the CPU: one thread per core that other work leaves free, at least one.
 
-    Measured on 2 shared cores (docs/training.md): with other work on the cores, 2 threads made an epoch
-    ~5x slower than 1 (OpenMP threads spin-wait for each other); on an idle machine 2 threads gain little.
+    Measured on 2 cores (docs/training.md, bench/results/cpu-speed.md): idle, 2 threads train 1.5x faster than 1
+    (3,639 vs 2,457 images/s, batch 128); with other work on the cores, 2 threads made an epoch up to 12x
+    slower than 1 (OpenMP threads spin-wait for each other). The 1-minute load average tells the two apart.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
-    elif device.type == "cpu" and (os.cpu_count() or 1) <= 2:
-        torch.set_num_threads(1)
+    elif device.type == "cpu":
+        torch.set_num_threads(default_threads())
+
+
+_TORCH_THREADS = torch.get_num_threads()  # torch's own choice, before anything here changes it
+
+
+@functools.lru_cache(maxsize=1)  # decided once per process: later the load average counts our own training too
+def default_threads() -> int:
+    """Torch's choice, less the cores other processes keep busy (1-minute load average); at least 1."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on every platform
+        return _TORCH_THREADS
+    return max(1, min(_TORCH_THREADS, cores - int(load + 0.3)))
 
 
 def _select(config: TrainConfig, data) -> str | None:
@@ -147,17 +163,32 @@ def resume(run: str, store: RunStore, progress: Progress | None = None, *, data=
     return train(config, store, progress, data=data, resume_run=record.id)
 
 
+def batched_mode(config: TrainConfig, device: torch.device) -> str | None:
+    """How config.seeds seeds train at once: 'streams', 'grouped', or None (one after another).
+
+    auto: streams on CUDA (any model; one CUDA graph replays all N steps side by side), one after another
+    elsewhere — on 2 CPU cores, 5 tiny8k copies batched by grouped convolutions trained 1,592 images/s
+    against 2,127 for one model alone (bench/results/cpu-speed.md), and streams gain nothing on a CPU.
+    """
+    setting = getattr(config, "batched", "auto")
+    if config.seeds < 2 or setting == "off":
+        return None
+    if setting in ("on", "grouped"):
+        return "grouped"
+    if setting == "streams" or device.type == "cuda":
+        return "streams"
+    return None
+
+
 def train_seeds(config: TrainConfig, store: RunStore | None = None, progress: Progress | None = None, *,
                 data=None) -> tuple[list[RunResult], dict[str, Any]]:
     """Train seeds config.seed .. config.seed + config.seeds - 1; return the results and min/median/max.
 
-    With more than one seed and `batched` on (or auto on CUDA), the seeds train together as one batched model
-    when the network allows it (`train/batched.py`); each seed is still stored as its own run.
+    With more than one seed the seeds train together (`batched_mode`): as N models on parallel CUDA streams,
+    or as one grouped-convolution model when the network allows it (`train/batched.py`); each seed is still
+    stored as its own run.
     """
-    setting = getattr(config, "batched", "auto")
-    # auto: on CUDA only. On 2 CPU cores, 5 tiny8k copies batched trained 1,592 images/s against 2,127 for one
-    # model alone (grouped convolutions are slower per image there; bench/results/cpu-speed.md).
-    if config.seeds > 1 and (setting == "on" or (setting == "auto" and resolve_device(config.device).type == "cuda")):
+    if batched_mode(config, resolve_device(config.device)) is not None:
         results = train_batched(config, store, progress, data=data)
         if results is not None:
             return results, seed_stats(results)
@@ -168,37 +199,50 @@ def train_seeds(config: TrainConfig, store: RunStore | None = None, progress: Pr
 
 def train_batched(config: TrainConfig, store: RunStore | None = None, progress: Progress | None = None, *,
                   data=None) -> list[RunResult] | None:
-    """Seeds config.seed .. + config.seeds - 1 as one batched model; one run (folder, result) per seed.
+    """Seeds config.seed .. + config.seeds - 1 trained at once; one run (folder, result) per seed.
 
-    Returns None when the network cannot be batched and `batched` is auto (the caller trains the seeds one by
-    one); raises UserError for `batched: on`. A seed whose loss turns NaN/inf is recorded as failed, the
-    others train on, and its TrainingDiverged is raised at the end.
+    `batched`: streams — N ordinary models stepped together (one CUDA graph on CUDA; one after another,
+    each as its sequential run, elsewhere); on/grouped — one grouped-convolution model; auto — streams on
+    CUDA, grouped elsewhere. Grouped returns None when the network cannot be widened and `batched` is auto
+    (the caller trains the seeds one by one); raises UserError for on/grouped. A seed whose loss turns NaN/inf
+    is recorded as failed, the others train on, and its TrainingDiverged is raised at the end.
     """
-    from convladder.train.batched import why_not_batchable, widen
+    from convladder.train.batched import CopyRng, StreamsEpochRunner, why_not_batchable, widen
 
     t0 = time.perf_counter()
     validate(config)
     progress = progress or Progress()
     device = resolve_device(config.device)
     set_threads(config, device)
+    setting = getattr(config, "batched", "auto")
+    mode = "streams" if setting == "streams" or (setting == "auto" and device.type == "cuda") else "grouped"
     splits = data if data is not None else load_splits(config)
     seeds = [config.seed + i for i in range(config.seeds)]
-    setups = [runenv.prepare(config.replace(seed=s, seeds=1), splits, device) for s in seeds]
-    reason = why_not_batchable(setups[0].model)
+    rng = CopyRng(device)
+    setups = []
+    for s in seeds:
+        setups.append(runenv.prepare(config.replace(seed=s, seeds=1), splits, device))
+        rng.record()  # prepare seeded the global generators as the seed's sequential run does
+    reason = why_not_batchable(setups[0].model) if mode == "grouped" else None
     if reason:
-        if getattr(config, "batched", "auto") == "on":
-            raise UserError(f"batched: on, but {reason}; use batched=auto or off")
+        if setting in ("on", "grouped"):
+            raise UserError(f"batched: {setting}, but {reason}; use batched=streams, auto or off")
         return None
     data_on_device, spec_text, params = setups[0].data, setups[0].spec_text, setups[0].params
-    model = widen([s.model for s in setups])
-    del setups
-    torch.manual_seed(seeds[0])  # one dropout stream for all copies
     configs = [config.replace(seed=s, seeds=1, model_spec=spec_text) for s in seeds]
-    runner = EpochRunner(model, data_on_device, configs[0], device, seeds, notice=progress.note)
+    if mode == "streams":
+        runner = StreamsEpochRunner([s.model for s in setups], data_on_device, configs, device, rng,
+                                    notice=progress.note)
+    else:
+        model = widen([s.model for s in setups])
+        torch.manual_seed(seeds[0])  # one dropout stream for all copies
+        runner = EpochRunner(model, data_on_device, configs[0], device, seeds, notice=progress.note)
+    del setups
     select = _select(configs[0], data_on_device)
     recs = [Recorder(c, store, params, t0, select) for c in configs]
     env = runenv.environment(device, data_on_device.image_shape, data_on_device.mean, data_on_device.std)
     env["batched_with_seeds"] = seeds
+    env["batched_mode"] = mode
     for rec, c in zip(recs, configs):
         if store is not None:
             rec.create(env)

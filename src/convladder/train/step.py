@@ -174,14 +174,17 @@ class StepRunner:
     or of the warm-up steps plus capture.
     """
 
-    def __init__(self, step: TrainStep, mode: str = "eager", notice: Callable[[str], None] | None = None):
+    def __init__(self, step: TrainStep, mode: str = "eager", notice: Callable[[str], None] | None = None, *,
+                 stream: torch.cuda.Stream | None = None, warmed: bool = False):
+        # stream, warmed: a caller that already warmed this step up on `stream` (train/batched.py's fallback)
+        # has the next call capture at once
         self.step, self.mode = step, mode
         self.notice = notice or (lambda text: print(text, file=sys.stderr, flush=True))
         self.graph = None
-        self.calls = 0
+        self.calls = WARMUP_STEPS if warmed else 0
         self.warmup_s = 0.0
-        self._stream = None
-        self._t0: float | None = None
+        self._stream = stream
+        self._t0: float | None = time.perf_counter() if warmed else None
 
     def __call__(self) -> None:
         self.calls += 1
