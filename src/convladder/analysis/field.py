@@ -2,13 +2,14 @@
 
 Per axis (height, width), by the standard recurrence (Araujo, Norris & Sim, Distill 2019):
     k' = d(k-1)+1,  r_out = r_in + (k'-1) * j_in,  j_out = j_in * s.
-BN, activations, dropout, casts and 1x1 convolutions leave the field as it is. A global reduction (global
-pooling, a mean over height and width, a dense layer over a flattened map) covers the union of every position's field: r + (n-1) * j. At a merge (add, multiply, concatenate) the field
-is the largest over the inputs when their jumps agree; inputs of one position (e.g. a squeeze-excite gate)
-broadcast and need no jump. Anything else — a jump mismatch at a merge, a reshape that mixes positions, an
-operation the analysis does not know, a size that does not follow from the layer's settings — gives an
-unknown field with the reason, and everything computed from it is unknown too. A wrong number is worse
-than a '?'.
+BN, activations, dropout, softmax, casts and 1x1 convolutions leave the field as it is (normalisations rescale
+values but move none). A global reduction (global pooling, a mean over height and width, a dense layer over a
+flattened map) covers the union of every position's field, r + (n-1) * j, clipped to the image. At a merge
+(add, multiply, concatenate) the field is the union of the inputs' fields — the largest when their centres
+line up — when their jumps agree; inputs of one position (e.g. a squeeze-excite gate) broadcast and need no
+jump. Anything else — a jump mismatch at a merge, a reshape that mixes positions, an operation the analysis
+does not know, a size that does not follow from the layer's settings — gives an unknown field with the
+reason, and everything computed from it is unknown too. A wrong number is worse than a '?'.
 """
 
 from __future__ import annotations

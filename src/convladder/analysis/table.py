@@ -188,6 +188,9 @@ def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
         note = f.reason
         if node.shared_with:
             note = (note + "; " if note else "") + f"same weights as {node.shared_with}"
+        if node.geometry.get("statistics"):  # GroupNorm/LayerNorm/InstanceNorm: per-image statistics
+            note = (note + "; " if note else "") + ("normalised by statistics over the whole map; the field counts "
+                                                    "where values come from, as for BN")
         if f.r is not None and f.r[0] != f.r[1]:
             note = (note + "; " if note else "") + f"field differs per axis: {f.r[0]} high, {f.r[1]} wide"
         block = node.name.split(".")[0] if node.module is not None or node.scope else ""
