@@ -214,3 +214,16 @@ def test_init_schemes_redraw_conv_weights_and_zero_biases(scheme):
         init_weights(model, "lecun")
     with pytest.raises(UserError, match="init"):
         train(tiny_config(init="lecun"))
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch):
+    import convladder.train.loop as loop
+
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(loop, "_TORCH_THREADS", 2)
+    for busy, expected in [(0.0, 2), (0.2, 2), (1.0, 1), (1.9, 1), (2.0, 1), (None, 2)]:
+        loop.default_threads.cache_clear()
+        monkeypatch.setattr(loop, "_busy_cores", lambda busy=busy: busy)
+        assert loop.default_threads() == expected, busy
+    loop.default_threads.cache_clear()
+    assert loop._busy_cores(0.05) is not None  # /proc/stat here; the load average elsewhere

@@ -51,7 +51,7 @@ def set_threads(config: TrainConfig, device: torch.device) -> None:
 
     Measured on 2 cores (docs/training.md, bench/results/cpu-speed.md): idle, 2 threads train 1.5x faster than 1
     (3,639 vs 2,457 images/s, batch 128); with other work on the cores, 2 threads made an epoch up to 12x
-    slower than 1 (OpenMP threads spin-wait for each other). The 1-minute load average tells the two apart.
+    slower than 1 (OpenMP threads spin-wait for each other). The cores busy right now tell the two apart.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -62,15 +62,38 @@ def set_threads(config: TrainConfig, device: torch.device) -> None:
 _TORCH_THREADS = torch.get_num_threads()  # torch's own choice, before anything here changes it
 
 
-@functools.lru_cache(maxsize=1)  # decided once per process: later the load average counts our own training too
+@functools.lru_cache(maxsize=1)  # decided once per process: later our own training would count as other work
 def default_threads() -> int:
-    """Torch's choice, less the cores other processes keep busy (1-minute load average); at least 1."""
+    """Torch's choice, less the cores other processes keep busy right now; at least 1."""
     cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):  # not on every platform
+    busy = _busy_cores()
+    if busy is None:
         return _TORCH_THREADS
-    return max(1, min(_TORCH_THREADS, cores - int(load + 0.3)))
+    return max(1, min(_TORCH_THREADS, cores - int(busy + 0.3)))
+
+
+def _busy_cores(window_s: float = 0.25) -> float | None:
+    """Cores in use over the next `window_s` seconds (/proc/stat), else the 1-minute load average.
+
+    /proc/stat first: the load average lags a minute behind, so right after a heavy job it still reads busy.
+    """
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window_s)
+        total1, idle1 = sample()
+        if total1 > total0:
+            return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on every platform
+        return None
 
 
 def _select(config: TrainConfig, data) -> str | None:
