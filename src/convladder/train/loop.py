@@ -137,7 +137,7 @@ def train_epochs(config: TrainConfig, store: RunStore | None = None, progress: P
     setup = runenv.prepare(config, data if data is not None else load_splits(config), device)
     config = config.replace(model_spec=setup.spec_text)
     runner = EpochRunner(setup.model, setup.data, config, device, [config.seed], notice=progress.note)
-    rec = Recorder(config, store, setup.params, t0, _select(config, setup.data))
+    rec = Recorder(config, store, setup.params, t0, _select(config, setup.data), own=setup.own)
     if resume_run is not None:
         saved = rec.reopen(resume_run)
         runner.load_resume(saved, rec.state.epoch)
@@ -190,8 +190,8 @@ def batched_mode(config: TrainConfig, device: torch.device) -> str | None:
     """How config.seeds seeds train at once: 'streams', 'grouped', or None (one after another).
 
     auto: streams on CUDA (any model; one CUDA graph replays all N steps side by side), one after another
-    elsewhere — on 2 CPU cores, 5 tiny8k copies batched by grouped convolutions trained 1,592 images/s
-    against 2,127 for one model alone (bench/results/cpu-speed.md), and streams gain nothing on a CPU.
+    elsewhere — on 2 idle CPU cores, 5 tiny8k copies batched by grouped convolutions trained 2,946 images/s
+    in all against 3,639 for one model alone (bench/results/cpu-speed.md), and streams gain nothing on a CPU.
     """
     setting = getattr(config, "batched", "auto")
     if config.seeds < 2 or setting == "off":
@@ -224,10 +224,9 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
                   data=None) -> list[RunResult] | None:
     """Seeds config.seed .. + config.seeds - 1 trained at once; one run (folder, result) per seed.
 
-    `batched`: streams — N ordinary models stepped together (one CUDA graph on CUDA; one after another,
-    each as its sequential run, elsewhere); on/grouped — one grouped-convolution model; auto — streams on
-    CUDA, grouped elsewhere. Grouped returns None when the network cannot be widened and `batched` is auto
-    (the caller trains the seeds one by one); raises UserError for on/grouped. A seed whose loss turns NaN/inf
+    How, by `batched_mode`: streams — N ordinary models stepped together (one CUDA graph on CUDA; one after
+    another, each as its sequential run, elsewhere); grouped — one grouped-convolution model (UserError when
+    the network cannot be widened). Returns None when the seeds are to train one by one (the caller does). A seed whose loss turns NaN/inf
     is recorded as failed, the others train on, and its TrainingDiverged is raised at the end.
     """
     from convladder.train.batched import CopyRng, StreamsEpochRunner, why_not_batchable, widen
@@ -237,8 +236,9 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
     progress = progress or Progress()
     device = resolve_device(config.device)
     set_threads(config, device)
-    setting = getattr(config, "batched", "auto")
-    mode = "streams" if setting == "streams" or (setting == "auto" and device.type == "cuda") else "grouped"
+    mode = batched_mode(config, device)
+    if mode is None:
+        return None
     splits = data if data is not None else load_splits(config)
     seeds = [config.seed + i for i in range(config.seeds)]
     rng = CopyRng(device)
@@ -247,10 +247,8 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
         setups.append(runenv.prepare(config.replace(seed=s, seeds=1), splits, device))
         rng.record()  # prepare seeded the global generators as the seed's sequential run does
     reason = why_not_batchable(setups[0].model) if mode == "grouped" else None
-    if reason:
-        if setting in ("on", "grouped"):
-            raise UserError(f"batched: {setting}, but {reason}; use batched=streams, auto or off")
-        return None
+    if reason:  # grouped is only ever asked for explicitly (batched=on|grouped)
+        raise UserError(f"batched: {config.batched}, but {reason}; use batched=streams, auto or off")
     data_on_device, spec_text, params = setups[0].data, setups[0].spec_text, setups[0].params
     configs = [config.replace(seed=s, seeds=1, model_spec=spec_text) for s in seeds]
     if mode == "streams":
@@ -260,9 +258,10 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
         model = widen([s.model for s in setups])
         torch.manual_seed(seeds[0])  # one dropout stream for all copies
         runner = EpochRunner(model, data_on_device, configs[0], device, seeds, notice=progress.note)
+    owns = [s.own for s in setups]
     del setups
     select = _select(configs[0], data_on_device)
-    recs = [Recorder(c, store, params, t0, select) for c in configs]
+    recs = [Recorder(c, store, params, t0, select, own=own) for c, own in zip(configs, owns)]
     env = runenv.environment(device, data_on_device.image_shape, data_on_device.mean, data_on_device.std)
     env["batched_with_seeds"] = seeds
     env["batched_mode"] = mode

@@ -37,7 +37,6 @@ SOURCE_ENV = "CONVLADDER_OWN_SOURCE"  # 'recorded': rebuild an own model from th
 DEFAULT_SHAPE = (1, 28, 28)
 
 _OBJECTS: dict[str, Any] = {}  # python:<name> -> the class/instance being trained (see `handing_over`)
-_PENDING: dict[str, OwnModel] = {}  # what the last build of (model_spec, args) was; the store records it
 
 
 @dataclass
@@ -261,20 +260,6 @@ def _run_folder(target: Any, runs: str | Path | None) -> Path | None:
 
 
 # -- what a run records ----------------------------------------------------------------------------------
-
-def _pending_key(spec_text: Any, args: Any) -> str:
-    return f"{spec_text}\n{json.dumps(args or {}, sort_keys=True, default=str)}"
-
-
-def remember(spec_text: str, args: dict[str, Any] | None, own: OwnModel) -> None:
-    """Keep the record of an own model just built, for the run the trainer creates next (store.create_run)."""
-    _PENDING[_pending_key(spec_text, args)] = own
-
-
-def pending_record(config: dict[str, Any]) -> OwnModel | None:
-    """The record of the own model that `config` (model_spec, model_args) was just built from, if any."""
-    return _PENDING.get(_pending_key(config.get("model_spec"), config.get("model_args")))
-
 
 def write_record(folder: Path, own: OwnModel) -> None:
     """model_source.py (the text that ran) and own_model.json, each written atomically."""

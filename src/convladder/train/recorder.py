@@ -49,8 +49,11 @@ class RunState:
 class Recorder:
     """One run: its config, optional store folder, state and clock (wall time carries over a resume)."""
 
-    def __init__(self, config: TrainConfig, store: RunStore | None, params: int, t0: float, select: str | None):
+    def __init__(self, config: TrainConfig, store: RunStore | None, params: int, t0: float, select: str | None,
+                 own: Any = None):
+        # own: the OwnModel record of a person's network, written into the run folder with the config
         self.config, self.store, self.params, self.t0, self.select = config, store, params, t0, select
+        self.own = own
         self.state = RunState()
         self.handle: RunHandle | None = None
         self._carried = 0.0  # wall time from earlier processes of a resumed run
@@ -58,7 +61,7 @@ class Recorder:
     # -- opening ----------------------------------------------------------------------------------------
     def create(self, env: dict[str, Any]) -> None:
         if self.store is not None:
-            self.handle = self.store.create_run(self.config.to_dict(), env, params=self.params)
+            self.handle = self.store.create_run(self.config.to_dict(), env, own=self.own, params=self.params)
 
     def reopen(self, run_id: str) -> dict[str, Any]:
         """Load resume.pt of `run_id`, restore the state and mark the run running; return the saved dict."""

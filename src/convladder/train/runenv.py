@@ -15,7 +15,7 @@ import torch
 from convladder.errors import UserError
 from convladder.train.config import TrainConfig
 from convladder.train.device_data import DeviceData
-from convladder.train.models import OwnModel, build, remember
+from convladder.train.models import OwnModel, build
 
 
 @dataclass
@@ -43,15 +43,13 @@ def prepare(config: TrainConfig, splits, device: torch.device) -> Setup:
     built = build(config.model_spec or config.model, args=config.model_args, input_shape=data.image_shape,
                   seed=config.seed, init=config.init, classes=data.classes)
     model = built.module
-    if built.own is None:
+    if built.own is None:  # own models were checked on this input size while building
         with torch.no_grad():
             model.eval()
             out = model.logits(torch.zeros(2, *data.image_shape))
         if out.shape != (2, data.classes):
             raise UserError(f"network {config.model!r} outputs {tuple(out.shape[1:])} per image but {data.name} has "
                             f"{data.classes} classes: end it with gap and a 1x1 conv to {data.classes} channels")
-    else:  # own models were checked on this input size while building; the store records them with the run
-        remember(built.spec_text, config.model_args, built.own)
     torch.manual_seed(config.seed)  # the dummy forward used no RNG, but keep the stream identical on resume
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Setup(data, model.to(device), built.spec_text, params, built.own)

@@ -290,13 +290,10 @@ def evaluate_copies(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, da
             with autocast(x.device):
                 logits = model.logits(xb).float()
             if copies == 1:
-                logits = logits.unsqueeze(1)
+                logits = logits.unsqueeze(1)  # (N, copies, classes) either way
             nb = len(yb)
-            if copies == 1:
-                loss += F.cross_entropy(logits[:, 0], yb, reduction="sum").view(1)
-            else:
-                loss += F.cross_entropy(logits.reshape(nb * copies, -1), yb.repeat_interleave(copies),
-                                        reduction="none").view(nb, copies).sum(0)
+            loss += F.cross_entropy(logits.reshape(nb * copies, -1), yb.repeat_interleave(copies),
+                                    reduction="none").view(nb, copies).sum(0)
             correct += (logits.argmax(2) == yb.view(-1, 1)).sum(0)
     finally:
         if switch:

@@ -151,9 +151,12 @@ class RunStore:
             conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*fields.values(), run_id))
 
     # -- writing --------------------------------------------------------------------------------------
-    def create_run(self, config: dict[str, Any], env: dict[str, Any] | None = None,
+    def create_run(self, config: dict[str, Any], env: dict[str, Any] | None = None, *, own: Any = None,
                    **row: Any) -> RunHandle:
-        """Make a new run folder (exclusive mkdir: two runs never share one), write config/env, add its row."""
+        """Make a new run folder (exclusive mkdir: two runs never share one), write config/env, add its row.
+
+        `own`: the `train.models.OwnModel` record of a person's own network (its source and class), if any.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         while True:
             run_id = new_run_id()
@@ -164,10 +167,9 @@ class RunStore:
                 continue
         handle = RunHandle(self, run_id)
         handle.write_json("config.json", config)
-        from convladder.train.models import pending_record, write_record
-
-        own = pending_record(config)  # an own model just built for this config: record its source and class
         if own is not None:
+            from convladder.train.models import write_record
+
             write_record(handle.path, own)
         if env is not None:
             handle.write_json("env.json", env)
