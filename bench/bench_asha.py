@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from convladder.executors.sweep import parse_sweep, run_sweep, sweep_summary
+from convladder.runs.store import RunStore
 from convladder.train.runenv import cpu_model
-from convladder.train.store import RunStore
 
 RESULTS = Path(__file__).parent / "results"
 TEMPLATE = ("c1[conv3x3(8, bias=false) relu bn] c2[conv3x3(12, bias=false) relu bn] t1[maxpool2x2 conv1x1(8)] "

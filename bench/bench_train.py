@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
 from convladder.train.loop import resolve_device, train
 from convladder.train.runenv import cpu_model
-from convladder.train.store import RunStore
 
 RESULTS = Path(__file__).parent / "results"
 EXAMPLES = dict(model="pytorch-mnist", optimizer="adadelta", lr=1.0, schedule="step", step_size=1, gamma=0.7,

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from convladder.errors import UserError
+from convladder.runs.store import RunStore
 from convladder.train.batched import unpack_optimizer_state, unpack_state, why_not_batchable, widen
 from convladder.train.config import TrainConfig
 from convladder.train.device_data import DeviceData, synthetic_splits
 from convladder.train.loop import resume, train_seeds
+from convladder.train.models import create_model
 from convladder.train.optim import schedule_tables
 from convladder.train.progress import Progress
 from convladder.train.runenv import build_model
 from convladder.train.step import TrainStep, evaluate_copies
-from convladder.train.store import RunStore
 
 # no dropout: one mask over the batched tensor cannot equal N separate masks (see train/batched.py)
 CONV = ("c1[conv3x3(8, bias=false) relu bn] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
@@ -104,7 +105,7 @@ def test_train_seeds_batched_stores_ordinary_runs_like_separate_training(tmp_pat
     assert sorted(r.seed for r in runs) == SEEDS and all(r.status == "completed" for r in runs)
     for r in runs:
         assert store.read_config(r.id)["seed"] == r.seed and len(store.read_metrics(r.id)) == 2
-        model = store.load_model(r.id)  # the ordinary single-network state_dict
+        model = create_model(store.root / r.id)  # the ordinary single-network state_dict
         assert model.logits(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
         assert store.read_env(r.id)["batched_with_seeds"] == SEEDS
     assert out["on"][1]["seeds"] == SEEDS
@@ -177,8 +178,8 @@ def _same_runs(store_a: RunStore, store_b: RunStore) -> None:
         assert len(ma) == len(mb)
         for x, y in zip(ma, mb):
             assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
-        wa = store_a.load_model(ra.id).state_dict()
-        wb = store_b.load_model(rb.id).state_dict()
+        wa = create_model(store_a.root / ra.id).state_dict()
+        wb = create_model(store_b.root / rb.id).state_dict()
         assert all(torch.equal(wa[k], wb[k]) for k in wb)
 
 

@@ -376,3 +376,111 @@ def test_real_mnist_from_cache(monkeypatch):
     for key, tensor in (("x_train", d.x_train), ("y_train", d.y_train), ("x_test", d.x_test), ("y_test", d.y_test)):
         assert array_sha256(tensor.numpy().astype(np.uint8)) == catalog.PINNED_SHA256["mnist"][key]
     assert d.mean == pytest.approx(0.1307, abs=1e-4) and d.std == pytest.approx(0.3081, abs=1e-4)
+
+
+# --- hostile and damaged files (issue 13) -------------------------------------------------------
+
+
+def _idx_header(shape: tuple[int, ...], code: int = 0x08) -> bytes:
+    return bytes([0, 0, code, len(shape)]) + np.asarray(shape, dtype=">u4").tobytes()
+
+
+def _gzip_bomb(path: Path, shape: tuple[int, ...], members: int) -> Path:
+    """A valid header, then `members` gzip members of 10 MiB of zeros each (~10 KB apiece on disk)."""
+    block = gzip.compress(bytes(10 << 20), compresslevel=9, mtime=0)
+    path.write_bytes(gzip.compress(_idx_header(shape), mtime=0) + block * members)
+    return path
+
+
+def test_idx_gzip_bomb_is_refused_reading_only_the_declared_size(tmp_path):
+    import tracemalloc
+
+    declared = (13375, 28, 28)  # ~10 MB of data declared, 200 MiB in the stream
+    bomb = _gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz", declared, members=20)
+    assert bomb.stat().st_size < 300_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"train-images-idx3-ubyte.gz: IDX data has trailing bytes"):
+            read_idx(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 << 20, f"peak {peak / 2**20:.0f} MiB: the stream was unpacked past the declared size"
+
+
+def test_idx_absurd_or_impossible_headers_are_refused_before_allocation(tmp_path):
+    absurd = tmp_path / "absurd-idx3-ubyte"
+    absurd.write_bytes(_idx_header((2**32 - 1, 2**32 - 1, 2**32 - 1)) + bytes(16))
+    with pytest.raises(UserError, match=r"absurd-idx3-ubyte: IDX header declares shape .* over the 1,073,741,824-byte limit"):
+        read_idx(absurd)
+    gz = tmp_path / "absurd.gz"
+    gz.write_bytes(gzip.compress(absurd.read_bytes()))
+    with pytest.raises(UserError, match="over the .*-byte limit"):
+        read_idx(gz)
+    # Under the limit, but more than a 60-byte gzip stream can hold: refused from the file size alone.
+    small = tmp_path / "small-idx3-ubyte.gz"
+    small.write_bytes(gzip.compress(_idx_header((1000, 1000, 500)) + bytes(8)))
+    with pytest.raises(UserError, match=r"declares 500,000,000 bytes of data, more than \d+ bytes of gzip can hold"):
+        read_idx(small)
+    with pytest.raises(UserError, match="over the 100-byte limit"):
+        read_idx(write_idx(tmp_path / "ok.idx", np.zeros((5, 5, 5), np.uint8)), max_bytes=100)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong magic", "empty", "bomb"])
+def test_corrupt_cache_file_says_how_to_fetch_again(home, fake_pinned, damage):
+    folder = write_folder(datasets.cache_dir("mnist"), fake_pinned)
+    target = folder / "t10k-images-idx3-ubyte.gz"
+    if damage == "truncated":
+        target.write_bytes(target.read_bytes()[:-30])
+    elif damage == "wrong magic":
+        target.write_bytes(gzip.compress(b"PK\x03\x04" + bytes(64)))
+    elif damage == "empty":
+        target.write_bytes(b"")
+    else:
+        _gzip_bomb(target, (20, 28, 28), members=3)
+    expect = r"t10k-images-idx3-ubyte.gz: .*(truncated|corrupt|wrong magic|trailing bytes).*run `convladder data fetch mnist`"
+    with pytest.raises(UserError, match=expect):
+        datasets.load_dataset("mnist", fetch=False)
+    assert "data fetch mnist" in datasets.dataset_info("mnist")["error"]
+    lines: list[str] = []  # `data fetch` reports the bad cache on one line, then goes to the sources
+    with pytest.raises(UserError, match="could not get mnist"):
+        datasets.fetch_dataset("mnist", log=lines.append)
+    assert lines[0].startswith(f"[data] cache {folder} : bad (") and "fetching a fresh copy" in lines[0]
+
+
+def test_corrupt_custom_cache_says_how_to_import_again(home):
+    folder = write_folder(datasets.cache_dir("custom"), fake_arrays())
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte.gz: corrupt .*data fetch custom --from"):
+        datasets.load_dataset("custom", fetch=False)
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '{"mean": "x", "std": null, "source": []}', "not json"])
+def test_damaged_meta_json_is_recomputed(home, fake_pinned, meta):
+    folder = write_folder(datasets.cache_dir("mnist"), fake_pinned)
+    (folder / "meta.json").write_text(meta)
+    splits = datasets.load_dataset("mnist", fetch=False)
+    assert (splits.mean, splits.std) == pytest.approx(datasets.pixel_stats(fake_pinned["x_train"]))
+    assert json.loads((folder / "meta.json").read_text())["source"] == "placed by hand"
+
+
+def _npz_with_member(path: Path, key: str, header_shape: tuple[int, ...], arrays: dict[str, np.ndarray]) -> Path:
+    """An .npz whose `key` member is a .npy header claiming `header_shape` followed by a few bytes."""
+    import io
+
+    np.savez(path, **{k: v for k, v in arrays.items() if k != key})
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": header_shape})
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(f"{key}.npy", buf.getvalue() + bytes(784))
+    return path
+
+
+def test_npz_member_claiming_gigabytes_is_refused(tmp_path):
+    arrays = fake_arrays()
+    npz = _npz_with_member(tmp_path / "huge.npz", "x_train", (999999999, 28, 28), arrays)
+    with pytest.raises(UserError, match=r"huge.npz\[x_train\]: header declares shape \(999999999, 28, 28\).*limit"):
+        datasets.load_dataset("custom", root=npz)
+    npz = _npz_with_member(tmp_path / "short.npz", "x_test", (1000, 28, 28), arrays)
+    with pytest.raises(UserError, match=r"short.npz\[x_test\]: .* but the file holds 784 — the file is truncated"):
+        datasets.load_dataset("custom", root=npz)

@@ -12,10 +12,10 @@ import torch
 
 from convladder.errors import UserError
 from convladder.executors.base import InProcessExecutor, make_job
-from convladder.executors.lrfind import range_test, steepest, suggest_lr, valley
 from convladder.executors.sweep import load_sweep, make_trials, run_sweep, sweep_summary
+from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
-from convladder.train.store import RunStore
+from convladder.train.lrfind import range_test, steepest, suggest_lr, valley
 
 SPEC = ("c1[conv3x3({c1}, bias=false) relu bn dropout({drop})] c2[conv3x3(16, bias=false) relu bn] "
         "t[maxpool2x2 conv1x1(8)] out[gap conv1x1(10)]")

@@ -15,8 +15,8 @@ from convladder.ladder.diagnostics import bn_health, dead_relu, diagnose_run
 from convladder.ladder.diff import check_ladder
 from convladder.ladder.ladder import parse_ladder
 from convladder.ladder.run import run_ladder
+from convladder.runs.store import RunStore
 from convladder.spec.registry import list_models
-from convladder.train.store import RunStore
 
 SMALL = """\
 name: small
@@ -170,3 +170,62 @@ def test_every_eip4_step_trains_one_tiny_epoch(tmp_path: Path) -> None:
     page = write_report("eip4-s2", tmp_path / "ladder.html", tmp_path).read_text()
     assert "Ladder eip4-s2: 15 steps, 15 runs" in page
     assert "add BatchNorm after every ReLU" in page and "test 98.84" in page  # a step's change and handout figure
+
+
+# -- issue 13: a potential above 100 is capped and explained ------------------------------------------------
+
+def _row(step: int, train: float, test: float) -> dict:
+    from convladder.train.result import gap, potential
+
+    return {"step": step, "name": f"s{step}", "change": "c", "handout": None, "params": 1000, "rf_out": 5, "epochs": 1,
+            "train": train, "test": test, "test_stats": None, "best": None, "gap": gap(train, test),
+            "potential": potential(train, test), "verdict": "healthy", "n_completed": 1, "n_failed": 0, "stale": 0,
+            "target": 99.4, "seeds": []}
+
+
+def test_potential_above_100_is_capped_and_explained() -> None:
+    from convladder.ladder.compare import reading
+
+    ladder = parse_ladder(SMALL, "small.yaml")
+    over, under = _row(1, 98.0, 99.25), _row(2, 99.9, 99.1)  # train below test: the formula gives 101.25
+    assert over["potential"] == pytest.approx(101.25)
+    text_over = reading(over)
+    assert "potential 100.00* (raw 101.25) >= target 99.4" in text_over
+    assert "potential 99.20 < target" in reading(under)  # below 100: printed as computed, no mark
+    over["reading"], under["reading"] = text_over, reading(under)
+    table = format_table([over, under], ladder)
+    row_line = next(line for line in table.splitlines() if line.startswith("1 "))
+    assert "100.00*" in row_line and "101.25" not in row_line
+    assert "passes 100 when the train accuracy is below the test accuracy" in table  # the footnote says why
+    assert "passes 100" not in format_table([under], ladder)  # no footnote without a capped value
+
+
+def test_open_question_ladders_check_and_keep_their_promises() -> None:
+    """gap-vs-fc: the GAP head has fewer parameters, the widened GAP net stays within the FC net's budget and every
+    step measures shifted test images; overfitting: one cure per step on 1,000 images, then more data."""
+    from convladder.analysis.table import summarize
+    from convladder.ladder.ladder import builtin_names, load_ladder
+    from convladder.train.config import TrainConfig
+
+    assert {"eip4-s2", "gap-vs-fc", "overfitting"} <= set(builtin_names())
+    gap = load_ladder("gap-vs-fc")
+    diffs = check_ladder(gap)
+    params = [summarize(s.spec).total_params for s in gap.steps]
+    assert params[0] == 12_144 and params[1] == 7_944 and params[1] < params[2] <= params[0]
+    assert all(TrainConfig.from_dict(s.train).shift_eval == 4 for s in gap.steps)
+    assert list(diffs[2].things) == ["conv: out_channels"] and list(diffs[3].things) == ["config augmentation"]
+    over = load_ladder("overfitting")
+    diffs = check_ladder(over)
+    assert [list(d.things) for d in diffs[1:]] == [["add dropout"], ["add bn"], ["config augmentation"], ["config data"]]
+    configs = [TrainConfig.from_dict(s.train) for s in over.steps]
+    assert [c.subset for c in configs] == [1000, 1000, 1000, 1000, 5000] and all(c.val_size == 0 for c in configs)
+
+
+def test_ladder_table_shows_shifted_test_accuracy(tmp_path) -> None:
+    text = SMALL.replace("config: {", "config: {shift_eval: 2, ", 1)
+    ladder = parse_ladder(text, "x.yaml")
+    run_ladder(ladder, tmp_path, steps="1", echo=lambda line: None, epochs=1)
+    rows = ladder_summary(ladder, RunStore(tmp_path))
+    assert sorted(rows[0]["shifted"], key=int) == ["0", "1", "2"]
+    table = format_table(rows, ladder)
+    assert "test shifted 0/1/2 px" in table

@@ -29,8 +29,8 @@ from convladder.train.progress import (
     make_progress,
     resolve_progress,
 )
+from convladder.runs.store import RunStore
 from convladder.train.result import RunResult, SeedResults
-from convladder.train.store import RunStore
 
 torch.set_num_threads(1)  # the test machine is shared; tiny nets gain nothing from more threads
 

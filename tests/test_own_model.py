@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import convladder
-from convladder.cli import main
+from cli_util import run_cli
 from convladder.errors import UserError
-from convladder.train.store import RunStore
+from convladder.runs.store import RunStore
 
 HEAD = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
 
@@ -116,15 +116,7 @@ SYNTH_KEYS = dict(dataset="synthetic", epochs=2, val_size=256, threads=1, augmen
 
 
 def cli(*args: str, capsys) -> tuple[int, str, str]:
-    """Run the real entry point in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *args)
 
 
 def write(folder: Path, name: str, text: str) -> Path:

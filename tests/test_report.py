@@ -195,3 +195,106 @@ def test_sweep_report_draws_the_isolation_plot(tmp_path: Path) -> None:
         write_report(str(path), tmp_path / "d.html", runs)
     with pytest.raises(UserError, match="no summary of sweep 'nope'"):
         write_report("sweep:nope", tmp_path / "e.html", runs)
+
+
+# -- issue 13: everyday surprises in the report ------------------------------------------------------------
+
+def test_potential_above_100_is_capped_and_explained(store: Path, tmp_path: Path) -> None:
+    """train below test makes test + (100 - train) pass 100: the page caps it, keeps the raw value, says why."""
+    root = tmp_path / "runs"
+    shutil.copytree(store, root)
+    first = next(p for p in sorted(root.iterdir())
+                 if p.is_dir() and json.loads((p / "config.json").read_text()).get("step") == 0)
+    result = json.loads((first / "result.json").read_text())
+    result["final"].update(train_acc=98.0, test_acc=99.25)
+    result.update(gap=-1.25, potential=101.25)
+    (first / "result.json").write_text(json.dumps(result))
+    page = write_report("demo", tmp_path / "ladder.html", root).read_text()
+    assert "<td data-v='101.25'>100.00*</td>" in page  # ladder table: capped, sorts by the raw value
+    assert "100.00* (raw 101.25) %" in page  # the run's result block
+    assert "passes 100 when the train accuracy is below the test accuracy" in page
+    assert ">101.25<" not in page and "101.25 %" not in page  # never shown bare
+
+
+def test_html_sizes_are_h_w_c_like_the_terminal() -> None:
+    from convladder.analysis.render import format_size
+    from convladder.analysis.table import summarize
+    from convladder.report import html, netfigs
+    from convladder.spec.build import build_module
+    from convladder.spec.registry import resolve_spec
+
+    spec = resolve_spec("c1[conv3x3(8) relu] t[maxpool2x2 conv1x1(4)] out[gap conv1x1(10)]")
+    table = summarize(spec)
+    page = html.network_table(table)
+    assert "<td>28×28×1</td>" in page and "<td>26×26×8</td>" in page and "on a 28×28×1 input" in page
+    assert "1×28×28" not in page and "8×26×26" not in page
+    for row in table.layers:  # every size exactly as the terminal table writes it (x -> ×)
+        assert f"<td>{format_size(row.output).replace('x', '×')}</td>" in page
+    fig = netfigs.feature_maps(build_module(spec).eval(), torch.rand(1, 1, 28, 28))
+    titles = [ax.get_title(loc="left") for ax in fig.fig.axes]
+    fig.close()
+    assert any("→ 26×26×8" in t for t in titles), titles
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_by_one_names_a_bias_only_where_the_layer_has_one(bias: bool) -> None:
+    from torch import nn
+
+    from convladder.report import netfigs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 12, 3), nn.ReLU(), nn.Conv2d(12, 4, 1, bias=bias)).eval()
+    fig = netfigs.one_by_one_merger(model, torch.rand(1, 1, 12, 12))
+    texts = [t.get_text() for ax in fig.fig.axes for t in ax.texts] + [ax.get_title() for ax in fig.fig.axes]
+    fig.close()
+    labels = [t for t in texts if "= out" in t]
+    assert len(labels) == 3
+    if bias:
+        assert all(t.startswith(f"+ b{k} (") and "terms + bias" in t for k, t in enumerate(labels)), labels
+    else:
+        assert not any("+ b" in t for t in texts), texts  # no "+ bias", no "+ b0": the layer has none
+        assert any("(no bias)" in t for t in texts)
+
+
+def test_curves_are_large_with_whole_epoch_ticks(store: Path) -> None:
+    from convladder.report import figures
+    from convladder.report.rundata import load_run
+
+    run = load_run(_single(store))  # 2 epochs: matplotlib's default ticks would be 1.0, 1.2, ..., 2.0
+    for fig in (figures.curves(run), figures.gap_per_epoch([run]), figures.overlay([run])):
+        fig.fig.canvas.draw()
+        for ax in fig.fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks and all(float(t).is_integer() for t in ticks), (fig.name, ticks)
+        if fig.name in ("curves", "ladder_curves"):  # three/two panels: the whole report width, taller
+            w, h = fig.fig.get_size_inches()
+            assert fig.wide and w >= 12 and h >= 4, (fig.name, w, h)
+        fig.close()
+
+
+def test_concept_pngs_are_150_dpi_and_small(tmp_path: Path) -> None:
+    from PIL import Image
+
+    paths = [p for p in concepts.write_concepts(tmp_path) if p.suffix == ".png"]
+    assert len(paths) == 3
+    for path in paths:
+        with Image.open(path) as img:
+            assert round(img.info["dpi"][0]) == 150  # was matplotlib's screen setting, 80
+            assert img.size[0] >= 600  # e.g. activations: 10 in wide -> ~1,500 px
+        assert path.stat().st_size < 250_000
+
+
+def test_shifted_test_accuracy_shows_per_run_and_per_ladder(store: Path, tmp_path: Path) -> None:
+    """Runs trained with shift_eval carry shifted_test in result.json: a row per run, a column and a figure per ladder."""
+    root = tmp_path / "runs"
+    shutil.copytree(store, root)
+    for i, folder in enumerate(p for p in sorted(root.iterdir()) if (p / "result.json").is_file()):
+        result = json.loads((folder / "result.json").read_text())
+        result["shifted_test"] = {"0": 99.0, "1": 98.0 - i, "2": 90.0 - i}
+        (folder / "result.json").write_text(json.dumps(result))
+    page = write_report("demo", tmp_path / "ladder.html", root).read_text()
+    assert "test, images shifted" in page and "0 px 99.00 · 1 px" in page
+    assert "Test accuracy against the shift of the test images" in page
+    single = write_report(str(_single(root)), tmp_path / "run.html", root).read_text()
+    assert "images shifted (mean of 4 directions)" in single

@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 from convladder.cli import build_app
 from convladder.errors import UserError
+from convladder.runs.store import RunStore
 from convladder.serve.predict import LoadedRun, Predictor, load_run
 from convladder.serve.preprocess import NoInkError, decode_image, load_inputs, to_mnist
 from convladder.spec.build import build_module
 from convladder.spec.notation import format_spec
 from convladder.spec.registry import resolve_spec
-from convladder.train.store import RunStore
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow is needed to read images: pip install pillow")
 
@@ -485,3 +485,113 @@ def test_page_draw_a_digit_in_headless_chromium(trained_run, confident_digits, s
         wait.until(lambda d: d.find_element(By.ID, "label").text == "1")  # auto-predict after the stroke
     finally:
         driver.quit()
+
+
+# -- hostile inputs to predict (issue 13) -----------------------------------------------------------------
+def _png_claiming(width: int, height: int, mode: str = "L") -> bytes:
+    """A small valid PNG whose IHDR is rewritten to claim width x height (the pixel data stays tiny)."""
+    import struct
+    import zlib
+
+    data = bytearray(_png(np.zeros((8, 8), np.uint8)) if mode == "L" else _png(np.zeros((8, 8, 4), np.uint8), "RGBA"))
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_huge_images_are_refused_from_their_header(tmp_path):
+    from convladder.serve.preprocess import ImageTooLarge
+
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_claiming(12000, 12000))  # old code: decoded it (5 GB as RGBA)
+    with pytest.raises(ImageTooLarge, match=r"big.png .*the limit is .*pixels — scale it down"):
+        load_inputs([big])
+    for w, h in ((4097, 8), (5000, 5000), (30000, 30000)):  # side limit; Pillow's own backstop past 2x
+        with pytest.raises(ImageTooLarge, match="scale it down"):
+            decode_image(_png_claiming(w, h, "RGBA"), name="upload")
+    from convladder.serve.preprocess import MAX_PIXELS, MAX_SIDE, check_image_size, open_image
+
+    with pytest.raises(ImageTooLarge, match="the limit is 1,000 pixels"):
+        open_image(_png_claiming(40, 40), max_pixels=1000)
+    check_image_size(MAX_SIDE, MAX_SIDE)  # exactly at the limits: accepted
+    with pytest.raises(ImageTooLarge, match=f"the limit is {MAX_PIXELS - 1:,} pixels"):
+        check_image_size(MAX_SIDE, MAX_SIDE, max_side=None, max_pixels=MAX_PIXELS - 1)
+    Image.MAX_IMAGE_PIXELS = None  # someone disabled Pillow's guard: reading an image puts a bound back
+    decode_image(_png(np.zeros((8, 8), np.uint8)))
+    assert Image.MAX_IMAGE_PIXELS and Image.MAX_IMAGE_PIXELS <= 2 * MAX_PIXELS
+
+
+def test_large_photo_is_decoded_at_working_size():
+    import tracemalloc
+
+    canvas = np.full((3000, 3000, 4), 255, np.uint8)  # black digit "1" on a white, opaque RGBA page
+    canvas[600:2400, 1400:1600, :3] = 0
+    data = _png(canvas, "RGBA")
+    tracemalloc.start()
+    try:
+        gray = decode_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20, f"float copies of the full image: peak {peak / 2**20:.0f} MiB"  # full size: 144 MiB each
+    from convladder.serve.preprocess import WORK_SIDE
+
+    assert max(gray.shape) <= WORK_SIDE and gray.dtype == np.float32
+    out = to_mnist(gray)
+    rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
+    assert rows[-1] - rows[0] + 1 == 20 and cols[-1] - cols[0] + 1 <= 4  # still a tall thin stroke
+
+
+def test_npy_header_is_checked_before_loading(tmp_path):
+    huge = tmp_path / "huge.npy"
+    with open(huge, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": (999999999, 28, 28)})
+        fh.write(bytes(784))
+    with pytest.raises(UserError, match=r"huge.npy: header declares shape \(999999999, 28, 28\).*limit"):
+        load_inputs([huge])  # old code: MemoryError traceback (730 GiB)
+    short = tmp_path / "short.npy"
+    short.write_bytes(huge.read_bytes().replace(b"999999999", b"100      "))
+    with pytest.raises(UserError, match="short.npy: .* the file is truncated"):
+        load_inputs([short])
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="obj.npy holds object values.*never unpickled"):
+        load_inputs([tmp_path / "obj.npy"])
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY junk")
+    with pytest.raises(UserError, match="junk.npy is not a readable .npy file"):
+        load_inputs([tmp_path / "junk.npy"])
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "complex", "negative", "over255", "int_over255", "bool"])
+def test_nonfinite_complex_and_out_of_range_batches_are_refused(tmp_path, case):
+    x = np.full((2, 28, 28), 0.5, np.float32)
+    if case == "nan":
+        x[1, 3, 4] = np.nan
+    elif case == "inf":
+        x[0, 0, 0] = np.inf
+    elif case == "complex":
+        x = x.astype(np.complex64)
+    elif case == "negative":
+        x[0, 0, 0] = -0.5  # old code: wrapped to 128 in uint8 and was classified
+    elif case == "over255":
+        x[0, 0, 0] = 300.0
+    elif case == "int_over255":
+        x = np.full((2, 28, 28), 1000, np.int32)
+    else:
+        x = x > 0
+    np.save(tmp_path / "x.npy", x)
+    expect = {"nan": r"holds 1 NaN/infinite value\(s\) \(first at index \(1, 3, 4\)\)", "inf": "holds 1 NaN/inf",
+              "complex": "holds complex64", "bool": "holds bool"}.get(case, "holds values from .*; pixels must lie in 0..1 or 0..255")
+    with pytest.raises(UserError, match=f"x.npy {expect}"):
+        load_inputs([tmp_path / "x.npy"])
+
+
+def test_nonfinite_float_image_is_refused(tmp_path):
+    gray = np.full((40, 40), 0.9, np.float32)
+    gray[10:30, 18:22] = 0.1
+    gray[0, 0] = np.nan
+    with pytest.raises(UserError, match="NaN, infinite or complex"):
+        to_mnist(gray)
+    Image.fromarray(gray, "F").save(tmp_path / "float.tif")  # 32-bit float TIFF: decoded as is
+    with pytest.raises(UserError, match="NaN, infinite or complex"):
+        load_inputs([tmp_path / "float.tif"])

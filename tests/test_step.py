@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from convladder.train.augment import AugmentParams, augment_from
 from convladder.train.config import TrainConfig
-from convladder.train.device_data import DeviceData, synthetic_splits, to_unit
+from convladder.data.normalise import to_unit
+from convladder.train.device_data import DeviceData, synthetic_splits
 from convladder.train.optim import TensorSGD, make_scheduler, schedule_tables
 from convladder.train.runenv import build_model
 from convladder.train.step import StepRunner, TrainStep

@@ -1,4 +1,5 @@
-"""Run store: round trip, bad checkpoints, resume equivalence (Ctrl-C and SIGKILL), concurrent processes."""
+"""Run store: round trip, bad checkpoints, resume equivalence (Ctrl-C and SIGKILL), concurrent processes;
+issue 13: read-only, damaged or missing index, --runs a file, damaged files, stale temp files, `latest`."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 import torch
 
 from convladder.errors import UserError
+from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
 from convladder.train.loop import PAUSE_ENV, resume, train
+from convladder.train.models import create_model
 from convladder.train.progress import Progress
-from convladder.train.store import RunStore
 
 TINY = ("c1[conv3x3(8, bias=false) relu bn dropout(0.1)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
         "c2[conv3x3(16, bias=false) relu bn dropout(0.1)] out[gap conv1x1(10, bias=false) logsoftmax]")
@@ -42,10 +44,10 @@ def test_round_trip(tmp_path):
     row = store.get(rid)
     assert row.params == result.params and row.final_test_acc == result.final["test_acc"]
     for which in ("final", "best"):
-        model = store.load_model(rid, which)
+        model = create_model(store.root / rid, which=which)
         assert sum(p.numel() for p in model.parameters()) == result.params
     x = torch.randn(4, 1, 28, 28)
-    assert store.load_model(rid).logits(x).shape == (4, 10)
+    assert create_model(store.root / rid).logits(x).shape == (4, 10)
     with pytest.raises(UserError, match="no run"):
         store.get("nope")
 
@@ -55,7 +57,7 @@ def test_unreadable_checkpoints_are_user_errors(tmp_path):
     rid = train(TrainConfig(**{**CONFIG, "epochs": 1}), store).run_id
     (tmp_path / rid / "model.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot be read"):
-        store.load_model(rid)
+        create_model(store.root / rid)
     (tmp_path / rid / "resume.pt").write_bytes(b"garbage")
     with pytest.raises(UserError, match="cannot be read"):
         store.handle(rid).load_resume()
@@ -92,7 +94,7 @@ SCRIPT = """
 import sys
 from convladder.train.config import TrainConfig
 from convladder.train.loop import train
-from convladder.train.store import RunStore
+from convladder.runs.store import RunStore
 train(TrainConfig(**{config!r}), RunStore(sys.argv[1]))
 """
 
@@ -142,7 +144,7 @@ def test_two_processes_at_once_get_distinct_runs_and_an_intact_index(tmp_path):
 
 
 def test_many_concurrent_creates_never_collide(tmp_path):
-    code = ("import sys\nfrom convladder.train.store import RunStore\ns = RunStore(sys.argv[1])\n"
+    code = ("import sys\nfrom convladder.runs.store import RunStore\ns = RunStore(sys.argv[1])\n"
             "for i in range(10): s.create_run({'model': 'm', 'seed': i})\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE) for _ in range(2)]
     for p in procs:
@@ -151,3 +153,224 @@ def test_many_concurrent_creates_never_collide(tmp_path):
     runs = RunStore(tmp_path).list_runs()
     assert len(runs) == 20 and len({r.id for r in runs}) == 20
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 20
+
+
+# -- issue 13: the store under bad conditions ---------------------------------------------------------------
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from convladder.cli import build_app
+
+    res = CliRunner().invoke(build_app(), list(args))
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        from convladder.errors import UserError as UE
+
+        assert isinstance(res.exception, UE), repr(res.exception)  # never a traceback
+        return 2, res.stdout, str(res.exception)
+    return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory) -> Path:
+    """A store with one trained run (1 epoch, synthetic data); tests copy it before changing anything."""
+    root = tmp_path_factory.mktemp("one-run")
+    train(TrainConfig(**{**CONFIG, "epochs": 1, "name": "first"}), RunStore(root))
+    return root
+
+
+@pytest.fixture
+def store_copy(one_run, tmp_path) -> RunStore:
+    import shutil
+
+    shutil.copytree(one_run, tmp_path / "runs")
+    return RunStore(tmp_path / "runs")
+
+
+def _run_id(store: RunStore) -> str:
+    (folder,) = store.run_folders()
+    return folder.name
+
+
+READ_ONLY_SCRIPT = """
+import json, sys
+from typer.testing import CliRunner
+from convladder.cli import build_app
+root, rid, npy, out = sys.argv[1:5]
+done = {}
+for name, args in {"list": ["runs", "list"], "show": ["runs", "show", "latest"],
+                   "predict": ["predict", rid, npy, "--json"],
+                   "export": ["export", rid, "--no-check", "-o", out]}.items():
+    res = CliRunner().invoke(build_app(), [*args, "--runs", root])
+    done[name] = [res.exit_code, res.stdout[-3000:], res.stderr[-3000:], repr(res.exception)]
+print(json.dumps(done))
+"""
+
+
+def test_read_only_store_can_be_read(store_copy, tmp_path):
+    """chmod -w on the folder and files: list, show, predict and export work (WAL cannot make its -shm)."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    pytest.importorskip("onnx")
+    rid = _run_id(store_copy)
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    before = sorted((p.name, p.stat().st_size) for p in store_copy.root.rglob("*"))
+    paths = [store_copy.root, *store_copy.root.rglob("*")]
+    for p in paths:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    cmd = [sys.executable, "-c", READ_ONLY_SCRIPT, str(store_copy.root), rid, str(tmp_path / "x.npy"),
+           str(tmp_path / "x.onnx")]
+    if os.geteuid() == 0:  # root ignores file modes: drop the capability that lets it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot make a store read-only")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        for p in paths:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (code, out, err, exc) in done.items():
+        assert code == 0, (name, out, err, exc)
+    assert rid in done["list"][1] and rid in done["show"][1] and "completed" in done["list"][1]
+    assert len(json.loads(done["predict"][1])["images"]) == 2
+    assert (tmp_path / "x.onnx").stat().st_size > 0
+    assert sorted((p.name, p.stat().st_size) for p in store_copy.root.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("damage", ["garbage", "zero-bytes", "deleted"])
+def test_damaged_index_is_rebuilt_from_the_folders(store_copy, damage, capsys):
+    rid = _run_id(store_copy)
+    db = store_copy.db_path
+    if damage == "garbage":
+        db.write_bytes(os.urandom(4096))
+    elif damage == "zero-bytes":
+        db.write_bytes(b"")
+    else:
+        db.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    (record,) = RunStore(store_copy.root).list_runs()
+    assert record.id == rid and record.status == "completed" and record.name == "first"
+    assert record.final_test_acc == RunStore(store_copy.root).read_result(rid)["final"]["test_acc"]
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1 and ": rebuilt" in err and len(err.strip().splitlines()) == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_new_run_with_a_damaged_index_leaves_no_orphan(store_copy):
+    store_copy.db_path.write_bytes(b"not a database at all" * 100)
+    handle = store_copy.create_run({"model": "m", "seed": 1})  # what train does once its data and model are ready
+    ids = {r.id for r in store_copy.list_runs()}
+    assert ids == {f.name for f in store_copy.run_folders()} and handle.id in ids and len(ids) == 2
+
+
+def test_runs_reindex_command(store_copy):
+    rid = _run_id(store_copy)
+    with sqlite3.connect(store_copy.db_path) as conn:
+        conn.execute("DELETE FROM runs")
+    conn.close()
+    code, out, _ = _cli("runs", "reindex", "--runs", str(store_copy.root))
+    assert code == 0 and "indexed 1 run" in out
+    assert [r.id for r in store_copy.list_runs()] == [rid]
+
+
+def test_runs_pointing_at_a_file_is_one_clear_error(tmp_path, monkeypatch):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    code, _, err = _cli("runs", "list", "--runs", str(target))
+    assert code == 2 and "is a file, not a folder" in err
+
+    def no_data(*_a, **_k):
+        raise AssertionError("train loaded data before checking --runs")
+
+    monkeypatch.setattr("convladder.train.loop.load_splits", no_data)
+    code, _, err = _cli("train", "--model", TINY, "--dataset", "synthetic", "--epochs", "1", "--runs", str(target))
+    assert code == 2 and "is a file, not a folder" in err and target.read_text() == "x"
+
+
+def test_config_of_the_wrong_type_is_one_clear_message(store_copy, tmp_path):
+    import numpy as np
+
+    rid = _run_id(store_copy)
+    (store_copy.root / rid / "config.json").write_text("[1, 2, 3]")
+    np.save(tmp_path / "x.npy", np.zeros((1, 28, 28), np.uint8))
+    runs = ["--runs", str(store_copy.root)]
+    for args in (["runs", "show", rid], ["predict", rid, str(tmp_path / "x.npy")],
+                 ["export", rid, "--no-check", "-o", str(tmp_path / "x.onnx")], ["serve", rid, "--port", "0"]):
+        if args[0] == "export":
+            pytest.importorskip("onnx")
+        code, _, err = _cli(*args, *runs)
+        assert code == 2 and "config.json holds a JSON list" in err, (args, err)
+    (store_copy.root / rid / "config.json").write_text('{"model": "m", "seed": [1]}')
+    code, _, err = _cli("runs", "show", rid, *runs)
+    assert code == 2 and "'seed' is [1]" in err and "should be an integer" in err
+
+
+def test_damaged_resume_falls_back_to_the_last_epoch(tmp_path, capsys):
+    store = RunStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**CONFIG), store, StopAfter(2))
+    (stopped,) = store.list_runs(status="interrupted")
+    folder = store.root / stopped.id
+    (folder / "resume.pt").write_bytes(b"\x80\x02damaged")
+    capsys.readouterr()
+    resumed = resume(stopped.id, store)
+    assert resumed.status == "completed" and [r["epoch"] for r in store.read_metrics(stopped.id)] == [1, 2, 3]
+    err = capsys.readouterr().err
+    assert "resume.pt of run" in err and "continuing from epoch 1's weights" in err and "momentum" in err
+    # nothing left to continue from: say exactly what is lost
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**CONFIG), store, StopAfter(2))
+    (stopped,) = store.list_runs(status="interrupted")
+    (store.root / stopped.id / "resume.pt").write_bytes(b"damaged")
+    (store.root / stopped.id / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="cannot be read.*model.safetensors does not exist.*start a new run"):
+        resume(stopped.id, store)
+
+
+def test_stale_temp_files_are_cleaned_and_empty_ids_match_nothing(store_copy):
+    rid = _run_id(store_copy)
+    folder = store_copy.root / rid
+    old, fresh = folder / ".metrics.jsonl.abc123.part", folder / ".model.safetensors.def456.part"
+    for p in (old, fresh):
+        p.write_bytes(b"half")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    store = RunStore(store_copy.root)
+    assert [r.id for r in store.list_runs()] == [rid]
+    assert not old.exists() and fresh.exists()  # a writer may still be busy with the fresh one
+    for ref in ("", "  "):
+        with pytest.raises(UserError, match="empty run id matches no run"):
+            store.get(ref)
+    code, _, err = _cli("runs", "show", "", "--runs", str(store.root))
+    assert code == 2 and "empty run id" in err
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path):
+    code, _, err = _cli("report", "/etc", "--runs", str(tmp_path), "-o", str(tmp_path / "r.html"))
+    assert code == 2 and "/etc is a folder but not a run folder" in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_latest_says_which_run_and_can_be_scoped(tmp_path, capsys):
+    store = RunStore(tmp_path)
+    a = store.create_run({"model": "tiny8k", "name": "mine", "seed": 1, "tags": ["keep"]})
+    time.sleep(1.1)  # `created` has whole seconds
+    b = store.create_run({"model": "eip4-s2-step3", "seed": 1, "tags": ["ladder:eip4-s2"]})
+    capsys.readouterr()
+    assert store.get("latest").id == b.id
+    line = capsys.readouterr().err.strip()
+    assert line.count("\n") == 0 and b.id in line and "model eip4-s2-step3" in line and "created 20" in line
+    for scope in ("tiny8k", "mine", "keep"):
+        assert store.get(f"latest:{scope}").id == a.id
+    assert store.get("latest:ladder:eip4-s2").id == b.id
+    with pytest.raises(UserError, match="no run of model, name or tag 'nope'"):
+        store.get("latest:nope")
+    code, out, err = _cli("runs", "show", "latest:tiny8k", "--runs", str(tmp_path))
+    assert f"latest:tiny8k = run {a.id} (name mine, model tiny8k, created" in err

@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 
 from convladder.cli import build_app
 from convladder.errors import UserError
+from convladder.runs.store import RunStore
 from convladder.train.augment import AugmentParams, augment
 from convladder.train.config import TrainConfig, build_config, parse_overrides
 from convladder.train.loop import TrainingDiverged, train
+from convladder.train.models import create_model
 from convladder.train.result import potential, seed_stats, verdict
-from convladder.train.store import RunStore
 
 TINY = ("c1[conv3x3(8, bias=false) relu bn dropout(0.05)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
         "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
@@ -169,7 +170,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     run = store.list_runs()[0]
     assert run.status == "failed" and exc.value.result.epochs_done == 1
     assert json.loads((tmp_path / run.id / "result.json").read_text())["status"] == "failed"
-    model = store.load_model(run.id)  # epoch 1 weights, all finite
+    model = create_model(store.root / run.id)  # epoch 1 weights, all finite
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
     assert len(store.read_metrics(run.id)) == 1
 
@@ -227,3 +228,31 @@ def test_default_threads_leave_busy_cores_alone(monkeypatch):
         assert loop.default_threads() == expected, busy
     loop.default_threads.cache_clear()
     assert loop._busy_cores(0.05) is not None  # /proc/stat here; the load average elsewhere
+
+
+def test_shift_images_moves_pixels_and_fills_the_border_with_black():
+    from convladder.train.augment import shift_images
+
+    x = torch.arange(1, 17, dtype=torch.uint8).reshape(1, 4, 4)
+    right = shift_images(x, 1, 0)
+    assert right[0, :, 0].tolist() == [0, 0, 0, 0] and right[0, :, 1:].tolist() == x[0, :, :3].tolist()
+    up = shift_images(x, 0, -2)
+    assert up[0, :2].tolist() == x[0, 2:].tolist() and up[0, 2:].sum() == 0
+    assert shift_images(x, 4, 0).sum() == 0 and torch.equal(shift_images(x, 0, 0), x)
+    assert shift_images(x.unsqueeze(1), -1, 1).shape == (1, 1, 4, 4)
+
+
+def test_shift_eval_records_test_accuracy_per_shift_and_the_ladder_shows_it(tmp_path):
+    """shift_eval=N: result.json holds the final model's test accuracy at 0..N pixels; 0 equals the final test."""
+    store = RunStore(tmp_path)
+    result = train(tiny_config(epochs=2, augment=False, shift_eval=3), store)
+    shifted = result.shifted_test
+    assert list(shifted) == ["0", "1", "2", "3"]
+    assert shifted["0"] == pytest.approx(result.final["test_acc"])
+    assert shifted["3"] < shifted["0"]  # the synthetic digits are not where training saw them: accuracy falls
+    saved = json.loads((tmp_path / result.run_id / "result.json").read_text())
+    assert saved["shifted_test"] == shifted
+    assert "images shifted" in str(result) and "3 px" in str(result)
+    assert train(tiny_config(epochs=1), None).shifted_test is None  # off by default
+    with pytest.raises(UserError, match="shift_eval"):
+        train(tiny_config(shift_eval=20), None)

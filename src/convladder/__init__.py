@@ -56,7 +56,7 @@ def _train(model_or_spec: Any = "tiny8k", /, *, runs: str | Path | bool | None =
     from convladder.train.models import handing_over
     from convladder.train.progress import Progress, resolve_progress
     from convladder.train.result import SeedResults
-    from convladder.train.store import RunStore
+    from convladder.runs.store import RunStore
 
     if "model" in config_keys:
         raise UserError("give the network as the first argument of convladder.train, not as model=")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from convladder.analysis.table import LayerRow, NetworkTable
 
-OUTPUT_KINDS = {"softmax", "logsoftmax"}
 WEIGHT_KINDS = ("conv", "fc")
 
 

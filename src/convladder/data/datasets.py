@@ -64,10 +64,27 @@ def cache_dir(name: str) -> Path:
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
+    """meta.json as a dict; anything unreadable or not an object counts as absent (it is rewritten)."""
     try:
-        return json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _meta_stats(meta: dict[str, Any]) -> tuple[float, float] | None:
+    """The recorded (mean, std) when both are finite numbers, else None (recomputed)."""
+    mean, std = meta.get("mean"), meta.get("std")
+    if isinstance(mean, (int, float)) and isinstance(std, (int, float)) and np.isfinite([mean, std]).all():
+        return float(mean), float(std)
+    return None
+
+
+def refetch_hint(name: str) -> str:
+    """What to do about a bad cached file of `name` (the end of error messages)."""
+    if name in catalog.PINNED_SHA256:
+        return f"run `convladder data fetch {name}` to replace the cached copy"
+    return f"import it again with `convladder data fetch {name} --from FOLDER_OR_NPZ`"
 
 
 def _splits(name: str, arrays: dict[str, np.ndarray], mean: float, std: float) -> DataSplits:
@@ -94,14 +111,16 @@ def read_cache(name: str) -> tuple[DataSplits, dict[str, Any]]:
     folder = cache_dir(name)
     if not folder.is_dir():
         raise SourceUnavailable("missing")
-    fetched = sources.from_folder(folder)  # SourceUnavailable if files are missing
+    fetched = sources.from_folder(folder, hint=refetch_hint(name))  # SourceUnavailable if files are missing
     arrays, hashes = _validated(name, fetched)
     meta = _read_meta(folder)
-    if meta.get("sha256") == hashes and "mean" in meta:
-        mean, std = float(meta["mean"]), float(meta["std"])
+    stats = _meta_stats(meta)
+    if meta.get("sha256") == hashes and stats is not None:
+        mean, std = stats
     else:  # placed by hand or older cache: compute once and remember (best effort)
         mean, std = pixel_stats(arrays["x_train"])
-        meta = _write_meta(folder, name, arrays, hashes, mean, std, meta.get("source", "placed by hand"))
+        source = meta.get("source") if isinstance(meta.get("source"), str) else "placed by hand"
+        meta = _write_meta(folder, name, arrays, hashes, mean, std, source)
     return _splits(name, arrays, mean, std), meta
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from convladder.data import catalog
-from convladder.data.idx import read_idx
+from convladder.data.idx import DEFAULT_HINT, read_idx
+from convladder.data.npy import check_npz_member
 from convladder.data.unpickle import pickle_to_arrays, restricted_load
 from convladder.errors import UserError
 
@@ -61,10 +62,10 @@ def find_idx_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def from_folder(folder: Path) -> Fetched:
-    """Read the four IDX files from a folder (IDX errors raise UserError naming the file)."""
+def from_folder(folder: Path, *, hint: str = DEFAULT_HINT) -> Fetched:
+    """Read the four IDX files from a folder (IDX errors raise UserError naming the file, ending with `hint`)."""
     files = find_idx_files(Path(folder))
-    arrays = {key: read_idx(path) for key, path in files.items()}
+    arrays = {key: read_idx(path, hint=hint) for key, path in files.items()}
     gz = {k: p for k, p in files.items() if p.name.endswith(".gz")}
     return Fetched(arrays, {k: str(p) for k, p in files.items()}, gz if len(gz) == 4 else {})
 
@@ -79,6 +80,8 @@ def from_npz(path: Path) -> Fetched:
                     f"{path}: missing arrays {', '.join(missing)} (has {', '.join(npz.files) or 'none'}) — "
                     "the .npz needs x_train, y_train, x_test, y_test"
                 )
+            for k in catalog.KEYS:  # headers first: a member declaring gigabytes is refused before allocation
+                check_npz_member(npz, k, f"{path}[{k}]")
             arrays = {k: npz[k] for k in catalog.KEYS}
     except UserError:
         raise

@@ -9,6 +9,7 @@ executor runs them one after another. Other executors (Ray) live beside this mod
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 import traceback
@@ -57,7 +58,7 @@ def make_job(config: dict[str, Any], label: str = "", tags: Iterable[str] = (), 
 
 def find_completed(runs_root: str | Path, key: str) -> str | None:
     """The id of a completed run of job `key` in the store, or None."""
-    from convladder.train.store import RunStore
+    from convladder.runs.store import RunStore
 
     runs = RunStore(runs_root).list_runs(tag=f"{JOB_TAG}{key}", status="completed")
     return runs[0].id if runs else None
@@ -76,7 +77,7 @@ def run_job(job: Job, runs_root: str | Path) -> dict[str, Any]:
             return {**base, **_summary(runs_root, done), "status": "skipped", "error": None, "wall_time_s": 0.0}
         from convladder.train.config import TrainConfig
         from convladder.train.loop import train
-        from convladder.train.store import RunStore
+        from convladder.runs.store import RunStore
 
         result = train(TrainConfig.from_dict(job.config), store=RunStore(runs_root))
         out = {**base, "run_id": result.run_id, "status": result.status, "error": None,
@@ -100,7 +101,7 @@ def job_line(res: dict[str, Any]) -> str:
 
 
 def _summary(runs_root: str | Path, run_id: str) -> dict[str, Any]:
-    from convladder.train.store import RunStore
+    from convladder.runs.store import RunStore
 
     rec = RunStore(runs_root).get(run_id)
     return {"run_id": rec.id, "final_test_acc": rec.final_test_acc, "params": rec.params}
@@ -109,7 +110,7 @@ def _summary(runs_root: str | Path, run_id: str) -> dict[str, Any]:
 def _failed_run_id(runs_root: str | Path, key: str) -> str | None:
     """The run folder a crashed job left (if it got that far), so the failure can be inspected."""
     try:
-        from convladder.train.store import RunStore
+        from convladder.runs.store import RunStore
 
         runs = RunStore(runs_root).list_runs(tag=f"{JOB_TAG}{key}")
         return runs[0].id if runs else None
@@ -138,20 +139,20 @@ class InProcessExecutor:
         return results
 
 
-EXECUTORS: dict[str, Callable[[], Executor]] = {"inprocess": InProcessExecutor}
+EXECUTORS: dict[str, Callable[..., Executor]] = {"inprocess": InProcessExecutor}  # ray_executor adds "ray"
 
 
-def get_executor(name: str) -> Executor:
-    """An executor by name ('inprocess', or others registered in EXECUTORS by their modules)."""
+def make_executor(name: str = "inprocess", ray_address: str | None = None, cpus_per_trial: float = 1.0,
+                  gpus_per_trial: float = 0.0) -> Executor:
+    """An executor by name with its options; Ray options without `ray` are an error, not ignored."""
     from convladder.errors import UserError
 
+    if name == "ray" and name not in EXECUTORS:
+        importlib.import_module("convladder.executors.ray_executor")  # registers EXECUTORS["ray"]; Ray loads lazily
     if name not in EXECUTORS:
-        try:  # the Ray executor registers itself on import, if installed
-            import importlib
-
-            importlib.import_module(f"convladder.executors.{name}_executor")
-        except ImportError:
-            pass
-    if name not in EXECUTORS:
-        raise UserError(f"unknown executor {name!r}; known: {', '.join(sorted(EXECUTORS))}")
-    return EXECUTORS[name]()
+        raise UserError(f"unknown executor {name!r}: use {' or '.join(sorted(set(EXECUTORS) | {'ray'}))}")
+    if name == "inprocess":
+        if ray_address or gpus_per_trial:
+            raise UserError("--ray-address/--gpus-per-trial need --executor ray")
+        return InProcessExecutor()
+    return EXECUTORS[name](address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)

@@ -1,7 +1,6 @@
-"""CLI: `convladder sweep FILE` and `convladder lr-find`.
+"""CLI: `convladder sweep FILE`, `convladder frontier [FILE]` and `convladder lr-find`.
 
-The executor options (`--executor`, `--ray-address`, `--cpus-per-trial`, `--gpus-per-trial`) and
-`make_executor` are shared: other commands that run jobs (ladder, seeds) can import them from here.
+The executor options are declared once in executors/options.py; `make_executor` is executors/base.py's.
 """
 
 from __future__ import annotations
@@ -13,17 +12,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-import convladder.executors.ray_executor  # noqa: F401 - registers EXECUTORS["ray"] (Ray itself loads lazily)
 from convladder.errors import UserError
+from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, RayAddressOpt
+from convladder.runs.commands import RunsOpt
+from convladder.train.commands import reject_stray_args, with_config_options
 
 Opt = typer.Option
-
-ExecutorOpt = Annotated[str, Opt("--executor", help="inprocess (default) or ray")]
-RayAddressOpt = Annotated[Optional[str], Opt("--ray-address", help="join a Ray cluster: auto or ray://host:port "
-                                                                     "(default: start a local Ray)")]
-CpusOpt = Annotated[float, Opt("--cpus-per-trial", help="CPUs per trial on Ray (also its torch threads)")]
-GpusOpt = Annotated[float, Opt("--gpus-per-trial", help="GPU share per trial on Ray, e.g. 0.25 = 4 trials per GPU")]
-RunsOpt = Annotated[Optional[Path], Opt("--runs", help="run store folder (default $CONVLADDER_RUNS or ./runs)")]
+LR_FIND_KEYS = ("model", "model_args", "dataset", "subset", "batch_size", "optimizer", "seed", "device")
 
 
 def register(app: typer.Typer) -> None:
@@ -31,24 +26,11 @@ def register(app: typer.Typer) -> None:
     app.command("sweep", help="Run a hyperparameter sweep from a YAML file; rank trials by min-over-seeds accuracy.")(
         sweep_command)
     app.command("lr-find", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                help="LR range test: ramp the lr over mini-batches and suggest one (weights are left unchanged).")(
-        lr_find_command)
-
-
-def make_executor(name: str = "inprocess", ray_address: str | None = None, cpus_per_trial: float = 1.0,
-                  gpus_per_trial: float = 0.0):
-    """An executor from the CLI options; Ray options without --executor ray are an error, not ignored."""
-    from convladder.executors.base import InProcessExecutor
-
-    if name == "inprocess":
-        if ray_address or gpus_per_trial:
-            raise UserError("--ray-address/--gpus-per-trial need --executor ray")
-        return InProcessExecutor()
-    if name == "ray":
-        from convladder.executors.ray_executor import RayExecutor
-
-        return RayExecutor(address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
-    raise UserError(f"unknown executor {name!r}: use inprocess or ray")
+                help="LR range test: ramp the lr over mini-batches and suggest one (weights are left unchanged); "
+                     "trailing key=value args override the config.")(
+        with_config_options(lr_find_command, LR_FIND_KEYS))
+    app.command("frontier", help="The frontier: the best network under each parameter budget, chosen on the "
+                                 "validation split, re-trained over seeds (docs/frontier.md).")(frontier_command)
 
 
 def sweep_command(
@@ -64,7 +46,7 @@ def sweep_command(
     quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
 ) -> None:
     """Expand the search space, reject over-budget networks, train the rest, print the ranked table."""
-    from convladder.executors.base import job_line
+    from convladder.executors.base import job_line, make_executor
     from convladder.executors.sweep import (SweepResult, format_table, load_sweep, make_trials, run_sweep,
                                             sweep_summary, write_summary)
     from convladder.paths import runs_dir
@@ -93,28 +75,32 @@ def sweep_command(
         raise typer.Exit(130)
     summary = sweep_summary(result)
     path = write_summary(summary, root)
+    c = summary["counts"]
     if json_out:
         typer.echo(json.dumps(summary, indent=1))
-        return
-    typer.echo(format_table(summary))
-    c = summary["counts"]
-    typer.echo(f"\n{c['completed']} completed, " + (f"{c['stopped']} stopped early, " if c["stopped"] else "")
-               + f"{c['failed']} failed, {c['rejected']} over budget; "
-               f"{summary['wall_time_s']:.1f}s on {summary['executor']}; summary: {path}\n"
-               f"report with the isolation plot: convladder report sweep:{summary['name']} --runs {root}")
+    else:
+        typer.echo(format_table(summary))
+        typer.echo(f"\n{c['completed']} completed, " + (f"{c['stopped']} stopped early, " if c["stopped"] else "")
+                   + f"{c['failed']} failed, {c['rejected']} over budget; "
+                   f"{summary['wall_time_s']:.1f}s on {summary['executor']}; summary: {path}\n"
+                   f"report with the isolation plot: convladder report sweep:{summary['name']} --runs {root}")
+    _exit_on_failures(c)
+
+
+def _exit_on_failures(counts: dict[str, int]) -> None:
+    """Exit 1 when no trial trained (every one failed or was over budget); say so on stderr when some failed."""
+    tried = sum(counts.values())
+    if counts["failed"] and not counts["completed"] and not counts["stopped"]:
+        typer.secho(f"error: every trial failed or was rejected ({counts['failed']} failed, {counts['rejected']} over "
+                    "budget): see the errors above", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    if counts["failed"]:
+        typer.secho(f"warning: {counts['failed']} of {tried} trial(s) failed; the ranking holds the others",
+                    err=True, fg=typer.colors.YELLOW)
 
 
 def lr_find_command(
     ctx: typer.Context,
-    model: Annotated[Optional[str], Opt("--model", "-m", help="registered name, spec file, spec text, or "
-                                        "path/to/file.py:ClassName (imports that file)")] = None,
-    model_args: Annotated[Optional[str], Opt("--model-args", help="JSON constructor arguments of your class")] = None,
-    dataset: Annotated[Optional[str], Opt(help="mnist (default), fashion-mnist or synthetic")] = None,
-    subset: Annotated[Optional[int], Opt(help="use only the first N training images")] = None,
-    batch_size: Annotated[Optional[int], Opt()] = None,
-    optimizer: Annotated[Optional[str], Opt(help="sgd, adam, adamw, adadelta")] = None,
-    seed: Annotated[Optional[int], Opt()] = None,
-    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, mps")] = None,
     min_lr: Annotated[float, Opt("--min", help="first lr of the ramp")] = 1e-5,
     max_lr: Annotated[float, Opt("--max", help="last lr of the ramp")] = 1.0,
     steps: Annotated[int, Opt("--steps", help="mini-batches (one lr each)")] = 100,
@@ -123,19 +109,14 @@ def lr_find_command(
                                                               "(default <runs>/lrfind/<time>)")] = None,
     runs: RunsOpt = None,
     json_out: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
+    **options: Any,
 ) -> None:
     """Ramp the lr from --min to --max over --steps mini-batches; print the curve and the suggestions."""
-    from convladder.executors.lrfind import format_result, suggest_lr, write_result
     from convladder.paths import runs_dir
     from convladder.train.config import build_config
+    from convladder.train.lrfind import format_result, suggest_lr, write_result
 
-    extra = list(ctx.args)
-    bad = [a for a in extra if "=" not in a]
-    if bad:
-        raise UserError(f"unexpected argument(s) {' '.join(bad)}: options start with --, overrides look like key=value")
-    options = {"model": model, "model_args": model_args, "dataset": dataset, "subset": subset, "batch_size": batch_size,
-               "optimizer": optimizer, "seed": seed, "device": device}
-    cfg = build_config(config, options, extra)
+    cfg = build_config(config, options, reject_stray_args(ctx))
     res = suggest_lr(cfg, min_lr=min_lr, max_lr=max_lr, steps=steps)
     target = out or (Path(runs).expanduser() if runs else runs_dir()) / "lrfind" / time.strftime("%Y%m%d-%H%M%S")
     json_path, csv_path = write_result(res, target)
@@ -144,3 +125,65 @@ def lr_find_command(
         return
     typer.echo(format_result(res))
     typer.echo(f"curve: {json_path} and {csv_path}")
+
+
+def frontier_command(
+    file: Annotated[Optional[Path], typer.Argument(help="frontier YAML (format: docs/frontier.md); "
+                                                        "without it, the default space")] = None,
+    budgets: Annotated[Optional[str], Opt("--budgets", help="parameter budgets, e.g. 2k,5k,8k (overrides the file)")] = None,
+    seeds: Annotated[Optional[int], Opt("--seeds", help="re-train seeds of each budget's winner (default 5)")] = None,
+    trials: Annotated[Optional[int], Opt("--trials", help="architectures searched per budget")] = None,
+    epochs: Annotated[Optional[str], Opt("--epochs", help="epoch values searched, e.g. 10,15")] = None,
+    dataset: Annotated[Optional[str], Opt("--dataset", help="data set (overrides base: dataset)")] = None,
+    executor: ExecutorOpt = "inprocess",
+    ray_address: RayAddressOpt = None,
+    cpus_per_trial: CpusOpt = 1.0,
+    gpus_per_trial: GpusOpt = 0.0,
+    runs: RunsOpt = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help="list each budget's candidate networks; train nothing")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
+) -> None:
+    """Search each budget, select on validation, re-train the winners over seeds, print the frontier table."""
+    from convladder.executors.base import job_line, make_executor
+    from convladder.executors.frontier import candidates, format_table, load_frontier, run_frontier, write_summary
+    from convladder.paths import runs_dir
+
+    for flag, value in (("--seeds", seeds), ("--trials", trials)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1 (got {value})")
+    spec = load_frontier(file, budgets=budgets, seeds=seeds, trials=trials, epochs=epochs, dataset=dataset)
+    root = Path(runs).expanduser() if runs else runs_dir()
+    if dry_run:
+        for budget in spec.budgets:
+            cands, stats = candidates(spec, budget)
+            typer.echo(f"budget {budget:,}: {stats['in_budget']} of {stats['generated']} networks fit, "
+                       f"{stats['near']} within {spec.near:.0%} of it; trying {len(cands)}")
+            for c in cands:
+                typer.echo(f"  {c.params:>7,}  {c.text}")
+            for r in stats["rejected"]:
+                typer.echo(f"  rejected {r['model']}: {r['reason']}")
+        return
+    ex = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
+    t0 = time.perf_counter()
+    path: list[Path] = []
+
+    def progress(res: dict[str, Any]) -> None:
+        if not quiet:
+            typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {job_line(res)}")
+
+    def save(summary: dict[str, Any]) -> None:  # after each budget: an interrupted frontier keeps what it measured
+        path[:] = [write_summary(summary, root, path[0] if path else None)]
+
+    try:
+        summary = run_frontier(spec, root, ex, on_done=progress, on_budget=save)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: finished runs are in the store; rerunning the frontier skips them",
+                    err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(130)
+    save(summary)
+    typer.echo(format_table(summary))
+    typer.echo(f"\n{summary['wall_time_s']:.1f}s on {summary['executor']}; summary: {path[0]}\n"
+               f"report with the frontier figure: convladder report frontier:{summary['name']} --runs {root}")
+    if not any(b["final"] and b["final"]["test_acc"] for b in summary["budgets"]):
+        typer.secho("error: no budget has a measured winner: see the notes above", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)

@@ -3,7 +3,7 @@
 Why the driver writes: workers may be on other machines with no access to the driver's run store, and SQLite
 over a network file system is unsafe. So a worker trains into a private temporary store, packs the run
 folder(s) it produced (every file's bytes plus the index row) and returns them; the driver imports each run
-into the real store with `import_run`, which gives a folder identical in layout to an in-process run
+into the real store with `convladder.runs.pack.import_run`, which gives a folder identical in layout to an in-process run
 (config.json, env.json, metrics.jsonl, result.json, model/best.safetensors, resume.pt). Only the run id
 differs from the worker's temporary one (the driver's store picks it, so ids stay unique), and env.json says
 where the run really ran (the worker's hostname and device).
@@ -13,26 +13,24 @@ Ray is imported lazily, inside functions, so `convladder` works without it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from convladder.errors import UserError
 from convladder.executors.base import EXECUTORS, Job, OnDone, find_completed, run_job
+from convladder.runs.pack import RunBundle, import_run, pack_runs
 
 INSTALL_HINT = "Ray is not installed: pip install 'convladder[ray]' (or use --executor inprocess)"
 CONNECT_TIMEOUT_S = 10.0  # how long to wait for a cluster's address before saying it is unreachable
 JOIN_TIMEOUT_S = 45.0  # ray.init against something that accepts TCP but is not Ray retries for minutes
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-RunBundle = dict[str, Any]  # {"record": RunRecord as dict, "files": {name: bytes}}
 
 
 def import_ray():
@@ -61,45 +59,6 @@ def run_job_packed(job: Job, threads: int = 0) -> tuple[dict[str, Any], list[Run
         return result, pack_runs(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def pack_runs(root: str | Path) -> list[RunBundle]:
-    """Every run in the store at `root`: its index row and the bytes of each file in its folder."""
-    from convladder.train.store import RunStore
-
-    bundles = []
-    for record in RunStore(root).list_runs():
-        folder = Path(root) / record.id
-        files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
-                 if p.is_file() and not p.name.startswith(".")}  # dot files are unfinished atomic writes
-        bundles.append({"record": asdict(record), "files": files})
-    return bundles
-
-
-# -- driver side --------------------------------------------------------------------------------------------
-def import_run(runs_root: str | Path, bundle: RunBundle) -> str:
-    """Write a packed run into the store at `runs_root` (new run id, same files and row); return the new id.
-
-    Built on RunStore's public API: `create_run` makes the folder and row, then each file is written
-    atomically and the row gets the worker's status and numbers. result.json names the run, so the old
-    id in it is replaced by the new one.
-    """
-    from convladder.train.store import RunStore, atomic_write_bytes
-
-    record, files = bundle["record"], bundle["files"]
-    config = json.loads(files["config.json"]) if "config.json" in files else {}
-    store = RunStore(runs_root)
-    handle = store.create_run(config, None, params=record.get("params"))
-    old, new = record["id"], handle.id
-    # config/metrics/weights first, result.json last: a reader that sees result.json sees a finished run
-    for name in sorted(files, key=lambda n: n == "result.json"):
-        data = files[name]
-        if name == "result.json":
-            data = data.decode().replace(old, new).encode()
-        atomic_write_bytes(handle.path / name, data)
-    handle.update(status=record["status"], created=record["created"], final_test_acc=record.get("final_test_acc"),
-                  best_val_acc=record.get("best_val_acc"), best_epoch=record.get("best_epoch"))
-    return new
 
 
 class RayExecutor:

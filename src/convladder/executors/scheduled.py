@@ -8,7 +8,7 @@ grace_period x reduction_factor, ...) and stops the weak ones. The test set neve
 Runs reach the driver's store the same way as with the plain Ray executor: the worker trains into a
 private temporary store; when Tune stops the trial (early or at the end) `cleanup()` closes the epoch
 generator (a stopped run gets status 'stopped' and a result.json), packs the run folder and hands it to a
-collector actor; the driver imports it (`ray_executor.import_run`). No shared file system is needed.
+collector actor; the driver imports it (`runs.pack.import_run`). No shared file system is needed.
 Tune and Ray are imported inside functions only.
 """
 
@@ -79,7 +79,7 @@ def _trainable_class():
         def setup(self, config: dict[str, Any], jobs: list[Job], collector: str, threads: int) -> None:
             from convladder.train.config import TrainConfig
             from convladder.train.loop import train_epochs
-            from convladder.train.store import RunStore
+            from convladder.runs.store import RunStore
 
             if threads > 0:
                 import torch
@@ -121,7 +121,7 @@ def _trainable_class():
                     "train_acc": self.last.get("train_acc", float("nan"))}
 
         def cleanup(self) -> None:
-            from convladder.executors.ray_executor import pack_runs
+            from convladder.runs.pack import pack_runs
 
             status = "completed" if self.result is not None else "failed" if self.error else "stopped"
             if status == "stopped":
@@ -180,7 +180,7 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from convladder.executors.ray_executor import import_run
+    from convladder.runs.pack import import_run
 
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     todo = []

@@ -30,7 +30,7 @@ import statistics
 import string
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +103,30 @@ def _key_lines(node: yaml.Node, path: tuple[str, ...] = (), out: dict | None = N
     return out
 
 
-def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
-    """Read and check a sweep file; raise UserError naming the key and line of anything wrong."""
+def read_yaml_mapping(path: str | Path, what: str, keys: str) -> tuple[Path, dict[str, Any], dict[tuple[str, ...], int]]:
+    """(path, mapping, line of each key path) of a YAML file; UserError naming the file (and line) otherwise.
+
+    `what` names the file kind in messages ('sweep file'), `keys` the top-level keys it expects.
+    """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"sweep file {p} does not exist")
+        raise UserError(f"{what} {p} does not exist — give a YAML file")
     text = p.read_text()
     try:
         lines = _key_lines(yaml.compose(text) or yaml.MappingNode("tag:yaml.org,2002:map", []))
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {p} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"{p}:{mark.line + 1 if mark else '?'}: {what} is not valid YAML "
+                        f"({getattr(exc, 'problem', None) or str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UserError(f"sweep file {p} must be a mapping (name:, model:, params:, ...)")
+        raise UserError(f"{what} {p} must be a mapping ({keys})")
+    return p, data, lines
+
+
+def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
+    """Read and check a sweep file; raise UserError naming the key and line of anything wrong."""
+    p, data, lines = read_yaml_mapping(path, "sweep file", "name:, model:, params:, ...")
     spec = parse_sweep(data, lambda *key: f"{p}:{lines.get(tuple(key), '?')}", default_name=p.stem)
     spec.path = str(p)
     # an own class (model: nets.py:Net) is found relative to the sweep file, wherever the sweep is started
@@ -279,7 +290,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def make_trials(spec: SweepSpec) -> list[Trial]:
     """Trials with their configs and parameter counts; over-budget or unbuildable ones are marked already."""
-    from convladder.train.config import TrainConfig, validate
+    from convladder.train.config import TrainConfig, val_images, validate
 
     holes = _placeholders(spec.model) if spec.model else set()
     trials = []
@@ -293,7 +304,7 @@ def make_trials(spec: SweepSpec) -> list[Trial]:
         try:
             tc = TrainConfig.from_dict(config)
             validate(tc)
-            trial.config = tc.to_dict()
+            trial.config = tc.replace(val_size=val_images(tc)).to_dict()  # the split the run really uses
             trial.params = _param_count(tc)
         except Exception as exc:  # noqa: BLE001 - a bad point (spec error, invalid value) fails alone
             trial.status, trial.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -409,7 +420,7 @@ def sweep_summary(result: SweepResult) -> dict[str, Any]:
 
 def write_summary(summary: dict[str, Any], runs_root: str | Path) -> Path:
     """Save the summary as <runs>/sweeps/<name>-<time>.json (the report reads it from there)."""
-    from convladder.train.store import atomic_write_json
+    from convladder.runs.handle import atomic_write_json
 
     folder = Path(runs_root) / "sweeps"
     folder.mkdir(parents=True, exist_ok=True)
@@ -448,7 +459,3 @@ def _short(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 0.01 or abs(v) >= 1000 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
     return str(v)
-
-
-def trial_dicts(trials: list[Trial]) -> list[dict[str, Any]]:
-    return [asdict(t) for t in trials]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 import typer
+
+from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, RayAddressOpt
+from convladder.runs.commands import RunsOpt
+from convladder.train.commands import DataAliasOpt, dataset_alias, with_config_options
 
 ladder_app = typer.Typer(help="Ladders: a base network and ordered one-change steps, run and compared.",
                          no_args_is_help=True)
@@ -14,7 +18,7 @@ LADDER_ARG = typer.Argument(..., help="built-in ladder name (see `ladder list`) 
 
 
 def _store(runs: Optional[str]):
-    from convladder.train.store import RunStore
+    from convladder.runs.store import RunStore
 
     return RunStore(runs)
 
@@ -49,43 +53,54 @@ def check_cmd(ladder: str = LADDER_ARG) -> None:
     typer.echo(f"ok: {len(lad.steps)} steps, each changes one thing or says why")
 
 
-@ladder_app.command("run")
+# TrainConfig keys `ladder run` overrides for every step (options generated from the config, as in `train`)
+RUN_KEYS = ("epochs", "subset", "dataset", "device")
+
+
 def run_cmd(
     ladder: str = LADDER_ARG,
-    steps: Optional[str] = typer.Option(None, "--steps", help="e.g. 3-6 or 1,3,5 (default: all)"),
-    seeds: int = typer.Option(1, "--seeds", help="seeds per step"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="override every step's epochs"),
-    subset: Optional[int] = typer.Option(None, "--subset", help="use only the first N training images"),
-    data: Optional[str] = typer.Option(None, "--data", help="data set (mnist, fashion-mnist, synthetic)"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, mps"),
-    runs: Optional[str] = typer.Option(None, "--runs", help="run store (default ./runs or $CONVLADDER_RUNS)"),
-    executor: str = typer.Option("inprocess", "--executor", help="inprocess (default) or ray"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join a Ray cluster: auto or ray://host:port"),
-    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs per job on Ray"),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPU share per job on Ray, e.g. 0.25"),
+    steps: Annotated[Optional[str], typer.Option("--steps", help="e.g. 3-6 or 1,3,5 (default: all)")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="seeds per step")] = 1,
+    runs: RunsOpt = None,
+    executor: ExecutorOpt = "inprocess",
+    ray_address: RayAddressOpt = None,
+    cpus_per_trial: CpusOpt = 1.0,
+    gpus_per_trial: GpusOpt = 0.0,
+    data: DataAliasOpt = None,
+    **options: Any,
 ) -> None:
-    """Run every step x seed as an independent job; finished jobs are skipped (resumable)."""
-    from convladder.executors.commands import make_executor
+    """Run every step x seed as an independent job; finished jobs are skipped (resumable). --epochs, --subset,
+    --dataset and --device override every step's config."""
+    from convladder.executors.base import make_executor
     from convladder.ladder.ladder import load_ladder
     from convladder.ladder.run import run_ladder
 
     lad = load_ladder(ladder)
     store = _store(runs)
     runner = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
-    results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=runner, epochs=epochs,
-                         subset=subset, dataset=data, device=device)
+    options["dataset"] = dataset_alias(options.get("dataset"), data)
+    results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=runner, **options)
     failed = [r for r in results if r["status"] == "failed"]
     typer.echo(f"{len(results)} job(s): {sum(r['status'] == 'completed' for r in results)} trained, "
                f"{sum(r['status'] == 'skipped' for r in results)} skipped, {len(failed)} failed; "
                f"see `convladder ladder report {ladder} --runs {store.root}`")
+    if failed and len(failed) == len(results):
+        typer.secho(f"error: every job failed, e.g. {failed[0].get('label')}: {failed[0].get('error')}", err=True,
+                    fg=typer.colors.RED)
+    elif failed:
+        typer.secho(f"warning: {len(failed)} of {len(results)} job(s) failed; rerun to retry only those", err=True,
+                    fg=typer.colors.YELLOW)
     if failed:
         raise typer.Exit(1)
+
+
+ladder_app.command("run")(with_config_options(run_cmd, RUN_KEYS, defaults=False))
 
 
 @ladder_app.command("report")
 def report_cmd(
     ladder: str = typer.Argument("eip4-s2", help="built-in ladder name or ladder YAML file"),
-    runs: Optional[str] = typer.Option(None, "--runs", help="run store"),
+    runs: RunsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """One table of the ladder's steps with the handout's figures beside ours, and a reading per step."""
@@ -102,7 +117,7 @@ def report_cmd(
 
 def diagnose_cmd(
     run: str = typer.Argument(..., help="run id, unique prefix, or 'latest'"),
-    runs: Optional[str] = typer.Option(None, "--runs", help="run store"),
+    runs: RunsOpt = None,
     images: int = typer.Option(512, "--images", help="test images for the dead-ReLU count"),
     which: str = typer.Option("final", "--which", help="final or best weights"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),

@@ -3,6 +3,7 @@
 The reading uses the notes' terms: gap = train - test, potential = test + (100 - train); potential
 below the target means no closing of the gap reaches it: the disease is overfitting (regularise);
 train below the target means the network cannot even fit the training set (underfitting).
+Potential passes 100 when train is below test; it is then printed capped, with a note (train.result.potential_text).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_text
 from convladder.ladder.ladder import Ladder
 from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
+from convladder.runs.store import RunStore
 from convladder.train.result import gap, potential, verdict
-from convladder.train.store import RunStore
 
 ADVICE = {
     "overfitting": "regularise (dropout, augmentation)",
@@ -96,7 +98,7 @@ def _seed_row(store: RunStore, record: Any) -> dict[str, Any]:
     return {**out, "status": res.get("status", record.status), "train": final.get("train_acc"), "test": final.get("test_acc"),
             "best_test": best.get("test_acc"), "best_epoch": best.get("epoch"), "selected_by": best.get("selected_by"),
             "params": res.get("params"), "history": history, "error": res.get("message") or None,
-            "wall_time_s": res.get("wall_time_s")}
+            "wall_time_s": res.get("wall_time_s"), "shifted": res.get("shifted_test")}
 
 
 def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -111,11 +113,20 @@ def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
     out = {"train": train, "test": test, "test_stats": _stats([s["test"] for s in done]),
            "best_stats": _stats([s["best_test"] for s in bests]),
            "best": top["best_test"] if top else None, "best_epoch": top["best_epoch"] if top else None,
-           "selected_by": top["selected_by"] if top else None, "params_trained": done[0].get("params")}
+           "selected_by": top["selected_by"] if top else None, "params_trained": done[0].get("params"),
+           "shifted": _median_shifted([s["shifted"] for s in done if s.get("shifted")])}
     if train is None:
         return {**out, "gap": None, "potential": None, "verdict": None}
     return {**out, "gap": gap(train, test), "potential": potential(train, test),
             "verdict": verdict(train, test, median_seed["history"], target)}
+
+
+def _median_shifted(per_seed: list[dict[str, float]]) -> dict[str, float] | None:
+    """Median over seeds of the shifted-test accuracy per shift (the shifts every seed measured)."""
+    if not per_seed:
+        return None
+    shifts = set.intersection(*(set(d) for d in per_seed))
+    return {k: statistics.median(d[k] for d in per_seed) for k in sorted(shifts, key=int)}
 
 
 def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
@@ -128,7 +139,7 @@ def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
         return f"test {row['test']:.2f} (no train accuracy recorded)"
     cmp = "<" if row["potential"] < target else ">="
     text = (f"train {row['train']:.2f} / test {row['test']:.2f}: gap {row['gap']:.2f}, "
-            f"potential {row['potential']:.2f} {cmp} target {target:g} -> {row['verdict']}")
+            f"potential {potential_text(row['potential'])} {cmp} target {target:g} -> {row['verdict']}")
     advice = ADVICE.get(row["verdict"] or "", "")
     if row["verdict"] == "healthy":
         advice = "on target" if row["test"] >= target else "right direction: closing the gap reaches the target"
@@ -162,11 +173,20 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
                       _pct(r.get("train")) + (f" ({h['train']:.2f})" if h.get("train") else ""),
                       _pct(r.get("test")) + (f" ({h['test']:.2f}" + (f"@{h['epoch']}" if h.get("epoch") else "") + ")"
                                              if h.get("test") else ""),
-                      spread, best, _pct(r.get("gap")), _pct(r.get("potential")), (r.get("verdict") or "-") + seeds))
+                      spread, best, _pct(r.get("gap")),
+                      "-" if r.get("potential") is None else potential_text(r["potential"], raw=False),
+                      (r.get("verdict") or "-") + seeds))
+    shifts = sorted({k for r in rows for k in (r.get("shifted") or {})}, key=int)
+    if shifts:  # shift_eval ran: the median test accuracy with images shifted 0..N pixels
+        cols = (*cols, f"test shifted {'/'.join(shifts)} px")
+        lines = [(*line, "/".join(f"{r['shifted'][k]:.1f}" if k in (r.get("shifted") or {}) else "-" for k in shifts))
+                 for line, r in zip(lines, rows)]
     widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, lines), "", "readings:"]
     for r in rows:
         out.append(f"  {r['step']}. {r['name']} -- {r['change']}")
         out.append(f"     {r['reading']}" + (f"  [{r['stale']} stale run(s) of an older ladder file ignored]" if r["stale"] else ""))
+    if any((r.get("potential") or 0) > POTENTIAL_CAP for r in rows):
+        out += ["", POTENTIAL_NOTE]
     return "\n".join(out)

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from convladder.data.normalise import normalise_images
+
 GOOD_GAMMA = (0.5, 2.0)
 GOOD_BETA = 1.0
 BAD_GAMMA = (1 / 3, 3.0)
 BAD_BETA = 3.0
-
 
 def bn_verdict(gamma_abs_median: float, beta_abs_median: float) -> str:
     """healthy / drifting / horrendous (rule in the module docstring)."""
@@ -81,14 +82,14 @@ def parameter_share(model_or_spec: Any, input_shape: tuple[int, int, int] | None
 def diagnose_run(run: str, store: Any, n_images: int = 512, which: str = "final") -> dict[str, Any]:
     """All three diagnostics for one stored run, on the first `n_images` test images of its data set."""
     from convladder.train.config import TrainConfig
-    from convladder.train.device_data import load_splits, to_unit
+    from convladder.train.device_data import load_splits
+    from convladder.train.models import create_model
 
     record = store.get(run)
     config = TrainConfig.from_dict(store.read_config(record.id))
-    model = store.load_model(record.id, which)
+    model = create_model(store.root / record.id, which=which)
     splits = load_splits(config)
-    x = to_unit(torch.as_tensor(splits.x_test[:n_images]).unsqueeze(1))
-    x = (x - float(splits.mean)) / float(splits.std)
+    x = normalise_images(torch.as_tensor(splits.x_test[:n_images]), float(splits.mean), float(splits.std))
     bn = bn_health(model)
     relu = dead_relu(model, x)
     return {"run_id": record.id, "model": config.model if len(config.model) < 40 else "custom spec",

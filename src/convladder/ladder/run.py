@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from convladder.errors import UserError
-from convladder.executors.base import Executor, Job, find_completed, get_executor, make_job
+from convladder.executors.base import Executor, Job, find_completed, make_executor, make_job
 from convladder.ladder.ladder import Ladder, Step
-
-OPTION_KEYS = ("epochs", "subset", "device", "dataset", "threads", "batch_size")
 
 
 def parse_steps(text: str | None, n: int) -> list[int]:
@@ -42,21 +40,19 @@ def parse_steps(text: str | None, n: int) -> list[int]:
 
 def step_config(ladder: Ladder, step: Step, seed_offset: int = 0, **options: Any) -> dict[str, Any]:
     """The full TrainConfig dict of one step and seed: defaults < ladder base < steps < run options."""
-    from convladder.train.config import TrainConfig, validate
+    from convladder.train.config import TrainConfig, val_images, validate
 
     data = {**step.train, "model": step.spec_text, "seeds": 1}
     data.update({k: v for k, v in options.items() if v is not None})
     data["seed"] = int(data.get("seed", 1)) + seed_offset
-    # A --subset smaller than the validation split would leave nothing to train on: hold out a tenth instead.
-    if data.get("subset") and int(data.get("val_size", 5000)) >= int(data["subset"]):
-        data["val_size"] = int(data["subset"]) // 10
     data["name"] = f"{ladder.name} {step.index}. {step.name}"
     config = TrainConfig.from_dict(data)
     try:
         validate(config)
     except UserError as exc:
         raise UserError(f"{step.where(ladder)}: {exc}") from None
-    return config.to_dict()
+    # with --subset the split is at most a tenth of it, as in `train` (TrainConfig.subset); record what runs
+    return config.replace(val_size=val_images(config)).to_dict()
 
 
 OPTS_TAG = "opts:"  # the run options (epochs, subset, dataset, ...) a ladder run was started with
@@ -119,7 +115,7 @@ def run_ladder(ladder: Ladder, runs_root: str | Path, steps: str | list[int] | N
         echo(_progress_line(res, counter["n"], len(todo)))
 
     if todo:
-        (get_executor(executor) if isinstance(executor, str) else executor).map(todo, runs_root, on_done=on_done)
+        (make_executor(executor) if isinstance(executor, str) else executor).map(todo, runs_root, on_done=on_done)
     return [results.get(job.key, {"key": job.key, "label": job.label, "status": "missing"}) for job in jobs]
 
 

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import typer
 
+from convladder.runs.commands import RunsOpt
+
 
 def register(app: typer.Typer) -> None:
     """Add report and concepts."""
 
     @app.command()
     def report(
-        target: str = typer.Argument(..., help="run id (or unique prefix, 'latest', a run folder), ladder name, or sweep (sweep:NAME or its summary .json)"),
-        runs: Path = typer.Option(None, "--runs", help="run store folder (default $CONVLADDER_RUNS or ./runs)"),
+        target: str = typer.Argument(..., help="run id (or unique prefix, 'latest', a run folder), ladder name, sweep (sweep:NAME or its summary .json) or frontier (frontier:NAME or its summary .json)"),
+        runs: RunsOpt = None,
         output: Path = typer.Option(None, "--output", "-o", help="HTML file to write (default report-<target>.html)"),
     ) -> None:
         """Write one self-contained HTML report (tables, checks, result, figures) of a run, a ladder or a sweep."""

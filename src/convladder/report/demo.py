@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from convladder.data.normalise import normalise_images
 from convladder.spec.build import build_module
 from convladder.spec.notation import format_spec
 from convladder.spec.registry import resolve_spec
@@ -48,7 +49,7 @@ def make_run(root: Path, spec_text: str = SMALL_SPEC, *, epochs: int = 3, steps_
     model = build_module(spec)
     data = _synthetic()  # same templates as the trainer's synthetic set (seeded), smaller
     mean, std = data.mean, data.std
-    norm = lambda x: ((x.float() / 255 - mean) / std).unsqueeze(1)  # noqa: E731
+    norm = lambda x: normalise_images(x, mean, std)  # noqa: E731
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
     folder = root / run_id

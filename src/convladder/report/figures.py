@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from convladder.report.plot import Figure, cmap_with_gaps, mosaic, plt
+from convladder.data.normalise import normalise_images, to_unit
+from convladder.report.plot import Figure, cmap_with_gaps, epoch_axis, mosaic, plt
 from convladder.report.rundata import RunData
 
 
@@ -44,7 +45,8 @@ def load_test_data(run: RunData) -> TestData | None:
 
 
 def normalised(data: TestData, idx: torch.Tensor | slice) -> torch.Tensor:
-    return ((data.x[idx].float() / 255.0 - data.mean) / data.std).unsqueeze(1)
+    """The selected test images as the network saw them in training, (N, 1, H, W)."""
+    return normalise_images(data.x[idx], data.mean, data.std)
 
 
 @torch.no_grad()
@@ -68,8 +70,10 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
 
 
 def curves(run: RunData) -> Figure:
-    """Accuracy, loss and learning rate per epoch for one run."""
-    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
+    """Accuracy, loss and learning rate per epoch for one run (full report width, whole-epoch ticks)."""
+    # 12×4.2 in across the whole figure grid: text stays >= ~11 px on screen (3 panels at 10×2.8 in one
+    # grid cell shrank 9 pt text to ~7 px)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
     for key, style in (("train", "-o"), ("val", "--s"), ("test", "-^")):
         for ax, metric in ((axes[0], "acc"), (axes[1], "loss")):
             xs, ys = _series(run.metrics, f"{key}_{metric}")
@@ -83,9 +87,11 @@ def curves(run: RunData) -> Figure:
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in axes[:2]:
         if ax.lines:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=8)
+    for ax in axes:
+        epoch_axis(ax)
     fig.tight_layout()
-    return Figure("curves", "Training curves: accuracy and loss per epoch, learning rate", fig, vector=True)
+    return Figure("curves", "Training curves: accuracy and loss per epoch, learning rate", fig, vector=True, wide=True)
 
 
 def gap_per_epoch(runs: list[RunData], name: str = "gap") -> Figure:
@@ -100,6 +106,7 @@ def gap_per_epoch(runs: list[RunData], name: str = "gap") -> Figure:
             plotted += 1
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(title="gap = train − test (points)", xlabel="epoch")
+    epoch_axis(ax)
     if plotted > 1:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -109,7 +116,7 @@ def gap_per_epoch(runs: list[RunData], name: str = "gap") -> Figure:
 
 def overlay(runs: list[RunData]) -> Figure:
     """Test accuracy and test loss per epoch overlaid across ladder steps."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))  # full report width, like the run's curves
     for run in runs:
         for ax, key in zip(axes, ("test_acc", "test_loss")):
             xs, ys = _series(run.metrics, key)
@@ -118,9 +125,12 @@ def overlay(runs: list[RunData]) -> Figure:
     axes[0].set(title="test accuracy (%) per step", xlabel="epoch")
     axes[1].set(title="test loss per step", xlabel="epoch")
     if axes[0].lines:
-        axes[0].legend(fontsize=7)
+        axes[0].legend(fontsize=8)
+    for ax in axes:
+        epoch_axis(ax)
     fig.tight_layout()
-    return Figure("ladder_curves", "Test accuracy and loss per epoch, one line per ladder step", fig, vector=True)
+    return Figure("ladder_curves", "Test accuracy and loss per epoch, one line per ladder step", fig, vector=True,
+                  wide=True)
 
 
 def steps_bar(rows: list[dict[str, Any]]) -> Figure:
@@ -141,13 +151,29 @@ def steps_bar(rows: list[dict[str, Any]]) -> Figure:
     return Figure("ladder_steps", "Parameters and final test accuracy per ladder step", fig, vector=True)
 
 
+def shifted_lines(rows: list[dict[str, Any]]) -> Figure:
+    """Test accuracy against the shift of the images (shift_eval), one line per ladder step (median-seed run)."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for r in rows:
+        shifted = r.get("shifted") or {}
+        if shifted:
+            ks = sorted(shifted, key=int)
+            ax.plot([int(k) for k in ks], [shifted[k] for k in ks], "o-", label=f"{r['step']} {r['step_name']}")
+    ax.set(xlabel="shift (pixels, mean over up/down/left/right)", ylabel="test accuracy (%)",
+           title="test accuracy with the images shifted")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return Figure("ladder_shifted", "Test accuracy against the shift of the test images, per step", fig, vector=True)
+
+
 # -- images --------------------------------------------------------------------------------------------------
 
 def sample_grid(data: TestData, per_class: int = 10, cmap: str = "viridis") -> Figure:
     """A few test images of every class, one row per class."""
     classes = sorted(int(c) for c in torch.unique(data.y)[:10])
     picks = [torch.nonzero(data.y == c).flatten()[:per_class] for c in classes]
-    tiles = torch.cat([data.x[p] for p in picks]).float().numpy() / 255.0
+    tiles = to_unit(torch.cat([data.x[p] for p in picks])).numpy()
     fig, ax = plt.subplots(figsize=(per_class * 0.45 + 0.5, len(classes) * 0.45))
     ax.imshow(mosaic(tiles, per_class), cmap=cmap_with_gaps(cmap), interpolation="nearest")
     h = data.x.shape[1] + 2
@@ -170,7 +196,7 @@ def misclassified(data: TestData, pred: torch.Tensor, conf: torch.Tensor, n: int
     else:
         h, w = data.x.shape[1:]
         top = 12  # blank rows above each tile for its label
-        tiles = data.x[wrong].float().numpy() / 255.0
+        tiles = to_unit(data.x[wrong]).numpy()
         ax.imshow(mosaic(tiles, cols, top=top), cmap=cmap_with_gaps(cmap), interpolation="nearest")
         for i, j in enumerate(wrong.tolist()):
             r, c = divmod(i, cols)

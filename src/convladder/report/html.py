@@ -17,17 +17,21 @@ from typing import Any
 
 import torch
 
+from convladder.analysis.render import format_size
 from convladder.fileio import atomic_write_text
+from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_text, shifted_text
 from convladder.report import assets, concepts, figures, netfigs
 from convladder.report.plot import Figure
 from convladder.report.rundata import (
     RunData,
     final_numbers,
+    is_path_like,
     ladder_steps,
     load_run,
     resolve_target,
     spread,
 )
+from convladder.runs.reader import read_json
 
 E = html.escape
 
@@ -40,6 +44,20 @@ def _num(v: Any, fmt: str = "{:.2f}") -> str:
     if isinstance(v, float):
         return fmt.format(v)
     return E(str(v))
+
+
+def _size(shape: Any) -> str:
+    """[C, H, W] -> 'H×W×C', the notes' order, as the terminal table writes it."""
+    return format_size(list(shape)).replace("x", "×")
+
+
+def _potential(v: Any, raw: bool = True) -> str:
+    """The potential, capped at 100 with a '*' where the formula passes it (POTENTIAL_NOTE says why)."""
+    return E(potential_text(float(v), raw)) if isinstance(v, (int, float)) else _num(v)
+
+
+def _over_cap(v: Any) -> bool:
+    return isinstance(v, (int, float)) and v > POTENTIAL_CAP
 
 
 def _td(v: Any, fmt: str = "{:.2f}") -> str:
@@ -95,9 +113,8 @@ def seed_siblings(run: RunData) -> list[RunData]:
     for folder in sorted(run.path.parent.iterdir()):
         if folder == run.path or not (folder / "config.json").is_file():
             continue
-        try:
-            cfg = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError):
+        cfg = read_json(folder / "config.json", [])  # tolerant: a damaged sibling is skipped
+        if not cfg:
             continue
         if {k: v for k, v in cfg.items() if k not in ignore} == key:
             out.append(load_run(folder))
@@ -115,11 +132,14 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
         (f"best epoch (selected by {E(sel)})",
          f"epoch {_num(n['best_epoch'])}: test {_num(n['best_test_acc'])} %, val {_num(n['best_val_acc'])} %"),
         ("gap = train − test", f"{_num(n['gap'])} points"),
-        ("potential = test + (100 − train)", f"{_num(n['potential'])} % <small>(target {_num(n['target'])})</small>"),
+        ("potential = test + (100 − train)", f"{_potential(n['potential'])} % <small>(target {_num(n['target'])})</small>"
+         + (f"<br><small>{E(POTENTIAL_NOTE)}</small>" if _over_cap(n["potential"]) else "")),
         ("verdict", f"<strong>{E(str(n['verdict'] or '–'))}</strong>"),
         ("parameters", _num(n["params"])),
         ("wall time", f"{_num(n['wall_time_s'], '{:.1f}')} s"),
     ]
+    if n["shifted"]:
+        rows.append(("test accuracy, images shifted (mean of 4 directions)", E(shifted_text(n["shifted"])) + " %"))
     sibs = siblings or [run]
     s = spread([final_numbers(r)["test_acc"] for r in sibs])
     if s:
@@ -130,11 +150,11 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
 
 
 def network_table(table: Any) -> str:
-    rows = [[r.index, r.name, r.kind, r.op, "×".join(map(str, r.input)), "×".join(map(str, r.output)), r.rf, r.jump,
+    rows = [[r.index, r.name, r.kind, r.op, _size(r.input), _size(r.output), r.rf, r.jump,
              r.params, round(100 * r.share, 2), r.macs] for r in table.layers]
-    head = ["#", "layer", "kind", "op", "input", "output", "RF", "jump", "params", "share %", "MACs"]
+    head = ["#", "layer", "kind", "op", "input (H×W×C)", "output (H×W×C)", "RF", "jump", "params", "share %", "MACs"]
     summary = (f"<p>{table.trainable_params:,} trainable parameters, {table.total_macs:,} MACs per image, "
-               f"output receptive field {table.rf_out} on a {'×'.join(map(str, table.input))} input.</p>")
+               f"output receptive field {table.rf_out} on a {_size(table.input)} input.</p>")
     return summary + table_html(head, rows)
 
 
@@ -232,19 +252,29 @@ def ladder_body(name: str, runs: list[RunData]) -> str:
         rows.append([s["step"], s["step_name"], s["change"], s["params"], s["rf"], s["train_acc"], s["test_acc"],
                      s["best_epoch"], s["best_test_acc"],
                      f"<td data-v='{sp['median']}'>{sp['min']:.2f} / {sp['median']:.2f} / {sp['max']:.2f}</td>" if sp else "–",
-                     s["seeds"], s["gap"], s["potential"], s["verdict"], _handout(s["handout"])])
+                     s["seeds"], s["gap"],
+                     f"<td data-v='{s['potential']}'>{_potential(s['potential'], raw=False)}</td>"
+                     if _over_cap(s["potential"]) else s["potential"], s["verdict"], _handout(s["handout"])])
+    if any(s["shifted"] for s in steps):  # shift_eval ran: test accuracy with the images shifted
+        head.append("test, images shifted")
+        for row, s in zip(rows, steps):
+            row.append(shifted_text(s["shifted"]) if s["shifted"] else "–")
     medians = [s["median_run"] for s in steps]
     notes: list[str] = []
     figs = _figures([("ladder_curves", lambda: figures.overlay(medians)),
                      ("ladder_gap", lambda: figures.gap_per_epoch(medians, "ladder_gap")),
-                     ("ladder_steps", lambda: figures.steps_bar(steps))], notes)
+                     ("ladder_steps", lambda: figures.steps_bar(steps))]
+                    + ([("ladder_shifted", lambda: figures.shifted_lines(steps))] if any(s["shifted"] for s in steps)
+                       else []), notes)
     per_step = "".join(f"<details><summary>{E(r.label)} — {E(r.id)}</summary>{run_section(r, detailed=False)}</details>"
                        for r in runs)
     last = steps[-1]["median_run"] if steps else None
     return (f"<section><h2>Ladder {E(name)}: {len(steps)} steps, {len(runs)} runs</h2>"
             "<p>Each row is one step (one change); numbers are the median-seed run's, the spread is over seeds. "
             "<em>final</em> = last epoch, <em>best epoch</em> = the epoch the selection split picked.</p>"
-            + table_html(head, rows) + _notes_html(notes) + "<h3>Across steps</h3>" + figs
+            + table_html(head, rows)
+            + (f"<p class='meta'>{E(POTENTIAL_NOTE)}</p>" if any(_over_cap(s["potential"]) for s in steps) else "")
+            + _notes_html(notes) + "<h3>Across steps</h3>" + figs
             + "<h3>Every run</h3>" + per_step + "</section>"
             + (f"<h2 class='sub'>Last step in detail</h2>{run_section(last)}" if last else ""))
 
@@ -276,7 +306,10 @@ def sweep_body(summary: dict[str, Any]) -> str:
 
 
 def render(kind: str, name: str, runs: list[RunData], summary: dict[str, Any] | None = None) -> str:
-    body = (sweep_body(summary) if kind == "sweep" and summary is not None else
+    from convladder.report.frontierreport import frontier_body
+
+    body = (frontier_body(summary) if kind == "frontier" and summary is not None else
+            sweep_body(summary) if kind == "sweep" and summary is not None else
             ladder_body(name, runs) if kind == "ladder" else run_section(runs[0]))
     css, js = assets.CSS, assets.JS
     stamp = time.strftime("%Y-%m-%d %H:%M")
@@ -296,11 +329,23 @@ def write_report(target: str, out: str | Path | None = None, runs_root: str | Pa
     from convladder.report.sweepreport import SWEEP_PREFIX, find_summary, load_summary
 
     root = Path(runs_root).expanduser() if runs_root else runs_dir()
+    from convladder.report.frontierreport import find_frontier, load_frontier_summary
+
+    frontier_path = find_frontier(target, root)  # `frontier:NAME` or a frontier summary .json
+    if frontier_path is not None:
+        summary = load_frontier_summary(frontier_path)
+        name = str(summary.get("name") or frontier_path.stem)
+        out = Path(out) if out else Path(f"report-frontier-{name}.html")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, render("frontier", name, [], summary))
+        return out
     summary_path = find_summary(target, root) if target.startswith(SWEEP_PREFIX) or target.endswith(".json") else None
     if summary_path is None:
         try:
             kind, runs = resolve_target(target, runs_root)
         except UserError:
+            if is_path_like(target):  # a path that is no run: no sweep name either
+                raise
             summary_path = find_summary(target, root)  # a sweep's name
             if summary_path is None:
                 raise

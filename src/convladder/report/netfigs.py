@@ -119,7 +119,7 @@ def feature_maps(model: nn.Module, x1: torch.Tensor, max_channels: int = 16) -> 
         maps = normalise_tiles(out[0, :max_channels].numpy())
         ax.imshow(mosaic(maps, len(maps), pad=max(1, maps.shape[-1] // 12)), cmap=cmap_with_gaps(), interpolation="nearest")
         k = m.kernel_size[0] if isinstance(m, nn.Conv2d) else "?"
-        ax.set_title(f"{name} conv{k}x{k} → {out.shape[1]}×{out.shape[2]}×{out.shape[3]}"
+        ax.set_title(f"{name} conv{k}x{k} → {out.shape[2]}×{out.shape[3]}×{out.shape[1]}"  # H×W×C, as the tables
                      + (f" (first {max_channels})" if out.shape[1] > max_channels else ""), fontsize=8, loc="left")
     for ax in axes:
         ax.axis("off")
@@ -130,8 +130,9 @@ def feature_maps(model: nn.Module, x1: torch.Tensor, max_channels: int = 16) -> 
 def one_by_one_merger(model: nn.Module, x1: torch.Tensor, outputs: int = 3, inputs: int = 8) -> Figure | None:
     """Input channels of the first 1×1 conv on one image, its weights, and the merged output channels.
 
-    Row k shows out_k = Σ_i w[k,i]·in_i + b_k: the largest-|w| input channels multiplied by their weights, then the sum —
-    recomputed here with einsum and checked against the layer's real output.
+    Row k shows out_k = Σ_i w[k,i]·in_i (+ b_k where the layer has a bias): the largest-|w| input channels multiplied
+    by their weights, then the sum — recomputed here with einsum and checked against the layer's real output.
+    The labels name a bias only where the layer has one (no-bias networks are the notes' norm before BN).
     """
     caps = [c for c in _capture(model, x1, lambda n: n.kind == "conv1x1" and isinstance(n.module, nn.Conv2d))
             if c[1].groups == 1 and c[1].in_channels > 1 and c[2].shape[-1] > 1]
@@ -148,8 +149,10 @@ def one_by_one_merger(model: nn.Module, x1: torch.Tensor, outputs: int = 3, inpu
     ax_w = fig.add_subplot(grid[0])
     lim = float(w.abs().max())
     im = ax_w.imshow(w.numpy(), cmap="coolwarm", vmin=-lim, vmax=lim, aspect="auto")
+    has_bias = conv.bias is not None
     ax_w.set(xlabel="input channel i", ylabel="output k",
-             title=f"{name}: 1×1 weights w[k,i] ({w.shape[0]}×{w.shape[1]}); each output = weighted sum of input channels")
+             title=f"{name}: 1×1 weights w[k,i] ({w.shape[0]}×{w.shape[1]}); each output = weighted sum of input channels"
+             + (" + bias b[k]" if has_bias else " (no bias)"))
     fig.colorbar(im, ax=ax_w, fraction=0.02)
     side = inp.shape[-1] + 3
     ax_in = fig.add_subplot(grid[1])
@@ -172,8 +175,9 @@ def one_by_one_merger(model: nn.Module, x1: torch.Tensor, outputs: int = 3, inpu
         ax.imshow(mosaic(tiles, len(tiles), pad=3), cmap=cmap_with_gaps("coolwarm"), vmin=-1, vmax=1, interpolation="nearest")
         for j, i in enumerate(top.tolist()):
             ax.text(j * side, -1, f"{w[k, i]:+.2f}·in{i}" + (" +" if j < n_in - 1 else ""), fontsize=7)
-        more = f" (all {w.shape[1]} terms + bias)" if w.shape[1] > n_in else ""
-        ax.text(n_in * side, -1, f"= out{k}{more}", fontsize=7, weight="bold")
+        bias = f"+ b{k} ({float(b[k]):+.2f}) " if has_bias else ""  # the layer's own bias, only where it has one
+        more = f" (sum of all {w.shape[1]} terms{' + bias' if has_bias else ''})" if w.shape[1] > n_in else ""
+        ax.text(n_in * side, -1, f"{bias}= out{k}{more}", fontsize=7, weight="bold")
         ax.axis("off")
     fig.tight_layout()
     return Figure("one_by_one", "1×1 as a feature merger: for one image, each output channel of the first 1×1 "

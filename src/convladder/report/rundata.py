@@ -10,8 +10,6 @@ Only a target that names no run at all is a `UserError`.
 from __future__ import annotations
 
 import functools
-import json
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,52 +18,11 @@ from typing import Any
 import torch
 
 from convladder.errors import UserError
-from convladder.paths import runs_dir
+from convladder.runs.reader import RUN_FILES, read_json, read_metrics
+from convladder.runs.store import RUN_ID, RunStore
 
-RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
-RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "result.json", "model.safetensors")
-
-
-def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
-    if not path.is_file():
-        notes.append(f"{path.name} is missing")
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        notes.append(f"{path.name} cannot be read (half-written or damaged: {type(exc).__name__})")
-        return {}
-    if not isinstance(data, dict):
-        notes.append(f"{path.name} does not hold a JSON object")
-        return {}
-    return data
-
-
-def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    if not path.is_file():
-        notes.append("metrics.jsonl is missing (no epoch finished): no training curves")
-        return []
-    rows, bad = [], 0
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        notes.append("metrics.jsonl cannot be read")
-        return []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1  # a half-written last line from a crash, or damage
-            continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
-        else:
-            bad += 1
-    if bad:
-        notes.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
-    return rows
+_read_json = read_json  # the tolerant reader, noting mode: problems become notes, never exceptions
+_read_metrics = read_metrics
 
 
 @dataclass
@@ -131,28 +88,18 @@ class RunData:
         spec = self.spec()
         if not wpath.is_file():
             self.notes.append(f"{fname} is missing: no figures that need trained weights")
-        elif self.own:
-            try:
-                from convladder.train.models import model_from_folder, source_status
+        elif self.own or spec is not None:
+            try:  # the one way a run's network is rebuilt (spec or own class), weights loaded, eval mode
+                from convladder.runs.reader import source_status
+                from convladder.train.models import model_from_folder
 
-                changed = source_status(self.path)
+                changed = source_status(self.path) if self.own else None
                 if changed:
                     self.notes.append(changed)
                 model = model_from_folder(self.path, which)
-            except Exception as exc:  # noqa: BLE001 - the person's class may fail in any way: a note, not a crash
-                self.notes.append(f"the own model cannot be rebuilt ({type(exc).__name__}: {str(exc)[:300]})")
-        elif spec is not None:
-            try:
-                from safetensors.torch import load_file
-
-                from convladder.spec.build import build_module
-
-                model = build_module(spec)
-                model.load_state_dict(load_file(str(wpath)))
-                model.eval()
-            except Exception as exc:  # noqa: BLE001 - damaged/older weights: report without them
-                self.notes.append(f"{fname} cannot be loaded into the network ({type(exc).__name__}: {str(exc)[:160]})")
-                model = None
+            except Exception as exc:  # noqa: BLE001 - a damaged file or a failing own class: a note, not a crash
+                what = "the own model cannot be rebuilt" if self.own else f"{fname} cannot be loaded into the network"
+                self.notes.append(f"{what} ({type(exc).__name__}: {str(exc)[:300]})")
         self._models[which] = model
         return model
 
@@ -235,11 +182,7 @@ def _with_ladder_step(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _config(folder: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    return read_json(folder / "config.json", [])
 
 
 def _ladder_name(config: dict[str, Any]) -> str | None:
@@ -253,30 +196,40 @@ def _newest_campaign(configs: dict[Path, dict[str, Any]]) -> list[Path]:
     return [f for f, c in configs.items() if _tag(c, "opts:") == newest]
 
 
+def is_path_like(target: str) -> bool:
+    """Whether a report target is written as a path ('/etc', './x', '~/runs/x'), not a name or run id."""
+    return "/" in target or "\\" in target or target.startswith(("~", "."))
+
+
 def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, list[RunData]]:
-    """('run', [run]) or ('ladder', runs of that ladder) for a run id/prefix/folder or ladder name.
+    """('run', [run]) or ('ladder', runs of that ladder) for a run folder, ladder name, or a run id, prefix,
+    'latest' or 'latest:<model/name/tag>' (looked up by the run store, the one run lookup).
 
     Raises UserError naming what to do when nothing matches.
     """
-    root = Path(root).expanduser() if root else runs_dir()
+    store = RunStore(root)
+    root = store.root
     direct = Path(target).expanduser()
-    if direct.is_dir() and any((direct / f).exists() for f in RUN_FILES):
+    if target.strip() and direct.is_dir() and any((direct / f).exists() for f in RUN_FILES):
         return "run", [load_run(direct)]
+    if target.strip() and is_path_like(target):
+        what = "is a folder but not a run folder" if direct.is_dir() else (
+            "is a file, not a run folder" if direct.exists() else "does not exist")
+        raise UserError(f"{direct} {what} (a run folder holds {', '.join(RUN_FILES[:3])}, ...) — give a run "
+                        f"folder, a run id or prefix, 'latest', or a ladder name (see `convladder runs list --runs {root}`)")
     folders = _run_folders(root)
     configs = {f: _config(f) for f in folders}
     ladder = {f: c for f, c in configs.items() if _ladder_name(c) == target}
     if ladder:
         return "ladder", [load_run(f) for f in _newest_campaign(ladder)]
-    if target in ("latest", "last") and folders:
-        return "run", [load_run(max(folders, key=lambda p: p.name))]
-    matches = [f for f in folders if f.name == target] or [f for f in folders if f.name.startswith(target)]
-    if len(matches) == 1:
-        return "run", [load_run(matches[0])]
-    if len(matches) > 1:
-        raise UserError(f"run prefix {target!r} matches {len(matches)} runs in {root}; give more characters "
-                        f"(see `convladder runs list --runs {root}`)")
-    raise UserError(f"no run or ladder {target!r} in {root} — see `convladder runs list --runs {root}` "
-                    f"for run ids (or pass a run folder path, or --runs DIR for another store)")
+    try:
+        record = store.get(target)
+    except UserError as err:
+        if not str(err).startswith("no run"):
+            raise
+        raise UserError(f"no run or ladder {target!r} in {root} — see `convladder runs list --runs {root}` "
+                        f"for run ids (or pass a run folder path, or --runs DIR for another store)") from None
+    return "run", [load_run(root / record.id)]
 
 
 # -- numbers for the result block and the ladder table ---------------------------------------------------
@@ -302,6 +255,7 @@ def final_numbers(run: RunData) -> dict[str, Any]:
         "selected_by": best.get("selected_by"),
         "gap": gap, "potential": pot, "verdict": r.get("verdict"), "target": r.get("target", run.config.get("target")),
         "wall_time_s": r.get("wall_time_s"), "seed": r.get("seed", run.config.get("seed")),
+        "shifted": r.get("shifted_test") if isinstance(r.get("shifted_test"), dict) else None,
     }
 
 
@@ -329,5 +283,6 @@ def ladder_steps(runs: list[RunData]) -> list[dict[str, Any]]:
             "test_acc": med[0]["test_acc"], "best_epoch": med[0]["best_epoch"], "best_test_acc": med[0]["best_test_acc"],
             "final_spread": spread([n["test_acc"] for n in nums]), "gap": med[0]["gap"],
             "potential": med[0]["potential"], "verdict": ", ".join(verdicts) or None,
+            "shifted": med[0]["shifted"],
         })
     return rows

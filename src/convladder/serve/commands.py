@@ -89,6 +89,9 @@ def serve_cmd(
     which: str = typer.Option("final", "--which", help=WHICH_HELP),
     verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch threads per request (requests run in parallel anyway)."),
+    workers: int = typer.Option(64, "--workers", min=1, help="Connections served at once; more clients wait their turn."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1,
+                                  help="Seconds a client may stay silent (mid-request or between requests) before it is disconnected."),
 ) -> None:
     """Serve a draw-a-digit page and a JSON API (POST /predict) for a run."""
     import torch
@@ -100,7 +103,7 @@ def serve_cmd(
     # 2-core machine); the threading server runs concurrent requests in parallel instead.
     torch.set_num_threads(threads)
     loaded = load_run(run, runs, which)
-    server = make_server(loaded, host, port, quiet=not verbose)
+    server = make_server(loaded, host, port, quiet=not verbose, workers=workers, timeout=timeout)
     bound_host, bound_port = server.server_address[:2]
     try:
         if not ipaddress.ip_address(bound_host).is_loopback:

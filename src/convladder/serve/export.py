@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from convladder.data.normalise import normalise, to_unit
 from convladder.errors import UserError
 from convladder.fileio import atomic_write_bytes
 from convladder.serve.predict import LoadedRun, Predictor
@@ -50,7 +51,7 @@ class ProbsFromPixels(nn.Module):
         self.mean, self.std = float(mean), float(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = getattr(self.net, "logits", self.net)((x - self.mean) / self.std)
+        logits = getattr(self.net, "logits", self.net)(normalise(x, self.mean, self.std))
         return torch.softmax(logits.flatten(1), dim=1)
 
 
@@ -156,7 +157,7 @@ def verify(data: bytes, run: LoadedRun, path: Path) -> ExportReport:
         x_u8 = (rng.random((512, 28, 28)) ** 3 * 255).astype(np.uint8)
         x_u8[:8] = 0
         labels, source = None, "generated images"
-    x01 = x_u8.astype(np.float32)[:, None] / np.float32(255.0)
+    x01 = to_unit(x_u8[:, None]).numpy()
     ref = predictor.probs(x_u8)
     got = ort_probs(ort_session(data), x01)
     diff = float(np.abs(got - ref).max())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from convladder.data.normalise import normalise
+from convladder.data.normalise import to_unit as _pixels_to_unit
 from convladder.serve.fuse import inference_logits
 
 # Train-set pixel statistics (exact, as convladder.data computes them) of the pinned data sets,
@@ -65,32 +68,30 @@ class LoadedRun:
 
 
 def load_run(run: str, runs_root: Path | None = None, which: str = "final") -> LoadedRun:
-    """A run by id, unique id prefix or 'latest' in the run store (`--runs`/$CONVLADDER_RUNS/./runs)."""
-    from convladder.train.store import RunStore
+    """A run by id, unique id prefix, 'latest' or 'latest:<model/name/tag>' in the run store
+    (`--runs`/$CONVLADDER_RUNS/./runs); its config.json, env.json and result.json go through the tolerant reader."""
+    from convladder.errors import UserError
+    from convladder.runs.reader import read_json
+    from convladder.runs.store import RunStore
+    from convladder.train.models import create_model
 
     store = RunStore(runs_root)
     record = store.get(run)
-    model = store.load_model(record.id, which=which)
-    config = store.read_config(record.id)
-    extra: list[dict[str, Any]] = []
-    for name in ("result.json", "env.json"):
-        path = store.root / record.id / name
-        if path.is_file():
-            try:
-                extra.append(json.loads(path.read_text()))
-            except json.JSONDecodeError:
-                extra.append({})
-        else:
-            extra.append({})
-    result, env = extra
+    folder = store.root / record.id
+    config = store.read_config(record.id)  # first: a damaged config.json is one clear error before any building
+    model = create_model(folder, which=which)
+    notes: list[str] = []  # result.json/env.json are optional here: a missing or damaged one counts as empty
+    result, env = (read_json(folder / name, notes) for name in ("result.json", "env.json"))
     stats = _find_stats(config, env, result) or dataset_stats(str(config.get("dataset") or "mnist"))
-    return LoadedRun(record.id, store.root / record.id, model.eval(), stats[0], stats[1], config, result, which)
+    if not (stats[1] > 0 and all(map(math.isfinite, stats))):
+        raise UserError(f"run {record.id} recorded normalisation mean {stats[0]}, std {stats[1]}: std must be a "
+                        "positive finite number — the run's JSON files were changed or damaged")
+    return LoadedRun(record.id, folder, model.eval(), stats[0], stats[1], config, result, which)
 
 
 def to_unit(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """MNIST-form pixels (uint8 0..255, or float 0..1) -> float32 tensor (N, 1, 28, 28) in [0, 1]."""
-    x = torch.as_tensor(pixels)
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    x = _pixels_to_unit(pixels)
     return x.reshape(x.shape[0], 1, *x.shape[-2:])
 
 
@@ -115,7 +116,7 @@ class Predictor:
     def logits(self, x01: torch.Tensor) -> torch.Tensor:
         """x01: float (N, 1, 28, 28) in [0, 1]."""
         with torch.inference_mode():
-            out = [self._logits(((chunk - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+            out = [self._logits(normalise(chunk, self.mean, self.std).contiguous(memory_format=torch.channels_last))
                    for chunk in x01.split(self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, 10)
 

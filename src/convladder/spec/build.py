@@ -1,15 +1,23 @@
-"""Build a `torch.nn.Module` from a network spec."""
+"""Build a `torch.nn.Module` from a network spec.
+
+Before anything is allocated, `check_size` works out every layer's output shape and parameter count from the
+spec alone and refuses a network that cannot be built at its input size, or whose parameters or activations
+exceed the limits ($CONVLADDER_MAX_PARAMS, $CONVLADDER_MAX_ACTIVATIONS, $CONVLADDER_MAX_LAYERS; or the keywords
+of `build_module`). See docs/spec.md, "Size limits".
+"""
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from convladder.errors import UserError
-from convladder.spec.layers import OUTPUT_ACTIVATIONS, POOLS, Layer, NetworkSpec
+from convladder.spec.layers import (OUTPUT_ACTIVATIONS, POOLS, Layer, NetworkSpec, env_limit, max_layers,
+                                    too_many_layers)
 from convladder.spec.notation import format_layer
 
 
@@ -87,8 +95,8 @@ def _fail(index: int, layer: Layer, message: str) -> UserError:
     return UserError(f"layer {index + 1} ({format_layer(layer)}): {message}")
 
 
-def build_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.Module, tuple[int, ...]]:
-    """Build one layer for an input of `shape` ((C,H,W) or (F,)); return it and its output shape."""
+def layer_shape(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[int, ...]:
+    """Check one layer against its input `shape` ((C,H,W) or (F,)) and return its output shape; nothing is built."""
     kind = layer.kind
     spatial = len(shape) == 3
     if kind in ("conv", *POOLS, "gap") and not spatial:
@@ -98,10 +106,6 @@ def build_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.Mo
         groups = layer.groups or 1
         if c % groups or layer.out_channels % groups:
             raise _fail(index, layer, f"groups={groups} must divide in ({c}) and out ({layer.out_channels}) channels")
-        module = nn.Conv2d(
-            c, layer.out_channels, layer.k, stride=layer.s, padding=layer.pad,
-            dilation=layer.d, groups=groups, bias=layer.has_bias,
-        )
         out = (layer.out_channels, conv_out(h, layer.k, layer.s, layer.pad, layer.d),
                conv_out(w, layer.k, layer.s, layer.pad, layer.d))
     elif kind in POOLS:
@@ -109,30 +113,140 @@ def build_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.Mo
         if layer.pad * 2 > layer.k:
             raise _fail(index, layer, "padding must be at most half the kernel size")
         ceil = bool(layer.ceil_mode)
-        cls = nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d
-        module = cls(layer.k, stride=layer.s, padding=layer.pad, ceil_mode=ceil)
         out = (c, conv_out(h, layer.k, layer.s, layer.pad, 1, ceil), conv_out(w, layer.k, layer.s, layer.pad, 1, ceil))
-    elif kind == "bn":
-        module = nn.BatchNorm2d(shape[0]) if spatial else nn.BatchNorm1d(shape[0])
-        out = shape
-    elif kind == "dropout":
-        module, out = Dropout(layer.p), shape
     elif kind == "gap":
-        module, out = nn.AdaptiveAvgPool2d(1), (shape[0], 1, 1)
+        out = (shape[0], 1, 1)
     elif kind == "flatten":
-        module, out = nn.Flatten(), (math.prod(shape),)
+        out = (math.prod(shape),)
     elif kind == "fc":
         if spatial:
             raise _fail(index, layer, f"gets a {shape[1]}x{shape[2]}x{shape[0]} feature map: put flatten (or gap and flatten) before it")
-        module, out = nn.Linear(shape[0], layer.out_features, bias=layer.has_bias), (layer.out_features,)
+        out = (layer.out_features,)
     elif kind in OUTPUT_ACTIVATIONS:
         if spatial and shape[1:] != (1, 1):
             raise _fail(index, layer, f"the output is still {shape[1]}x{shape[2]} per channel: reduce it to 1x1 first (gap, or a kernel the size of the map)")
-        module, out = ClassProbs(log=kind == "logsoftmax"), (shape[0],)
-    else:
-        module, out = _activation(layer), shape
+        out = (shape[0],)
+    else:  # bn, dropout, activations
+        out = shape
     if spatial and len(out) == 3 and min(out[1:]) < 1:
         raise _fail(index, layer, f"input {shape[1]}x{shape[2]} is too small for it (output would be {out[1]}x{out[2]}); use a larger input, padding, or fewer reductions")
+    return out
+
+
+def layer_params(layer: Layer, shape: tuple[int, ...]) -> int:
+    """Parameters of one layer for an input of `shape`, as torch counts them (BN: 2C; buffers left out)."""
+    if layer.kind == "conv":
+        fan_in = shape[0] // (layer.groups or 1) * layer.k * layer.k
+        return layer.out_channels * fan_in + (layer.out_channels if layer.has_bias else 0)
+    if layer.kind == "fc":
+        return shape[0] * layer.out_features + (layer.out_features if layer.has_bias else 0)
+    if layer.kind == "bn":
+        return 2 * shape[0]
+    return 1 if layer.kind == "prelu" else 0
+
+
+PARAMS_ENV, ACTIVATIONS_ENV = "CONVLADDER_MAX_PARAMS", "CONVLADDER_MAX_ACTIVATIONS"
+DEFAULT_MAX_PARAMS = 200_000_000  # VGG16 (138 M) fits; 0.8 GB of float32 weights, ~3 GB while training with Adam
+DEFAULT_MAX_ACTIVATIONS = 1_000_000_000  # output values of all layers for one batch: 4 GB of float32
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What a spec costs, worked out from the spec alone: per layer, its output shape and parameters."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    params_per_layer: tuple[int, ...]
+
+    @property
+    def params(self) -> int:
+        return sum(self.params_per_layer)
+
+    @property
+    def activations(self) -> int:
+        """Values in every layer's output for one image (what a forward pass keeps for backward, roughly)."""
+        return sum(math.prod(shape) for shape in self.shapes)
+
+
+def estimate_size(spec: NetworkSpec, in_channels: int | None = None) -> SizeEstimate:
+    """Shapes and parameters of every layer; UserError naming the layer if the spec does not fit its input."""
+    n = len(spec.layers)
+    if n > max_layers():
+        raise UserError(too_many_layers(n))
+    c, h, w = spec.input_shape
+    shape: tuple[int, ...] = (in_channels or c, h, w)
+    shapes, params = [], []
+    for index, layer in enumerate(spec.layers):
+        params.append(layer_params(layer, shape))
+        shape = layer_shape(layer, shape, index)
+        shapes.append(shape)
+    return SizeEstimate(tuple(shapes), tuple(params))
+
+
+def _gb(values: int) -> str:
+    return f"{values * 4 / 1e9:,.1f} GB as float32"
+
+
+def check_size(spec: NetworkSpec, *, in_channels: int | None = None, max_params: int | None = None,
+               max_activations: int | None = None, batch_size: int = 1) -> SizeEstimate:
+    """Refuse, before anything is allocated, a spec that does not fit its input or exceeds the size limits.
+
+    Limits: `max_params` (default $CONVLADDER_MAX_PARAMS or 200,000,000) parameters, and `max_activations`
+    (default $CONVLADDER_MAX_ACTIVATIONS or 1,000,000,000) output values of all layers for `batch_size` images
+    (a trainer passes its batch size; building alone checks one image).
+    """
+    size = estimate_size(spec, in_channels)
+    layers = spec.layers
+    limit = max_params or env_limit(PARAMS_ENV, DEFAULT_MAX_PARAMS)
+    if size.params > limit:
+        i = max(range(len(layers)), key=lambda j: size.params_per_layer[j])
+        raise UserError(f"the network has {size.params:,} parameters ({_gb(size.params)}), over the limit of "
+                        f"{limit:,}; layer {i + 1} ({format_layer(layers[i])}) alone has "
+                        f"{size.params_per_layer[i]:,} — use fewer channels, or raise the limit with "
+                        f"{PARAMS_ENV}=<n> (Python: max_params=<n>)")
+    limit = max_activations or env_limit(ACTIVATIONS_ENV, DEFAULT_MAX_ACTIVATIONS)
+    values = size.activations * batch_size
+    if values > limit:
+        i = max(range(len(layers)), key=lambda j: math.prod(size.shapes[j]))
+        out = size.shapes[i]
+        where = f"{out[1]}x{out[2]}x{out[0]}" if len(out) == 3 else f"{out[0]}"
+        images = "one image" if batch_size == 1 else f"a batch of {batch_size:,} images (batch_size)"
+        raise UserError(f"the layer outputs of {images} hold {values:,} values ({_gb(values)}), over the limit of "
+                        f"{limit:,}; layer {i + 1} ({format_layer(layers[i])}) outputs {where} per image — "
+                        + ("lower batch_size, " if batch_size > 1 else "")
+                        + f"use fewer channels, a smaller input or an earlier reduction, or raise the limit with "
+                        f"{ACTIVATIONS_ENV}=<n> (Python: max_activations=<n>)")
+    return size
+
+
+def build_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """Build one layer for an input of `shape` ((C,H,W) or (F,)); return it and its output shape.
+
+    The shape is checked first, so a layer that does not fit its input is refused before its weights exist.
+    """
+    out = layer_shape(layer, shape, index)
+    kind = layer.kind
+    if kind == "conv":
+        module: nn.Module = nn.Conv2d(
+            shape[0], layer.out_channels, layer.k, stride=layer.s, padding=layer.pad,
+            dilation=layer.d, groups=layer.groups or 1, bias=layer.has_bias,
+        )
+    elif kind in POOLS:
+        cls = nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d
+        module = cls(layer.k, stride=layer.s, padding=layer.pad, ceil_mode=bool(layer.ceil_mode))
+    elif kind == "bn":
+        module = nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
+    elif kind == "dropout":
+        module = Dropout(layer.p)
+    elif kind == "gap":
+        module = nn.AdaptiveAvgPool2d(1)
+    elif kind == "flatten":
+        module = nn.Flatten()
+    elif kind == "fc":
+        module = nn.Linear(shape[0], layer.out_features, bias=layer.has_bias)
+    elif kind in OUTPUT_ACTIVATIONS:
+        module = ClassProbs(log=kind == "logsoftmax")
+    else:
+        module = _activation(layer)
     return module, out
 
 
@@ -146,29 +260,35 @@ def _activation(layer: Layer) -> nn.Module:
             "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "gelu": nn.GELU}[kind]()
 
 
-def build_module(spec: NetworkSpec, in_channels: int | None = None) -> SpecNet:
-    """Build the network; raise UserError naming the layer if it cannot be built at the spec's input size."""
+def build_module(spec: NetworkSpec, in_channels: int | None = None, *, max_params: int | None = None,
+                 max_activations: int | None = None) -> SpecNet:
+    """Build the network; raise UserError naming the layer if it cannot be built at the spec's input size.
+
+    `check_size` runs first, so an oversized network is refused before any weight is allocated (see there
+    for `max_params` / `max_activations`; the defaults come from the environment).
+    """
+    names = [block.name or f"block{number + 1}" for number, block in enumerate(spec.blocks)]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UserError(f"block name {name!r} is used twice: give each block its own name")
+        seen.add(name)
+    check_size(spec, in_channels=in_channels, max_params=max_params, max_activations=max_activations)
     c, h, w = spec.input_shape
     shape: tuple[int, ...] = (in_channels or c, h, w)
     blocks: dict[str, nn.Sequential] = {}
     index = 0
-    for number, block in enumerate(spec.blocks):
+    for name, block in zip(names, spec.blocks):
         modules = []
         for layer in block.layers:
             module, shape = build_layer(layer, shape, index)
             modules.append(module)
             index += 1
-        name = block.name or f"block{number + 1}"
-        if name in blocks:
-            raise UserError(f"block name {name!r} is used twice: give each block its own name")
         blocks[name] = nn.Sequential(*modules)
     return SpecNet(blocks, spec)
 
 
 def output_shape(spec: NetworkSpec) -> tuple[int, ...]:
-    """Shape of one sample's output, without building tensors."""
-    c, h, w = spec.input_shape
-    shape: tuple[int, ...] = (c, h, w)
-    for index, layer in enumerate(spec.layers):
-        _, shape = build_layer(layer, shape, index)
-    return shape
+    """Shape of one sample's output, from the spec alone (no module, no tensor)."""
+    shapes = estimate_size(spec).shapes
+    return shapes[-1] if shapes else tuple(spec.input_shape)

@@ -7,8 +7,13 @@ Python object (this module) or as YAML (`yamlform.py`), and built into a
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from convladder.errors import UserError
 
 # Every layer kind the notation knows, with the arguments it accepts (beyond `kind`).
 # The first argument listed is the positional one, if the kind takes any.
@@ -41,6 +46,99 @@ OUTPUT_ACTIVATIONS = frozenset({"softmax", "logsoftmax"})
 
 BLOCK_ROLES = ("convolution", "transition", "output")
 
+# Bounds of every argument: checked where a layer is made (text, Python, YAML, ladder edits), so nothing out of
+# range reaches torch. Channels stop at torch's int32 index range; the size guard (build.check_size) bounds memory.
+MAX_CHANNELS = 2**31 - 1
+MAX_SIDE = 65_536  # kernel, stride, padding, dilation and the input's height/width
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "out_channels": (1, MAX_CHANNELS),
+    "out_features": (1, MAX_CHANNELS),
+    "groups": (1, MAX_CHANNELS),
+    "kernel_size": (1, MAX_SIDE),
+    "stride": (1, MAX_SIDE),
+    "padding": (0, MAX_SIDE),
+    "dilation": (1, MAX_SIDE),
+}
+FLOAT_BOUNDS: dict[str, tuple[float, float]] = {  # closed ranges; dropout's p is [0, 1), see arg_problem
+    "p": (0.0, 1.0),
+    "negative_slope": (-1000.0, 1000.0),
+    "alpha": (-1000.0, 1000.0),
+}
+BOOL_FIELDS = frozenset({"bias", "ceil_mode"})
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "conv": ("out_channels", "kernel_size"), "maxpool": ("kernel_size",), "avgpool": ("kernel_size",),
+    "fc": ("out_features",), "dropout": ("p",),
+}
+MAX_LAYERS_ENV = "CONVLADDER_MAX_LAYERS"
+DEFAULT_MAX_LAYERS = 1_000
+
+
+def env_limit(name: str, default: int) -> int:
+    """A positive whole-number limit from the environment variable `name` (`default` when unset)."""
+    raw = os.environ.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    if not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+        raise UserError(f"{name}={os.environ[name]!r} is not a positive whole number — set it to e.g. {default} "
+                        "or unset it for the default")
+    return int(raw)
+
+
+def max_layers() -> int:
+    """The most layers a spec may have ($CONVLADDER_MAX_LAYERS, default 1,000)."""
+    return env_limit(MAX_LAYERS_ENV, DEFAULT_MAX_LAYERS)
+
+
+def too_many_layers(count: int) -> str:
+    limit = max_layers()
+    return (f"the spec has {count:,} layers, more than the limit of {limit:,} (summaries and tables take about "
+            f"1 ms per layer) — shorten it, or raise the limit with {MAX_LAYERS_ENV}=<n>")
+
+
+def arg_problem(key: str, value: Any) -> str | None:
+    """What is wrong with `value` for argument `key` (None when it is fine)."""
+    if key in BOOL_FIELDS:
+        return None if isinstance(value, bool) else f"{key} must be true or false (got {_brief(value)})"
+    if key in INT_BOUNDS:
+        low, high = INT_BOUNDS[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return f"{key} must be a whole number (got {_brief(value)})"
+        if value < low:
+            return f"{key} must be at least {low} (got {_short(value)})"
+        if value > high:
+            return f"{key} must be at most {high:,} (got {_short(value)})"
+        return None
+    if key in FLOAT_BOUNDS:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return f"{key} must be a number (got {_brief(value)})"
+        if not math.isfinite(value):
+            return f"{key} must be a finite number (got {value})"
+        low, high = FLOAT_BOUNDS[key]
+        if key == "p" and not 0.0 <= value < 1.0:
+            return f"dropout probability must be in [0, 1) (got {value})"
+        if not low <= value <= high:
+            return f"{key} must be between {low:g} and {high:g} (got {value:g})"
+        return None
+    return f"unknown argument {key!r}"
+
+
+def _brief(value: Any) -> str:
+    """repr of a user's value, cut to 40 characters (huge whole numbers by their digit count)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _short(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # a whole number past Python's 4,300-digit limit inside a list
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _short(value: int) -> str:
+    """A whole number as text, cut short when very long (a 5,000-digit number must not fill the screen)."""
+    if abs(value) < 10**30:
+        return f"{value:,}"
+    return f"a number of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -61,8 +159,24 @@ class Layer:
     out_features: int | None = None  # fc
 
     def __post_init__(self) -> None:
-        if self.kind not in KIND_ARGS:
-            raise ValueError(f"unknown layer kind {self.kind!r}")
+        if not isinstance(self.kind, str) or self.kind not in KIND_ARGS:
+            raise UserError(f"unknown layer kind {_brief(self.kind)}; known: {', '.join(KIND_ARGS)}")
+        allowed = KIND_ARGS[self.kind]
+        for name in _ARG_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name not in allowed:
+                raise UserError(f"{self.kind} has no argument {name!r}; it takes {', '.join(allowed) or 'none'}")
+            problem = arg_problem(name, value)
+            if problem:
+                raise UserError(f"{self.kind}: {problem}")
+            # one type per field, so equal layers compare equal and print alike (YAML `p: 0` is 0.0)
+            object.__setattr__(self, name, float(value) if name in FLOAT_BOUNDS
+                               else value if name in BOOL_FIELDS else int(value))
+        missing = [name for name in REQUIRED.get(self.kind, ()) if getattr(self, name) is None]
+        if missing:
+            raise UserError(f"{self.kind} needs {' and '.join(missing)}")
 
     # Resolved values: what the built module will use.
     @property
@@ -90,6 +204,9 @@ class Layer:
     def args(self) -> dict[str, Any]:
         """The arguments set on this layer (not None), in the kind's order."""
         return {name: getattr(self, name) for name in KIND_ARGS[self.kind] if getattr(self, name) is not None}
+
+
+_ARG_FIELDS = tuple(f.name for f in fields(Layer) if f.name != "kind")
 
 
 @dataclass(frozen=True)
@@ -126,6 +243,15 @@ class NetworkSpec:
     input_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    def __post_init__(self) -> None:
+        shape = self.input_shape
+        if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+                or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in shape)
+                or not (1 <= shape[0] <= MAX_CHANNELS and 1 <= shape[1] <= MAX_SIDE and 1 <= shape[2] <= MAX_SIDE)):
+            raise UserError(f"input shape {_brief(shape)} must be (C, H, W): whole numbers, C from 1 to "
+                            f"{MAX_CHANNELS:,}, H and W from 1 to {MAX_SIDE:,}")
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in shape))
+
     @property
     def layers(self) -> list[Layer]:
         return [layer for block in self.blocks for layer in block.layers]
@@ -137,7 +263,9 @@ class NetworkSpec:
 def layer_from_dict(data: dict[str, Any]) -> Layer:
     """Build a Layer from a mapping like {"kind": "conv", "out_channels": 16, "kernel_size": 3}."""
     known = {f.name for f in fields(Layer)}
-    unknown = set(data) - known
+    unknown = [str(key) for key in data if key not in known]
     if unknown:
-        raise ValueError(f"unknown layer field(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise UserError(f"unknown layer field(s) {sorted(unknown)}; known: {sorted(known)}")
+    if "kind" not in data:
+        raise UserError(f"a layer mapping needs 'kind' (one of {', '.join(KIND_ARGS)})")
     return Layer(**data)

@@ -15,10 +15,12 @@ Every layer states its output channels, as the notes ask:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from convladder.errors import UserError
-from convladder.spec.layers import BLOCK_ROLES, KIND_ARGS, POOLS, Block, Layer, NetworkSpec
+from convladder.spec.layers import (BLOCK_ROLES, BOOL_FIELDS, FLOAT_BOUNDS, INT_BOUNDS, KIND_ARGS, POOLS, Block, Layer,
+                                    NetworkSpec, arg_problem, max_layers, too_many_layers)
 
 KIND_ALIASES = {
     "batchnorm": "bn",
@@ -41,8 +43,9 @@ ARG_ALIASES = {
     "out": "out_channels",
     "slope": "negative_slope",
 }
-BOOL_ARGS = {"bias", "ceil_mode"}
-FLOAT_ARGS = {"p", "negative_slope", "alpha"}
+BOOL_ARGS = BOOL_FIELDS
+FLOAT_ARGS = frozenset(FLOAT_BOUNDS)
+MAX_DIGITS = 30  # a whole number longer than this is out of every argument's range (and int() stops at 4,300)
 SIZED_KIND = re.compile(r"^(conv|maxpool|avgpool)(\d+)x(\d+)$")
 
 TOKEN = re.compile(
@@ -66,17 +69,20 @@ class Token:
 
 def tokenize(text: str) -> list[Token]:
     """Split spec text into tokens, dropping whitespace and comments."""
-    tokens: list[Token] = []
+    return list(iter_tokens(text))
+
+
+def iter_tokens(text: str) -> Iterator[Token]:
+    """The tokens of `text` one at a time (the parser stops early on an error or past the layer limit)."""
     pos = 0
     while pos < len(text):
         match = TOKEN.match(text, pos)
         if not match:
             raise _error(text, pos, f"unexpected character {text[pos]!r}")
         if match.lastgroup != "space":
-            tokens.append(Token(match.lastgroup or "", match.group(), pos))
+            yield Token(match.lastgroup or "", match.group(), pos)
         pos = match.end()
-    tokens.append(Token("end", "", len(text)))
-    return tokens
+    yield Token("end", "", len(text))
 
 
 def _error(text: str, pos: int, message: str) -> SpecError:
@@ -90,15 +96,24 @@ def _error(text: str, pos: int, message: str) -> SpecError:
 class _Parser:
     def __init__(self, text: str):
         self.text = text
-        self.tokens = tokenize(text)
+        self.tokens: list[Token] = []  # read lazily: a 100,000-layer text is refused at layer 1,001
+        self._source = iter_tokens(text)
         self.i = 0
+        self.count = 0  # layers so far: refused past max_layers() before the rest is read
+        self.limit = max_layers()
+
+    def _read_to(self, index: int) -> Token:
+        """Token `index`, reading more text as needed; the end token for anything past it."""
+        while len(self.tokens) <= index and (not self.tokens or self.tokens[-1].kind != "end"):
+            self.tokens.append(next(self._source))
+        return self.tokens[min(index, len(self.tokens) - 1)]
 
     @property
     def tok(self) -> Token:
-        return self.tokens[self.i]
+        return self._read_to(self.i)
 
     def peek(self, offset: int = 1) -> Token:
-        return self.tokens[min(self.i + offset, len(self.tokens) - 1)]
+        return self._read_to(self.i + offset)
 
     def fail(self, message: str, tok: Token | None = None) -> SpecError:
         return _error(self.text, (tok or self.tok).pos, message)
@@ -157,17 +172,18 @@ class _Parser:
 
     def parse_layer(self) -> Layer:
         kind_tok = self.tok
+        self.count += 1
+        if self.count > self.limit:
+            raise self.fail(too_many_layers(self.count), kind_tok)
         self.i += 1
         raw = kind_tok.text.lower()
         fixed: dict[str, object] = {}
         sized = SIZED_KIND.match(raw)
         if sized:
-            kind, kh, kw = sized.group(1), int(sized.group(2)), int(sized.group(3))
-            if kh != kw:
+            kind, kh_text, kw_text = sized.groups()
+            if kh_text.lstrip("0") != kw_text.lstrip("0"):
                 raise self.fail("only square kernels are supported: write e.g. conv3x3", kind_tok)
-            if kh < 1:
-                raise self.fail("kernel size must be at least 1", kind_tok)
-            fixed["kernel_size"] = kh
+            fixed["kernel_size"] = self.whole_number("kernel_size", kh_text, kind_tok)
         else:
             kind = KIND_ALIASES.get(raw, raw)
         if kind not in KIND_ARGS:
@@ -192,7 +208,10 @@ class _Parser:
             raise self.fail("a fully connected layer must state its outputs, e.g. fc(10)", kind_tok)
         if kind == "dropout" and "p" not in args:
             raise self.fail("dropout needs its probability, e.g. dropout(0.05)", kind_tok)
-        return Layer(kind=kind, **args)
+        try:
+            return Layer(kind=kind, **args)
+        except UserError as exc:  # the checks above come first; this keeps any other refusal at its position
+            raise self.fail(str(exc), kind_tok) from None
 
     def parse_args(self, kind: str) -> dict[str, object]:
         allowed = KIND_ARGS[kind]
@@ -238,16 +257,26 @@ class _Parser:
         if tok.kind != "number":
             raise self.fail(f"expected a number for {key}", tok)
         if key in FLOAT_ARGS:
-            value = float(tok.text)
-            if key == "p" and not 0.0 <= value < 1.0:
-                raise self.fail("dropout probability must be in [0, 1)", tok)
+            value = float(tok.text)  # a huge literal becomes inf, refused below: the printed text must parse again
+            problem = arg_problem(key, value)
+            if problem:
+                raise self.fail(problem, tok)
             return value
         if not re.fullmatch(r"[-+]?\d+", tok.text):
             raise self.fail(f"{key} must be a whole number", tok)
-        value = int(tok.text)
-        minimum = 0 if key == "padding" else 1
-        if value < minimum:
-            raise self.fail(f"{key} must be at least {minimum}", tok)
+        return self.whole_number(key, tok.text, tok)
+
+    def whole_number(self, key: str, text: str, tok: Token) -> int:
+        """`text` (digits, maybe signed) as `key`'s value, range-checked before int() sees a huge literal."""
+        digits = text.lstrip("+-").lstrip("0")
+        if len(digits) > MAX_DIGITS:
+            low, high = INT_BOUNDS[key]
+            raise self.fail(f"{key} must be a whole number from {low} to {high:,} (got one of {len(digits):,} "
+                            "digits)", tok)
+        value = int(text)
+        problem = arg_problem(key, value)
+        if problem:
+            raise self.fail(problem, tok)
         return value
 
 

@@ -28,7 +28,6 @@ from torch import nn
 from convladder.errors import UserError
 
 OWN_REF = re.compile(r"^(?P<file>.+\.py):(?P<cls>[A-Za-z_][A-Za-z0-9_]*)$")
-OUTPUT_KINDS = ("log_probs", "probs", "logits", "own_logits")
 _MODULES: dict[tuple[str, str], types.ModuleType] = {}  # (path, sha256) -> module: one import per text
 _ADOPTED: dict[tuple[type, str], type] = {}  # (person's class, output kind) -> subclass with logits()
 _SAID: set[str] = set()  # notices already printed in this process

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
+from typing import Any
 
 from convladder.errors import UserError
+from convladder.spec.build import check_size
 from convladder.spec.layers import NetworkSpec
 from convladder.spec.notation import SpecError, parse_spec
 from convladder.spec.own import is_own_ref
@@ -17,12 +20,22 @@ def list_models() -> dict[str, ZooEntry]:
     return dict(ZOO)
 
 
+def suggest(name: str) -> str:
+    """' — did you mean 'a' or 'b'?' for the registered names closest to `name`, or '' when none is close."""
+    close = difflib.get_close_matches(name.strip().lower(), {n.lower(): n for n in ZOO}, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    names = [next(n for n in ZOO if n.lower() == c) for c in close]
+    return " — did you mean " + " or ".join(repr(n) for n in names) + "?"
+
+
 def get_spec(name: str) -> NetworkSpec:
     """The spec of a registered network."""
     try:
         entry = ZOO[name]
     except KeyError:
-        raise UserError(f"no network named {name!r}; registered: {', '.join(sorted(ZOO))}") from None
+        raise UserError(f"no network named {str(name)[:80]!r}{suggest(str(name)[:200])} (registered: "
+                        f"{', '.join(sorted(ZOO))})") from None
     return parse_spec(entry.text, name=name, input_shape=entry.input_shape)
 
 
@@ -51,9 +64,32 @@ def resolve_spec(model: str | NetworkSpec, input_shape: tuple[int, int, int] | N
             spec = parse_spec(model)
         except SpecError as exc:
             if " " not in model.strip() and "[" not in model and "(" not in model:
-                raise SpecError(f"{model!r} is not a registered network ({', '.join(sorted(ZOO))}), nor a file, nor a valid spec: {exc}") from None
+                hint = suggest(model[:200])
+                if hint:  # a near miss of a registered name: say so first, not the parser's complaint
+                    raise SpecError(f"{model[:80]!r} is not a registered network{hint} (registered: "
+                                    f"{', '.join(sorted(ZOO))})") from None
+                raise SpecError(f"{model[:80]!r} is not a registered network ({', '.join(sorted(ZOO))}), nor a file, "
+                                f"nor a valid spec: {exc}") from None
             raise
     return spec.with_input(input_shape) if input_shape else spec
+
+
+def check_model(model: Any, input_shape: tuple[int, int, int] | None = None, *,
+                batch_size: int = 1) -> NetworkSpec | None:
+    """Resolve `model` when it names a spec and refuse it if it does not fit `input_shape` or the size limits
+    (activations counted for `batch_size` images; see `spec.build.check_size`).
+
+    Cheap (no module, no tensor): callers run it before reading a data set, so an oversized network fails in
+    milliseconds. Anything that is not a spec (an own class `file.py:Class`, `python:<name>`, an nn.Module)
+    gives None and is checked where it is built.
+    """
+    if isinstance(model, str) and (is_own_ref(model) or model.startswith("python:")):
+        return None
+    if not isinstance(model, (str, NetworkSpec)):
+        return None
+    spec = resolve_spec(model, input_shape)
+    check_size(spec, batch_size=batch_size)
+    return spec
 
 
 def _looks_like_path(text: str) -> bool:

@@ -17,51 +17,72 @@ A file may instead give the whole network as text under `spec:`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from convladder.errors import UserError
-from convladder.spec.layers import BLOCK_ROLES, Block, NetworkSpec, layer_from_dict
+from convladder.spec.layers import BLOCK_ROLES, Block, NetworkSpec, layer_from_dict, max_layers, too_many_layers
 from convladder.spec.notation import format_layer, parse_spec
+
+BLOCK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a block name the text notation can write back
 
 
 def spec_from_dict(data: Any, where: str = "spec") -> NetworkSpec:
     """Read the dict form; `where` names the source in error messages."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping with 'blocks' or 'spec'")
-    input_shape = tuple(data.get("input", (1, 28, 28)))
-    if len(input_shape) != 3 or not all(isinstance(v, int) and v > 0 for v in input_shape):
-        raise UserError(f"{where}: 'input' must be [C, H, W] of positive integers, got {data.get('input')!r}")
+    raw_input = data.get("input", (1, 28, 28))
+    if not isinstance(raw_input, (list, tuple)) or len(raw_input) != 3:
+        raise UserError(f"{where}: 'input' must be [C, H, W] of positive integers, e.g. [1, 28, 28]")
+    try:
+        input_shape = NetworkSpec((), input_shape=tuple(raw_input)).input_shape
+    except UserError as exc:
+        raise UserError(f"{where}: 'input': {exc}") from None
     name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        raise UserError(f"{where}: 'name' must be text")
     if "spec" in data:
-        return parse_spec(str(data["spec"]), name=name, input_shape=input_shape)
+        if not isinstance(data["spec"], str):
+            raise UserError(f"{where}: 'spec' must be the network as text, e.g. \"conv3x3(8) relu ...\"")
+        try:
+            return parse_spec(data["spec"], name=name, input_shape=input_shape)
+        except UserError as exc:
+            raise type(exc)(f"{where}: 'spec': {exc}") from None
     if not isinstance(data.get("blocks"), list) or not data["blocks"]:
         raise UserError(f"{where}: 'blocks' must be a non-empty list (or give the text notation under 'spec')")
-    blocks = []
+    blocks, count, limit = [], 0, max_layers()
     for number, entry in enumerate(data["blocks"], 1):
         here = f"{where}: block {number}"
         if not isinstance(entry, dict) or not isinstance(entry.get("layers"), list):
             raise UserError(f"{here}: expected a mapping with a 'layers' list")
-        unknown = set(entry) - {"name", "role", "layers"}
+        unknown = [str(key)[:40] for key in entry if key not in ("name", "role", "layers")]
         if unknown:
             raise UserError(f"{here}: unknown key(s) {sorted(unknown)}; use name, role, layers")
-        role = entry.get("role")
+        role, block_name = entry.get("role"), entry.get("name")
         if role is not None and role not in BLOCK_ROLES:
             raise UserError(f"{here}: role must be one of {', '.join(BLOCK_ROLES)}")
+        if block_name is not None and not (isinstance(block_name, str) and BLOCK_NAME.fullmatch(block_name)):
+            raise UserError(f"{here}: name must be a word of letters, digits and _ (e.g. conv1), as in the notation")
         layers = []
         for layer in entry["layers"]:
-            if isinstance(layer, str):
-                layers.extend(parse_spec(layer).layers)
-            elif isinstance(layer, dict):
-                try:
+            try:
+                if isinstance(layer, str):
+                    layers.extend(parse_spec(layer).layers)
+                elif isinstance(layer, dict):
                     layers.append(layer_from_dict(layer))
-                except (TypeError, ValueError) as exc:
-                    raise UserError(f"{here}: {exc}") from None
-            else:
-                raise UserError(f"{here}: a layer must be text (e.g. 'conv3x3(16)') or a mapping")
-        blocks.append(Block(entry.get("name"), tuple(layers), role))
+                else:
+                    raise UserError("a layer must be text (e.g. 'conv3x3(16)') or a mapping")
+            except (UserError, TypeError) as exc:  # TypeError: a mapping with keys that are not text
+                raise UserError(f"{here}: {exc}") from None
+            if count + len(layers) > limit:
+                raise UserError(f"{here}: {too_many_layers(count + len(layers))}")
+        if not layers:
+            raise UserError(f"{here}: 'layers' is empty; give at least one layer")
+        blocks.append(Block(block_name, tuple(layers), role))
+        count += len(layers)
     return NetworkSpec(tuple(blocks), name=name, input_shape=input_shape)
 
 
@@ -86,8 +107,9 @@ def load_spec_file(path: Path) -> NetworkSpec:
     """Read a spec from a .yaml/.yml file or a text file in the notation."""
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read spec file {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read spec file {path}: {getattr(exc, 'strerror', None) or exc} — give a text "
+                        "or YAML file in UTF-8") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)
@@ -95,6 +117,9 @@ def load_spec_file(path: Path) -> NetworkSpec:
             mark = getattr(exc, "problem_mark", None)
             at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise UserError(f"{path}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        except (ValueError, RecursionError) as exc:  # a number past 4,300 digits; nesting deeper than Python's stack
+            raise UserError(f"{path}: cannot be read as a spec ({type(exc).__name__}: {str(exc)[:120]}) — "
+                            "write the network as in docs/spec.md") from None
         return spec_from_dict(data, where=str(path))
     try:
         return parse_spec(text, name=path.stem)

@@ -101,3 +101,22 @@ def random_erase(x: torch.Tensor, params: AugmentParams, generator: torch.Genera
 def augment(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
     """Apply the configured augmentations to float images (N,C,H,W) in [0, 1]; shape and dtype are kept."""
     return augment_from(x, params, draw_noise(params, len(x), generator, x.device))
+
+
+def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """(N,H,W) or (N,C,H,W) images moved dx pixels right and dy down, the uncovered border filled with 0.
+
+    Whole-pixel shifts, no interpolation: the shifted-test evaluation (`shift_eval`) asks how a trained network
+    answers when the digit is not where the training images had it (the notes' GAP vs non-GAP question).
+    """
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    src_y, dst_y = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+    src_x, dst_x = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+    out[..., dst_y, dst_x] = x[..., src_y, src_x]
+    return out
+
+
+SHIFT_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))  # right, left, down, up

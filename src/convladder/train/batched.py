@@ -339,6 +339,10 @@ class StreamsEpochRunner:
         cleans = [r.clean_train() for r in self.runners]
         return None if cleans[0] is None else [c[0] for c in cleans]
 
+    def shifted_test(self) -> list[dict[str, float]] | None:
+        shifted = [r.shifted_test() for r in self.runners]
+        return None if shifted[0] is None else [s[0] for s in shifted]
+
     def weights(self, i: int) -> dict[str, torch.Tensor]:
         return self.runners[i].weights(0)
 

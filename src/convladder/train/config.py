@@ -1,11 +1,14 @@
 """The training configuration: one dataclass, YAML files, `key=value` overrides and validation.
 
 Precedence when the CLI builds a config: defaults < `--config FILE` < explicit options < `--set k=v`.
+Each field's `metadata` carries its help text (and how the CLI shows it): `convladder train`'s options are
+generated from these fields (train/commands.py), so a new field is a new option with no second list to keep.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,24 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SELECT_ON = ("val", "test")
 TRISTATE = ("auto", "on", "off")
 BATCHED = ("auto", "on", "off", "grouped", "streams")
+# choice-valued keys, compared in lower case (`optimizer: SGD` in a YAML file means sgd)
+CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
+                                       "select_on": SELECT_ON, "channels_last": TRISTATE, "cuda_graphs": TRISTATE,
+                                       "batched": BATCHED, "init": INITS}
+SUBSET_HELP = ("train on the first N training images only (0 = all); the validation split is held out of "
+               "these N: val_size images, at most N/10 (--subset 10000: 9,000 train, 1,000 validate)")
+
+
+def _f(default: Any, help: str, panel: str, *, cli: bool = True, aliases: tuple[str, ...] = (),
+       cli_type: type | None = None) -> Any:
+    """A dataclass field with its CLI help (`panel` groups options in `--help`; cli=False: config key only)."""
+    meta = {"help": help, "panel": panel, "cli": cli, "aliases": aliases, "cli_type": cli_type}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+MODEL, DATA, OPTIM, AUG, EVAL, RUN = "Model", "Data", "Optimiser and schedule", "Augmentation", "Evaluation", "Run"
 
 
 @dataclass
@@ -31,58 +52,68 @@ class TrainConfig:
     The defaults train the `tiny8k` reference network to >= 99.4 % MNIST test accuracy.
     """
 
-    model: str = "tiny8k"  # registered name, spec file, spec text, or path/to/file.py:ClassName (own class)
-    model_spec: str | None = None  # resolved spec text (filled in by the trainer; what a run rebuilds from)
-    model_args: dict | None = None  # constructor arguments of an own class (a JSON object on the command line)
-    dataset: str = "mnist"  # or "synthetic" (generated, learnable; for tests and smoke runs)
-    data_root: str | None = None
-    subset: int = 0  # use only the first N training images (0 = all)
-    val_size: int = 5000  # held out of the training set for model selection (0 = no validation split)
-    split_seed: int = 0  # the split is fixed across seeds so seeds are comparable
-    epochs: int = 12
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1  # max lr for onecycle
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 0.0
-    schedule: str = "onecycle"
-    step_size: int = 1  # epochs between lr drops (schedule=step)
-    gamma: float = 0.7  # lr factor per drop (schedule=step)
-    pct_start: float = 0.2  # onecycle warm-up fraction
-    div_factor: float = 10.0  # onecycle: initial lr = lr / div_factor
-    final_div_factor: float = 100.0  # onecycle: final lr = initial lr / final_div_factor
-    label_smoothing: float = 0.0
-    augment: bool = True
-    rotate: float = 7.0  # degrees, uniform in [-rotate, rotate]
-    translate: float = 2.0  # pixels, uniform in [-translate, translate]
-    scale: float = 0.1  # uniform in [1 - scale, 1 + scale]
-    erase: float = 0.0  # probability of random erasing per image
-    init: str = "torch"  # weight init: torch (PyTorch defaults), glorot (Keras' defaults), kaiming (He normal)
-    seed: int = 1
-    seeds: int = 1  # train seeds seed, seed+1, ... and report min/median/max
-    device: str = "auto"
-    threads: int = 0  # torch CPU threads (0 = torch's choice less the cores other work keeps busy, at least 1)
-    channels_last: str = "auto"  # auto: on for CUDA only; on 2 CPU cores training was measured slower with it
-    compile: bool = False
-    cuda_graphs: str = "auto"  # auto/on: capture the training step once as a CUDA graph and replay it (CUDA only)
-    batched: str = "auto"  # seeds > 1 at once: streams (N models, one CUDA graph), grouped/on, off; auto: streams on CUDA
-    eval_every: int = 1  # evaluate val/test every N epochs (the last epoch always)
-    eval_batch_size: int = 500
-    clean_train_eval: int = 10000  # at the end, evaluate train accuracy without dropout/augmentation on N images
-    select_on: str = "val"  # which split picks the best epoch: val, or test if the user insists
-    target: float = 99.4
-    name: str | None = None
-    tags: list[str] = field(default_factory=list)
+    model: str = _f("tiny8k", "registered name, spec file, spec text, or path/to/file.py:ClassName (your "
+                    "nn.Module; importing it runs that file)", MODEL, aliases=("-m",))
+    model_spec: str | None = _f(None, "resolved spec text (filled in by the trainer; what a run rebuilds from)",
+                                MODEL, cli=False)
+    model_args: dict | None = _f(None, """constructor arguments of your class as a JSON object, e.g. '{"width": 16}'""",
+                                 MODEL, cli_type=str)
+    dataset: str = _f("mnist", "mnist, fashion-mnist, a name imported with `data fetch --from`, or synthetic "
+                      "(generated, for tests and smoke runs)", DATA)
+    data_root: str | None = _f(None, "folder with the data set's files", DATA)
+    subset: int = _f(0, SUBSET_HELP, DATA)
+    val_size: int = _f(5000, "validation images held out of the training set for model selection (0 = no split)",
+                       DATA)
+    split_seed: int = _f(0, "seed of the validation split (fixed across seeds so seeds are comparable)", DATA)
+    epochs: int = _f(12, "passes over the training images", OPTIM)
+    batch_size: int = _f(128, "images per training step", OPTIM)
+    optimizer: str = _f("sgd", "sgd, adam, adamw, adadelta", OPTIM)
+    lr: float = _f(0.1, "learning rate (max lr for onecycle), or 'auto' for the LR range test's suggestion", OPTIM,
+                   cli_type=str)
+    momentum: float = _f(0.9, "momentum (sgd) or beta1 (adam, adamw)", OPTIM)
+    nesterov: bool = _f(True, "Nesterov momentum (sgd)", OPTIM)
+    weight_decay: float = _f(0.0, "L2 weight decay", OPTIM)
+    schedule: str = _f("onecycle", "none, step, onecycle, cosine", OPTIM)
+    step_size: int = _f(1, "epochs between lr drops (schedule step)", OPTIM)
+    gamma: float = _f(0.7, "lr factor per drop (schedule step)", OPTIM)
+    pct_start: float = _f(0.2, "onecycle warm-up fraction", OPTIM)
+    div_factor: float = _f(10.0, "onecycle: initial lr = lr / div_factor", OPTIM)
+    final_div_factor: float = _f(100.0, "onecycle: final lr = initial lr / final_div_factor", OPTIM)
+    label_smoothing: float = _f(0.0, "label smoothing in [0, 1)", OPTIM)
+    augment: bool = _f(True, "rotation/translation/scale on the device", AUG)
+    rotate: float = _f(7.0, "degrees, uniform in [-rotate, rotate]", AUG)
+    translate: float = _f(2.0, "pixels, uniform in [-translate, translate]", AUG)
+    scale: float = _f(0.1, "uniform in [1 - scale, 1 + scale]", AUG)
+    erase: float = _f(0.0, "random-erasing probability per image", AUG)
+    init: str = _f("torch", "weight init: torch (PyTorch defaults), glorot (Keras' defaults), kaiming (He normal)",
+                   OPTIM)
+    seed: int = _f(1, "random seed of the run", RUN)
+    seeds: int = _f(1, "train seeds seed, seed+1, ... and report min/median/max", RUN)
+    device: str = _f("auto", "auto, cpu, cuda, mps", RUN)
+    threads: int = _f(0, "torch CPU threads (0 = the cores other work leaves free, at least 1)", RUN)
+    channels_last: str = _f("auto", "auto, on, off (auto: on for CUDA only; slower on a 2-core CPU)", RUN)
+    compile: bool = _f(False, "torch.compile the model", RUN)
+    cuda_graphs: str = _f("auto", "auto, on, off: capture the training step once as a CUDA graph (CUDA only)", RUN)
+    batched: str = _f("auto", "seeds > 1 at once: auto, on, off, grouped, streams (auto: streams on CUDA)", RUN)
+    eval_every: int = _f(1, "evaluate val/test every N epochs (the last epoch always)", EVAL,
+                         aliases=("--val-every",))
+    eval_batch_size: int = _f(500, "images per evaluation batch", EVAL)
+    clean_train_eval: int = _f(10000, "at the end, train accuracy without dropout/augmentation on N images", EVAL)
+    shift_eval: int = _f(0, "at the end, test accuracy with the images shifted by 1..N pixels (up/down/left/right, "
+                         "background fill; the notes' GAP vs non-GAP question); 0 = off", EVAL)
+    select_on: str = _f("val", "val or test: which split picks the best epoch", EVAL)
+    target: float = _f(99.4, "target test accuracy in percent, for the verdict", EVAL)
+    name: str | None = _f(None, "a name for the run", RUN)
+    tags: list[str] = _f([], "tag the run (repeatable)", RUN, cli=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(field_names())
         if unknown:
-            raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}; known: {', '.join(field_names())}")
+            raise UserError("; ".join(unknown_key(k) for k in sorted(unknown)))
         config = cls()
         for key, value in data.items():
             setattr(config, key, _coerce(key, value))
@@ -94,6 +125,18 @@ class TrainConfig:
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def unknown_key(key: str) -> str:
+    """'unknown config key 'epoch' — did you mean 'epochs'? (known: ...)'."""
+    close = difflib.get_close_matches(key, field_names(), n=1)
+    hint = f", did you mean {close[0]!r}?" if close else f"; known: {', '.join(field_names())}"
+    return f"unknown config key {key!r}{hint}"
+
+
+def val_images(config: TrainConfig) -> int:
+    """Validation images a run holds out: val_size, and with a subset of N at most N // 10 of them."""
+    return min(config.val_size, config.subset // 10) if config.subset else config.val_size
 
 
 def _field_type(key: str) -> str:
@@ -129,7 +172,7 @@ def _coerce(key: str, value: Any) -> Any:
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         if kind == "float":
             return float(value)
-        return str(value)
+        return str(value).lower() if key in CHOICES else str(value)
     except (TypeError, ValueError):
         raise UserError(f"config key {key!r}: {value!r} is not a valid {kind.replace(' | None', '')}") from None
 
@@ -164,7 +207,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UserError(f"override {item!r} must look like key=value (e.g. lr=0.1)")
         if key not in field_names():
-            raise UserError(f"override {item!r}: unknown key {key!r}; known: {', '.join(field_names())}")
+            raise UserError(f"override {item!r}: {unknown_key(key)}")
         out[key] = value
     return out
 
@@ -179,28 +222,18 @@ def build_config(file: str | Path | None = None, options: dict[str, Any] | None 
     data.update(parse_overrides(overrides or []))
     config = TrainConfig.from_dict(data)
     validate(config)
-    return config
+    return config.replace(val_size=val_images(config))  # record the validation split the run really uses
 
 
 def validate(config: TrainConfig) -> None:
-    """Raise UserError for values that cannot work (before any run folder exists)."""
-    def choice(key: str, allowed: tuple[str, ...]) -> None:
+    """Raise UserError for values that cannot work (before any run folder exists); never changes `config`."""
+    for key, allowed in CHOICES.items():
         value = getattr(config, key)
         if value not in allowed:
             raise UserError(f"{key} {value!r} is not one of: {', '.join(allowed)}")
-
-    if config.model_args is not None:
-        config.model_args = _coerce_dict("model_args", config.model_args)
-    config.optimizer = config.optimizer.lower()
-    config.schedule = config.schedule.lower()
-    choice("optimizer", OPTIMIZERS)
-    choice("schedule", SCHEDULES)
-    choice("device", DEVICES)
-    choice("select_on", SELECT_ON)
-    choice("channels_last", TRISTATE)
-    choice("cuda_graphs", TRISTATE)
-    choice("batched", BATCHED)
-    choice("init", INITS)
+    if config.model_args is not None and not isinstance(config.model_args, dict):
+        raise UserError(f"model_args must be a mapping of constructor arguments (got {type(config.model_args).__name__}); "
+                        "TrainConfig.from_dict reads JSON text")
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "seeds": config.seeds,
                 "eval_every": config.eval_every, "eval_batch_size": config.eval_batch_size, "step_size": config.step_size}
     for key, value in positive.items():
@@ -213,6 +246,8 @@ def validate(config: TrainConfig) -> None:
             raise UserError(f"{key} must be a finite number >= 0 (got {value})")
     if config.lr == 0:
         raise UserError("lr must be > 0")
+    if not 0 <= config.shift_eval <= 8:
+        raise UserError(f"shift_eval is the largest shift in pixels, 0 (off) to 8 (got {config.shift_eval})")
     for key in ("subset", "val_size", "clean_train_eval", "threads"):
         if getattr(config, key) < 0:
             raise UserError(f"{key} must be >= 0 (got {getattr(config, key)})")
@@ -226,5 +261,4 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"scale must be < 1 (images would shrink to nothing; got {config.scale})")
     if config.nesterov and config.optimizer == "sgd" and config.momentum == 0:
         raise UserError("nesterov needs momentum > 0: set momentum=0.9 or nesterov=false")
-    if config.select_on == "val" and config.val_size == 0:
-        pass  # allowed: best = final epoch, and the result says no split selected it
+    # select_on val with val_size 0 is allowed: best = final epoch, and the result says no split selected it

@@ -11,8 +11,9 @@ from functools import lru_cache
 import torch
 
 from convladder.data.datasets import DataSplits
+from convladder.data.normalise import normalise
 from convladder.errors import UserError
-from convladder.train.config import TrainConfig
+from convladder.train.config import TrainConfig, val_images
 
 
 @lru_cache(maxsize=4)  # generation loops in Python; tests ask for the same set often
@@ -69,9 +70,10 @@ class DeviceData:
         if config.subset:
             x_train, y_train = x_train[: config.subset], y_train[: config.subset]
         n = len(x_train)
-        if config.val_size >= n:
-            raise UserError(f"val_size {config.val_size} leaves no training images (data set has {n}); lower val_size")
-        train_idx, val_idx = split_indices(n, config.val_size, config.split_seed) if config.val_size else (
+        val_size = val_images(config)  # with --subset N at most N/10 validate (config.SUBSET_HELP)
+        if val_size >= n:
+            raise UserError(f"val_size {val_size} leaves no training images (data set has {n}); lower val_size")
+        train_idx, val_idx = split_indices(n, val_size, config.split_seed) if val_size else (
             torch.arange(n), torch.arange(0))
         if config.batch_size > len(train_idx):
             raise UserError(f"batch_size {config.batch_size} is larger than the {len(train_idx)} training images; lower it")
@@ -106,9 +108,5 @@ class DeviceData:
 
     def normalise(self, x01: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> zero mean, unit std (the data set's statistics)."""
-        return (x01 - self.mean) / self.std
+        return normalise(x01, self.mean, self.std)
 
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1] (on whatever device they are)."""
-    return x.float().div_(255.0)

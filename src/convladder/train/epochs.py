@@ -101,6 +101,27 @@ class EpochRunner:
         accs = self._evaluate(self.data.x_train[:n], self.data.y_train[:n])
         return [(acc, n) for _, acc in accs]
 
+    def shifted_test(self) -> list[dict[str, float]] | None:
+        """Test accuracy per copy with every image shifted 0..shift_eval pixels, averaged over the 4 directions.
+
+        {"0": acc, "1": acc, ...}; None when shift_eval is 0. Background fill is 0 (MNIST's black).
+        """
+        top = self.config.shift_eval
+        if not top:
+            return None
+        from convladder.train.augment import SHIFT_DIRECTIONS, shift_images
+
+        x, y = self.data.x_test, self.data.y_test
+        out: list[dict[str, float]] = [{"0": acc} for _, acc in self._evaluate(x, y)]
+        for k in range(1, top + 1):
+            sums = [0.0] * self.copies
+            for dx, dy in SHIFT_DIRECTIONS:
+                for i, (_, acc) in enumerate(self._evaluate(shift_images(x, dx * k, dy * k), y)):
+                    sums[i] += acc / len(SHIFT_DIRECTIONS)
+            for i in range(self.copies):
+                out[i][str(k)] = sums[i]
+        return out
+
     # -- state per copy ------------------------------------------------------------------------------------
     def weights(self, i: int) -> dict[str, torch.Tensor]:
         state = self.model.state_dict()
@@ -127,10 +148,12 @@ class EpochRunner:
         """Continue a single run from its resume.pt after `epoch` epochs."""
         assert not self.batched
         self.model.load_state_dict(saved["model"])
-        self.step.load_state(saved["optimizer"])
-        rng = saved["rng"]
-        self.generators[0].set_state(rng["gen"])
-        torch.set_rng_state(rng["cpu"])
+        if "optimizer" in saved:  # absent when resume.pt was damaged: the optimiser starts afresh
+            self.step.load_state(saved["optimizer"])
+        rng = saved.get("rng") or {}
+        if rng:
+            self.generators[0].set_state(rng["gen"])
+            torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step.set_position(epoch * self.steps)

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from convladder.errors import UserError
+from convladder.runs.store import RunStore
+from convladder.spec.registry import check_model
 from convladder.train import runenv
 from convladder.train.config import TrainConfig, validate
 from convladder.train.device_data import load_splits
@@ -27,7 +29,6 @@ from convladder.train.progress import Progress
 from convladder.train.recorder import Recorder, TrainingDiverged
 from convladder.train.result import RunResult, seed_stats
 from convladder.train.step import autocast, evaluate
-from convladder.train.store import RunStore
 
 __all__ = ["PAUSE_ENV", "TrainingDiverged", "evaluate", "autocast", "resolve_device", "train", "train_epochs",
            "run_to_end", "resume", "train_seeds", "train_batched", "batched_mode"]
@@ -96,6 +97,15 @@ def _busy_cores(window_s: float = 0.25) -> float | None:
         return None
 
 
+IMAGES_28X28 = ("mnist", "fashion-mnist", "fashion", "synthetic")
+
+
+def check_size_early(config: TrainConfig) -> None:
+    """Refuse an oversized spec in milliseconds, before the data set is read (its images are 1x28x28)."""
+    if config.dataset in IMAGES_28X28 and config.data_root is None:
+        check_model(config.model_spec or config.model, (1, 28, 28), batch_size=config.batch_size)
+
+
 def _select(config: TrainConfig, data) -> str | None:
     if config.select_on == "val" and len(data.y_val):
         return "val"
@@ -134,8 +144,11 @@ def train_epochs(config: TrainConfig, store: RunStore | None = None, progress: P
     progress = progress or Progress()
     device = resolve_device(config.device)
     set_threads(config, device)
+    if data is None:
+        check_size_early(config)
     setup = runenv.prepare(config, data if data is not None else load_splits(config), device)
-    config = config.replace(model_spec=setup.spec_text)
+    # the validation images actually held out (--subset N caps them at N // 10): what config.json records
+    config = config.replace(model_spec=setup.spec_text, val_size=len(setup.data.y_val))
     runner = EpochRunner(setup.model, setup.data, config, device, [config.seed], notice=progress.note)
     rec = Recorder(config, store, setup.params, t0, _select(config, setup.data), own=setup.own)
     if resume_run is not None:
@@ -171,8 +184,8 @@ def train_epochs(config: TrainConfig, store: RunStore | None = None, progress: P
         if rec.handle is not None:
             rec.failed(exc)
         raise
-    clean = runner.clean_train()
-    result = rec.completed(clean[0] if clean else None)
+    clean, shifted = runner.clean_train(), runner.shifted_test()
+    result = rec.completed(clean[0] if clean else None, shifted[0] if shifted else None)
     progress.finish(result)
     return result
 
@@ -239,6 +252,8 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
     mode = batched_mode(config, device)
     if mode is None:
         return None
+    if data is None:
+        check_size_early(config)
     splits = data if data is not None else load_splits(config)
     seeds = [config.seed + i for i in range(config.seeds)]
     rng = CopyRng(device)
@@ -250,7 +265,8 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
     if reason:  # grouped is only ever asked for explicitly (batched=on|grouped)
         raise UserError(f"batched: {config.batched}, but {reason}; use batched=streams, auto or off")
     data_on_device, spec_text, params = setups[0].data, setups[0].spec_text, setups[0].params
-    configs = [config.replace(seed=s, seeds=1, model_spec=spec_text) for s in seeds]
+    configs = [config.replace(seed=s, seeds=1, model_spec=spec_text, val_size=len(data_on_device.y_val))
+               for s in seeds]
     if mode == "streams":
         runner = StreamsEpochRunner([s.model for s in setups], data_on_device, configs, device, rng,
                                     notice=progress.note)
@@ -300,9 +316,9 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
         raise
     results = []
     if alive:
-        cleans = runner.clean_train()
+        cleans, shifted = runner.clean_train(), runner.shifted_test()
         for i in alive:
-            results.append(recs[i].completed(cleans[i] if cleans else None))
+            results.append(recs[i].completed(cleans[i] if cleans else None, shifted[i] if shifted else None))
             progress.finish(results[-1])
     if diverged:
         raise diverged[0]

@@ -26,14 +26,14 @@ import torch
 from torch import nn
 
 from convladder.errors import UserError
+from convladder.runs.reader import (OWN_JSON, SOURCE_ENV, SOURCE_FILE, read_config, read_json, read_weights,
+                                    source_status)
 from convladder.spec.layers import NetworkSpec
 from convladder.spec.own import (OwnSource, adopt, construct, find_class, import_source, is_own_ref, load_class,
                                  notice, parse_own_ref, person_class, read_source, sha256_text)
 
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 PYTHON_PREFIX = "python:"  # config.model of a class or instance handed over in Python
-OWN_JSON, SOURCE_FILE = "own_model.json", "model_source.py"
-SOURCE_ENV = "CONVLADDER_OWN_SOURCE"  # 'recorded': rebuild an own model from the run's copy of its source
 DEFAULT_SHAPE = (1, 28, 28)
 
 _OBJECTS: dict[str, Any] = {}  # python:<name> -> the class/instance being trained (see `handing_over`)
@@ -252,7 +252,7 @@ def _run_folder(target: Any, runs: str | Path | None) -> Path | None:
             and (Path(target).expanduser() / "config.json").is_file():
         return Path(target).expanduser()
     if isinstance(target, str) and (RUN_ID.match(target) or target.startswith("run:")):
-        from convladder.train.store import RunStore
+        from convladder.runs.store import RunStore
 
         store = RunStore(runs)
         return store.root / store.get(target.removeprefix("run:")).id
@@ -277,64 +277,20 @@ def read_record(folder: Path) -> OwnModel | None:
         return None
     try:
         return OwnModel.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"{path} cannot be read ({type(exc).__name__}: {exc}); the run's own-model record "
                         "is damaged") from None
 
 
-def source_status(folder: Path) -> str | None:
-    """One line when the file an own-model run trained from has changed or gone since; None otherwise."""
-    own = read_record(folder)
-    if own is None or own.rebuild != "file" or not own.file or not own.sha256:
-        return None
-    path = Path(own.file)
-    if not path.is_file():
-        return (f"{path}, the file run {Path(folder).name} trained {own.cls} from, is gone; the run recorded its "
-                f"text in {SOURCE_FILE} ({SOURCE_ENV}=recorded rebuilds from that copy)")
-    try:
-        now = sha256_text(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return f"{path} cannot be read now"
-    if now != own.sha256:
-        return (f"{path} changed since run {Path(folder).name} trained {own.cls} from it (sha256 {own.sha256[:12]} "
-                f"then, {now[:12]} now); {SOURCE_ENV}=recorded rebuilds from the run's copy ({SOURCE_FILE})")
-    return None
-
-
 # -- rebuilding a run's network --------------------------------------------------------------------------
-
-def _json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist (run not finished, or the folder was changed)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def read_weights(folder: Path, which: str = "final") -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    if which not in ("final", "best"):
-        raise UserError(f"which must be 'final' or 'best', not {which!r}")
-    path = Path(folder) / ("model.safetensors" if which == "final" else "best.safetensors")
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: the run saved no {which} weights")
-    try:
-        return st_load(path.read_bytes())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({exc}); it is damaged or not a safetensors file") from None
-
 
 def run_network(folder: Path, *, model: Any = None, code: str | None = None) -> nn.Module:
     """A run's network with its initial (untrained) weights: from the spec, or the own model's record."""
     folder = Path(folder)
-    config = _json(folder / "config.json")
+    config = read_config(folder)
     try:
-        shape = tuple((_json(folder / "env.json").get("input_shape")) or DEFAULT_SHAPE)
-    except UserError:
+        shape = tuple((read_json(folder / "env.json").get("input_shape")) or DEFAULT_SHAPE)
+    except (UserError, TypeError):
         shape = DEFAULT_SHAPE
     own = read_record(folder)
     if own is not None:

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from convladder.errors import UserError
+from convladder.runs.store import RunHandle, RunStore, notice
 from convladder.train.config import TrainConfig
+from convladder.train.models import write_record
 from convladder.train.result import RunResult, gap, potential, verdict
-from convladder.train.store import RunHandle, RunStore
 
 
 class TrainingDiverged(UserError):
@@ -61,17 +62,54 @@ class Recorder:
     # -- opening ----------------------------------------------------------------------------------------
     def create(self, env: dict[str, Any]) -> None:
         if self.store is not None:
-            self.handle = self.store.create_run(self.config.to_dict(), env, own=self.own, params=self.params)
+            own = self.own
+            prepare = None if own is None else (lambda folder: write_record(folder, own))
+            self.handle = self.store.create_run(self.config.to_dict(), env, prepare=prepare, params=self.params)
 
     def reopen(self, run_id: str) -> dict[str, Any]:
         """Load resume.pt of `run_id`, restore the state and mark the run running; return the saved dict."""
         assert self.store is not None
         self.handle = self.store.handle(run_id)
-        saved = self.handle.load_resume()
+        try:
+            saved = self.handle.load_resume()
+        except UserError as err:
+            if not (self.handle.path / "resume.pt").is_file():
+                raise
+            saved = self._last_epoch(err)
         self.state = RunState(**saved["state"])
         self._carried = self.state.elapsed_s - (time.perf_counter() - self.t0)
         self.handle.update(status="running")
         return saved
+
+    def _last_epoch(self, err: UserError) -> dict[str, Any]:
+        """When resume.pt is damaged: the last epoch's weights (model.safetensors) and metrics.jsonl instead.
+
+        What is lost: the optimiser's state (momentum) and the random-number state, so the epochs still to
+        train will not match an uninterrupted run; the learning-rate schedule continues where it was.
+        """
+        from convladder.runs.reader import read_weights
+
+        assert self.handle is not None
+        rows = self.store.read_metrics(self.handle.id) if self.store else []
+        saved_at = self.handle.weights_epoch("final")
+        if saved_at is not None:
+            rows = [r for r in rows if r["epoch"] <= saved_at]
+        if not rows or (saved_at is not None and rows[-1]["epoch"] != saved_at):
+            raise UserError(f"{err}; the last epoch's weights and metrics do not match either, so the run cannot "
+                            "continue — start a new run") from None
+        try:
+            weights = read_weights(self.handle.path, "final")
+        except UserError as lost:
+            raise UserError(f"{err}; and {lost} — start a new run") from None
+        state = RunState(epoch=rows[-1]["epoch"], rows=rows, elapsed_s=sum(r.get("epoch_time_s", 0.0) for r in rows))
+        key = f"{self.select}_acc" if self.select else None
+        for row in rows:
+            if key and key in row and (state.best["epoch"] is None or row[key] > state.best[key]):
+                state.best = {"epoch": row["epoch"], "val_acc": row.get("val_acc"), "test_acc": row.get("test_acc")}
+        notice(f"resume.pt of run {self.handle.id} is damaged: continuing from epoch {state.epoch}'s weights "
+               "(model.safetensors) and metrics.jsonl; lost: the optimiser's momentum and the random-number state, "
+               "so the remaining epochs will differ from an uninterrupted run")
+        return {"model": weights, "state": dict(state.__dict__)}
 
     @property
     def run_id(self) -> str | None:
@@ -95,17 +133,17 @@ class Recorder:
             state.best = {"epoch": row["epoch"], "val_acc": row.get("val_acc"), "test_acc": row.get("test_acc")}
         state.elapsed_s = self.clock()
         if self.handle is not None and weights is not None:
-            self.handle.save_weights("model", weights)
+            self.handle.save_weights("model", weights, state.epoch)
             if improved:
-                self.handle.save_weights("best", weights)
+                self.handle.save_weights("best", weights, state.epoch)
             self.handle.write_metrics(state.rows)
             if resume is not None:  # written last: a resume.pt always matches the files beside it
                 self.handle.save_resume({**resume, "state": dict(state.__dict__)})
         return improved
 
     # -- outcomes -----------------------------------------------------------------------------------------
-    def completed(self, clean: tuple[float, int] | None) -> RunResult:
-        return self._end("completed", clean)
+    def completed(self, clean: tuple[float, int] | None, shifted: dict[str, float] | None = None) -> RunResult:
+        return self._end("completed", clean, shifted=shifted)
 
     def stopped(self) -> RunResult:
         return self._end("stopped", None, f"stopped early after epoch {self.state.epoch} of {self.config.epochs}; "
@@ -124,9 +162,11 @@ class Recorder:
                    f"is kept): lower the learning rate (lr={self.config.lr:g}) or check the data")
         return TrainingDiverged(message, self._end("failed", None, message, select=False))
 
-    def _end(self, status: str, clean: tuple[float, int] | None, message: str = "", select: bool = True) -> RunResult:
+    def _end(self, status: str, clean: tuple[float, int] | None, message: str = "", select: bool = True,
+             shifted: dict[str, float] | None = None) -> RunResult:
         result = make_result(self.config, self.state, self.run_id, self.params, self.clock(), status,
                              self.select if select else None, clean, message)
+        result.shifted_test = shifted
         if self.handle is not None:
             self.handle.write_json("result.json", result.to_dict())
             self.handle.update(status=result.status, final_test_acc=result.final.get("test_acc"),

@@ -26,6 +26,25 @@ def gap(train_acc: float, test_acc: float) -> float:
     return train_acc - test_acc
 
 
+POTENTIAL_CAP = 100.0  # no accuracy exceeds 100 %
+POTENTIAL_NOTE = ("* potential = test + (100 − train) passes 100 when the train accuracy is below the test accuracy "
+                  "(a negative gap: train measured with dropout/augmentation on, or on a sample of the training "
+                  "set); no accuracy exceeds 100, so it is shown capped at 100, with the formula's raw value. "
+                  "Read it as: nothing is lost to overfitting.")
+
+
+def potential_text(value: float, raw: bool = True) -> str:
+    """The potential as printed: '99.25', or '100.00*' (+ ' (raw 101.25)') where the formula passes 100."""
+    if value <= POTENTIAL_CAP:
+        return f"{value:.2f}"
+    return f"{POTENTIAL_CAP:.2f}*" + (f" (raw {value:.2f})" if raw else "")
+
+
+def shifted_text(shifted: dict[str, float]) -> str:
+    """'0 px 99.41 · 1 px 99.30 · 2 px 98.72 ...' (mean over the 4 directions)."""
+    return " · ".join(f"{k} px {v:.2f}" for k, v in sorted(shifted.items(), key=lambda kv: int(kv[0])))
+
+
 def potential(train_acc: float, test_acc: float) -> float:
     """test + (100 - train): what test could reach if the network fitted the training set fully."""
     return test_acc + (100.0 - train_acc)
@@ -64,6 +83,8 @@ class RunResult:
     seed: int | None = None
     target: float = 99.4
     extra: dict[str, Any] = field(default_factory=dict)
+    # final model's test accuracy with images shifted k pixels ("0".."N", mean over 4 directions; shift_eval)
+    shifted_test: dict[str, float] | None = None
     # where the run's folder is (set by whoever holds the store; never written to result.json)
     run_dir: str | None = field(default=None, repr=False, compare=False)
 
@@ -84,7 +105,7 @@ class RunResult:
         if b.get("epoch"):
             parts.append(f"best-epoch ({b['selected_by']}) {b['epoch']}: test {_pct(b.get('test_acc'))}")
         if self.gap is not None:
-            parts.append(f"gap {self.gap:+.2f} potential {self.potential:.2f} ({self.train_acc_source} train acc)")
+            parts.append(f"gap {self.gap:+.2f} potential {potential_text(self.potential)} ({self.train_acc_source} train acc)")
         if self.verdict:
             parts.append(self.verdict)
         return ", ".join(parts)
@@ -104,8 +125,10 @@ class RunResult:
                         + (f", val {_pct(b.get('val_acc'))}" if b.get("val_acc") is not None else "")))
         if self.gap is not None:
             out.append(("gap = train - test", f"{self.gap:+.2f} points; train accuracy {self.train_acc_source}"))
-            out.append(("potential = test + (100 - train)", f"{self.potential:.2f}% (target {self.target:g}%)"))
+            out.append(("potential = test + (100 - train)", f"{potential_text(self.potential)}% (target {self.target:g}%)"))
         out.append(("verdict", self.verdict or "-"))
+        if self.shifted_test:
+            out.append(("test, images shifted", shifted_text(self.shifted_test)))
         reached = ("not reached" if self.time_to_target_s is None else f"reached after {self.time_to_target_s:.1f} s")
         out.append(("time", f"{self.wall_time_s:.1f} s wall (first step {self.warmup_s:.2f} s); "
                     f"target {self.target:g}% {reached}"))

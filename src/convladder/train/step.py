@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from convladder.train.augment import AugmentParams, augment_from, draw_noise, noise_rows
 from convladder.train.config import TrainConfig
-from convladder.train.device_data import DeviceData, to_unit
+from convladder.data.normalise import to_unit
+from convladder.train.device_data import DeviceData
 from convladder.train.optim import make_optimizer
 
 CUDA_EVAL_BATCH = 10000  # on CUDA, evaluation batches are at least this large (one launch per batch matters there)

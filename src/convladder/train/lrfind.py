@@ -274,7 +274,7 @@ def _start_level(smooth: list[float]) -> float | None:
 
 def write_result(res: LRFindResult, out: str | Path) -> tuple[Path, Path]:
     """`out`.json (curve + suggestions) and `out`.csv (step, lr, loss, smoothed_loss), written atomically."""
-    from convladder.train.store import atomic_write_bytes
+    from convladder.fileio import atomic_write_bytes
 
     base = Path(out).expanduser()
     if base.suffix in (".json", ".csv"):
