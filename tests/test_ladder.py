@@ -200,7 +200,7 @@ def test_potential_above_100_is_capped_and_explained() -> None:
     assert "passes 100" not in format_table([under], ladder)  # no footnote without a capped value
 
 
-def test_open_question_ladders_check_and_keep_their_promises() -> None:
+def test_open_question_ladders_check_and_keep_their_promises(tmp_path) -> None:
     """gap-vs-fc: the GAP head has fewer parameters, the widened GAP net stays within the FC net's budget and every
     step measures shifted test images; overfitting: one cure per step on 1,000 images, then more data."""
     from convladder.analysis.table import summarize
@@ -214,6 +214,8 @@ def test_open_question_ladders_check_and_keep_their_promises() -> None:
     assert params[0] == 12_144 and params[1] == 7_944 and params[1] < params[2] <= params[0]
     assert all(TrainConfig.from_dict(s.train).shift_eval == 4 for s in gap.steps)
     assert list(diffs[2].things) == ["conv: out_channels"] and list(diffs[3].things) == ["config augmentation"]
+    # the ladder sets no epochs: the table shows the trainer's default, not None
+    assert [r["epochs"] for r in ladder_summary(gap, RunStore(tmp_path))] == [TrainConfig().epochs] * 4
     over = load_ladder("overfitting")
     diffs = check_ladder(over)
     assert [list(d.things) for d in diffs[1:]] == [["add dropout"], ["add bn"], ["config augmentation"], ["config data"]]

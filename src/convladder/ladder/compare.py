@@ -15,6 +15,7 @@ from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_tex
 from convladder.ladder.ladder import Ladder
 from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
 from convladder.runs.store import RunStore
+from convladder.train.config import TrainConfig
 from convladder.train.result import gap, potential, verdict
 
 ADVICE = {
@@ -70,7 +71,8 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
         row: dict[str, Any] = {
             "step": step.index, "name": step.name, "change": step.change, "why": step.why, "because": step.because,
             "params": table.total_params, "rf_out": table.rf_out, "handout": step.handout, "spec": step.spec_text,
-            "epochs": step.train.get("epochs") if opts.get("epochs") is None else opts["epochs"],
+            # the epochs the step trains: a run option, the ladder's, or the trainer's default
+            "epochs": opts.get("epochs") or step.train.get("epochs") or TrainConfig().epochs,
             "dataset": (done[0]["dataset"] if done else None) or opts.get("dataset") or step.train.get("dataset", "mnist"),
             "seeds": seeds, "n_completed": len(done), "n_failed": sum(s["status"] == "failed" for s in seeds),
             "stale": len(mine) - len(fresh), "target": ladder.target,
