@@ -26,6 +26,7 @@ from convladder.errors import UserError
 from convladder.executors.base import Executor, InProcessExecutor
 from convladder.executors.scheduled import SchedulerSpec, parse_scheduler
 from convladder.executors.sweep import Param, SweepSpec, Trial, _int, read_yaml_mapping, run_sweep
+from convladder.executors.sweep import write_summary as write_sweep_summary
 
 TOP_KEYS = {"name", "budgets", "trials", "near", "seeds", "search_seeds", "search", "samples", "sample_seed",
             "scheduler", "base", "space", "recipe", "candidates"}
@@ -425,14 +426,7 @@ def run_frontier(spec: FrontierSpec, runs_root: str | Path, executor: Executor |
 
 def write_summary(summary: dict[str, Any], runs_root: str | Path, path: Path | None = None) -> Path:
     """Save (atomically) as <runs>/frontiers/<name>-<time>.json, or over `path` (a run in progress)."""
-    from convladder.runs.handle import atomic_write_json
-
-    if path is None:
-        folder = Path(runs_root) / "frontiers"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{summary['name']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    atomic_write_json(path, summary)
-    return path
+    return write_sweep_summary(summary, runs_root, "frontiers", path)
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -418,13 +418,16 @@ def sweep_summary(result: SweepResult) -> dict[str, Any]:
             "runs_root": result.runs_root}
 
 
-def write_summary(summary: dict[str, Any], runs_root: str | Path) -> Path:
-    """Save the summary as <runs>/sweeps/<name>-<time>.json (the report reads it from there)."""
+def write_summary(summary: dict[str, Any], runs_root: str | Path, folder_name: str = "sweeps",
+                  path: Path | None = None) -> Path:
+    """Save the summary atomically as <runs>/<folder_name>/<name>-<time>.json (the report reads it from there),
+    or over `path` (a summary being updated as work finishes)."""
     from convladder.runs.handle import atomic_write_json
 
-    folder = Path(runs_root) / "sweeps"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{summary['name']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    if path is None:
+        folder = Path(runs_root) / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{summary['name']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     atomic_write_json(path, summary)
     return path
 
