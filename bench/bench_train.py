@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples-images", type=int, default=6400,
                     help="on CPU, images of one epoch to time the pytorch/examples recipe on (then extrapolate)")
     ap.add_argument("--set", action="append", default=[], help="extra key=value config overrides")
+    ap.add_argument("--output", default=None, help="results file name under bench/results/ (default: "
+                    "train-<device>.md, or train-<device>-<model>.md for --model)")
     args = ap.parse_args(argv)
+    load_before = os.getloadavg()[0]
 
     from convladder.train.config import parse_overrides
 
@@ -98,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Training benchmark — {dev}",
         "",
-        f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; 1-min load "
+        f"average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (other work on the machine)",
         f"- torch {torch.__version__}, python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}",
-        f"- recipe: {cfg.optimizer} lr {cfg.lr} {cfg.schedule}, batch {cfg.batch_size}, augment {cfg.augment}, "
+        f"- recipe: {cfg.optimizer} lr {cfg.lr} {cfg.schedule}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
+        f"augment {cfg.augment}, "
         f"label smoothing {cfg.label_smoothing}, val split {cfg.val_size}" + (f", subset {cfg.subset}" if cfg.subset else ""),
         f"- training throughput (forward+backward+augmentation), median epoch: "
         f"{statistics.median(r.extra['train_images_per_s'] for r in results):.0f} images/s",
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     # the default network's table is train-<device>.md; another network's gets its own file
-    out = RESULTS / (f"train-{device.type}.md" if args.model is None else f"train-{device.type}-{args.model}.md")
+    out = RESULTS / (args.output or (f"train-{device.type}.md" if args.model is None
+                                     else f"train-{device.type}-{args.model}.md"))
     out.write_text(text)
     print(text)
     print(f"written to {out}")

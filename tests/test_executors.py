@@ -63,6 +63,34 @@ def test_inprocess_sweep_trains_ranks_and_isolates(tmp_path):
     assert again["counts"]["completed"] == 4 and len(store.list_runs()) == 8
 
 
+def test_seed_jobs_train_as_one_batched_run_where_the_trainer_batches_and_match_separate_runs(tmp_path):
+    """Jobs differing only in the seed go to train_batched as one run of N seeds when batched_mode says so
+    (CUDA by default; `batched: streams` here, which on a CPU is each seed's sequential run, bit-identical)."""
+    from convladder.executors.base import seed_groups
+
+    spec = SPEC.format(c1=4, drop=0.1)
+    cfg = {**TINY, "model": spec, "augment": True}
+    jobs = [make_job({**cfg, "seed": s, "batched": "streams"}, label=f"seed {s}") for s in (1, 2, 3)]
+    other = make_job({**cfg, "seed": 4, "lr": 0.1, "batched": "streams"})  # another config: its own group
+    gap = make_job({**cfg, "seed": 9, "lr": 0.1, "batched": "streams"})  # seeds must count up by one
+    assert [len(g) for g in seed_groups(jobs + [other, gap])] == [3, 1, 1]
+    out = InProcessExecutor().map(jobs, tmp_path / "b")
+    assert [r["status"] for r in out] == ["completed"] * 3 and all(r["batched_with"] == 3 for r in out)
+    store = RunStore(tmp_path / "b")
+    for job, res in zip(jobs, out):  # one run per seed, with its own job tag: a rerun skips it
+        assert store.get(res["run_id"]).tags[-1] == f"job:{job.key}"
+        assert store.read_env(res["run_id"])["batched_with_seeds"] == [1, 2, 3]
+    seq = InProcessExecutor().map([make_job({**cfg, "seed": s, "batched": "off"}) for s in (1, 2, 3)], tmp_path / "s")
+    assert "batched_with" not in seq[0]  # batched: off trains them one by one
+    for a, b in zip(out, seq):
+        assert a["final_test_acc"] == b["final_test_acc"]
+        assert metrics(tmp_path / "b", a["run_id"]) == metrics(tmp_path / "s", b["run_id"])
+    assert [r["status"] for r in InProcessExecutor().map(jobs, tmp_path / "b")] == ["skipped"] * 3
+    # on a CPU with batched: auto (the default) nothing changes: one job after another
+    auto = InProcessExecutor().map([make_job({**cfg, "seed": s}) for s in (1, 2)], tmp_path / "a")
+    assert all("batched_with" not in r for r in auto)
+
+
 def test_over_budget_networks_are_rejected_before_training(tmp_path):
     spec = load_sweep(write_sweep(tmp_path, sweep_text(c1=(4, 64), budget=2000)))
     trials = make_trials(spec)

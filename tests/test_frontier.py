@@ -166,6 +166,46 @@ def test_frontier_searches_selects_on_val_retrains_over_seeds_and_reports(tmp_pa
         write_report("frontier:nope", tmp_path / "e.html", runs)
 
 
+def test_only_your_candidates_one_per_budget_train_their_seeds_without_a_search(tmp_path):
+    """trials: 0 tries the file's networks only; a budget left with one trial runs no search (nothing to select):
+    its seeds start at the base seed and are the reported ones."""
+    runs = tmp_path / "runs"
+    small = family_text(before=2, after=2, first=4, width1=4, squeeze=4, width2=6, dropout=0.0)
+    big = family_text(before=2, after=2, first=4, width1=8, squeeze=4, width2=12, dropout=0.0)
+    path = write(tmp_path, {"name": "own", "budgets": ["1k", "3k"], "trials": 0, "seeds": 2, "near": 0.5,
+                            "candidates": [small, big], "base": BASE})
+    sizes = [frontier.spec_params(t) for t in (small, big)]
+    assert sizes[0] < 1000 < 1500 < sizes[1] <= 3000  # each belongs to one budget only
+    spec = load_frontier(path)
+    cands, stats = candidates(spec, 3000)
+    assert [c.text for c in cands] == [big] and stats["generated"] == 0  # the space is not used
+    assert stats["rejected"] == [{"model": small, "params": sizes[0],
+                                  "reason": f"{sizes[0]:,} parameters < near 0.5 x budget 3,000"}]
+    res = cli("frontier", str(path), "--runs", str(runs), "--quiet")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("no search") == 2
+    summary = json.loads(next((runs / "frontiers").glob("own-*.json")).read_text())
+    store = RunStore(runs)
+    assert len(store.list_runs()) == 4  # 2 budgets x 2 seeds, no search runs
+    for b, text in zip(summary["budgets"], (small, big)):
+        assert b["selected_on"].startswith("the only trial") and b["trials"][0]["status"] == "not searched"
+        assert b["winner"]["model"] == text and b["final"]["seeds"] == [1, 2] and b["final"]["completed"] == 2
+        assert {store.get(r).model for r in b["final"]["runs"]} == {text}
+    with pytest.raises(UserError, match="trials: 0 tries only your candidates"):
+        parse_frontier({"trials": 0})
+
+
+def test_the_bench_frontier_files_parse_and_each_budget_has_a_network():
+    files = sorted((Path(__file__).parents[1] / "bench").glob("frontier-*.yaml"))
+    assert len(files) >= 2
+    for path in files:
+        spec = load_frontier(path)
+        assert spec.seeds == 5 and spec.base["val_size"] > 0
+        for budget in spec.budgets:
+            cands, _ = candidates(spec, budget)
+            assert cands and all(c.params <= budget for c in cands), (path.name, budget)
+
+
 def test_frontier_figure_marks_references_with_seed_counts_on_mnist():
     from convladder.report.frontierreport import frontier_figure
 

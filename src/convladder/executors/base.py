@@ -92,6 +92,81 @@ def run_job(job: Job, runs_root: str | Path) -> dict[str, Any]:
     return out
 
 
+def seed_groups(jobs: list[Job]) -> list[list[Job]]:
+    """Consecutive jobs whose configs differ only in the seed, seeds counting up by one: each list can train
+    as one batched run (N seeds at once); every other job is a list of its own."""
+    groups: list[list[Job]] = []
+    for job in jobs:
+        last = groups[-1][-1] if groups else None
+        if last is not None and _same_but_seed(last.config, job.config) and \
+                int(job.config.get("seed", 1)) == int(last.config.get("seed", 1)) + 1:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
+def _same_but_seed(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def core(c: dict[str, Any]) -> dict[str, Any]:
+        return {**c, "seed": None, "tags": [t for t in c.get("tags") or [] if not t.startswith(JOB_TAG)]}
+    return core(a) == core(b)
+
+
+def run_seed_group(jobs: list[Job], runs_root: str | Path) -> list[dict[str, Any]]:
+    """Train jobs that differ only in the seed (`seed_groups`): at once when the trainer batches seeds on
+    this device (`batched_mode`: on CUDA, N models stepped together as one CUDA graph; `batched: off` in the
+    config turns it off), else one by one with `run_job`. One result dict per job, in order, either way; each
+    seed is its own run with its own job tag, so reruns skip it as they skip any job.
+    """
+    pending = [j for j in jobs if not find_completed(runs_root, j.key)]
+    if len(pending) < 2 or pending != jobs[len(jobs) - len(pending):] or not _batches(pending):
+        return [run_job(j, runs_root) for j in jobs]
+    done = [run_job(j, runs_root) for j in jobs[:len(jobs) - len(pending)]]  # the completed ones: 'skipped'
+    from convladder.runs.store import RunStore
+    from convladder.train.config import TrainConfig
+    from convladder.train.loop import train_batched
+
+    t0 = time.perf_counter()
+    first = TrainConfig.from_dict(pending[0].config)
+    error = None
+    try:
+        if train_batched(first.replace(seeds=len(pending)), RunStore(runs_root),
+                         tags_by_seed={int(j.config.get("seed", 1)): list(j.config["tags"]) for j in pending}) is None:
+            return done + [run_job(j, runs_root) for j in pending]  # the trainer chose one by one after all
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a diverged seed raises at the end; the others are stored
+        error = f"{type(exc).__name__}: {exc}"
+    wall = (time.perf_counter() - t0) / len(pending)
+    out = []
+    for job in pending:  # each job's outcome from the store, as run_job reports it
+        base = {"key": job.key, "label": job.label, **job.meta, "batched_with": len(pending)}
+        run = find_completed(runs_root, job.key)
+        if run:
+            rec = RunStore(runs_root).read_result(run)
+            out.append({**base, "run_id": run, "status": rec.get("status", "completed"), "error": None,
+                        "final_test_acc": (rec.get("final") or {}).get("test_acc"),
+                        "final_train_acc": (rec.get("final") or {}).get("train_acc"),
+                        "best_test_acc": (rec.get("best") or {}).get("test_acc"), "params": rec.get("params"),
+                        "wall_time_s": wall})
+        else:
+            out.append({**base, "run_id": _failed_run_id(runs_root, job.key), "status": "failed",
+                        "error": error or "not completed in its batched run", "wall_time_s": wall})
+    return done + out
+
+
+def _batches(jobs: list[Job]) -> bool:
+    """Whether the trainer would train these seeds at once on this machine (cheap: no data, no model)."""
+    from convladder.train.config import TrainConfig
+    from convladder.train.loop import batched_mode, resolve_device
+
+    try:
+        config = TrainConfig.from_dict(jobs[0].config).replace(seeds=len(jobs))
+        return batched_mode(config, resolve_device(config.device)) is not None
+    except Exception:  # noqa: BLE001 - a bad config fails in run_job with its own message
+        return False
+
+
 def job_line(res: dict[str, Any]) -> str:
     """'t001 seed 1: completed test 97.12%  run ID' (or the error / where it stopped) for a finished job."""
     acc = res.get("final_test_acc")
@@ -125,17 +200,20 @@ class Executor(Protocol):
 
 
 class InProcessExecutor:
-    """Sequential, in this process (the default). A crashing job is recorded as failed; the rest go on."""
+    """Sequential, in this process (the default). A crashing job is recorded as failed; the rest go on.
+
+    Jobs that differ only in the seed train as one batched run where the trainer batches seeds (CUDA).
+    """
 
     name = "inprocess"
 
     def map(self, jobs: list[Job], runs_root: str | Path, on_done: OnDone | None = None) -> list[dict[str, Any]]:
         results = []
-        for job in jobs:
-            res = run_job(job, runs_root)
-            results.append(res)
-            if on_done:
-                on_done(res)
+        for group in seed_groups(jobs):  # seeds of one config train at once where the trainer batches them
+            for res in run_seed_group(group, runs_root):
+                results.append(res)
+                if on_done:
+                    on_done(res)
         return results
 
 

@@ -132,7 +132,8 @@ def frontier_command(
                                                         "without it, the default space")] = None,
     budgets: Annotated[Optional[str], Opt("--budgets", help="parameter budgets, e.g. 2k,5k,8k (overrides the file)")] = None,
     seeds: Annotated[Optional[int], Opt("--seeds", help="re-train seeds of each budget's winner (default 5)")] = None,
-    trials: Annotated[Optional[int], Opt("--trials", help="architectures searched per budget")] = None,
+    trials: Annotated[Optional[int], Opt("--trials", help="architectures of the space searched per budget "
+                                         "(0: only the file's candidates)")] = None,
     epochs: Annotated[Optional[str], Opt("--epochs", help="epoch values searched, e.g. 10,15")] = None,
     dataset: Annotated[Optional[str], Opt("--dataset", help="data set (overrides base: dataset)")] = None,
     executor: ExecutorOpt = "inprocess",
@@ -148,20 +149,24 @@ def frontier_command(
     from convladder.executors.frontier import candidates, format_table, load_frontier, run_frontier, write_summary
     from convladder.paths import runs_dir
 
-    for flag, value in (("--seeds", seeds), ("--trials", trials)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1 (got {value})")
+    for flag, value, least in (("--seeds", seeds, 1), ("--trials", trials, 0)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} must be at least {least} (got {value})")
     spec = load_frontier(file, budgets=budgets, seeds=seeds, trials=trials, epochs=epochs, dataset=dataset)
     root = Path(runs).expanduser() if runs else runs_dir()
     if dry_run:
         for budget in spec.budgets:
             cands, stats = candidates(spec, budget)
-            typer.echo(f"budget {budget:,}: {stats['in_budget']} of {stats['generated']} networks fit, "
-                       f"{stats['near']} within {spec.near:.0%} of it; trying {len(cands)}")
+            if spec.trials:
+                typer.echo(f"budget {budget:,}: {stats['in_budget']} of {stats['generated']} networks fit, "
+                           f"{stats['near']} within {spec.near:.0%} of it; trying {len(cands)}")
+            else:
+                typer.echo(f"budget {budget:,}: the file's candidates only; trying {len(cands)}"
+                           + (" (one trial: no search, its seeds are the reported ones)" if len(cands) == 1 else ""))
             for c in cands:
                 typer.echo(f"  {c.params:>7,}  {c.text}")
             for r in stats["rejected"]:
-                typer.echo(f"  rejected {r['model']}: {r['reason']}")
+                typer.echo(f"  rejected {r['params']:>7,}  {r['reason']}: {r['model'][:60]}...")
         return
     ex = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
     t0 = time.perf_counter()

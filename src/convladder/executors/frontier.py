@@ -25,7 +25,7 @@ from typing import Any
 from convladder.errors import UserError
 from convladder.executors.base import Executor, InProcessExecutor
 from convladder.executors.scheduled import SchedulerSpec, parse_scheduler
-from convladder.executors.sweep import Param, SweepSpec, Trial, _int, read_yaml_mapping, run_sweep
+from convladder.executors.sweep import Param, SweepSpec, Trial, _int, make_trials, read_yaml_mapping, run_sweep
 from convladder.executors.sweep import write_summary as write_sweep_summary
 
 TOP_KEYS = {"name", "budgets", "trials", "near", "seeds", "search_seeds", "search", "samples", "sample_seed",
@@ -53,7 +53,7 @@ class FrontierSpec:
     space: dict[str, Any]
     recipe: dict[str, list[Any]]  # TrainConfig key -> values searched (grid, or random draws)
     candidates: list[str] = field(default_factory=list)  # extra networks (names or spec text) tried where they fit
-    trials: int = 4  # architectures per budget
+    trials: int = 4  # architectures per budget from the space (0: only `candidates`)
     near: float = 0.6  # generated networks have at least near x budget parameters
     seeds: int = 5  # re-train seeds of each winner
     search_seeds: int = 1  # seeds per search trial; selection uses the worst of them on validation
@@ -171,14 +171,16 @@ def parse_frontier(data: dict[str, Any], where: Callable[..., str] = lambda *k: 
     spec = FrontierSpec(
         name=str(data.get("name") or default_name), budgets=budget_list, base=base, space=space, recipe=recipe,
         candidates=candidates,
-        trials=trials if trials is not None else _int(data.get("trials", 4), where("trials")),
+        trials=trials if trials is not None else _int(data.get("trials", 4), where("trials"), minimum=0),
         near=float(near), seeds=seeds if seeds is not None else _int(data.get("seeds", 5), where("seeds")),
         search_seeds=_int(data.get("search_seeds", 1), where("search_seeds")), search=search,
         samples=_int(data.get("samples", 8), where("samples")),
         sample_seed=_int(data.get("sample_seed", 0), where("sample_seed"), minimum=0),
         scheduler=parse_scheduler(data.get("scheduler"), where))
-    if spec.seeds < 1 or spec.trials < 1:
-        raise UserError(f"--seeds and --trials must be at least 1 (got {spec.seeds} and {spec.trials})")
+    if spec.seeds < 1 or spec.trials < 0:
+        raise UserError(f"--seeds must be at least 1 and --trials at least 0 (got {spec.seeds} and {spec.trials})")
+    if spec.trials == 0 and not spec.candidates:
+        raise UserError(f"{where('trials')}: trials: 0 tries only your candidates: — list some, or give trials >= 1")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name):
         raise UserError(f"{where('name')}: name {spec.name!r} may hold letters, digits, '.', '_' and '-' only")
     config = _check_config(base, where("base"))
@@ -275,10 +277,11 @@ def candidates(spec: FrontierSpec, budget: int) -> tuple[list[Candidate], dict[s
 
     Every network of the space is counted; over-budget ones and those under near x budget are dropped here,
     so they never train. Shapes (before, after) take turns so the trials are not all one layout.
-    Explicit candidates that fit are added; those that do not are listed as rejected.
+    Explicit candidates between near x budget and the budget are added; the others are listed as rejected
+    (a 2k network is not a 5k budget's answer).
     """
     s = spec.space
-    pool, unfit = family(s)
+    pool, unfit = family(s) if spec.trials else ([], 0)  # trials: 0 tries the file's candidates only
     seen = {c.text: c for c in pool if c.params <= budget}
     over = len(pool) - len(seen)
     near = [c for c in seen.values() if c.params >= spec.near * budget]
@@ -288,7 +291,7 @@ def candidates(spec: FrontierSpec, budget: int) -> tuple[list[Candidate], dict[s
     chosen: list[Candidate] = []
     for row in itertools.zip_longest(*groups.values()):  # round robin over shapes, nearest first in each
         chosen += [c for c in row if c is not None]
-    chosen = chosen[:spec.trials]
+    chosen = chosen[:spec.trials] if spec.trials else []
     with_dropout = [Candidate(family_text(**c.shape, dropout=d, classes=int(s["classes"]), pad_last=bool(s["pad_last"])),
                               c.params, {**c.shape, "dropout": d}) for c in chosen for d in s["dropout"]]
     rejected = []
@@ -296,6 +299,9 @@ def candidates(spec: FrontierSpec, budget: int) -> tuple[list[Candidate], dict[s
         params = spec_params(name)
         if params > budget:
             rejected.append({"model": name, "params": params, "reason": f"{params:,} parameters > budget {budget:,}"})
+        elif params < spec.near * budget:
+            rejected.append({"model": name, "params": params,
+                             "reason": f"{params:,} parameters < near {spec.near:g} x budget {budget:,}"})
         else:
             with_dropout.append(Candidate(name, params, {"given": name}))
     stats = {"generated": len(pool) + unfit, "over_budget": over, "does_not_fit": unfit, "in_budget": len(seen),
@@ -344,10 +350,13 @@ def select(trials: list[Trial], runs_root: str | Path) -> tuple[Trial | None, li
     return best, rows
 
 
-def retrain_sweep(spec: FrontierSpec, budget: int, winner: Trial) -> SweepSpec:
-    """The winner's exact config over `seeds` fresh seeds (after the search seeds: none of them selected it)."""
+def retrain_sweep(spec: FrontierSpec, budget: int, winner: Trial, searched: bool = True) -> SweepSpec:
+    """The winner's exact config over `seeds` fresh seeds (after the search seeds: none of them selected it).
+
+    `searched` False (a budget with one trial, so nothing to select): the seeds start at the base seed.
+    """
     config = {k: v for k, v in winner.config.items() if k not in ("tags", "seeds")}
-    config["seed"] = int(winner.config.get("seed", 1)) + spec.search_seeds
+    config["seed"] = int(winner.config.get("seed", 1)) + (spec.search_seeds if searched else 0)
     config["tags"] = list(spec.base.get("tags") or []) + [f"frontier:{spec.name}", f"budget:{budget}", "frontier-final"]
     return SweepSpec(name=f"frontier-{spec.name}-{budget}-seeds", model=None, base=config, params=[], budget=budget,
                      seeds=spec.seeds, path=spec.path)
@@ -368,8 +377,18 @@ def run_budget(spec: FrontierSpec, budget: int, runs_root: str | Path, executor:
                        "parameters; widen space: or lower near:")
         return row
     shapes = {c.text: c.shape for c in cands}
-    search = run_sweep(search_sweep(spec, budget, cands), runs_root, executor, on_done=on_done)
-    winner, row["trials"] = select(search.trials, runs_root)
+    sweep = search_sweep(spec, budget, cands)
+    planned = make_trials(sweep)
+    searched = not (len(planned) == 1 and planned[0].status == "pending" and spec.search == "grid")
+    if searched:
+        search = run_sweep(sweep, runs_root, executor, on_done=on_done)
+        winner, row["trials"] = select(search.trials, runs_root)
+    else:  # one network, one recipe: nothing to select, so no search run; its seeds are the reported ones
+        winner = planned[0]
+        row["trials"] = [{"trial": winner.id, "status": "not searched", "model": winner.values.get("model"),
+                          "params": winner.params, "val_acc": None, "error": None, "runs": [],
+                          "recipe": {k: v for k, v in winner.values.items() if k != "model"}}]
+        row["selected_on"] = "the only trial of this budget (no search)"
     for r in row["trials"]:
         r["shape"] = shapes.get(r["model"])
     row["search_wall_s"] = time.perf_counter() - t0
@@ -379,7 +398,7 @@ def run_budget(spec: FrontierSpec, budget: int, runs_root: str | Path, executor:
     win_row = next(r for r in row["trials"] if r["trial"] == winner.id)
     row["winner"] = {**win_row, "config": {k: v for k, v in winner.config.items() if k != "tags"}}
     t1 = time.perf_counter()
-    final = run_sweep(retrain_sweep(spec, budget, winner), runs_root, executor, on_done=on_done).trials[0]
+    final = run_sweep(retrain_sweep(spec, budget, winner, searched), runs_root, executor, on_done=on_done).trials[0]
     ok = [r for r in final.runs if r.get("status") in ("completed", "skipped") and r.get("final_test_acc") is not None]
     tests = [float(r["final_test_acc"]) for r in ok]
     vals = [v for v in (_final(runs_root, r.get("run_id"), "val_acc") for r in ok) if v is not None]
@@ -406,6 +425,9 @@ def run_frontier(spec: FrontierSpec, runs_root: str | Path, executor: Executor |
                  on_budget: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every budget in turn; `on_budget(summary)` after each (the summary so far: write it, print it)."""
     executor = executor or InProcessExecutor()
+    if spec.scheduler and not hasattr(executor, "connect"):  # before any budget, searched or not, trains
+        raise UserError(f"scheduler: {spec.scheduler.name} runs on Ray Tune: add --executor ray "
+                        "(the in-process executor trains every trial to the end; drop scheduler: for that)")
     t0 = time.perf_counter()
     summary: dict[str, Any] = {
         "kind": "frontier", "name": spec.name, "file": spec.path, "dataset": spec.base.get("dataset", "mnist"),
@@ -433,13 +455,15 @@ def format_table(summary: dict[str, Any]) -> str:
     """One line per budget: the winner's parameters, validation score, test min/median/max; its spec below."""
     head = (f"{'budget':>7} {'params':>7} {'trials':>9} {'val % (sel)':>11} {'test min':>8} {'median':>7} {'max':>7}"
             f" {'seeds':>5}")
-    lines = [f"frontier {summary['name']} on {summary['dataset']}: winners selected on {summary['selected_on']}; "
-             f"test over {summary['seeds']} fresh seed(s)", head]
+    searched = any(not b.get("selected_on") for b in summary["budgets"])
+    how = (f"winners selected on {summary['selected_on']}; test over {summary['seeds']} fresh seed(s)" if searched
+           else f"one network per budget, nothing searched; test over {summary['seeds']} seed(s)")
+    lines = [f"frontier {summary['name']} on {summary['dataset']}: {how}", head]
     for b in summary["budgets"]:
         c, w, f = b["candidates"], b["winner"], b["final"] or {}
         done = sum(t["status"] == "completed" for t in b["trials"])
         acc = f.get("test_acc") or {}
-        tried = f"{done}/{len(b['trials'])}"
+        tried = "no search" if b.get("selected_on") else f"{done}/{len(b['trials'])}"
         lines.append(f"{b['budget']:>7,} {_fmt(w and w['params'], ','):>7} {tried:>9} "
                      f"{_fmt(w and w['val_acc']):>11} {_fmt(acc.get('min')):>8} {_fmt(acc.get('median')):>7} "
                      f"{_fmt(acc.get('max')):>7} {f.get('completed', 0):>5}"

@@ -131,8 +131,9 @@ def frontier_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         w, f, c = b.get("winner") or {}, b.get("final") or {}, b.get("candidates") or {}
         acc = f.get("test_acc") or {}
         done = sum(t.get("status") == "completed" for t in b.get("trials") or [])
+        tried = "no search (one trial)" if b.get("selected_on") else f"{done}/{len(b.get('trials') or [])}"
         rows.append([b["budget"], w.get("params"), acc.get("min"), acc.get("median"), acc.get("max"),
-                     len(f.get("test_accs") or []), w.get("val_acc"), f"{done}/{len(b.get('trials') or [])}",
+                     len(f.get("test_accs") or []), w.get("val_acc"), tried,
                      c.get("over_budget", 0) + len(c.get("rejected") or []),
                      ", ".join(f"{k}={v}" for k, v in (w.get("recipe") or {}).items()) or "–",
                      w.get("model") or b.get("note") or "–"])
@@ -148,8 +149,9 @@ def frontier_body(summary: dict[str, Any]) -> str:
     if not measured(summary):
         notes.append("no budget has a re-trained winner yet: nothing to plot")
     env = summary.get("environment") or {}
-    facts = (f"data set {E(str(summary.get('dataset')))}; {summary.get('trials_per_budget')} architecture(s) per "
-             f"budget, {summary.get('search_seeds', 1)} search seed(s), selected on the {E(str(summary.get('selected_on')))}; "
+    per_budget = (f"{summary.get('trials_per_budget')} architecture(s) per budget" if summary.get("trials_per_budget")
+                  else "the file's candidates only (a budget with one trial is not searched: its seeds are the reported ones)")
+    facts = (f"data set {E(str(summary.get('dataset')))}; {E(per_budget)}, {summary.get('search_seeds', 1)} search seed(s), selected on the {E(str(summary.get('selected_on')))}; "
              f"each winner re-trained over {summary.get('seeds')} fresh seed(s); executor {E(str(summary.get('executor')))}"
              + (f", scheduler {E(str(summary['scheduler']))}" if summary.get("scheduler") else "")
              + f"; {_num(summary.get('wall_time_s'), '{:.1f}')} s on {E(str(env.get('cpu') or env.get('machine')))}"

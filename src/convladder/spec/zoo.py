@@ -13,6 +13,29 @@ class ZooEntry:
     input_shape: tuple[int, int, int] = (1, 28, 28)
 
 
+def reference_layout(conv1: int, conv2: int, trans1: int, conv3: int, conv4: int, conv5: int, conv6: int,
+                     dropout: float = 0.05) -> str:
+    """The reference networks' layout with these output channels: two 3x3 blocks, the transition (maxpool2x2 +
+    1x1), four 3x3 blocks (the last padded), GAP and a 1x1 to the classes; relu bn dropout after each 3x3 block,
+    no bias, no fully connected layer (the notes' method)."""
+    drop = f" dropout({dropout:g})" if dropout else ""
+
+    def block(name: str, channels: int, padding: str = "") -> str:
+        return f"{name}[conv3x3({channels}{padding}, bias=false) relu bn{drop}]"
+
+    return " ".join([block("conv1", conv1), block("conv2", conv2),
+                     f"trans1[maxpool2x2 conv1x1({trans1}, bias=false) relu bn]",
+                     block("conv3", conv3), block("conv4", conv4), block("conv5", conv5),
+                     block("conv6", conv6, ", padding=1"), "out[gap conv1x1(10, bias=false) logsoftmax]"])
+
+
+def _frontier_entry(budget: str, widths: tuple[int, ...], params: int, figures: str) -> ZooEntry:
+    """A frontier network: the reference layout at `widths`, with its measured figures in the description."""
+    return ZooEntry(reference_layout(*widths),
+                    f"frontier, {budget} budget (tiny8k's layout at {'/'.join(map(str, widths))}): {figures} % "
+                    "final-epoch test (min / median / max of 5 seeds, 12 epochs)", params)
+
+
 ZOO: dict[str, ZooEntry] = {
     "pytorch-mnist": ZooEntry(
         "features[conv3x3(32) relu conv3x3(64) relu] "
@@ -39,32 +62,31 @@ ZOO: dict[str, ZooEntry] = {
     # The notes' method: 3x3 blocks, transition = maxpool2x2 + 1x1, relu bn (+ small dropout) after every
     # layer but the last, GAP then a 1x1 to the classes, no bias, no fully connected layer.
     "tiny8k": ZooEntry(
-        "conv1[conv3x3(8, bias=false) relu bn dropout(0.05)] conv2[conv3x3(12, bias=false) relu bn dropout(0.05)] "
-        "trans1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
-        "conv3[conv3x3(12, bias=false) relu bn dropout(0.05)] conv4[conv3x3(16, bias=false) relu bn dropout(0.05)] "
-        "conv5[conv3x3(16, bias=false) relu bn dropout(0.05)] conv6[conv3x3(12, padding=1, bias=false) relu bn dropout(0.05)] "
-        "out[gap conv1x1(10, bias=false) logsoftmax]",
+        reference_layout(8, 12, 8, 12, 16, 16, 12),
         "reference: <= 8k params, no bias, no FC; >= 99.4 % MNIST test within 12-15 epochs (convladder train defaults)",
         7_944,
     ),
     "tiny6k": ZooEntry(
-        "conv1[conv3x3(8, bias=false) relu bn dropout(0.05)] conv2[conv3x3(10, bias=false) relu bn dropout(0.05)] "
-        "trans1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
-        "conv3[conv3x3(10, bias=false) relu bn dropout(0.05)] conv4[conv3x3(14, bias=false) relu bn dropout(0.05)] "
-        "conv5[conv3x3(14, bias=false) relu bn dropout(0.05)] conv6[conv3x3(10, padding=1, bias=false) relu bn dropout(0.05)] "
-        "out[gap conv1x1(10, bias=false) logsoftmax]",
+        reference_layout(8, 10, 8, 10, 14, 14, 10),
         "tiny8k narrowed (conv2/conv3/conv6 to 10, conv4/conv5 to 14): 6,124 params; train with epochs=15",
         6_124,
     ),
     "course15k": ZooEntry(
-        "conv1[conv3x3(10, bias=false) relu bn dropout(0.05)] conv2[conv3x3(16, bias=false) relu bn dropout(0.05)] "
-        "trans1[maxpool2x2 conv1x1(10, bias=false) relu bn] "
-        "conv3[conv3x3(16, bias=false) relu bn dropout(0.05)] conv4[conv3x3(16, bias=false) relu bn dropout(0.05)] "
-        "conv5[conv3x3(16, bias=false) relu bn dropout(0.05)] conv6[conv3x3(16, padding=1, bias=false) relu bn dropout(0.05)] "
-        "out[gap conv1x1(10, bias=false) logsoftmax]",
+        reference_layout(10, 16, 10, 16, 16, 16, 16),
         "the course assignment: <= 15k params, <= 20 epochs, no bias, no FC, >= 99.4 % MNIST test",
         10_402,
     ),
+    # The frontier (issue 14): the reference layout with every width scaled to sit just under a budget. Figures:
+    # final-epoch MNIST test accuracy min / median / max over seeds 1-5, 12 epochs, the trainer's default
+    # recipe, 2 CPU cores (bench/frontier-mnist-cpu.yaml; bench/results/frontier-mnist-cpu.md).
+    **{f"frontier{budget}": _frontier_entry(budget, widths, params, figures) for budget, widths, params, figures in [
+        ("2k", (4, 6, 4, 6, 7, 7, 6), 1_829, "98.68 / 98.82 / 98.83"),
+        ("4k", (6, 8, 6, 8, 11, 11, 8), 3_835, "99.14 / 99.24 / 99.35"),
+        ("5k", (6, 9, 6, 9, 13, 13, 9), 4_927, "99.28 / 99.39 / 99.41"),
+        ("10k", (9, 13, 9, 13, 18, 18, 13), 9_748, "99.42 / 99.50 / 99.55"),
+        ("15k", (11, 16, 11, 16, 22, 22, 16), 14_523, "99.55 / 99.55 / 99.60"),
+        ("20k", (13, 19, 13, 19, 25, 25, 19), 19_441, "99.54 / 99.55 / 99.57"),
+    ]},
     "vgg16": ZooEntry(
         " ".join(
             f"conv{b}_{i}[conv3x3({c}, padding=1) relu]" + (f" pool{b}[maxpool2x2]" if i == n else "")

@@ -234,13 +234,14 @@ def train_seeds(config: TrainConfig, store: RunStore | None = None, progress: Pr
 
 
 def train_batched(config: TrainConfig, store: RunStore | None = None, progress: Progress | None = None, *,
-                  data=None) -> list[RunResult] | None:
+                  data=None, tags_by_seed: dict[int, list[str]] | None = None) -> list[RunResult] | None:
     """Seeds config.seed .. + config.seeds - 1 trained at once; one run (folder, result) per seed.
 
     How, by `batched_mode`: streams — N ordinary models stepped together (one CUDA graph on CUDA; one after
     another, each as its sequential run, elsewhere); grouped — one grouped-convolution model (UserError when
     the network cannot be widened). Returns None when the seeds are to train one by one (the caller does). A seed whose loss turns NaN/inf
     is recorded as failed, the others train on, and its TrainingDiverged is raised at the end.
+    `tags_by_seed`: a seed's own tags instead of config.tags (an executor's job tag per seed).
     """
     from convladder.train.batched import CopyRng, StreamsEpochRunner, why_not_batchable, widen
 
@@ -265,8 +266,9 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
     if reason:  # grouped is only ever asked for explicitly (batched=on|grouped)
         raise UserError(f"batched: {config.batched}, but {reason}; use batched=streams, auto or off")
     data_on_device, spec_text, params = setups[0].data, setups[0].spec_text, setups[0].params
-    configs = [config.replace(seed=s, seeds=1, model_spec=spec_text, val_size=len(data_on_device.y_val))
-               for s in seeds]
+    tags_by_seed = tags_by_seed or {}
+    configs = [config.replace(seed=s, seeds=1, model_spec=spec_text, val_size=len(data_on_device.y_val),
+                              tags=list(tags_by_seed.get(s, config.tags))) for s in seeds]
     if mode == "streams":
         runner = StreamsEpochRunner([s.model for s in setups], data_on_device, configs, device, rng,
                                     notice=progress.note)

@@ -1,0 +1,108 @@
+"""Write a measured frontier as a results table: bench/results/frontier-<name>.md.
+
+    .venv/bin/python bench/frontier_results.py --runs /path/to/runs                 # the newest frontier summary
+    .venv/bin/python bench/frontier_results.py --runs DIR --name mnist-cpu -o bench/results/frontier-mnist-cpu.md
+
+Reads only what `convladder frontier` wrote: its summary (<runs>/frontiers/<name>-*.json, the newest of that
+name) and each re-trained run's result.json. Per budget: the network, its parameters, every seed's final-epoch
+test accuracy, their min / median / max, the best-epoch figures (the epoch the validation split picked), each
+seed's wall time, and the search's cost; machine, device, torch version and seeds at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from convladder.runs.store import RunStore
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def newest_summary(runs: Path, name: str | None) -> Path:
+    files = sorted((runs / "frontiers").glob(f"{name or '*'}-*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        sys.exit(f"error: no frontier summary{f' named {name!r}' if name else ''} under {runs / 'frontiers'}")
+    return files[-1]
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "-"
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def widths(spec_text: str) -> str:
+    """'4/6/4/6/7/7/6' for a spec: the output channels of its convolutions but the classifier."""
+    chans = [int(m) for m in re.findall(r"conv(?:3x3|1x1)\((\d+)", spec_text)]
+    return "/".join(map(str, chans[:-1])) if len(chans) > 1 else "-"
+
+
+def selection(summary: dict) -> str:
+    searched = [b for b in summary["budgets"] if not b.get("selected_on")]
+    if not searched:
+        return "none (each budget had one network and one recipe: nothing was searched, its seeds are the reported ones)"
+    return (f"{summary.get('selected_on')}, on the search seeds; the reported seeds are fresh ones"
+            + (" (budgets with one trial: not searched)" if len(searched) < len(summary["budgets"]) else ""))
+
+
+def table(summary: dict, store: RunStore) -> str:
+    env = summary.get("environment") or {}
+    lines = [f"# Frontier `{summary['name']}` on {summary['dataset']}", "",
+             f"- machine: {env.get('cpu')} ({env.get('cores')} cores), {env.get('machine')}; device: "
+             f"{env.get('cuda') or 'CPU only'}; torch {env.get('torch')}, python {env.get('python')}",
+             f"- file: `{summary.get('file')}`; executor {summary.get('executor')}; started {summary.get('started')}",
+             f"- each budget's network trained over {summary['seeds']} seeds; selection: " + selection(summary),
+             "- accuracy: final-epoch test accuracy (the number reported); best-epoch = the epoch the validation "
+             "split picked, its test accuracy shown; min / median / max over seeds", ""]
+    head = ("| budget | params | widths | epochs | seeds | final test % min / median / max | seeds >= 99.4 | "
+            "each seed's final test % | best-epoch test % min / median / max | wall s per seed (median) |")
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    total = 0.0
+    for b in summary["budgets"]:
+        w, f = b.get("winner") or {}, b.get("final") or {}
+        results = [store.read_result(r) for r in f.get("runs") or [] if r]
+        finals = [float(r["final"]["test_acc"]) for r in results if (r.get("final") or {}).get("test_acc") is not None]
+        bests = [float(r["best"]["test_acc"]) for r in results if (r.get("best") or {}).get("test_acc") is not None]
+        walls = [float(r["wall_time_s"]) for r in results if r.get("wall_time_s")]
+        total += sum(walls)
+        epochs = (w.get("config") or {}).get("epochs", "-")
+        lines.append(f"| {b['budget']:,} | {w.get('params') or 0:,} | {widths(w.get('model') or '')} | {epochs} | "
+                     f"{len(finals)} | {spread(finals)} | {sum(v >= 99.4 for v in finals)}/{len(finals)} | "
+                     f"{', '.join(f'{v:.2f}' for v in finals) or '-'} | {spread(bests)} | "
+                     f"{statistics.median(walls):.0f} |" if walls else
+                     f"| {b['budget']:,} | - | - | - | 0 | - | - | - | - | - |")
+    lines += ["", f"Training time summed over every run: {total / 3600:.2f} h of one process's wall time "
+              f"(runs of several processes overlap)."]
+    lines += ["", "Networks (spec text):", ""]
+    for b in summary["budgets"]:
+        w = b.get("winner") or {}
+        if w.get("model"):
+            lines.append(f"- {b['budget']:,}: `{w['model']}`")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", required=True, type=Path, help="the run store the frontier wrote to")
+    ap.add_argument("--name", default=None, help="the frontier's name (default: the newest summary)")
+    ap.add_argument("-o", "--output", type=Path, default=None, help="default: bench/results/frontier-<name>.md")
+    args = ap.parse_args(argv)
+    path = newest_summary(args.runs, args.name)
+    summary = json.loads(path.read_text())
+    text = table(summary, RunStore(args.runs))
+    out = args.output or RESULTS / f"frontier-{summary['name']}.md"
+    tmp = out.with_suffix(".part")
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(text)
+    print(f"written: {out} (from {path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
