@@ -81,6 +81,7 @@ ZOO: dict[str, ZooEntry] = {
     # recipe, 2 CPU cores (bench/frontier-mnist-cpu.yaml; bench/results/frontier-mnist-cpu.md).
     **{f"frontier{budget}": _frontier_entry(budget, widths, params, figures) for budget, widths, params, figures in [
         ("2k", (4, 6, 4, 6, 7, 7, 6), 1_829, "98.68 / 98.82 / 98.83"),
+        ("3k", (5, 7, 5, 7, 9, 9, 7), 2_741, "99.03 / 99.14 / 99.21"),
         ("4k", (6, 8, 6, 8, 11, 11, 8), 3_835, "99.14 / 99.24 / 99.35"),
         ("5k", (6, 9, 6, 9, 13, 13, 9), 4_927, "99.28 / 99.39 / 99.41"),
         ("10k", (9, 13, 9, 13, 18, 18, 13), 9_748, "99.42 / 99.50 / 99.55"),
