@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from convladder.fileio import atomic_write_text
 from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
 from convladder.train.loop import resolve_device, train
@@ -128,11 +129,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{_fmt(r.potential)} | {r.verdict} | {r.wall_time_s:.1f} | {_fmt(r.time_to_target_s)} |" for r in results],
     ]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
     # the default network's table is train-<device>.md; another network's gets its own file
     out = RESULTS / (args.output or (f"train-{device.type}.md" if args.model is None
                                      else f"train-{device.type}-{args.model}.md"))
-    out.write_text(text)
+    atomic_write_text(out, text)
     print(text)
     print(f"written to {out}")
     return 0

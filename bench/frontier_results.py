@@ -18,6 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from convladder.fileio import atomic_write_text
 from convladder.runs.store import RunStore
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(path.read_text())
     text = table(summary, RunStore(args.runs))
     out = args.output or RESULTS / f"frontier-{summary['name']}.md"
-    tmp = out.with_suffix(".part")
-    tmp.write_text(text)
-    tmp.replace(out)
+    atomic_write_text(out, text)
     print(text)
     print(f"written: {out} (from {path})")
     return 0

@@ -143,12 +143,7 @@ def run_seed_group(jobs: list[Job], runs_root: str | Path) -> list[dict[str, Any
         base = {"key": job.key, "label": job.label, **job.meta, "batched_with": len(pending)}
         run = find_completed(runs_root, job.key)
         if run:
-            rec = RunStore(runs_root).read_result(run)
-            out.append({**base, "run_id": run, "status": rec.get("status", "completed"), "error": None,
-                        "final_test_acc": (rec.get("final") or {}).get("test_acc"),
-                        "final_train_acc": (rec.get("final") or {}).get("train_acc"),
-                        "best_test_acc": (rec.get("best") or {}).get("test_acc"), "params": rec.get("params"),
-                        "wall_time_s": wall})
+            out.append({**base, **_summary(runs_root, run), "error": None, "wall_time_s": wall})
         else:
             out.append({**base, "run_id": _failed_run_id(runs_root, job.key), "status": "failed",
                         "error": error or "not completed in its batched run", "wall_time_s": wall})
@@ -176,10 +171,14 @@ def job_line(res: dict[str, Any]) -> str:
 
 
 def _summary(runs_root: str | Path, run_id: str) -> dict[str, Any]:
+    """A stored run's fields of a job result (as `run_job` reports a run it trained), from its result.json."""
     from convladder.runs.store import RunStore
 
-    rec = RunStore(runs_root).get(run_id)
-    return {"run_id": rec.id, "final_test_acc": rec.final_test_acc, "params": rec.params}
+    rec = RunStore(runs_root).read_result(run_id)
+    final, best = rec.get("final") or {}, rec.get("best") or {}
+    return {"run_id": run_id, "status": rec.get("status", "completed"), "final_test_acc": final.get("test_acc"),
+            "final_train_acc": final.get("train_acc"), "best_test_acc": best.get("test_acc"),
+            "params": rec.get("params")}
 
 
 def _failed_run_id(runs_root: str | Path, key: str) -> str | None:
