@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         f"average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (other work on the machine)",
         f"- torch {torch.__version__}, python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}",
         f"- recipe: {cfg.optimizer} lr {cfg.lr} {cfg.schedule}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
-        f"augment {cfg.augment}, "
-        f"label smoothing {cfg.label_smoothing}, val split {cfg.val_size}" + (f", subset {cfg.subset}" if cfg.subset else ""),
+        f"augment {cfg.augment} (rotate {cfg.rotate}, translate {cfg.translate}, scale {cfg.scale}), "
+        f"label smoothing {cfg.label_smoothing}, precise BN {cfg.precise_bn or 'off'}, val split {cfg.val_size}" + (f", subset {cfg.subset}" if cfg.subset else ""),
         f"- training throughput (forward+backward+augmentation), median epoch: "
         f"{statistics.median(r.extra['train_images_per_s'] for r in results):.0f} images/s",
         "- min / median / max over seeds; best-epoch = the epoch the validation split selected (test acc shown)",

@@ -252,3 +252,20 @@ def test_batched_mode_choices():
     assert batched_mode(config(seeds=3, batched="off"), cuda) is None
     with pytest.raises(UserError, match="batched 'parallel' is not one of"):
         train_seeds(config(seeds=2, batched="parallel"))
+
+
+@pytest.mark.parametrize("mode", ["on", "streams"])
+def test_precise_bn_recalibrates_each_copy_of_a_batched_run(tmp_path, mode):
+    from convladder.train.step import recalibrate_bn
+    store = RunStore(tmp_path / mode)
+    train_seeds(config(DROP, seeds=2, batched=mode, precise_bn=400), store)
+    data = DeviceData(synthetic_splits(), config(), torch.device("cpu"))
+    runs = store.list_runs()
+    assert len(runs) == 2 and store.read_env(runs[0].id)["batched_mode"] == ("grouped" if mode == "on" else mode)
+    for r in runs:
+        stored = create_model(store.root / r.id)
+        again = copy.deepcopy(stored)
+        recalibrate_bn(again, data.x_train[:400], data, 500)
+        for (k, a), b in zip(stored.state_dict().items(), again.state_dict().values()):
+            assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), k  # already recalibrated
+        assert store.read_config(r.id)["precise_bn"] == 400

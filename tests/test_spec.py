@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convladder.errors import UserError
 from convladder.spec import act, block, bn, conv, dropout, fc, gap, maxpool, network, relu, softmax
-from convladder.spec.build import build_module, check_size, estimate_size, output_shape
+from convladder.spec.build import Dropout, MaxPool2d, build_module, check_size, estimate_size, output_shape
 from convladder.spec.layers import Layer, layer_from_dict
 from convladder.spec.notation import SpecError, format_spec, parse_spec
 from convladder.spec.registry import check_model, get_spec, list_models, resolve_spec
@@ -369,3 +370,41 @@ def test_fuzzed_specs_raise_only_user_errors():
     assert not tally.other, {kind: tally.examples[kind] for kind in tally.other}
     assert tally.inputs == 1500 and tally.parsed > 150 and tally.built > 80 and tally.summarized >= 2
     assert tally.refused_parse > 1000 and tally.refused_build > 50
+
+
+def test_cpu_dropout_matches_its_definition_and_rate() -> None:
+    # the float-arithmetic mask must equal the plain definition: keep where the 16-bit uniform >= threshold
+    drop = Dropout(0.05).train()
+    x = torch.randn(64, 12, 24, 24, requires_grad=True)
+    torch.manual_seed(3)
+    y = drop(x)
+    torch.manual_seed(3)
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= (-32768 + round(0.05 * 65536))
+    expected = torch.where(keep, x.detach() * (1 / 0.95), 0.0)
+    assert torch.equal(y.detach(), expected)
+    assert abs((~keep).float().mean().item() - 0.05) < 0.002
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, keep.float() * (1 / 0.95))
+    assert torch.equal(drop.eval()(x), x)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+    assert drop.train()(x_cl).is_contiguous(memory_format=torch.channels_last)
+    assert drop(x.detach().double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(2, 2, 0, False), (3, 2, 1, False), (2, 2, 0, True),
+                                                              (3, 3, 0, True)])
+def test_cpu_maxpool_equals_torch_values_and_gradients(kernel: int, stride: int, padding: int,
+                                                       ceil_mode: bool) -> None:
+    pool = MaxPool2d(kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)
+    for x in (torch.randn(8, 5, 13, 11), torch.randint(0, 2, (8, 5, 13, 11)).float()):  # the second has ties
+        mine = x.clone().requires_grad_()
+        ref = x.clone().requires_grad_()
+        y = pool(mine)
+        y_ref = F.max_pool2d(ref, kernel, stride, padding, ceil_mode=ceil_mode)
+        assert torch.equal(y, y_ref) and y.is_contiguous()
+        g = torch.randn_like(y)
+        y.backward(g)
+        y_ref.backward(g)
+        assert torch.equal(mine.grad, ref.grad)

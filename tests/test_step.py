@@ -176,3 +176,39 @@ def test_graph_capture_failure_falls_back_to_eager_with_a_notice(monkeypatch):
     assert graph_runner.mode == "eager" and not graph_runner.captured
     for k in eager_sd:
         assert torch.equal(eager_sd[k], graph_sd[k]), k  # every step ran exactly once, in order
+
+
+@pytest.mark.parametrize("batch", [300, 100])
+def test_recalibrate_bn_sets_the_plain_mean_and_variance_of_clean_images(batch):
+    from convladder.train.step import recalibrate_bn
+    cfg = config()
+    data = DeviceData(synthetic_splits(), cfg, torch.device("cpu"))
+    model = build_model(SPEC, data.image_shape, 3)[0]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # stale statistics, as a moving average over augmented batches leaves them
+        m.running_mean.fill_(5.0)
+        m.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    x = data.x_train[:300]
+    # the reference: each BatchNorm normalises with its batch's statistics, dropout is off, the images are clean
+    reference = copy.deepcopy(model).eval()
+    ref_bns = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    inputs: dict[torch.nn.Module, list[torch.Tensor]] = {m: [] for m in ref_bns}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: inputs[mod].append(inp[0])) for m in ref_bns]
+    for m in ref_bns:
+        m.train()
+    with torch.no_grad():
+        for i in range(0, 300, batch):
+            reference.logits(data.normalise(to_unit(x[i:i + batch])))
+    for h in hooks:
+        h.remove()
+    assert recalibrate_bn(model, x, data, batch) == len(bns)
+    for m, ref in zip(bns, ref_bns):
+        seen = inputs[ref]
+        mean = torch.stack([t.mean((0, 2, 3)) for t in seen]).mean(0)
+        var = torch.stack([t.var((0, 2, 3), unbiased=True) for t in seen]).mean(0)
+        assert torch.allclose(m.running_mean, mean, atol=1e-5)  # equal batches: the plain average over batches
+        assert torch.allclose(m.running_var, var, rtol=1e-4, atol=1e-5)
+        assert m.momentum == 0.1 and m.training
+    assert model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # only the statistics change

@@ -28,6 +28,7 @@ from convladder.analysis.ops import NON_TENSOR_NAMES, _arg, _fn_name, _scope, _s
 from convladder.errors import UserError
 from convladder.spec.build import ClassProbs
 from convladder.spec.build import Dropout as SpecDropout
+from convladder.spec.build import MaxPool2d as SpecMaxPool2d
 
 INPUT = "input"  # the name of the model input in `TraceNode.inputs`
 
@@ -74,10 +75,10 @@ class ModelTrace:
 
 
 class _Tracer(fx.Tracer):
-    """torch.nn's own layers and convladder's output/dropout layers stay single calls; user modules are opened."""
+    """torch.nn's layers and convladder's output/dropout/max-pool layers stay single calls; user modules are opened."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (ClassProbs, SpecDropout)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (ClassProbs, SpecDropout, SpecMaxPool2d)) or super().is_leaf_module(m, qualname)
 
 
 # fx patches torch.nn.Module.__call__ for every thread while it traces, so a model running in another thread

@@ -40,8 +40,9 @@ class Dropout(nn.Dropout):
     """Element-wise dropout, as `nn.Dropout`, with a faster mask on the CPU.
 
     On the CPU, `bernoulli_` draws one random number per element and took ~30 % of a training step of
-    the reference network. Here each 64-bit draw gives four 16-bit uniforms, so the mask costs ~1/6
-    as much; the keep probability is rounded to 1/65536. Other devices use torch's own dropout.
+    the reference network. Here each 64-bit draw gives four 16-bit uniforms (the keep probability is rounded
+    to 1/65536), and the mask is made in float arithmetic: torch's CPU kernels on bool tensors (`>=`,
+    `where`) are not vectorised and cost 4-8x a float multiply. Other devices use torch's own dropout.
     It draws from torch's default CPU generator, like `nn.Dropout`, so seeding and resume still apply.
     """
 
@@ -50,9 +51,55 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-        uniform16 = bits.view(torch.int16)[:n].view(x.shape)
-        keep = uniform16 >= (-32768 + round(self.p * 65536))
-        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)
+        # float32 holds every 16-bit integer exactly (bf16/fp16 would not): keep where uniform16 >= threshold,
+        # i.e. where the integers minus (threshold - 1), clamped to [0, 1], are exactly 1 (0 below it)
+        uniform16 = bits.view(torch.int16)[:n].view(x.shape).to(torch.float32)
+        threshold = -32768 + round(self.p * 65536)
+        mask = uniform16.sub_(threshold - 1).clamp_(0.0, 1.0).mul_(1.0 / (1.0 - self.p))
+        return x * mask.to(x.dtype).contiguous(memory_format=_memory_format(x))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _MaxPoolCPU(torch.autograd.Function):
+    """2-D max pooling whose forward runs channels-last: torch's NCHW CPU kernel is 3-4x slower there.
+
+    The indices (positions within each H x W plane) do not depend on the layout, so the backward is torch's own
+    NCHW kernel, and values and gradients equal `F.max_pool2d`'s exactly (both keep the first maximum).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:  # type: ignore[override]
+        y, indices = nn.functional.max_pool2d(x.contiguous(memory_format=torch.channels_last), pool.kernel_size,
+                                              pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode,
+                                              return_indices=True)
+        ctx.save_for_backward(x, indices.contiguous())
+        ctx.pool = pool
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        x, indices = ctx.saved_tensors
+        pool = ctx.pool
+        pair = nn.modules.utils._pair
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.contiguous(), x, pair(pool.kernel_size), pair(pool.stride), pair(pool.padding),
+            pair(pool.dilation), bool(pool.ceil_mode), indices)
+        return grad_x, None
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """`nn.MaxPool2d` with a faster training path on the CPU (same values and gradients, see `_MaxPoolCPU`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 4 or not x.requires_grad or not x.is_contiguous()
+                or self.return_indices or torch.jit.is_tracing() or torch.jit.is_scripting()):
+            return super().forward(x)
+        return _MaxPoolCPU.apply(x, self)
 
 
 class SpecNet(nn.Sequential):
@@ -231,7 +278,7 @@ def build_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.Mo
             dilation=layer.d, groups=layer.groups or 1, bias=layer.has_bias,
         )
     elif kind in POOLS:
-        cls = nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d
+        cls = MaxPool2d if kind == "maxpool" else nn.AvgPool2d
         module = cls(layer.k, stride=layer.s, padding=layer.pad, ceil_mode=bool(layer.ceil_mode))
     elif kind == "bn":
         module = nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])

@@ -327,6 +327,8 @@ class StreamsEpochRunner:
         first = self.runners[0].step
         drive_steps(self.runner, self.steps, first, self.config.batch_size, progress)
         reads = [r.step.read_epoch() for r in self.runners]  # each copy's one read of the epoch
+        for r in self.runners:
+            r.recalibrate_bn(epoch)
         return epoch_rows(epoch, first.lr_at(epoch * self.steps), [x[0][0] for x in reads],
                           [x[1][0] for x in reads], reads[0][2], te)
 

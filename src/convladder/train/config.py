@@ -80,6 +80,8 @@ class TrainConfig:
     div_factor: float = _f(10.0, "onecycle: initial lr = lr / div_factor", OPTIM)
     final_div_factor: float = _f(100.0, "onecycle: final lr = initial lr / final_div_factor", OPTIM)
     label_smoothing: float = _f(0.0, "label smoothing in [0, 1)", OPTIM)
+    precise_bn: int = _f(0, "after the last epoch, recompute BatchNorm's running mean/var on N training images "
+                         "without augmentation or dropout (0 = off; docs/training.md)", OPTIM)
     augment: bool = _f(True, "rotation/translation/scale on the device", AUG)
     rotate: float = _f(7.0, "degrees, uniform in [-rotate, rotate]", AUG)
     translate: float = _f(2.0, "pixels, uniform in [-translate, translate]", AUG)
@@ -248,7 +250,7 @@ def validate(config: TrainConfig) -> None:
         raise UserError("lr must be > 0")
     if not 0 <= config.shift_eval <= 8:
         raise UserError(f"shift_eval is the largest shift in pixels, 0 (off) to 8 (got {config.shift_eval})")
-    for key in ("subset", "val_size", "clean_train_eval", "threads"):
+    for key in ("subset", "val_size", "clean_train_eval", "threads", "precise_bn"):
         if getattr(config, key) < 0:
             raise UserError(f"{key} must be >= 0 (got {getattr(config, key)})")
     if not 0 <= config.label_smoothing < 1:

@@ -19,7 +19,7 @@ import torch
 from convladder.train.config import TrainConfig
 from convladder.train.optim import schedule_tables
 from convladder.train.progress import Progress
-from convladder.train.step import StepRunner, TrainStep, evaluate_copies, step_mode
+from convladder.train.step import StepRunner, TrainStep, evaluate_copies, recalibrate_bn, step_mode
 
 PAUSE_ENV = "CONVLADDER_TEST_PAUSE_AFTER_EPOCH"  # test hook: after saving epoch N, touch $..._MARKER and sleep
 
@@ -73,7 +73,16 @@ class EpochRunner:
         step.new_epoch()
         drive_steps(run, self.steps, step, self.config.batch_size, progress)
         losses, accs, seen = step.read_epoch()  # the epoch's one read from the device
+        self.recalibrate_bn(epoch)
         return epoch_rows(epoch, step.lr_at(epoch * self.steps), losses, accs, seen, te)
+
+    def recalibrate_bn(self, epoch: int) -> None:
+        """Precise BN after the last epoch's steps, on the first `precise_bn` training images (before evaluation,
+        so the last epoch's val/test accuracies, the saved weights and the result are the recalibrated model's)."""
+        n = min(self.config.precise_bn, self.data.n_train)
+        if n and epoch == self.config.epochs:
+            recalibrate_bn(self.model, self.data.x_train[:n], self.data, self.config.eval_batch_size,
+                           self.channels_last, self.copies)
 
     def evaluate_into(self, rows: list[dict[str, Any]], epoch: int, te: float) -> None:
         """Add val/test loss and accuracy (on evaluation epochs) and the epoch's time to each copy's row."""

@@ -304,6 +304,44 @@ def evaluate_copies(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, da
     return [(pairs[0][i] / len(y), 100.0 * pairs[1][i] / len(y)) for i in range(copies)]
 
 
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, data: DeviceData, batch_size: int,
+                   channels_last: bool = False, copies: int = 1) -> int:
+    """Precise BN: recompute every BatchNorm's running mean/var as the plain average over (x uint8) in batches.
+
+    During training the running statistics are a moving average over augmented images with dropout on, and over
+    weights that kept changing; the test sees clean images, no dropout and the final weights. Here the model is
+    in eval mode (dropout off, also a functional `F.dropout(training=self.training)`) except its BatchNorm layers,
+    which see the clean images with the final weights. Returns the number of BatchNorm layers recalibrated.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or len(x) == 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()  # in place: a captured CUDA graph keeps pointing at the same buffers
+        m.momentum = None  # cumulative average over the batches
+        m.train()
+    if x.device.type == "cuda":
+        batch_size = max(batch_size, CUDA_EVAL_BATCH)
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = data.normalise(to_unit(x[start:start + batch_size]))
+            if copies > 1:
+                xb = xb.repeat(1, copies, 1, 1)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast(x.device):
+                model.logits(xb)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(bns)
+
+
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: DeviceData, batch_size: int,
              channels_last: bool = False) -> tuple[float, float]:
     """(mean loss, accuracy %) of one model over (x uint8, y)."""
