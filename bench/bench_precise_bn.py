@@ -37,6 +37,11 @@ def recipe(cfg: dict) -> str:
     return f"{cfg['epochs']} ep, batch {cfg['batch_size']}, lr {cfg['lr']:g}, aug {aug}{extra}"
 
 
+def val_and_test(model: torch.nn.Module, data: DeviceData) -> list[float]:
+    """[val accuracy %, test accuracy %] of the model as it is."""
+    return [evaluate(model, x, y, data, 500)[1] for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test))]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", action="append", required=True, help="a run store folder (repeatable)")
@@ -60,13 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                 datas[key] = DeviceData(load_splits(config), config, device)
             data = datas[key]
             model = create_model(store.root / run.id).to(device)
-            before = [evaluate(model, x, y, data, 500)[1] for x, y in ((data.x_val, data.y_val),
-                                                                          (data.x_test, data.y_test))]
+            before = val_and_test(model, data)
             t = time.perf_counter()
             recalibrate_bn(model, data.x_train[:args.images], data, 500)
             seconds = time.perf_counter() - t
-            after = [evaluate(model, x, y, data, 500)[1] for x, y in ((data.x_val, data.y_val),
-                                                                         (data.x_test, data.y_test))]
+            after = val_and_test(model, data)
             rows.append((cfg.get("model"), recipe(cfg), config.seed, run.id, *before, *after, seconds))
             print(rows[-1], flush=True)
     if not rows:

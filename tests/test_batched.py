@@ -17,7 +17,7 @@ from convladder.train.models import create_model
 from convladder.train.optim import schedule_tables
 from convladder.train.progress import Progress
 from convladder.train.runenv import build_model
-from convladder.train.step import TrainStep, evaluate_copies
+from convladder.train.step import TrainStep, evaluate_copies, recalibrate_bn
 
 # no dropout: one mask over the batched tensor cannot equal N separate masks (see train/batched.py)
 CONV = ("c1[conv3x3(8, bias=false) relu bn] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
@@ -256,7 +256,6 @@ def test_batched_mode_choices():
 
 @pytest.mark.parametrize("mode", ["on", "streams"])
 def test_precise_bn_recalibrates_each_copy_of_a_batched_run(tmp_path, mode):
-    from convladder.train.step import recalibrate_bn
     store = RunStore(tmp_path / mode)
     train_seeds(config(DROP, seeds=2, batched=mode, precise_bn=400), store)
     data = DeviceData(synthetic_splits(), config(), torch.device("cpu"))

@@ -15,7 +15,7 @@ from convladder.data.normalise import to_unit
 from convladder.train.device_data import DeviceData, synthetic_splits
 from convladder.train.optim import TensorSGD, make_scheduler, schedule_tables
 from convladder.train.runenv import build_model
-from convladder.train.step import StepRunner, TrainStep
+from convladder.train.step import StepRunner, TrainStep, recalibrate_bn
 
 SPEC = ("c1[conv3x3(8, bias=false) relu bn dropout(0.1)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
         "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
@@ -180,7 +180,6 @@ def test_graph_capture_failure_falls_back_to_eager_with_a_notice(monkeypatch):
 
 @pytest.mark.parametrize("batch", [300, 100])
 def test_recalibrate_bn_sets_the_plain_mean_and_variance_of_clean_images(batch):
-    from convladder.train.step import recalibrate_bn
     cfg = config()
     data = DeviceData(synthetic_splits(), cfg, torch.device("cpu"))
     model = build_model(SPEC, data.image_shape, 3)[0]

@@ -51,18 +51,13 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-        # float32 holds every 16-bit integer exactly (bf16/fp16 would not): keep where uniform16 >= threshold,
-        # i.e. where the integers minus (threshold - 1), clamped to [0, 1], are exactly 1 (0 below it)
-        uniform16 = bits.view(torch.int16)[:n].view(x.shape).to(torch.float32)
+        # keep where uniform16 >= threshold, i.e. where the integers minus (threshold - 1), clamped to [0, 1], are
+        # exactly 1 (0 below it); float32 holds every 16-bit integer exactly (bf16/fp16 would not), and
+        # empty_like keeps x's memory layout, so the multiply runs on two tensors of one layout
+        mask = torch.empty_like(x, dtype=torch.float32).copy_(bits.view(torch.int16)[:n].view(x.shape))
         threshold = -32768 + round(self.p * 65536)
-        mask = uniform16.sub_(threshold - 1).clamp_(0.0, 1.0).mul_(1.0 / (1.0 - self.p))
-        return x * mask.to(x.dtype).contiguous(memory_format=_memory_format(x))
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+        mask.sub_(threshold - 1).clamp_(0.0, 1.0).mul_(1.0 / (1.0 - self.p))
+        return x * mask.to(x.dtype)
 
 
 class _MaxPoolCPU(torch.autograd.Function):
