@@ -56,8 +56,13 @@ def images_per_s(data: DeviceData, batch: int, layers: tuple[bool, bool], images
     model = with_layers(build_model("tiny8k", data.image_shape, 1)[0], *layers)
     lrs, moms = schedule_tables(cfg, data.steps_per_epoch(batch))
     step = TrainStep(model, data, cfg, torch.device("cpu"), [torch.Generator().manual_seed(1)], lrs, moms)
+    return step_images_per_s(step, model, batch, images)
+
+
+def step_images_per_s(step, model: nn.Module, batch: int, images: int, crop: int = 0) -> float:
+    """Training images per second of `step` (a TrainStep or ParallelStep) over ~`images` images, after 3 warm-up steps."""
     model.train()
-    step.new_epoch()
+    step.new_epoch(crop)
     for _ in range(3):
         step()
     steps = max(4, images // batch)
@@ -95,13 +100,22 @@ def main(argv: list[str] | None = None) -> int:
             base = got["torch's layers"]
             for name, v in got.items():
                 ratio = statistics.median(a / b for a, b in zip(v, base))
-                table.append(f"| {threads} | {batch} | {name} | {min(v):,.0f} / {statistics.median(v):,.0f} / "
-                             f"{max(v):,.0f} | {ratio:.2f}x |")
+                table.append(f"| {threads} | {batch} | {name} | {spread(v)} | {ratio:.2f}x |")
+    write_results("cpu-layers.md", lines, table, loads)
+    return 0
+
+
+def spread(values: list[float]) -> str:
+    """'min / median / max' of images/s."""
+    return f"{min(values):,.0f} / {statistics.median(values):,.0f} / {max(values):,.0f}"
+
+
+def write_results(name: str, lines: list[str], table: list[str], loads: list[float]) -> None:
+    """Header lines (the load average seen while it ran added as the 5th), then the table: bench/results/<name>."""
     lines.insert(4, f"- 1-min load average {min(loads):.2f}-{max(loads):.2f} while it ran (other work on the machine)")
     text = "\n".join(lines + table) + "\n"
-    atomic_write_text(RESULTS / "cpu-layers.md", text)
+    atomic_write_text(RESULTS / name, text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

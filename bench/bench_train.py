@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.seeds):
         cfg = TrainConfig.from_dict({**base, "seed": 1 + i})
         r = train(cfg)
+        threads_used = torch.get_num_threads()  # what the runs used (the examples recipe below sets its own)
         print(f"seed {r.seed}: {r.summary()}  wall {r.wall_time_s:.1f}s  to target {_fmt(r.time_to_target_s, 's')}  "
               f"train {r.extra['train_images_per_s']:.0f} img/s",
               flush=True)
@@ -102,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Training benchmark — {dev}",
         "",
-        f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; 1-min load "
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {threads_used}; 1-min load "
         f"average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (other work on the machine)",
         f"- torch {torch.__version__}, python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}",
         f"- recipe: {cfg.optimizer} lr {cfg.lr} {cfg.schedule}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
         f"augment {cfg.augment} (rotate {cfg.rotate}, translate {cfg.translate}, scale {cfg.scale}), "
-        f"label smoothing {cfg.label_smoothing}, precise BN {cfg.precise_bn or 'off'}, val split {cfg.val_size}" + (f", subset {cfg.subset}" if cfg.subset else ""),
+        f"label smoothing {cfg.label_smoothing}, precise BN {cfg.precise_bn or 'off'}, val split {cfg.val_size}"
+        + (f", crop {cfg.crop} for {cfg.crop_epochs} epochs" if cfg.crop else "")
+        + (f", data parallel {cfg.data_parallel} (replicas on threads, 1 intra-op thread each)" if cfg.data_parallel > 1 else "")
+        + (f", subset {cfg.subset}" if cfg.subset else ""),
         f"- training throughput (forward+backward+augmentation), median epoch: "
         f"{statistics.median(r.extra['train_images_per_s'] for r in results):.0f} images/s",
         "- min / median / max over seeds; best-epoch = the epoch the validation split selected (test acc shown)",

@@ -60,8 +60,8 @@ def test_what_cannot_be_batched_says_why():
     assert "not a network built from a spec" in why_not_batchable(torch.nn.Sequential(torch.nn.Flatten()))
 
 
-@pytest.mark.parametrize("spec, optimizer", [(CONV, "sgd"), (FC, "sgd"), (CONV, "adam")])
-def test_first_steps_of_a_batched_run_equal_separate_runs(spec, optimizer):
+@pytest.mark.parametrize("spec, optimizer, crop", [(CONV, "sgd", 0), (FC, "sgd", 0), (CONV, "adam", 0), (CONV, "sgd", 20)])
+def test_first_steps_of_a_batched_run_equal_separate_runs(spec, optimizer, crop):
     cfg = config(spec, optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 0.003, label_smoothing=0.05)
     data = DeviceData(synthetic_splits(), cfg, torch.device("cpu"))
     lrs, moms = schedule_tables(cfg, data.steps_per_epoch(cfg.batch_size))
@@ -72,7 +72,7 @@ def test_first_steps_of_a_batched_run_equal_separate_runs(spec, optimizer):
     singles = [TrainStep(n, data, cfg, cpu, [torch.Generator().manual_seed(s)], lrs, moms) for n, s in zip(nets, SEEDS)]
     for s in [step, *singles]:
         s.model.train()
-        s.new_epoch()
+        s.new_epoch(crop)
         for _ in range(6):
             s()
     for i, single in enumerate(singles):
@@ -201,6 +201,13 @@ def test_streams_on_cpu_equals_sequential_runs_seed_by_seed(tmp_path, model):
     # the copies really differ (own seeds): not one run stored three times
     finals = {r.final["train_acc_seen"] for r in out["streams"][0]}
     assert len(finals) == 3
+
+
+def test_crop_epochs_in_streams_equal_sequential_runs(tmp_path):
+    stores = {mode: RunStore(tmp_path / mode) for mode in ("streams", "off")}
+    for mode, store in stores.items():
+        train_seeds(config(DROP, seeds=2, batched=mode, crop=20, crop_epochs=1), store)
+    _same_runs(stores["streams"], stores["off"])
 
 
 def test_streams_seeds_differ_from_a_shared_dropout_stream(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convladder.train.augment import AugmentParams, augment_from
+from convladder.train.augment import AugmentParams, augment_from, centre_crop
 from convladder.train.config import TrainConfig
 from convladder.data.normalise import to_unit
 from convladder.train.device_data import DeviceData, synthetic_splits
@@ -77,8 +77,9 @@ def _setup(cfg: TrainConfig):
     return data, model
 
 
-def test_the_step_equals_a_hand_written_reference_step():
-    """augmentation -> forward -> loss -> backward -> SGD (torch's) -> OneCycleLR (torch's), step by step."""
+@pytest.mark.parametrize("crop", [0, 20])
+def test_the_step_equals_a_hand_written_reference_step(crop):
+    """augmentation -> (centre crop) -> forward -> loss -> backward -> SGD (torch's) -> OneCycleLR (torch's)."""
     cfg = config(label_smoothing=0.1)
     data, model = _setup(cfg)
     ref_model = copy.deepcopy(model)
@@ -88,7 +89,7 @@ def test_the_step_equals_a_hand_written_reference_step():
     step = TrainStep(model, data, cfg, torch.device("cpu"), [gen], lrs, moms)
     torch.manual_seed(11)  # dropout's stream
     model.train()
-    step.new_epoch()
+    step.new_epoch(crop)
     order, noise = step.order[0].clone(), step.noise[0].clone()
     n_steps = 5
     for _ in range(n_steps):
@@ -103,7 +104,8 @@ def test_the_step_equals_a_hand_written_reference_step():
     ref_sum = 0.0
     for k in range(n_steps):
         idx = order[k]
-        x = data.normalise(augment_from(to_unit(data.x_train[idx]), aug, noise[k]))
+        x = augment_from(to_unit(data.x_train[idx]), aug, noise[k])
+        x = data.normalise(centre_crop(x, crop) if crop else x)
         loss = F.cross_entropy(ref_model.logits(x), data.y_train[idx], label_smoothing=0.1)
         opt.zero_grad()
         loss.backward()
@@ -176,6 +178,39 @@ def test_graph_capture_failure_falls_back_to_eager_with_a_notice(monkeypatch):
     assert graph_runner.mode == "eager" and not graph_runner.captured
     for k in eager_sd:
         assert torch.equal(eager_sd[k], graph_sd[k]), k  # every step ran exactly once, in order
+
+
+def test_centre_crop_takes_the_middle_pixels():
+    x = torch.arange(2 * 6 * 7, dtype=torch.float32).view(2, 1, 6, 7)
+    out = centre_crop(x, 4)
+    assert out.shape == (2, 1, 4, 4)
+    assert torch.equal(out, x[..., 1:5, 1:5])  # rows (6 - 4) // 2 = 1.., columns (7 - 4) // 2 = 1..
+
+
+def test_crop_steps_run_eagerly_and_the_graph_path_starts_on_whole_images(monkeypatch):
+    """'graph' mode on crops: no warm-up or capture until the images are whole again (the CUDA path on the CPU)."""
+    cfg = config(augment=False)
+    data, model = _setup(cfg)
+    lrs, moms = schedule_tables(cfg, data.steps_per_epoch(cfg.batch_size))
+    step = TrainStep(model, data, cfg, torch.device("cpu"), [torch.Generator().manual_seed(1)], lrs, moms)
+    runner = StepRunner(step, "graph", lambda text: None)
+    warm: list[int] = []
+    captures: list[int] = []
+    seen: list[tuple[int, int]] = []
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape[-2:])))
+    monkeypatch.setattr(runner, "_eager_on_side_stream", lambda: (warm.append(1), step()))
+    monkeypatch.setattr(runner, "_capture", lambda: captures.append(1) or (_ for _ in ()).throw(RuntimeError("no")))
+    for name in ("synchronize", "current_stream", "set_stream"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    step.new_epoch(20)
+    for _ in range(5):
+        runner()
+    assert seen == [(20, 20)] * 5 and warm == [] and captures == [] and runner.calls == 0
+    step.new_epoch()
+    for _ in range(5):
+        runner()
+    assert seen[5:] == [(28, 28)] * 5 and len(warm) == 3 and captures == [1]  # 3 warm-up steps, then capture
 
 
 @pytest.mark.parametrize("batch", [300, 100])

@@ -81,6 +81,11 @@ def test_bad_values_are_user_errors(override, words):
     (["--optimizer", "rmsprop"], "optimizer"),
     (["--model", "c1[conv29x29(10, bias=false)] out[gap conv1x1(10, bias=false) logsoftmax]"], "too small"),
     (["--model", "c1[conv3x3(8)] out[gap conv1x1(7) logsoftmax]"], "classes"),
+    (["--crop", "24"], "crop_epochs"),
+    (["--crop", "20", "--crop-epochs", "1"], "crop_epochs must be less than epochs"),
+    (["--epochs", "2", "--crop", "28", "--crop-epochs", "1"], "smaller than the 28x28"),
+    (["--epochs", "2", "--crop", "20", "--crop-epochs", "1", "--model",
+      "c1[conv3x3(8) relu maxpool2x2] head[flatten fc(10) logsoftmax]"], "does not run on 20x20 images"),
 ])
 def test_cli_bad_input_exits_nonzero_and_writes_nothing(tmp_path, args, words):
     runner = CliRunner()
@@ -191,6 +196,21 @@ def test_stopping_the_epoch_generator_records_a_stopped_run_that_resumes_to_full
     straight = run_to_end(train_epochs(config))
     assert resumed.status == "completed" and resumed.epochs_done == 3
     assert resumed.final["test_acc"] == straight.final["test_acc"]  # bit for bit on CPU, as an unbroken run
+
+
+def test_a_run_with_crop_epochs_resumes_across_the_switch_to_whole_images(tmp_path):
+    from convladder.train.loop import resume, run_to_end, train_epochs
+    store = RunStore(tmp_path / "runs")
+    config = tiny_config(epochs=3, device="cpu", crop=20, crop_epochs=2)
+    epochs = train_epochs(config, store)
+    next(epochs)  # epoch 1 of 2 on crops
+    epochs.close()
+    resumed = resume(store.list_runs()[0].id, store)
+    straight = run_to_end(train_epochs(config))
+    whole = run_to_end(train_epochs(config.replace(crop=0, crop_epochs=0)))
+    assert resumed.final["test_acc"] == straight.final["test_acc"]  # bit for bit on CPU, as an unbroken run
+    assert resumed.final == straight.final
+    assert straight.final["train_acc_seen"] != whole.final["train_acc_seen"]  # the crops really changed training
 
 
 @pytest.mark.parametrize("scheme", ["glorot", "kaiming"])

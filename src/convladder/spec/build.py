@@ -43,14 +43,17 @@ class Dropout(nn.Dropout):
     the reference network. Here each 64-bit draw gives four 16-bit uniforms (the keep probability is rounded
     to 1/65536), and the mask is made in float arithmetic: torch's CPU kernels on bool tensors (`>=`,
     `where`) are not vectorised and cost 4-8x a float multiply. Other devices use torch's own dropout.
-    It draws from torch's default CPU generator, like `nn.Dropout`, so seeding and resume still apply.
+    It draws from torch's default CPU generator, like `nn.Dropout`, so seeding and resume still apply, or from
+    `generator` when one is set (data-parallel replicas stepping on threads each draw from their own).
     """
+
+    generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0 or x.device.type != "cpu" or torch.jit.is_tracing():
             return super().forward(x)
         n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None, generator=self.generator)
         # keep where uniform16 >= threshold, i.e. where the integers minus (threshold - 1), clamped to [0, 1], are
         # exactly 1 (0 below it); float32 holds every 16-bit integer exactly (bf16/fp16 would not), and
         # empty_like keeps x's memory layout, so the multiply runs on two tensors of one layout

@@ -103,6 +103,13 @@ def augment(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) 
     return augment_from(x, params, draw_noise(params, len(x), generator, x.device))
 
 
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size x size pixels of (..., H, W) images (offsets rounded down when H - size is odd)."""
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
 def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """(N,H,W) or (N,C,H,W) images moved dx pixels right and dy down, the uncovered border filled with 0.
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from convladder.spec.build import ClassProbs, SpecNet, run_without_output_layer
-from convladder.train.config import TrainConfig
+from convladder.train.config import TrainConfig, crop_at
 from convladder.train.epochs import EpochRunner, drive_steps, epoch_rows, finish_rows
 from convladder.train.progress import Progress
 from convladder.train.step import WARMUP_STEPS, StepRunner, TrainStep, step_mode
@@ -203,7 +203,7 @@ class StreamsRunner:
     runs there, and the capture stream waits for it — and every later call replays the graph. If that capture
     raises: a one-line notice, then each copy captures and replays its own graph, one after another
     (`StepRunner`, which itself goes on eagerly if its capture fails). 'eager': the copies step one after
-    another, each under its own RNG state (`CopyRng`).
+    another, each under its own RNG state (`CopyRng`); so do steps on crops (config.crop) in 'graph' mode.
     """
 
     def __init__(self, steps: list[TrainStep], mode: str, rng: CopyRng,
@@ -213,12 +213,16 @@ class StreamsRunner:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.singles: list[StepRunner] | None = None  # after a failed capture: one runner per copy
         self.calls = 0
+        self._eager_calls = 0
         self.warmup_s = 0.0
         self._t0: float | None = None
         self._side: list[torch.cuda.Stream] = []
         self._capture_stream: torch.cuda.Stream | None = None
 
     def __call__(self) -> None:
+        if self.mode != "graph" or self.steps[0].crop:  # crop epochs run eagerly, as in StepRunner
+            self._eager()
+            return
         self.calls += 1
         if self.graph is not None:
             self.graph.replay()
@@ -226,15 +230,6 @@ class StreamsRunner:
         if self.singles is not None:
             for runner in self.singles:
                 runner()
-            return
-        if self.mode != "graph":
-            t0 = time.perf_counter()
-            for i, step in enumerate(self.steps):
-                with self.rng.own(i):
-                    step()
-            if self.calls == 1:
-                self._sync()
-                self.warmup_s = time.perf_counter() - t0
             return
         if self._t0 is None:
             self._t0 = time.perf_counter()
@@ -261,6 +256,17 @@ class StreamsRunner:
             self.graph.replay()
         torch.cuda.synchronize()
         self.warmup_s = time.perf_counter() - self._t0
+
+    def _eager(self) -> None:
+        """Each copy's step, one after another, under its own RNG state; the first call is timed."""
+        self._eager_calls += 1
+        t0 = time.perf_counter()
+        for i, step in enumerate(self.steps):
+            with self.rng.own(i):
+                step()
+        if self._eager_calls == 1:
+            self._sync()
+            self.warmup_s = time.perf_counter() - t0
 
     def _sync(self) -> None:
         if self.steps[0].device.type == "cuda":
@@ -323,7 +329,7 @@ class StreamsEpochRunner:
         te = time.perf_counter()
         for r in self.runners:
             r.model.train()
-            r.step.new_epoch()
+            r.step.new_epoch(crop_at(r.config, epoch))
         first = self.runners[0].step
         drive_steps(self.runner, self.steps, first, self.config.batch_size, progress)
         reads = [r.step.read_epoch() for r in self.runners]  # each copy's one read of the epoch

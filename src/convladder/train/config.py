@@ -87,6 +87,10 @@ class TrainConfig:
     translate: float = _f(2.0, "pixels, uniform in [-translate, translate]", AUG)
     scale: float = _f(0.1, "uniform in [1 - scale, 1 + scale]", AUG)
     erase: float = _f(0.0, "random-erasing probability per image", AUG)
+    crop: int = _f(0, "train the first crop_epochs epochs on the central crop x crop pixels of each (augmented) "
+                   "image, a faster step on the CPU; needs a network that runs at that size (GAP); evaluation "
+                   "always sees whole images (0 = off; docs/training.md)", AUG)
+    crop_epochs: int = _f(0, "epochs trained on the crop (with crop > 0); later epochs train on whole images", AUG)
     init: str = _f("torch", "weight init: torch (PyTorch defaults), glorot (Keras' defaults), kaiming (He normal)",
                    OPTIM)
     seed: int = _f(1, "random seed of the run", RUN)
@@ -94,6 +98,9 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda, mps", RUN)
     threads: int = _f(0, "torch CPU threads (0 = the cores other work leaves free, at least 1)", RUN)
     channels_last: str = _f("auto", "auto, on, off (auto: on for CUDA only; slower on a 2-core CPU)", RUN)
+    data_parallel: int = _f(1, "CPU: split each batch across N model replicas stepped on N threads, one core each "
+                            "(as nn.DataParallel: gradients averaged, BatchNorm sees batch/N images); 1 = off "
+                            "(docs/training.md)", RUN)
     compile: bool = _f(False, "torch.compile the model", RUN)
     cuda_graphs: str = _f("auto", "auto, on, off: capture the training step once as a CUDA graph (CUDA only)", RUN)
     batched: str = _f("auto", "seeds > 1 at once: auto, on, off, grouped, streams (auto: streams on CUDA)", RUN)
@@ -139,6 +146,11 @@ def unknown_key(key: str) -> str:
 def val_images(config: TrainConfig) -> int:
     """Validation images a run holds out: val_size, and with a subset of N at most N // 10 of them."""
     return min(config.val_size, config.subset // 10) if config.subset else config.val_size
+
+
+def crop_at(config: TrainConfig, epoch: int) -> int:
+    """The crop size training epoch `epoch` (1-based) uses: config.crop during the first crop_epochs, else 0 (whole)."""
+    return config.crop if config.crop and epoch <= config.crop_epochs else 0
 
 
 def _field_type(key: str) -> str:
@@ -237,6 +249,7 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"model_args must be a mapping of constructor arguments (got {type(config.model_args).__name__}); "
                         "TrainConfig.from_dict reads JSON text")
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "seeds": config.seeds,
+                "data_parallel": config.data_parallel,
                 "eval_every": config.eval_every, "eval_batch_size": config.eval_batch_size, "step_size": config.step_size}
     for key, value in positive.items():
         if value < 1:
@@ -250,7 +263,7 @@ def validate(config: TrainConfig) -> None:
         raise UserError("lr must be > 0")
     if not 0 <= config.shift_eval <= 8:
         raise UserError(f"shift_eval is the largest shift in pixels, 0 (off) to 8 (got {config.shift_eval})")
-    for key in ("subset", "val_size", "clean_train_eval", "threads", "precise_bn"):
+    for key in ("subset", "val_size", "clean_train_eval", "threads", "precise_bn", "crop", "crop_epochs"):
         if getattr(config, key) < 0:
             raise UserError(f"{key} must be >= 0 (got {getattr(config, key)})")
     if not 0 <= config.label_smoothing < 1:
@@ -261,6 +274,12 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"pct_start must be in (0, 1) (got {config.pct_start})")
     if config.scale >= 1:
         raise UserError(f"scale must be < 1 (images would shrink to nothing; got {config.scale})")
+    if bool(config.crop) != bool(config.crop_epochs):
+        raise UserError(f"crop and crop_epochs go together (got crop={config.crop}, crop_epochs={config.crop_epochs}): "
+                        "e.g. crop=24 crop_epochs=5, or both 0")
+    if config.crop and config.crop_epochs >= config.epochs:
+        raise UserError(f"crop_epochs must be less than epochs ({config.crop_epochs} >= {config.epochs}): the last "
+                        "epochs train on whole images, the size evaluation and the test use")
     if config.nesterov and config.optimizer == "sgd" and config.momentum == 0:
         raise UserError("nesterov needs momentum > 0: set momentum=0.9 or nesterov=false")
     # select_on val with val_size 0 is allowed: best = final epoch, and the result says no split selected it

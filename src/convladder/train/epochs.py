@@ -8,6 +8,7 @@ the same interface) and records each copy as its own run, exactly like N single 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from convladder.train.config import TrainConfig
+from convladder.train.config import TrainConfig, crop_at
 from convladder.train.optim import schedule_tables
 from convladder.train.progress import Progress
 from convladder.train.step import StepRunner, TrainStep, evaluate_copies, recalibrate_bn, step_mode
@@ -55,8 +56,14 @@ class EpochRunner:
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         lrs, moms = schedule_tables(config, self.steps)
         forward = torch.compile(model.logits) if config.compile else None
-        self.step = TrainStep(model, data, config, device, self.generators, lrs, moms, forward=forward,
-                              channels_last=self.channels_last)
+        if config.data_parallel > 1:
+            from convladder.train.parallel import ParallelStep, check_data_parallel
+
+            check_data_parallel(model, config, device)
+            self.step = ParallelStep(model, data, config, device, self.generators[0], lrs, moms, config.data_parallel)
+        else:
+            self.step = TrainStep(model, data, config, device, self.generators, lrs, moms, forward=forward,
+                                  channels_last=self.channels_last)
         self.runner = StepRunner(self.step, step_mode(config, device), notice)
 
     @property
@@ -70,7 +77,7 @@ class EpochRunner:
         te = time.perf_counter()
         self.model.train()
         step, run = self.step, self.runner
-        step.new_epoch()
+        step.new_epoch(crop_at(self.config, epoch))
         drive_steps(run, self.steps, step, self.config.batch_size, progress)
         losses, accs, seen = step.read_epoch()  # the epoch's one read from the device
         self.recalibrate_bn(epoch)
@@ -81,8 +88,9 @@ class EpochRunner:
         so the last epoch's val/test accuracies, the saved weights and the result are the recalibrated model's)."""
         n = min(self.config.precise_bn, self.data.n_train)
         if n and epoch == self.config.epochs:
-            recalibrate_bn(self.model, self.data.x_train[:n], self.data, self.config.eval_batch_size,
-                           self.channels_last, self.copies)
+            with self.all_cores():
+                recalibrate_bn(self.model, self.data.x_train[:n], self.data, self.config.eval_batch_size,
+                               self.channels_last, self.copies)
 
     def evaluate_into(self, rows: list[dict[str, Any]], epoch: int, te: float) -> None:
         """Add val/test loss and accuracy (on evaluation epochs) and the epoch's time to each copy's row."""
@@ -100,7 +108,17 @@ class EpochRunner:
                 row["test_loss"], row["test_acc"] = loss, acc
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
-        return evaluate_copies(self.model, x, y, self.data, self.config.eval_batch_size, self.channels_last, self.copies)
+        with self.all_cores():
+            return evaluate_copies(self.model, x, y, self.data, self.config.eval_batch_size, self.channels_last,
+                                   self.copies)
+
+    def all_cores(self):
+        """Evaluation with data_parallel > 1 uses one intra-op thread per replica (training uses one in all)."""
+        if self.config.data_parallel > 1:
+            from convladder.train.parallel import threads
+
+            return threads(self.config.data_parallel)
+        return contextlib.nullcontext()
 
     def clean_train(self) -> list[tuple[float, int]] | None:
         """Train accuracy without dropout/augmentation on the first clean_train_eval images, per copy."""

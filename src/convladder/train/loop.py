@@ -54,7 +54,9 @@ def set_threads(config: TrainConfig, device: torch.device) -> None:
     (3,639 vs 2,457 images/s, batch 128); with other work on the cores, 2 threads made an epoch up to 12x
     slower than 1 (OpenMP threads spin-wait for each other). The cores busy right now tell the two apart.
     """
-    if config.threads:
+    if config.data_parallel > 1 and device.type == "cpu":
+        torch.set_num_threads(1)  # one core per replica's thread (train/parallel.py)
+    elif config.threads:
         torch.set_num_threads(config.threads)
     elif device.type == "cpu":
         torch.set_num_threads(default_threads())
@@ -253,6 +255,9 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
     mode = batched_mode(config, device)
     if mode is None:
         return None
+    if config.data_parallel > 1:
+        raise UserError(f"data_parallel={config.data_parallel} trains one seed at a time across the cores; "
+                        f"use batched=off (or data_parallel=1 with batched={config.batched})")
     if data is None:
         check_size_early(config)
     splits = data if data is not None else load_splits(config)

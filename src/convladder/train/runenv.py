@@ -50,9 +50,31 @@ def prepare(config: TrainConfig, splits, device: torch.device) -> Setup:
         if out.shape != (2, data.classes):
             raise UserError(f"network {config.model!r} outputs {tuple(out.shape[1:])} per image but {data.name} has "
                             f"{data.classes} classes: end it with gap and a 1x1 conv to {data.classes} channels")
+    if config.crop:
+        check_crop(model, config, data.image_shape, data.classes)
     torch.manual_seed(config.seed)  # the dummy forward used no RNG, but keep the stream identical on resume
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Setup(data, model.to(device), built.spec_text, params, built.own)
+
+
+def check_crop(model: torch.nn.Module, config: TrainConfig, image_shape: tuple[int, ...], classes: int) -> None:
+    """Raise UserError unless `model` gives `classes` outputs per image on config.crop x config.crop inputs."""
+    c, h, w = image_shape
+    where = f"crop={config.crop}"
+    if config.crop >= min(h, w):
+        raise UserError(f"{where}: the crop must be smaller than the {h}x{w} images; e.g. crop={min(h, w) - 4}")
+    try:
+        with torch.no_grad():
+            model.eval()
+            out = model.logits(torch.zeros(2, c, config.crop, config.crop))
+    except Exception as exc:  # noqa: BLE001 - any failure at the smaller size: the network cannot train on crops
+        raise UserError(f"{where}: network {config.model!r} does not run on {config.crop}x{config.crop} images "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); crop needs a network whose "
+                        "output does not depend on the image size (gap before the classes), or a larger crop") from None
+    if tuple(out.shape) != (2, classes):
+        raise UserError(f"{where}: network {config.model!r} outputs {tuple(out.shape[1:])} per image on "
+                        f"{config.crop}x{config.crop} images instead of {classes} classes; crop needs a network "
+                        "that ends in gap and a 1x1 conv to the classes")
 
 
 def _git_commit() -> str | None:

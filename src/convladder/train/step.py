@@ -7,8 +7,9 @@ counters, the learning rate and momentum, the sums), so:
 
 - no step synchronises with the host: the sums are read once per epoch (`read_epoch`), and a NaN/inf loss
   shows up there as a non-finite sum;
-- shapes never change: every batch has `batch_size` images (the epoch's remainder is left out, see
-  `DeviceData.epoch_order`);
+- shapes stay the same within an epoch: every batch has `batch_size` images (the epoch's remainder is left
+  out, see `DeviceData.epoch_order`), and the image size changes at most once per run (config.crop: the
+  first epochs train on central crops, eagerly; the step runner captures at the first whole-image step);
 - on CUDA the whole step is captured once as a CUDA graph and replayed (`StepRunner`). Random numbers work
   under capture because augmentation reads a noise buffer drawn from the run's generator once per epoch,
   outside the graph, and dropout draws from the default CUDA generator, which graphs advance on every replay.
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from convladder.train.augment import AugmentParams, augment_from, draw_noise, noise_rows
+from convladder.train.augment import AugmentParams, augment_from, centre_crop, draw_noise, noise_rows
 from convladder.train.config import TrainConfig
 from convladder.data.normalise import to_unit
 from convladder.train.device_data import DeviceData
@@ -53,11 +54,14 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, data: DeviceData, config: TrainConfig, device: torch.device,
                  generators: list[torch.Generator], lr_table: list[float], momentum_table: list[float], *,
-                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, channels_last: bool = False):
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, channels_last: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
+        # shard (r, n): a data-parallel replica (train/parallel.py) that takes images r, r+n, ... of each batch
         self.model, self.data, self.config, self.device = model, data, config, device
         self.generators = generators
         self.copies = len(generators)
-        self.batch_size = config.batch_size
+        self.shard = shard
+        self.batch_size = config.batch_size // shard[1]
         self.steps = data.steps_per_epoch(config.batch_size)
         self.forward = forward or model.logits
         self.channels_last = channels_last
@@ -80,14 +84,30 @@ class TrainStep:
         self.loss_sum = torch.zeros(n, **f32)
         self.correct = torch.zeros(n, **i64)
         self.last_loss = torch.zeros(n, **f32)  # the latest step's loss per copy (read by the LR range test)
+        self.crop = 0  # this epoch's crop size (0: whole images); set by new_epoch
 
     # -- outside the step (once per epoch) ---------------------------------------------------------------
-    def new_epoch(self) -> None:
-        """Draw the epoch's batch order and augmentation noise from each copy's generator; zero the sums."""
+    def draw_epoch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One epoch's batches (steps, batch) of whole batches (config.batch_size) and their augmentation noise
+        (steps, rows, batch), drawn from `generator`."""
+        batch = self.config.batch_size
+        order = self.data.epoch_order(batch, generator)
+        noise = draw_noise(self.aug, batch, generator, self.device, (self.steps,)) if self.noise is not None else None
+        return order, noise
+
+    def new_epoch(self, crop: int = 0, drawn: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> None:
+        """Draw the epoch's batch order and augmentation noise from each copy's generator; zero the sums.
+
+        crop > 0: this epoch's steps train on the central crop x crop pixels of each augmented image.
+        drawn: each copy's `draw_epoch` already made (data-parallel replicas share one draw; each keeps its shard).
+        """
+        self.crop = crop
+        r, n = self.shard
         for i, gen in enumerate(self.generators):
-            self.order[i].copy_(self.data.epoch_order(self.batch_size, gen))
+            order, noise = drawn[i] if drawn is not None else self.draw_epoch(gen)
+            self.order[i].copy_(order[:, r::n])
             if self.noise is not None:
-                self.noise[i].copy_(draw_noise(self.aug, self.batch_size, gen, self.device, (self.steps,)))
+                self.noise[i].copy_(noise[..., r::n])
         self.k.zero_()
         self.loss_sum.zero_()
         self.correct.zero_()
@@ -113,6 +133,11 @@ class TrainStep:
 
     # -- the step ------------------------------------------------------------------------------------------
     def __call__(self) -> None:
+        self.backward()
+        self.update()
+
+    def backward(self) -> None:
+        """The batch's gradients in each parameter's .grad, its loss and correct count added to the sums."""
         n, b = self.copies, self.batch_size
         row = self.k.view(1)
         idx = self.order.index_select(1, row).view(n, b)  # (copies, batch)
@@ -121,6 +146,8 @@ class TrainStep:
         if self.aug is not None:
             u = self.noise.index_select(1, row).view(n, -1, b).transpose(0, 1).reshape(-1, n * b)
             x = augment_from(x, self.aug, u)
+        if self.crop:  # after the warp, so the crop sees the digit where the warp put it (no extra shift)
+            x = centre_crop(x, self.crop)
         x = self.data.normalise(x)
         if n > 1:  # copy i's images on channel group i
             c, h, w = x.shape[1:]
@@ -141,15 +168,18 @@ class TrainStep:
             hits = (logits.detach().argmax(2) == y.t()).sum(0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        per_copy = per_copy.detach()
+        self.last_loss.copy_(per_copy)
+        self.loss_sum.add_(per_copy * b)
+        self.correct.add_(hits)
+
+    def update(self) -> None:
+        """The optimiser's step from the gradients, then the schedule's next lr and momentum; the next batch."""
         self.optimizer.step()
         # the schedule: the next step's lr and momentum, read on the device from the table
         self.t += 1
         self.lr.copy_(self.lr_table.index_select(0, self.t.view(1)).view(()))
         self.momentum.copy_(self.momentum_table.index_select(0, self.t.view(1)).view(()))
-        per_copy = per_copy.detach()
-        self.last_loss.copy_(per_copy)
-        self.loss_sum.add_(per_copy * b)
-        self.correct.add_(hits)
         self.k += 1
 
     def state(self) -> dict:
@@ -171,8 +201,9 @@ class StepRunner:
 
     `mode`: 'eager', or 'graph' (CUDA only): the first WARMUP_STEPS calls run eagerly on a side stream (they
     are real training steps), then the step is captured once and every later call replays it. If capture
-    raises, training goes on eagerly after a one-line notice on stderr. `warmup_s`: time of the first call,
-    or of the warm-up steps plus capture.
+    raises, training goes on eagerly after a one-line notice on stderr. Steps on crops (config.crop) always
+    run eagerly; warm-up and capture begin with the first whole-image step. `warmup_s`: time of the first
+    call, or of the warm-up steps plus capture.
     """
 
     def __init__(self, step: TrainStep, mode: str = "eager", notice: Callable[[str], None] | None = None, *,
@@ -182,22 +213,19 @@ class StepRunner:
         self.step, self.mode = step, mode
         self.notice = notice or (lambda text: print(text, file=sys.stderr, flush=True))
         self.graph = None
-        self.calls = WARMUP_STEPS if warmed else 0
+        self.calls = WARMUP_STEPS if warmed else 0  # calls on the graph path (warm-up, capture, replays)
+        self._eager_calls = 0
         self.warmup_s = 0.0
         self._stream = stream
         self._t0: float | None = time.perf_counter() if warmed else None
 
     def __call__(self) -> None:
-        self.calls += 1
-        if self.mode != "graph":
-            if self.calls == 1:
-                t0 = time.perf_counter()
-                self.step()
-                self._sync()
-                self.warmup_s = time.perf_counter() - t0
-            else:
-                self.step()
+        if self.mode != "graph" or self.step.crop:
+            # config.crop's epochs run eagerly: the graph is captured on whole images, the size the rest of the
+            # run keeps (a graph's shapes are fixed)
+            self._eager()
             return
+        self.calls += 1
         if self.graph is not None:
             self.graph.replay()
             return
@@ -222,6 +250,16 @@ class StepRunner:
         self.graph.replay()
         torch.cuda.synchronize()
         self.warmup_s = time.perf_counter() - self._t0
+
+    def _eager(self) -> None:
+        self._eager_calls += 1
+        if self._eager_calls > 1:
+            self.step()
+            return
+        t0 = time.perf_counter()
+        self.step()
+        self._sync()
+        self.warmup_s = time.perf_counter() - t0
 
     def _sync(self) -> None:
         if self.step.device.type == "cuda":
