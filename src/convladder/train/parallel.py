@@ -57,9 +57,10 @@ class ParallelStep:
                          for r, m in enumerate(self.models)]
         self.main = self.replicas[0]
         self.generator, self.config, self.device = generator, config, device
-        self.steps, self.batch_size, self.copies = self.main.steps, config.batch_size, 1
-        self.optimizer = self.main.optimizer
-        self.crop = 0
+        self.steps, self.batch_size = self.main.steps, config.batch_size
+        # parameter and buffer lists made once: the step copies weights into the replicas every step
+        self.params = [list(m.parameters()) for m in self.models]
+        self.buffers = [list(m.buffers()) for m in self.models]
         self.dropout_generators = [torch.Generator() for _ in self.models]
         for m, gen in zip(self.models, self.dropout_generators):
             for layer in m.modules():
@@ -70,7 +71,6 @@ class ParallelStep:
     # -- once per epoch -----------------------------------------------------------------------------------
     def new_epoch(self, crop: int = 0) -> None:
         """Set the replicas from replica 0, draw the epoch once and give each replica its shard; seed dropout."""
-        self.crop = crop
         epoch = int(self.main.t) // self.steps  # epochs done: resume continues with the same seeds
         for r, gen in enumerate(self.dropout_generators):
             gen.manual_seed(self.config.seed * 1_000_003 + epoch * 1_009 + r)
@@ -88,6 +88,10 @@ class ParallelStep:
         correct = sum(int(s.correct[0]) for s in self.replicas)
         self._average_buffers()
         return [loss / seen], [100.0 * correct / seen], seen
+
+    @property
+    def crop(self) -> int:  # this epoch's crop size, as TrainStep.crop
+        return self.main.crop
 
     @property
     def loss_sum(self) -> torch.Tensor:  # the progress display's running sums, over all replicas
@@ -117,9 +121,9 @@ class ParallelStep:
         for job in others:
             job.result()  # re-raises a replica's exception here
         with torch.no_grad():
-            grads = _grads(self.models[0])
-            for m in self.models[1:]:
-                torch._foreach_add_(grads, _grads(m))
+            grads = _grads(self.params[0])
+            for params in self.params[1:]:
+                torch._foreach_add_(grads, _grads(params))
             torch._foreach_mul_(grads, 1.0 / len(self.models))
         self.main.update()
         for step in self.replicas[1:]:
@@ -129,22 +133,22 @@ class ParallelStep:
     # -- keeping the replicas equal ------------------------------------------------------------------------
     @torch.no_grad()
     def _copy_from_main(self, buffers: bool) -> None:
-        source = list(self.models[0].parameters()) + (list(self.models[0].buffers()) if buffers else [])
-        for m in self.models[1:]:
-            torch._foreach_copy_(list(m.parameters()) + (list(m.buffers()) if buffers else []), source)
+        for r in range(1, len(self.models)):
+            torch._foreach_copy_(self.params[r], self.params[0])
+            if buffers and self.buffers[0]:  # a network without BatchNorm has none
+                torch._foreach_copy_(self.buffers[r], self.buffers[0])
 
     @torch.no_grad()
     def _average_buffers(self) -> None:
         """Replica 0's float buffers (BatchNorm running mean/var) = the mean over the replicas."""
-        for name, buf in self.models[0].named_buffers():
-            if buf.is_floating_point():
-                others = [dict(m.named_buffers())[name] for m in self.models[1:]]
-                buf.copy_(torch.stack([buf, *others]).mean(0))
+        for same in zip(*self.buffers):
+            if same[0].is_floating_point():
+                same[0].copy_(torch.stack(same).mean(0))
 
 
-def _grads(model: torch.nn.Module) -> list[torch.Tensor]:
+def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """The gradients of the parameters the step trained (the same positions in every replica)."""
-    return [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    return [p.grad for p in params if p.requires_grad and p.grad is not None]
 
 
 @contextlib.contextmanager
