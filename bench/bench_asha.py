@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from convladder.executors.sweep import parse_sweep, run_sweep, sweep_summary
+from convladder.executors.sweep import run_sweep, sweep_summary
+from convladder.executors.sweepspec import parse_sweep
 from convladder.runs.store import RunStore
 from convladder.train.runenv import cpu_model
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             got[r].append(images_per_s(splits, *r, steps=steps))
             loads[r].append(os.getloadavg()[0])
             print(r, f"{got[r][-1]:.0f} img/s, load {loads[r][-1]:.1f}", flush=True)
-    lines = [f"# CPU training-step throughput — tiny8k, MNIST", "",
+    lines = ["# CPU training-step throughput — tiny8k, MNIST", "",
              f"- machine: {cpu_model()}, {os.cpu_count()} cores (shared with other work; 1-min load average per "
              f"measurement shown); torch {torch.__version__}, python {sys.version.split()[0]}, "
              f"{time.strftime('%Y-%m-%d %H:%M')}",

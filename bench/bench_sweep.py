@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from convladder.executors.base import InProcessExecutor
-from convladder.executors.sweep import parse_sweep, run_sweep, sweep_summary
+from convladder.executors.sweep import run_sweep, sweep_summary
+from convladder.executors.sweepspec import parse_sweep
 from convladder.train.runenv import cpu_model
 
 RESULTS = Path(__file__).parent / "results"

@@ -8,6 +8,7 @@ and the flags switch off Chromium's own background network traffic so that
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -39,9 +40,7 @@ def _first_existing(paths: tuple[str, ...], which: str) -> str | None:
 
 def chrome_unavailable_reason() -> str | None:
     """None when a browser test can run, else a human-readable reason to skip."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (.venv/bin/pip install selenium)"
     if _first_existing(CHROMIUM_CANDIDATES, "chromium") is None:
         return "no Chromium found (apt-get install chromium chromium-driver)"

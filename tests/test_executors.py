@@ -12,7 +12,8 @@ import torch
 
 from convladder.errors import UserError
 from convladder.executors.base import InProcessExecutor, make_job
-from convladder.executors.sweep import load_sweep, make_trials, run_sweep, sweep_summary
+from convladder.executors.sweep import make_trials, run_sweep, sweep_summary
+from convladder.executors.sweepspec import load_sweep
 from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
 from convladder.train.lrfind import range_test, steepest, suggest_lr, valley

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from convladder.errors import UserError
 from convladder.executors import frontier
-from convladder.executors.frontier import candidates, family_text, load_frontier, parse_budget, parse_frontier, select
+from convladder.executors.frontier import candidates, family_text, select
+from convladder.executors.frontierspec import load_frontier, parse_budget, parse_frontier, spec_params
 from convladder.executors.sweep import Trial
 from convladder.runs.store import RunStore
 
@@ -174,7 +175,7 @@ def test_only_your_candidates_one_per_budget_train_their_seeds_without_a_search(
     big = family_text(before=2, after=2, first=4, width1=8, squeeze=4, width2=12, dropout=0.0)
     path = write(tmp_path, {"name": "own", "budgets": ["1k", "3k"], "trials": 0, "seeds": 2, "near": 0.5,
                             "candidates": [small, big], "base": BASE})
-    sizes = [frontier.spec_params(t) for t in (small, big)]
+    sizes = [spec_params(t) for t in (small, big)]
     assert sizes[0] < 1000 < 1500 < sizes[1] <= 3000  # each belongs to one budget only
     spec = load_frontier(path)
     cands, stats = candidates(spec, 3000)

@@ -333,7 +333,8 @@ def test_python_api_class_instance_and_resnet(tmp_path, capsys):
 
 
 def test_ladder_and_sweep_find_the_file_next_to_them(tmp_path, monkeypatch):
-    from convladder.executors.sweep import load_sweep, make_trials
+    from convladder.executors.sweep import make_trials
+    from convladder.executors.sweepspec import load_sweep
     from convladder.ladder.diff import check_ladder
     from convladder.ladder.ladder import load_ladder, parse_ladder
 

@@ -168,7 +168,8 @@ def test_ladder_report_in_browser(store: Path, tmp_path: Path) -> None:
 
 
 def test_sweep_report_draws_the_isolation_plot(tmp_path: Path) -> None:
-    from convladder.executors.sweep import parse_sweep, run_sweep, sweep_summary, write_summary
+    from convladder.executors.sweep import run_sweep, sweep_summary, write_summary
+    from convladder.executors.sweepspec import parse_sweep
 
     template = "c1[conv3x3({c1}, bias=false) relu bn] t[maxpool2x2 conv1x1(8)] out[gap conv1x1(10)]"
     base = {"dataset": "synthetic", "subset": 256, "epochs": 1, "val_size": 0, "batch_size": 64, "threads": 1,

@@ -47,8 +47,9 @@ def sweep_command(
 ) -> None:
     """Expand the search space, reject over-budget networks, train the rest, print the ranked table."""
     from convladder.executors.base import job_line, make_executor
-    from convladder.executors.sweep import (SweepResult, format_table, load_sweep, make_trials, run_sweep,
-                                            sweep_summary, write_summary)
+    from convladder.executors.sweep import (SweepResult, format_table, make_trials, run_sweep, sweep_summary,
+                                            write_summary)
+    from convladder.executors.sweepspec import load_sweep
     from convladder.paths import runs_dir
 
     if seeds is not None and seeds < 1:
@@ -146,7 +147,8 @@ def frontier_command(
 ) -> None:
     """Search each budget, select on validation, re-train the winners over seeds, print the frontier table."""
     from convladder.executors.base import job_line, make_executor
-    from convladder.executors.frontier import candidates, format_table, load_frontier, run_frontier, write_summary
+    from convladder.executors.frontier import candidates, format_table, run_frontier, write_summary
+    from convladder.executors.frontierspec import load_frontier
     from convladder.paths import runs_dir
 
     for flag, value, least in (("--seeds", seeds, 1), ("--trials", trials, 0)):
