@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     data = DeviceData(load_splits(cfg), cfg, torch.device("cpu"))
     loads = [os.getloadavg()[0]]
     lines = ["# convladder's CPU Dropout and MaxPool2d against torch's — tiny8k training step, MNIST", "",
-             f"- machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, python "
-             f"{sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}",
+             machine_line(),
              f"- the training step of train/step.py, ~{args.images:,} images per measurement after 3 warm-up steps, "
              f"the layer sets interleaved over {args.rounds} rounds; speed-up = median over rounds of the ratio "
              "to torch's layers in the same round", ""]
@@ -108,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
 def spread(values: list[float]) -> str:
     """'min / median / max' of images/s."""
     return f"{min(values):,.0f} / {statistics.median(values):,.0f} / {max(values):,.0f}"
+
+
+def machine_line() -> str:
+    """A results header's machine line: CPU, cores, torch and python versions, the time now."""
+    return (f"- machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, python "
+            f"{sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}")
 
 
 def write_results(name: str, lines: list[str], table: list[str], loads: list[float]) -> None:

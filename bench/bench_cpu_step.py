@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import time
 
 import torch
-from bench_cpu_layers import spread, step_images_per_s, write_results  # this folder is on sys.path when a bench runs as a script
+from bench_cpu_layers import machine_line, spread, step_images_per_s, write_results  # this folder is on sys.path when a bench runs as a script
 
 from convladder.analysis.table import summarize
 from convladder.train.config import TrainConfig
 from convladder.train.device_data import DeviceData, load_splits
 from convladder.train.optim import schedule_tables
-from convladder.train.runenv import build_model, cpu_model
+from convladder.train.runenv import build_model
 from convladder.train.parallel import ParallelStep
 from convladder.train.step import TrainStep
 
@@ -58,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     macs = {c: summarize(model, (1, c or 28, c or 28)).total_macs for c in CROPS}
     loads = [os.getloadavg()[0]]
     lines = ["# tiny8k training step on the CPU: data parallel (`data_parallel`) and central crops (`crop`), MNIST", "",
-             f"- machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, python "
-             f"{sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}",
+             machine_line(),
              f"- the training step of train/step.py, batch {args.batch_size}, ~{args.images:,} images per "
              f"measurement after 3 warm-up steps, the rows interleaved over {args.rounds} rounds; speed-up = "
              "median over rounds of the ratio to one model on whole images in the same round", ""]

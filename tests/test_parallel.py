@@ -109,6 +109,8 @@ def test_threads_during_training_and_evaluation(monkeypatch):
     ({"batch_size": 63}, "does not split into 2 equal shares"),
     ({"data_parallel": 0}, "data_parallel must be at least 1"),
     ({"seeds": 2, "batched": "on"}, "one seed at a time"),
+    ({"compile": True}, "drop compile"),
+    ({"channels_last": "on"}, "drop channels_last=on"),
 ])
 def test_bad_data_parallel_settings_are_user_errors(tmp_path, kw, words):
     store = RunStore(tmp_path / "runs")

@@ -42,6 +42,9 @@ def check_data_parallel(model: torch.nn.Module, config: TrainConfig, device: tor
     if config.batch_size % n:
         raise UserError(f"{where}: batch_size {config.batch_size} does not split into {n} equal shares; "
                         f"use a multiple of {n}")
+    if config.compile or config.channels_last == "on":  # the replicas' steps use neither: refuse, never ignore
+        raise UserError(f"{where} steps the replicas eagerly in the standard layout; drop "
+                        f"{'compile' if config.compile else 'channels_last=on'} or use data_parallel=1")
     if not isinstance(model, SpecNet):
         raise UserError(f"{where} needs a network built from a spec (each replica's dropout draws from its own "
                         "generator); an own nn.Module trains with data_parallel=1 and threads instead")
