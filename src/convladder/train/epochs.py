@@ -55,13 +55,13 @@ class EpochRunner:
         self.steps = data.steps_per_epoch(config.batch_size)
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         lrs, moms = schedule_tables(config, self.steps)
-        forward = torch.compile(model.logits) if config.compile else None
         if config.data_parallel > 1:
             from convladder.train.parallel import ParallelStep, check_data_parallel
 
             check_data_parallel(model, config, device)
             self.step = ParallelStep(model, data, config, device, self.generators[0], lrs, moms, config.data_parallel)
         else:
+            forward = torch.compile(model.logits) if config.compile else None
             self.step = TrainStep(model, data, config, device, self.generators, lrs, moms, forward=forward,
                                   channels_last=self.channels_last)
         self.runner = StepRunner(self.step, step_mode(config, device), notice)
