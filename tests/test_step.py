@@ -71,6 +71,52 @@ def test_tensor_sgd_matches_torch_sgd_with_changing_lr_and_momentum(nesterov, wd
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
+def test_tensor_sgd_state_dict_is_torchs_format_and_a_reload_continues_exactly():
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
+    lr, m = torch.tensor(0.05), torch.tensor(0.9)
+    opt = TensorSGD(a.parameters(), lr, m, nesterov=True, weight_decay=1e-4)
+    xs = [torch.randn(8, 5) for _ in range(6)]
+
+    def step(model, optimiser, x):
+        optimiser.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimiser.step()
+
+    for x in xs[:3]:
+        step(a, opt, x)
+    saved = copy.deepcopy(opt.state_dict())
+    # what torch.optim.Optimizer.state_dict gave for this class (resume.pt files written before stay readable)
+    assert saved["param_groups"] == [{"weight_decay": 1e-4, "nesterov": True, "params": [0, 1, 2, 3]}]
+    assert sorted(saved["state"]) == [0, 1, 2, 3] and all(set(s) == {"momentum_buffer"} for s in saved["state"].values())
+    assert saved["state"][0]["momentum_buffer"].abs().sum() > 0
+    b = copy.deepcopy(a)
+    other = TensorSGD(b.parameters(), lr, m, nesterov=True, weight_decay=1e-4)
+    buffer = other.state[next(iter(b.parameters()))]["momentum_buffer"]
+    other.load_state_dict(saved)
+    assert other.state[next(iter(b.parameters()))]["momentum_buffer"] is buffer  # copied in place
+    for x in xs[3:]:
+        step(a, opt, x)
+        step(b, other, x)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="doesn't match"):
+        TensorSGD(torch.nn.Linear(5, 4).parameters(), lr, m).load_state_dict(saved)
+
+
+def test_training_does_not_import_torchs_compiler():
+    """torch.optim.Optimizer's first construction imports torch._dynamo (seconds); the step's optimiser avoids it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from convladder.train.config import TrainConfig; from convladder.train.loop import train; "
+            "train(TrainConfig(dataset='synthetic', subset=600, val_size=60, epochs=1, batch_size=64, threads=1, "
+            "clean_train_eval=0)); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def _setup(cfg: TrainConfig):
     data = DeviceData(synthetic_splits(), cfg, torch.device("cpu"))
     model, _ = build_model(cfg.model, data.image_shape, cfg.seed)
