@@ -138,7 +138,9 @@ def test_each_rule_fires_where_it_should():
     assert "last-layer-extras" in _rules_fired("conv3x3(8) gap conv1x1(10) bn relu softmax")
     assert "bias-before-bn" in _rules_fired("conv3x3(8) bn relu gap conv1x1(10, bias=false) softmax")
     assert "budget" in _rules_fired("conv3x3(64) conv3x3(64) gap conv1x1(10) softmax", budget=20_000)
-    assert "rf-smaller-than-input" in _rules_fired("conv3x3(8) conv3x3(8) conv5x5(10) flatten softmax")
+    # (a softmax over a flattened map divides by a sum over every position: its output sees the whole input)
+    assert "rf-smaller-than-input" in _rules_fired("conv3x3(8) conv3x3(8) conv5x5(10)")
+    assert "rf-smaller-than-input" not in _rules_fired("conv3x3(8) conv3x3(8) conv5x5(10) flatten softmax")
     assert "pooled-features-see-part" in _rules_fired("conv3x3(8) conv3x3(8) gap conv1x1(10) softmax")
     assert "pool-3x3" in _rules_fired("conv3x3(8) maxpool3x3 conv3x3(8) conv3x3(8) gap conv1x1(10) softmax")
     assert "output-classes" in _rules_fired("conv3x3(8) gap conv1x1(12) softmax")
@@ -183,3 +185,13 @@ def test_cli_check_exits_1_over_budget_and_models_lists():
     assert run_cli("check", "eip4-3rd", "--budget", "20k").returncode == 0
     listing = run_cli("models", "--json")
     assert json.loads(listing.stdout)["pytorch-mnist"]["params"] == 1_199_882
+
+
+def test_softmax_of_a_flattened_map_sees_every_position():
+    spec = parse_spec("conv3x3(4) flatten softmax").with_input((1, 8, 8))
+    table = summarize(spec)
+    model = build_module(spec).eval()
+    x = torch.randn(1, 1, 8, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(x)[0, 0], x)  # one probability: it divides by a sum over all positions
+    rows = (grad[0, 0].abs().sum(1) > 0).nonzero().flatten()
+    assert table.rf_out == int(rows.max() - rows.min() + 1) == 8

@@ -221,3 +221,292 @@ def test_capture_traces_once_and_is_safe_from_threads(monkeypatch):
     model.trans = nn.Conv2d(12, 8, 1, bias=False)  # a notebook edit: the next capture traces again
     capture(model, x, lambda n: n.kind == "relu")
     assert len(calls) == 2
+
+
+# -- the audit's findings: each against a truth computed without convladder ------------------------------------
+
+def grad_box(model: nn.Module, size: int, pick=None, trials: int = 3) -> tuple[int, int]:
+    """(height, width) of the bounding box of input pixels with a non-zero gradient for one output value
+    (the centre of a map, or `pick(output)`), over a few random inputs; the model keeps its random weights."""
+    model = model.eval()
+    mask = None
+    for _ in range(trials):
+        x = torch.randn(1, 1, size, size, requires_grad=True)
+        y = model(x)
+        value = pick(y) if pick is not None else (
+            y[0, :, y.shape[2] // 2, y.shape[3] // 2].sum() if y.dim() == 4 else y[0].sum())
+        (g,) = torch.autograd.grad(value, x)
+        m = g[0].abs().sum(0) != 0
+        mask = m if mask is None else mask | m
+    rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def flop_macs(model: nn.Module, size: int, channels: int = 1) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.zeros(1, channels, size, size))
+    return counter.get_total_flops() // 2
+
+
+class StrideSlice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return self.c2(self.c1(x)[:, :, ::2, ::2])
+
+
+class ShiftAdd(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        return y[:, :, :26, :26] + y[:, :, 2:, 2:]
+
+
+class DynamicCrop(nn.Module):
+    """Bounds computed from the size in forward, an ellipsis, an odd step, then a 3x3 convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        y = self.c1(x)
+        return self.c2(y[..., 1:y.size(2) - 2:3, 2:y.size(3):3])
+
+
+def test_spatial_slices_move_the_field_by_their_start_and_step():
+    table = summarize(StrideSlice(), (1, 28, 28))
+    sl = next(r for r in table.layers if r.kind == "slice")
+    assert (sl.rf, sl.jump, sl.output, sl.op) == (3, 2, [4, 13, 13], "slice [::2, ::2]")
+    assert (row(table, "c2").rf, row(table, "c2").jump) == (7, 2)
+    assert (table.rf_out, table.rf_out) == grad_box(StrideSlice(), 28) == (7, 7)
+    assert summarize(ShiftAdd(), (1, 28, 28)).rf_out == grad_box(ShiftAdd(), 28)[0] == 3
+    crop = summarize(DynamicCrop(), (1, 29, 29))
+    assert (crop.rf_out, crop.layers[-1].jump) == (grad_box(DynamicCrop(), 29)[0], 3) == (9, 3)
+
+
+def test_a_slice_that_keeps_one_spatial_axis_is_unknown():
+    class Row(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.c(x)[:, :, 3].mean(2)
+
+    table = summarize(Row(), (1, 28, 28))
+    assert table.rf_out is None and "keeps one axis" in table.rf_note
+
+
+class SharedConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.body = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        for _ in range(3):
+            x = F.relu(self.body(x))
+        return F.log_softmax(self.head(F.adaptive_avg_pool2d(x, 1)).view(-1, 10), dim=1)
+
+
+def test_a_module_called_three_times_computes_three_times():
+    model = SharedConvNet()
+    table = summarize(model, (1, 28, 28))
+    assert table.total_macs == flop_macs(model, 28) == 5_532_064
+    assert sum(r.params for r in table.layers) == table.total_params == sum(p.numel() for p in model.parameters())
+    assert [r.macs for r in table.layers if r.name.startswith("body")] == [1_806_336] * 3
+
+
+class Transposed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.w = nn.Parameter(torch.randn(8, 2, 3, 3))  # a grouped functional transposed convolution
+        self.c1d = nn.Conv1d(4, 4, 3)
+        self.m = nn.Parameter(torch.randn(782, 6))
+
+    def forward(self, x):
+        x = self.up(F.relu(self.down(x)))
+        x = F.conv_transpose2d(x, self.w, stride=2, groups=2)[:, :, :28, :28]
+        x = self.c1d(x.flatten(2))
+        return x @ self.m
+
+
+def test_transposed_1d_and_matrix_product_macs_agree_with_flop_counter():
+    model = Transposed()
+    table = summarize(model, (1, 28, 28))
+    assert row(table, "up").macs == 14 * 14 * 8 * 8 * 2 * 2
+    assert table.total_macs == flop_macs(model, 28) and not table.macs_uncounted
+    assert "MACs >=" not in repr(table)
+
+
+def test_work_without_a_formula_is_a_question_mark_and_a_partial_total():
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(1, 8, 4, stride=4)
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.bil = nn.Bilinear(8, 8, 4)
+
+        def forward(self, x):
+            t = self.c(x).flatten(2).transpose(1, 2)
+            a, _ = self.att(t, t, t)
+            s = torch.einsum("bnc,bmc->bnm", a, t).mean(2)
+            return self.bil(a.mean(1), t.mean(1)) + s.mean(1, keepdim=True)
+
+    model = Attention()
+    table = summarize(model, (1, 28, 28))
+    assert {r.kind for r in table.layers if not r.macs_known} == {"multiheadattention", "einsum", "bilinear"}
+    assert table.total_macs == row(table, "c").macs < flop_macs(model, 28)
+    text = repr(table)
+    assert "MACs >= 6,272 (not counted: multiheadattention, einsum, bilinear)" in text
+    assert next(line for line in text.splitlines() if " bilinear " in line).count("?") >= 1
+
+
+def test_shared_module_branches_read_their_own_calls():
+    class SharedBranches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c0, self.lift = nn.Conv2d(1, 4, 5, padding=2), nn.Conv2d(1, 4, 1)
+            self.c, self.head = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 10, 1)
+
+        def forward(self, x):
+            y = self.c(self.c0(x)) + self.c(self.lift(x))
+            return F.log_softmax(self.head(y)[:, :, 14, 14], dim=1)
+
+    table = summarize(SharedBranches(), (1, 28, 28))
+    add = next(r for r in table.layers if r.kind == "add")
+    assert add.reads_from == ["c", "c#2"] and add.rf == 7
+    assert table.rf_out == grad_box(SharedBranches(), 28, pick=lambda y: y[0, 0])[0] == 7
+
+
+class AuxAfterOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3)
+        self.head, self.viz = nn.Conv2d(8, 10, 24), nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        f = F.relu(self.c2(F.relu(self.c1(x))))
+        out = F.log_softmax(self.head(f).view(-1, 10), dim=1)
+        self.heat = self.viz(f)  # kept for a figure, computed after the output
+        return out
+
+
+def test_the_output_is_what_forward_returns_not_the_last_row():
+    table = summarize(AuxAfterOutput(), (1, 28, 28))
+    assert table.layers[-1].name == "viz" and table.output == [10]
+    assert table.rf_out == grad_box(AuxAfterOutput(), 28, pick=lambda y: y[0, 0])[0] == 28
+    assert "output-classes" not in {f.rule for f in run_checks(table, classes=10)}
+
+
+def test_fx_in_place_change_is_read_by_later_readers():
+    class AddInPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            y.add_(F.avg_pool2d(x, 9, stride=1, padding=4))  # the result is not reassigned
+            return self.c2(y)
+
+    class ThroughAView(AddInPlace):
+        def forward(self, x):
+            y = self.c1(x)
+            y[:, :2].add_(F.avg_pool2d(x, 9, stride=1, padding=4))  # changes y through a view of it
+            return self.c2(y)
+
+    table = summarize(AddInPlace(), (1, 28, 28))
+    assert row(table, "c2").rf == grad_box(AddInPlace(), 28)[0] == 11
+    view = summarize(ThroughAView(), (1, 28, 28))
+    assert grad_box(ThroughAView(), 28)[0] == 11
+    assert row(view, "c2").rf is None and "in place" in row(view, "c2").note
+
+
+def test_hooks_see_an_in_place_change_between_two_modules():
+    class InPlaceBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            if y.sum() > 1e9:  # data-dependent: the hooks fallback
+                y = y * 2
+            y += F.avg_pool2d(x, 9, stride=1, padding=4)  # the same tensor object, a new version
+            return self.c2(y)
+
+    table = summarize(InPlaceBranch(), (1, 28, 28))
+    assert "could not be captured" in table.notice and grad_box(InPlaceBranch(), 28)[0] == 11
+    assert row(table, "c2").rf is None and table.rf_out is None
+
+
+def test_softmax_and_normalize_over_positions_cover_them():
+    def net(fn):
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.c = nn.Conv2d(1, 4, 3, padding=1)
+                self.fn = fn  # a module (Softmax2d) is then a submodule
+
+            def forward(self, x):
+                return self.fn(self.c(x))
+        return Net()
+
+    over_map = net(lambda y: F.normalize(y, dim=(2, 3)))
+    assert summarize(over_map, (1, 28, 28)).rf_out == grad_box(over_map, 28)[0] == 28
+    flat = net(lambda y: F.softmax(y.flatten(1), dim=1))
+    assert summarize(flat, (1, 28, 28)).rf_out == grad_box(flat, 28)[0] == 28
+    one_axis = net(lambda y: F.softmax(y, dim=3))
+    assert grad_box(one_axis, 28) == (3, 28) and summarize(one_axis, (1, 28, 28)).rf_out is None
+    channels = net(lambda y: F.normalize(F.softmax(y, dim=1)))
+    assert summarize(channels, (1, 28, 28)).rf_out == grad_box(channels, 28)[0] == 3
+    softmax2d = net(nn.Softmax2d())
+    centre = grad_box(softmax2d, 28, pick=lambda y: y[0, 0, 14, 14])  # the sum over channels is constant
+    assert summarize(softmax2d, (1, 28, 28)).rf_out == centre[0] == 3
+
+
+def test_functional_batch_norm_buffers_are_counted():
+    class FuncBN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(1, 16, 3, bias=False)
+            self.g, self.b = nn.Parameter(torch.ones(16)), nn.Parameter(torch.zeros(16))
+            self.register_buffer("rm", torch.zeros(16))
+            self.register_buffer("rv", torch.ones(16))
+
+        def forward(self, x):
+            return F.batch_norm(self.c(x), self.rm, self.rv, self.g, self.b, self.training)
+
+    model = FuncBN()
+    table = summarize(model, (1, 28, 28))
+    assert table.total_buffers == sum(b.numel() for b in model.buffers()) == 32
+    assert table.total_params == sum(r.params for r in table.layers) == sum(p.numel() for p in model.parameters())
+
+
+def test_tied_weights_are_counted_once():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.s, self.a, self.b = nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.b(self.a(self.s(x)))
+
+    model = Tied()
+    table = summarize(model, (1, 28, 28))
+    assert sum(r.params for r in table.layers) == table.total_params == sum(p.numel() for p in model.parameters())
+    assert row(table, "b").params == 4 and "shared with a" in row(table, "b").note
+    assert abs(sum(r.share for r in table.layers) - 1) < 1e-9
+    assert table.total_macs == flop_macs(model, 28)

@@ -121,6 +121,8 @@ def _pool3(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
 
 def _classes(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
     out = ctx.table.output
+    if out is None:  # forward returns no single tensor (a tuple, a dict): nothing to check here
+        return
     n = out[0] if len(out) == 1 or (len(out) == 3 and out[1] * out[2] == 1) else None
     if n is None:
         yield None, f"the output is a {out[1]}x{out[2]}x{out[0]} map, not one score per class"

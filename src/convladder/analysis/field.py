@@ -2,8 +2,9 @@
 
 Per axis (height, width), by the standard recurrence (Araujo, Norris & Sim, Distill 2019):
     k' = d(k-1)+1,  r_out = r_in + (k'-1) * j_in,  j_out = j_in * s.
-BN, activations, dropout, softmax, casts and 1x1 convolutions leave the field as it is (normalisations rescale
-values but move none). A global reduction (global pooling, a mean over height and width, a dense layer over a
+BN, activations, dropout, softmax over channels, casts and 1x1 convolutions leave the field as it is
+(normalisations rescale values but move none); a softmax or F.normalize over the positions covers all of them.
+A slice of height or width (x[:, :, a::s]) moves the first field a jumps on and multiplies the jump by s. A global reduction (global pooling, a mean over height and width, a dense layer over a
 flattened map) covers the union of every position's field, r + (n-1) * j, clipped to the image. At a merge
 (add, multiply, concatenate) the field is the union of the inputs' fields — the largest when their centres
 line up — when their jumps agree; inputs of one position (e.g. a squeeze-excite gate) broadcast and need no
@@ -17,6 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import torch
+
+from convladder.analysis.ops import expand_index
 from convladder.analysis.trace import INPUT, ModelTrace, TraceNode
 
 Pair = tuple[int, int]
@@ -28,7 +32,9 @@ class Field:
 
     r: Pair | None  # receptive field (height, width) in input pixels; None = unknown
     j: Pair | None  # jump: input pixels between neighbouring outputs
-    layout: str = "map"  # map (N,C,H,W) | flat (positions folded into features) | vector (one value per feature)
+    # map (N,C,H,W) | flat (positions folded into features) | vector (one value per feature)
+    # | mixed (a map whose every value sees the same union of positions, e.g. after a softmax over them)
+    layout: str = "map"
     grid: Pair = (1, 1)  # the positions the values still come from (for a later union)
     reason: str = ""  # why r is unknown, or a remark about how it was computed
     start: Pair | None = (0, 0)  # input pixel where the first position's field begins (negative: in the padding)
@@ -66,6 +72,8 @@ def _expected_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> i
 def _window(field: Field, node: TraceNode) -> Field:
     g = node.geometry
     size_in, size_out = _spatial(node.input), _spatial(node.output)
+    if field.layout == "mixed":  # the recurrence would add to a field every neighbour already shares
+        return unknown(f"{node.name}: a 2D window on a map whose positions were already mixed")
     if field.layout != "map" or size_in is None or size_out is None:
         return unknown(f"{node.name}: a 2D window on a tensor that is not a map")
     k, s, d = g["kernel"], g["stride"], g["dilation"]
@@ -134,8 +142,8 @@ def _reduce(field: Field, node: TraceNode) -> Field:
             return field  # over channels: each position alone
     if field.layout == "flat" and dims == {1} and ndim == 2:
         return replace(field.union(), layout="vector")
-    if field.layout == "vector" and 0 not in dims:
-        return field
+    if field.layout in ("vector", "mixed") and 0 not in dims:
+        return field  # every value already sees the same field
     return unknown(f"{node.name}: {node.kind} over dimension {node.dim!r} of a {field.layout} tensor")
 
 
@@ -159,16 +167,90 @@ def _reshape(field: Field, node: TraceNode) -> Field:
 def _dense(field: Field, node: TraceNode) -> Field:
     if field.layout == "flat":
         return replace(field.union(), layout="vector")
-    if field.layout == "vector":
+    if field.layout in ("vector", "mixed"):
         return field
     return unknown(f"{node.name}: a dense layer on a {len(node.input)}D map mixes values along its last axis")
 
 
 def _softmax(field: Field, node: TraceNode) -> Field:
-    """A normalisation, like BN: it rescales values but moves none, so the field stays (as the notes count it)."""
-    if node.geometry.get("flattens") and len(node.input) == 3:  # convladder's output layer flattens (N,C,1,1) first
-        return _reshape(field, replace(node, output=[node.input[0] * node.input[1] * node.input[2]]))
-    return field
+    """Softmax, log-softmax and F.normalize divide by a sum along `dim`. Along the channels of one position they
+    rescale values but move none, so the field stays (as the notes count BN); along the positions every value
+    depends on all of them: the union of their fields. Along one spatial axis only: '?'."""
+    ndim = len(node.input) + 1
+    if node.geometry.get("flattens") and len(node.input) == 3:  # convladder's output layer flattens first
+        field = _reshape(field, replace(node, output=[node.input[0] * node.input[1] * node.input[2]]))
+        if not field.known:
+            return field
+        ndim = 2
+    dim = node.dim
+    if dim is None and node.kind in ("softmax", "logsoftmax"):
+        dim = 0 if ndim in (0, 1, 3) else 1  # torch's choice for a softmax called without dim
+    dims = _dims(dim, ndim)
+    if dims is None or 0 in dims:
+        return unknown(f"{node.name}: {node.kind} over dimension {dim!r}")
+    if field.layout in ("vector", "mixed"):
+        return field  # every value already sees the same field
+    if field.layout == "map" and ndim == 4:
+        if dims == {1}:
+            return field
+        if dims >= {2, 3}:
+            return replace(field.union(), layout="mixed")
+        return unknown(f"{node.name}: {node.kind} over dimension {dim!r} mixes the positions along one axis")
+    if field.layout == "flat" and ndim == 2 and dims == {1}:
+        return replace(field.union(), layout="vector")  # over a flattened map: every position
+    return unknown(f"{node.name}: {node.kind} over dimension {dim!r} of a {field.layout} tensor")
+
+
+def _channel_index(item: object) -> bool:
+    """An index of the channel axis that keeps the axis (a slice, a list of channels): positions do not move."""
+    if isinstance(item, slice):
+        return True
+    if isinstance(item, list):
+        return all(isinstance(i, (int, bool)) for i in item)
+    return isinstance(item, torch.Tensor) and item.dim() == 1
+
+
+def _slice(field: Field, node: TraceNode, items: list[object]) -> Field:
+    """`x[:, :, a:b:s, c:d:t]` of a map: the first kept row starts a*j further on, neighbours are s*j apart.
+
+    An integer on both height and width keeps one position (a vector with that position's field). Anything
+    else on height or width (one integer, a list, a mask) gives '?'.
+    """
+    assert field.j is not None
+    what = f"{node.name}: indexing {node.op.removeprefix('slice ') or 'the map'}"
+    if not isinstance(items[0], slice):
+        return unknown(f"{what} picks from the batch axis")
+    if not _channel_index(items[1]):
+        return unknown(f"{what} drops or reorders the channel axis")
+    offsets, steps, sizes, kept = [], [], [], 0
+    for axis, (item, n) in enumerate(zip(items[2:], node.input[1:])):
+        if isinstance(item, bool) or not isinstance(item, (int, slice)):
+            return unknown(f"{what} uses a {type(item).__name__} on the {('height', 'width')[axis]} axis")
+        if isinstance(item, int):
+            if not -n <= item < n:
+                return unknown(f"{what}: index {item} is outside the map")
+            offsets.append(item % n)
+            steps.append(1)
+            sizes.append(1)
+            continue
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in (item.start, item.stop, item.step)):
+            return unknown(f"{what} with bounds that are not integers")
+        picked = range(*item.indices(n))
+        if len(picked) == 0 or picked.step < 1:
+            return unknown(f"{what} keeps no position")
+        offsets.append(picked.start)
+        steps.append(picked.step)
+        sizes.append(len(picked))
+        kept += 1
+    if kept == 1:
+        return unknown(f"{what} keeps one axis of the map")
+    if (node.output or [])[1:] != (sizes if kept else []):
+        return unknown(f"{what}: output {node.output} does not follow from the index")
+    j = tuple(field.j[a] * steps[a] for a in range(2))
+    start = None if field.start is None else tuple(field.start[a] + offsets[a] * field.j[a] for a in range(2))
+    if not kept:  # one position of the map: one value per channel
+        return replace(field, j=j, layout="vector", grid=(1, 1), start=start)  # type: ignore[arg-type]
+    return replace(field, j=j, grid=(sizes[0], sizes[1]), start=start)  # type: ignore[arg-type]
 
 
 def _merge(fields: list[Field], node: TraceNode) -> Field:
@@ -223,6 +305,10 @@ def _node_field(node: TraceNode, inputs: list[Field]) -> Field:
     field = inputs[0]
     if not field.known:
         return field
+    if node.category == "select" and node.geometry.get("of_tensor") and field.layout == "map" and len(node.input) == 3:
+        items = expand_index(node.geometry.get("index"), 4)
+        if items is not None:
+            return _slice(field, node, items)
     if node.category == "pointwise" or node.category == "select":
         if node.category == "pointwise" and _spatial(node.input) != _spatial(node.output):
             return unknown(f"{node.name}: {node.kind} changed the size from {node.input} to {node.output}")
@@ -240,5 +326,5 @@ def _node_field(node: TraceNode, inputs: list[Field]) -> Field:
                 "dense": _dense, "softmax": _softmax}
     handler = handlers.get(node.category)
     if handler is None:
-        return unknown(f"{node.name}: {node.kind} is not analysed for the receptive field")
+        return unknown(node.geometry.get("reason") or f"{node.name}: {node.kind} is not analysed for the receptive field")
     return handler(field, node)

@@ -92,6 +92,38 @@ def _pool_geometry(kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_m
             "dilation": _pair(dilation), "ceil_mode": bool(ceil_mode)}
 
 
+def expand_index(index: Any, ndim: int) -> list[Any] | None:
+    """The items of `tensor[index]`, one per axis of a tensor with `ndim` axes (ellipsis expanded, missing
+    trailing axes whole); None when the index adds axes (`None`) or has more items than axes."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(i is None for i in items) or sum(i is Ellipsis for i in items) > 1:
+        return None
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        fill = ndim - (len(items) - 1)
+        if fill < 0:
+            return None
+        items = items[:at] + [slice(None)] * fill + items[at + 1:]
+    if len(items) > ndim:
+        return None
+    return items + [slice(None)] * (ndim - len(items))
+
+
+def _spatial_index_text(index: Any) -> str:
+    """'::2, ::2' for an index of an (N, C, H, W) tensor that touches height or width; '' when it does not."""
+    items = expand_index(index, 4)
+    if items is None or all(isinstance(i, slice) and i == slice(None) for i in items[2:]):
+        return ""
+
+    def text(i: Any) -> str:
+        if isinstance(i, slice):
+            parts = ["" if v is None else str(v) for v in (i.start, i.stop)]
+            return ":".join(parts) + (f":{i.step}" if i.step is not None else "")
+        return str(i) if isinstance(i, int) else "?"
+
+    return ", ".join(text(i) for i in items[2:])
+
+
 def describe_module(module: nn.Module, node: TraceNode) -> None:
     """Fill kind, category, op and geometry of a module call in the notes' style."""
     g = node.geometry
@@ -132,6 +164,8 @@ def describe_module(module: nn.Module, node: TraceNode) -> None:
         node.kind = "logsoftmax" if module.log else "softmax"
         node.category, node.op, node.dim = "softmax", ("log-softmax" if module.log else "softmax"), 1
         node.geometry["flattens"] = True
+    elif isinstance(module, nn.Softmax2d):  # softmax over the channels of each position
+        node.kind, node.category, node.op, node.dim = "softmax2d", "softmax", "softmax2d", -3
     elif isinstance(module, (nn.Softmax, nn.LogSoftmax)):
         node.kind = "logsoftmax" if isinstance(module, nn.LogSoftmax) else "softmax"
         node.category, node.op, node.dim = "softmax", node.kind.replace("log", "log-"), module.dim
@@ -182,6 +216,9 @@ def describe_function(node: TraceNode, fxnode: fx.Node, name: str, values: dict[
     elif name in ACTIVATION_NAMES:
         node.kind, node.category, node.op = name.rstrip("_").replace("_", ""), "pointwise", name.rstrip("_")
         return
+    elif name == "normalize":  # x / ||x|| along dim: mixes what lies along dim, like a softmax
+        node.kind, node.category, node.op, node.dim = "normalize", "softmax", "normalize", _arg(fxnode, 2, "dim", 1)
+        return
     elif name in NORM_NAMES:
         node.kind, node.category, node.op = "bn" if name == "batch_norm" else name, "pointwise", name
         node.geometry["statistics"] = name not in ("batch_norm", "normalize", "local_response_norm")
@@ -219,8 +256,15 @@ def describe_function(node: TraceNode, fxnode: fx.Node, name: str, values: dict[
         return
     elif name == "getitem":
         node.kind = node.category = node.op = "select"
-        node.geometry["index"] = fxnode.args[1] if len(fxnode.args) > 1 else None
-        node.visible = False
+        # sizes computed in forward (`x[:, :, :h]` with h = x.size(2) - 2) are fx nodes: use the values they had
+        index = fx.node.map_arg(fxnode.args[1], lambda a: values.get(a)) if len(fxnode.args) > 1 else None
+        node.geometry["index"] = index
+        node.geometry["of_tensor"] = isinstance(values.get(fxnode.args[0]), torch.Tensor)
+        spatial = _spatial_index_text(index) if node.geometry["of_tensor"] and len(node.input) == 3 else ""
+        # a slice of height or width moves the field (start, jump): a row of its own shows where
+        node.visible = bool(spatial)
+        if spatial:
+            node.kind, node.op = "slice", f"slice [{spatial}]"
         return
     node.kind = node.op = name
     node.category = "unknown"

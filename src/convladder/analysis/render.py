@@ -59,6 +59,12 @@ def _unknown(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
+def _macs_text(row: LayerRow) -> str:
+    if not getattr(row, "macs_known", True):
+        return "?"  # the layer computes, but convladder has no exact count for it
+    return format_count(row.macs) if row.macs else ""
+
+
 def _columns(table: NetworkTable) -> tuple[list[tuple[str, bool]], bool, bool]:
     with_from = any(_reads_from(r) for r in table.layers)
     with_note = any(_note(r) for r in table.layers)
@@ -76,7 +82,7 @@ def _cells(table: NetworkTable) -> list[list[str]]:
         previous_block = row.block
         cells = [str(row.index + 1), block, row.kind, format_size(row.input), row.op, format_size(row.output),
                  row.rf_text, row.jump_text, format_count(row.params) if row.params else "",
-                 format_count(row.macs) if row.macs else "", f"{row.share:.1%}" if row.params else ""]
+                 _macs_text(row), f"{row.share:.1%}" if row.params else ""]
         if with_from:
             cells.append(_reads_from(row, numbers))
         if with_note:
@@ -105,11 +111,18 @@ def totals_line(table: NetworkTable) -> str:
         f"params {table.total_params:,} (trainable {table.trainable_params:,}"
         + (f", frozen {frozen:,}" if frozen else "") + ")",
         f"BN buffers {table.total_buffers:,} (Keras would count them as params: {table.total_params + table.total_buffers:,})",
-        f"MACs {table.total_macs:,}",
+        _macs_total(table),
         f"RF at output {table.rf_out if table.rf_out is not None else '?'}"
         + (f" ({table.rf_note})" if table.rf_out is None and getattr(table, "rf_note", "") else ""),
     ]
     return " | ".join(parts)
+
+
+def _macs_total(table: NetworkTable) -> str:
+    uncounted = getattr(table, "macs_uncounted", None)
+    if uncounted:  # a partial sum is a lower bound, and says what it leaves out
+        return f"MACs >= {table.total_macs:,} (not counted: {', '.join(uncounted)})"
+    return f"MACs {table.total_macs:,}"
 
 
 def print_table(table: NetworkTable, console: Console, title: str | None = None) -> None:

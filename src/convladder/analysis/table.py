@@ -45,13 +45,14 @@ class LayerRow:
     params: int  # all parameters of this layer
     trainable_params: int
     buffers: int  # non-trainable state counted by Keras as params (BN running mean/var)
-    macs: int
+    macs: int  # 0 where macs_known is False
     bias: bool = False  # conv/fc with a bias term
     share: float = 0.0  # fraction of the network's parameters
     reads_from: list[str] = field(default_factory=list)  # rows (or "input") it reads, when not just the row above
     note: str = ""  # why RF/jump show '?', or a remark (shared weights, a field per axis)
     rf_hw: list[int] | None = None  # receptive field (height, width)
     jump_hw: list[int] | None = None
+    macs_known: bool = True  # False: the layer computes in a way convladder does not count (shown as '?')
 
     @property
     def rf_text(self) -> str:
@@ -81,6 +82,8 @@ class NetworkTable:
     notice: str = ""  # how the network was read when it could not be read fully (the hooks fallback)
     rf_note: str = ""  # why the output's field is unknown
     multipath: bool = False  # some row reads from something other than the row above
+    output_shape: list[int] | None = None  # what forward returns (None: not one tensor, or not known)
+    macs_uncounted: list[str] = field(default_factory=list)  # kinds of layers whose MACs total_macs leaves out
 
     def __repr__(self) -> str:
         from convladder.analysis.render import table_text
@@ -105,11 +108,14 @@ class NetworkTable:
             "block_roles": self.block_roles,
             "notice": self.notice,
             "multipath": self.multipath,
+            "output": self.output_shape,
+            "macs_uncounted": self.macs_uncounted,
         }
 
     @property
-    def output(self) -> list[int]:
-        return self.layers[-1].output if self.layers else self.input
+    def output(self) -> list[int] | None:
+        """The shape forward returns (not the last row run: a kept visualisation may run after the head)."""
+        return self.output_shape
 
     def reduction_row(self) -> LayerRow | None:
         """The layer whose field the output really has: where the map becomes one value per channel.
@@ -147,7 +153,8 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
         if input_shape is None:
             raise UserError("summarize needs input_shape=(C, H, W) for a plain nn.Module")
     trace = trace_model(model, tuple(input_shape))
-    rows = _rows(trace, propagate(trace))
+    fields = propagate(trace)
+    rows = _rows(trace, fields)
     total = sum(p.numel() for p in model.parameters())
     for row in rows:
         row.share = row.params / total if total else 0.0
@@ -155,7 +162,8 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
     if spec is not None:
         for number, block in enumerate(spec.blocks):
             roles[block.name or f"block{number + 1}"] = block.resolved_role
-    last = rows[-1] if rows else None
+    rf_out, rf_note = _output_field(trace, fields, rows)
+    uncounted = list(dict.fromkeys(row.kind for row in rows if not row.macs_known))
     return NetworkTable(
         input=list(input_shape),
         layers=rows,
@@ -163,13 +171,27 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_buffers=sum(row.buffers for row in rows),
         total_macs=sum(row.macs for row in rows),
-        rf_out=last.rf if last else 1,
+        rf_out=rf_out,
         spec=spec,
         block_roles=roles,
         notice=trace.notice,
-        rf_note=(last.note if last is not None and last.rf is None else ""),
+        rf_note=rf_note,
         multipath=any(row.reads_from for row in rows),
+        output_shape=trace.output,
+        macs_uncounted=uncounted,
     )
+
+
+def _output_field(trace: ModelTrace, fields: dict[str, Field], rows: list[LayerRow]) -> tuple[int | None, str]:
+    """(RF, why it is unknown) of what forward returns, which need not be the last row run."""
+    if trace.output_name is None:
+        return None, trace.output_note or "the output is not one traced tensor"
+    row = next((r for r in rows if r.name == trace.output_name), None)
+    if row is not None:
+        return row.rf, row.note if row.rf is None else ""
+    f = fields[trace.output_name]  # a hidden node (a cast, an index) or the input itself
+    return _pair_value(f.r), "" if _pair_value(f.r) is not None else (
+        f.reason or f"field differs per axis: {f.r[0]} high, {f.r[1]} wide")  # type: ignore[index]
 
 
 def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
@@ -188,6 +210,10 @@ def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
         note = f.reason
         if node.shared_with:
             note = (note + "; " if note else "") + f"same weights as {node.shared_with}"
+        if node.tied_with:
+            note = (note + "; " if note else "") + f"some weights shared with {node.tied_with}: counted there"
+        if not node.macs_known:
+            note = (note + "; " if note else "") + f"MACs of {node.kind} are not counted"
         if node.geometry.get("statistics"):  # GroupNorm/LayerNorm/InstanceNorm: per-image statistics
             note = (note + "; " if note else "") + ("normalised by statistics over the whole map; the field counts "
                                                     "where values come from, as for BN")
@@ -200,6 +226,7 @@ def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
             trainable_params=node.trainable, buffers=node.buffers, macs=node.macs, bias=node.bias,
             reads_from=[] if sources == [previous] else sources, note=note,
             rf_hw=list(f.r) if f.r is not None else None, jump_hw=list(f.j) if f.j is not None else None,
+            macs_known=node.macs_known,
         ))
         previous = node.name
     return rows

@@ -8,15 +8,16 @@ maps all use it (`capture` returns chosen nodes' inputs and outputs for real ima
 
 Where fx cannot capture the graph (control flow that depends on the data, or other untraceable Python), the
 tracer falls back to forward hooks on the leaf modules and says so in `ModelTrace.notice`. Hooks see modules
-only; a module whose input is not the previous module's output is marked `unseen_input`, and everything that
-depends on what was not seen is reported as unknown downstream (`?`), never guessed.
+only; a module whose input is not the previous module's output (or is, but was changed in place since: its
+`_version` moved) is marked `unseen_input`, and everything that depends on what was not seen is reported as
+unknown downstream (`?`), never guessed. Counting (parameters once, MACs on every call) is `analysis.counting`.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from convladder.analysis.ops import NON_TENSOR_NAMES, _arg, _fn_name, _scope, _shape, describe_function, describe_module
+from convladder.analysis.counting import Counted, count_module, function_macs, module_macs
+from convladder.analysis.ops import (NON_TENSOR_NAMES, QUIET_NAMES, _arg, _fn_name, _scope, _shape, describe_function,
+                                     describe_module)
 from convladder.errors import UserError
 from convladder.spec.build import ClassProbs
 from convladder.spec.build import Dropout as SpecDropout
@@ -49,9 +52,11 @@ class TraceNode:
     params: int = 0  # parameters this call uses (0 when a shared module was counted at its first call)
     trainable: int = 0
     buffers: int = 0  # BN running mean/var (Keras counts them as parameters)
-    macs: int = 0  # multiply-accumulates of convolutions and dense layers for one image
+    macs: int = 0  # multiply-accumulates of convolutions, dense layers and matrix products for one image
+    macs_known: bool = True  # False: the call does work `counting` has no exact formula for (macs is then 0)
     bias: bool = False
     shared_with: str = ""  # the earlier node whose weights this call reuses
+    tied_with: str = ""  # the earlier node that counted some of this call's parameters (tied weights)
     visible: bool = True  # False: a cast or copy kept out of the table (its field passes through)
     unseen_input: bool = False  # hooks fallback: the input came from computation the hooks did not see
     dim: Any = None  # the dimension argument of reductions, softmax, concat
@@ -66,7 +71,9 @@ class ModelTrace:
     nodes: list[TraceNode]
     method: str  # "fx" or "hooks"
     notice: str = ""  # why the fallback was used, shown to the user
-    output: list[int] | None = None
+    output: list[int] | None = None  # the shape forward returns (without the batch axis)
+    output_name: str | None = None  # the row whose result forward returns (None: not one traced tensor)
+    output_note: str = ""  # why output_name is None
     graph: fx.GraphModule | None = field(default=None, repr=False)  # fx only: the captured graph
     by_fx: dict[fx.Node, TraceNode] = field(default_factory=dict, repr=False)  # fx node -> its row
 
@@ -111,30 +118,31 @@ class _Recorder(fx.Interpreter):
         return value
 
 
-def _count_module(node: TraceNode, module: nn.Module, counted: dict[int, str]) -> None:
-    if id(module) in counted:
-        node.shared_with = counted[id(module)]
-        return
-    counted[id(module)] = node.name
-    # A torch.nn leaf (e.g. a transformer layer) uses all of its parameters in this one call.
-    node.params = sum(p.numel() for p in module.parameters())
-    node.trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    node.buffers = sum(b.numel() for bname, b in module.named_buffers() if not bname.endswith("num_batches_tracked"))
+def _unique(names: dict[str, int], name: str) -> str:
+    """A module called twice gets '#2' on its second row, so every row (and every reference to it) is unique."""
+    count = names.get(name, 0) + 1
+    names[name] = count
+    return name if count == 1 else f"{name}#{count}"
 
 
-def _macs(node: TraceNode, weight_shape: Iterable[int] | None) -> int:
-    out = node.output
-    if weight_shape is None or out is None:
-        return 0
-    w = list(weight_shape)
-    if node.kind.startswith("conv") and len(w) == 4 and len(out) == 3:
-        return out[0] * out[1] * out[2] * w[1] * w[2] * w[3]
-    if node.kind == "fc" and len(w) == 2:
-        positions = 1
-        for size in out[:-1]:
-            positions *= size
-        return positions * w[0] * w[1]
-    return 0
+INPLACE_OPERATORS = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior", "ixor",
+                     "ilshift", "irshift"}
+
+
+def _in_place(fxnode: fx.Node, name: str, module: nn.Module | None) -> bool:
+    """Whether the call changes its first argument in place (so later readers of it read this call's result)."""
+    if module is not None:
+        return bool(getattr(module, "inplace", False))
+    if fxnode.kwargs.get("inplace") is True:
+        return True
+    return name in INPLACE_OPERATORS or (name.endswith("_") and name not in QUIET_NAMES)
+
+
+def _same_storage(a: Any, b: Any) -> bool:
+    """Views share their base: changing one in place changes the other (torch keeps the root in `_base`)."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return False
+    return (a._base if a._base is not None else a) is (b._base if b._base is not None else b)
 
 
 def _trace_fx(model: nn.Module, x: torch.Tensor) -> ModelTrace:
@@ -143,24 +151,25 @@ def _trace_fx(model: nn.Module, x: torch.Tensor) -> ModelTrace:
     recorder.run(x)
     values = recorder.values
     nodes: list[TraceNode] = []
-    by_fx: dict[fx.Node, str] = {}
+    by_fx: dict[fx.Node, str] = {}  # fx node -> the row whose result reading that node gives (in-place ops move it)
     rows: dict[fx.Node, TraceNode] = {}
-    counted: dict[int, str] = {}
-    counted_params: set[str] = set()
-    params = dict(model.named_parameters())
-    output_shape: list[int] | None = None
+    counted = Counted()
+    names: dict[str, int] = {}
+    registered = {id(t) for t in model.parameters()} | {id(b) for n, b in model.named_buffers()
+                                                         if not n.endswith("num_batches_tracked")}
+    trace = ModelTrace(list(x.shape[1:]), nodes, "fx", graph=gm, by_fx=rows)
     for fxnode in gm.graph.nodes:
         if fxnode.op == "placeholder":
             by_fx[fxnode] = INPUT
             continue
         if fxnode.op == "output":
-            result = fxnode.args[0]
-            output_shape = _shape(values.get(result)) if isinstance(result, fx.Node) else None
+            _fx_output(trace, fxnode.args[0], by_fx, values)
             continue
         if fxnode.op == "get_attr":
             continue
         value = values.get(fxnode)
-        if fxnode.op in ("call_function", "call_method") and _fn_name(fxnode) in NON_TENSOR_NAMES:
+        fname = _fn_name(fxnode) if fxnode.op != "call_module" else ""
+        if fname in NON_TENSOR_NAMES:
             continue
         if not isinstance(value, (torch.Tensor, tuple, list)):
             continue  # sizes, flags: not a layer
@@ -172,87 +181,110 @@ def _trace_fx(model: nn.Module, x: torch.Tensor) -> ModelTrace:
             scope = name.rpartition(".")[0]
         else:
             name = f"{scope}.{fxnode.name}" if scope else fxnode.name
-        node = TraceNode(name=name, scope=scope, kind="", category="", op="",
+        node = TraceNode(name=_unique(names, name), scope=scope, kind="", category="", op="",
                          inputs=[by_fx[a] for a in tensor_inputs], input=_shape(first) or [],
                          output=_shape(value))
-        weight_shape = None
+        module = None
         if fxnode.op == "call_module":
             module = gm.get_submodule(str(fxnode.target))
             node.module = module
             describe_module(module, node)
-            _count_module(node, module, counted)
-            weight = getattr(module, "weight", None)
-            weight_shape = weight.shape if isinstance(weight, torch.Tensor) and not node.shared_with else None
+            count_module(node, module, counted)
+            macs = module_macs(node, module)  # every call computes, though its weights are counted once
         else:
-            fname = _fn_name(fxnode)
             describe_function(node, fxnode, fname, values)
-            # Parameters a functional call reads directly (F.conv2d(x, self.weight)): counted once, here.
-            for attr in (a for a in fxnode.all_input_nodes if a.op == "get_attr"):
-                p = params.get(str(attr.target))
-                if p is not None and str(attr.target) not in counted_params:
-                    counted_params.add(str(attr.target))
-                    node.params += p.numel()
-                    node.trainable += p.numel() if p.requires_grad else 0
-            if node.category in ("window", "dense"):
-                weight = values.get(_arg(fxnode, 1, "weight"))
-                weight_shape = weight.shape if isinstance(weight, torch.Tensor) else None
+            # Parameters and buffers a functional call reads directly (F.conv2d(x, self.weight),
+            # F.batch_norm(x, self.running_mean, ...)): counted once, at the first call that reads them.
+            attrs = [values.get(a) for a in fxnode.all_input_nodes if a.op == "get_attr"]
+            # (a constant fx made of a tensor in forward is not a parameter or buffer of the model)
+            counted.take(node, [(t, not isinstance(t, nn.Parameter)) for t in attrs
+                                if isinstance(t, torch.Tensor) and id(t) in registered])
+            macs = function_macs(node, fxnode, fname, values)
+        node.macs, node.macs_known = (macs, True) if macs is not None else (0, False)
         if node.category == "reshape" and node.kind == "flatten" and fxnode.op != "call_module":
             node.geometry["start_dim"] = _arg(fxnode, 1, "start_dim", 0)
-        node.macs = _macs(node, weight_shape)
         nodes.append(node)
-        by_fx[fxnode] = name
+        by_fx[fxnode] = node.name
         rows[fxnode] = node
-    return ModelTrace(list(x.shape[1:]), _dedupe(nodes), "fx", output=output_shape, graph=gm, by_fx=rows)
+        target = fxnode.args[0] if fxnode.args else None
+        if isinstance(target, fx.Node) and target in by_fx and _in_place(fxnode, fname, module):
+            _moved_in_place(trace, node, target, by_fx, values)
+    return trace
 
 
-def _dedupe(nodes: list[TraceNode]) -> list[TraceNode]:
-    """A module called twice gets '#2' on its second row so every name is unique."""
-    seen: dict[str, int] = {}
-    renamed: dict[str, str] = {}
-    for node in nodes:
-        node.inputs = [renamed.get(i, i) for i in node.inputs]
-        count = seen.get(node.name, 0) + 1
-        seen[node.name] = count
-        if count > 1:
-            new = f"{node.name}#{count}"
-            renamed[node.name] = new
-            node.name = new
-    return nodes
+def _moved_in_place(trace: ModelTrace, node: TraceNode, target: fx.Node, by_fx: dict[fx.Node, str],
+                    values: dict[fx.Node, Any]) -> None:
+    """`y.add_(z)` changes y: later readers of y read this row. Another view of the same memory changed too,
+    in a way the field does not follow: its later readers read a row that says so ('?')."""
+    changed = values.get(target)
+    by_fx[target] = node.name
+    for other, name in list(by_fx.items()):
+        if other is target or name == node.name or not _same_storage(values.get(other), changed):
+            continue
+        alias = TraceNode(name=f"{name}~{node.name}", scope=node.scope, kind="changed in place", category="unknown",
+                          op="changed in place", inputs=[node.name], input=node.output or [],
+                          output=_shape(values.get(other)), visible=False)
+        alias.geometry["reason"] = f"{name} shares memory with what {node.name} changed in place"
+        trace.nodes.append(alias)
+        by_fx[other] = alias.name
+
+
+def _fx_output(trace: ModelTrace, result: Any, by_fx: dict[fx.Node, str], values: dict[fx.Node, Any]) -> None:
+    """The row forward returns (not the last row run: a head may run before a kept visualisation)."""
+    if isinstance(result, fx.Node) and isinstance(values.get(result), torch.Tensor) and result in by_fx:
+        trace.output = _shape(values[result])
+        trace.output_name = by_fx[result]
+    else:
+        kind = type(result).__name__ if not isinstance(result, fx.Node) else type(values.get(result)).__name__
+        trace.output_note = f"forward returns a {kind}, not one tensor"
 
 
 def _trace_hooks(model: nn.Module, x: torch.Tensor, reason: str) -> ModelTrace:
     """The fallback: module calls in order, seen by forward hooks; functional calls and branches are not."""
     names = {module: name for name, module in model.named_modules()}
-    calls: list[tuple[nn.Module, torch.Tensor, Any]] = []
+    calls: list[tuple[nn.Module, torch.Tensor, int, torch.Tensor, int]] = []
+    versions: list[int | None] = []  # the input's version before each running call (calls nest)
+
+    def pre_hook(module: nn.Module, inputs: tuple) -> None:
+        versions.append(inputs[0]._version if inputs and isinstance(inputs[0], torch.Tensor) else None)
 
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
-            calls.append((module, inputs[0], output))
+        before = versions.pop()
+        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor) and before is not None:
+            calls.append((module, inputs[0], before, output, output._version))
 
     leaves = [m for m in model.modules() if not list(m.children()) or isinstance(m, (ClassProbs, SpecDropout))]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles = [m.register_forward_pre_hook(pre_hook) for m in leaves] + [m.register_forward_hook(hook) for m in leaves]
     try:
         output = model(x)
     finally:
         for handle in handles:
             handle.remove()
     nodes: list[TraceNode] = []
-    counted: dict[int, str] = {}
-    previous: tuple[str, torch.Tensor] = (INPUT, x)
-    for module, inp, out in calls:
-        name = names[module]
-        node = TraceNode(name=name, scope=name.rpartition(".")[0], kind="", category="", op="",
+    counted = Counted()
+    unique: dict[str, int] = {}
+    previous: tuple[str, torch.Tensor, int] = (INPUT, x, x._version)
+    for module, inp, version, out, out_version in calls:
+        name = _unique(unique, names[module])
+        node = TraceNode(name=name, scope=names[module].rpartition(".")[0], kind="", category="", op="",
                          inputs=[previous[0]], input=list(inp.shape[1:]), output=list(out.shape[1:]), module=module)
-        node.unseen_input = inp is not previous[1]  # something between the two calls changed the tensor
+        # something between the two calls made or changed the tensor (in-place ops keep its identity, not its
+        # version)
+        node.unseen_input = inp is not previous[1] or version != previous[2]
         describe_module(module, node)
-        _count_module(node, module, counted)
-        weight = getattr(module, "weight", None)
-        node.macs = _macs(node, weight.shape if isinstance(weight, torch.Tensor) and not node.shared_with else None)
+        count_module(node, module, counted)
+        macs = module_macs(node, module)
+        node.macs, node.macs_known = (macs, True) if macs is not None else (0, False)
         nodes.append(node)
-        previous = (name, out)
+        previous = (name, out, out_version)
     notice = (f"the graph of forward could not be captured ({reason}); rows are the module calls seen by hooks: "
               f"functional calls and branches are not, and fields that depend on them show '?'")
-    return ModelTrace(list(x.shape[1:]), _dedupe(nodes), "hooks", notice, _shape(output))
+    trace = ModelTrace(list(x.shape[1:]), nodes, "hooks", notice, _shape(output))
+    if isinstance(output, torch.Tensor) and output is previous[1] and output._version == previous[2] and nodes:
+        trace.output_name = previous[0]
+    else:
+        trace.output_note = "forward returns a tensor the hooks did not see being made"
+    return trace
 
 
 def _device_of(model: nn.Module) -> torch.device:

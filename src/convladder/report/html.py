@@ -151,10 +151,15 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
 
 def network_table(table: Any) -> str:
     rows = [[r.index, r.name, r.kind, r.op, _size(r.input), _size(r.output), r.rf, r.jump,
-             r.params, round(100 * r.share, 2), r.macs] for r in table.layers]
+             r.params, round(100 * r.share, 2), r.macs if getattr(r, "macs_known", True) else "?"]
+            for r in table.layers]
     head = ["#", "layer", "kind", "op", "input (H×W×C)", "output (H×W×C)", "RF", "jump", "params", "share %", "MACs"]
-    summary = (f"<p>{table.trainable_params:,} trainable parameters, {table.total_macs:,} MACs per image, "
-               f"output receptive field {table.rf_out} on a {_size(table.input)} input.</p>")
+    uncounted = getattr(table, "macs_uncounted", None)
+    macs = (f"at least {table.total_macs:,} MACs per image (not counted: {E(', '.join(uncounted))})" if uncounted
+            else f"{table.total_macs:,} MACs per image")  # a partial sum is a lower bound, said as one
+    rf = table.rf_out if table.rf_out is not None else "unknown"
+    summary = (f"<p>{table.trainable_params:,} trainable parameters, {macs}, "
+               f"output receptive field {rf} on a {_size(table.input)} input.</p>")
     return summary + table_html(head, rows)
 
 
