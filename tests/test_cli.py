@@ -217,3 +217,24 @@ def test_dead_code_is_gone() -> None:
     import convladder.ladder.run as ladder_run
 
     assert not hasattr(sweep, "trial_dicts") and not hasattr(ladder_run, "OPTION_KEYS")
+
+
+# -- what the numbers are: final or best epoch, and which split picked the best ------------------------------
+def test_train_seeds_summary_says_final_epoch_and_which_split_picked_the_best(capsys, tmp_path: Path) -> None:
+    code, out, err = cli(capsys, "train", "--model", SPEC, *TINY[:-2], "--epochs", "2", "--subset", "640",
+                         "--val-size", "64", "--select-on", "test", "--seeds", "2", "--runs", str(tmp_path / "runs"))
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if "over seeds [1, 2]" in line]
+    assert len(lines) == 2, out
+    assert lines[0].startswith("final test acc (last epoch) over seeds [1, 2]: min")
+    assert "best epoch picked on the TEST set (select_on test)" in lines[1]  # was 'best epoch test acc over seeds'
+    assert "every seed's final test acc >= 99.4" in out
+
+
+def test_sweep_ranking_says_it_is_the_final_test_accuracy(capsys, tmp_path: Path) -> None:
+    code, out, err = cli(capsys, "sweep", str(_sweep(tmp_path, [0.05, 0.1])), "--runs", str(tmp_path / "runs"))
+    assert code == 0, err
+    assert "min acc" not in out  # which split, which epoch?
+    head = next(line for line in out.splitlines() if line.split()[:2] == ["rank", "trial"])
+    assert "min final test" in head
+    assert "ranked by the least final-epoch TEST accuracy over 1 seed(s): the test set orders the trials" in out

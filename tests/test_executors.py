@@ -296,7 +296,7 @@ def test_cli_train_seeds_on_ray(tmp_path, local_ray):
     res = CliRunner().invoke(build_app(), args)
     assert res.exit_code == 0, res.output
     assert "seed 1: completed" in res.output and "seed 2: completed" in res.output
-    assert "final test acc over seeds [1, 2]: min" in res.output
+    assert "final test acc (last epoch) over seeds [1, 2]: min" in res.output
     runs = RunStore(tmp_path / "runs").list_runs(status="completed")
     assert sorted(r.seed for r in runs) == [1, 2]
     again = CliRunner().invoke(build_app(), args)  # the store has both: nothing trains again

@@ -374,3 +374,84 @@ def test_latest_says_which_run_and_can_be_scoped(tmp_path, capsys):
         store.get("latest:nope")
     code, out, err = _cli("runs", "show", "latest:tiny8k", "--runs", str(tmp_path))
     assert f"latest:tiny8k = run {a.id} (name mine, model tiny8k, created" in err
+
+
+# -- what `runs list/show/compare` print (audit: small floats, epochs done, how the best epoch was picked) -------
+
+def _made_run(store: RunStore, config: dict, epochs_done: int, status: str = "running",
+              result: dict | None = None) -> str:
+    """A run folder written by hand (no training): config, `epochs_done` metric rows, and a result if given."""
+    handle = store.create_run({"model": "tiny8k", "dataset": "synthetic", "seed": 1, "optimizer": "sgd",
+                               "schedule": "onecycle", "augment": False, "batch_size": 64, **config})
+    handle.write_metrics([{"epoch": e, "lr": 0.001, "train_loss": 0.5, "train_acc": 90.123, "val_acc": 98.765,
+                           "test_acc": 99.4567, "epoch_time_s": 1.0} for e in range(1, epochs_done + 1)])
+    if result is not None:
+        best = result.get("best", {})
+        handle.write_json("result.json", {"run_id": handle.id, "status": status, "params": 1000,
+                                          "epochs_done": epochs_done, "train_acc_source": "seen", "wall_time_s": 12.5,
+                                          "time_to_target_s": None, "gap": 0.1234, "potential": 99.3333,
+                                          "verdict": "healthy", **result})
+        handle.update(status=status, final_test_acc=result["final"]["test_acc"], best_val_acc=best.get("val_acc"),
+                      best_epoch=best.get("epoch"), params=1000)
+    elif status != "running":
+        handle.update(status=status)
+    return handle.id
+
+
+def _row(out: str, run_id: str) -> str:
+    (line,) = [line for line in out.splitlines() if line.startswith(run_id)]
+    return line
+
+
+def test_small_floats_keep_their_digits_and_accuracies_two_decimals(tmp_path, capsys):
+    from cli_util import run_cli
+
+    store = RunStore(tmp_path)
+    final = {"final": {"test_acc": 99.4567, "train_acc": 99.58}, "best": {"epoch": 2, "val_acc": 98.765,
+                                                                           "test_acc": 99.4567, "selected_by": "val"}}
+    a = _made_run(store, {"lr": 0.001, "weight_decay": 5e-4, "epochs": 2}, 2, "completed", final)
+    b = _made_run(store, {"lr": 0.001, "weight_decay": 0.0, "epochs": 2}, 2, "completed", final)
+    code, out, err = run_cli(capsys, "runs", "show", a, "--runs", str(tmp_path))
+    assert code == 0, err
+    assert " lr 0.001 " in out  # was "lr 0.00"
+    assert "98.77" in out and "90.12" in out  # accuracies stay at 2 decimals
+    code, out, err = run_cli(capsys, "runs", "compare", a, b, "--runs", str(tmp_path))
+    assert code == 0, err
+    (wd,) = [line for line in out.splitlines() if line.startswith("weight_decay")]
+    assert wd.split()[1:] == ["0.0005", "0"]  # was "0.00" for 5e-4, and "0.00" for 0.0 too
+    assert "99.46%" in out and "0.12 " in out and "99.33 " in out  # final test, gap, potential: 2 decimals
+
+
+def test_runs_list_shows_epochs_done_of_unfinished_runs(tmp_path, capsys):
+    from cli_util import run_cli
+
+    store = RunStore(tmp_path)
+    running = _made_run(store, {"epochs": 12}, 3)
+    killed = _made_run(store, {"epochs": 12}, 5, status="interrupted")
+    done = _made_run(store, {"epochs": 2}, 2, "completed",
+                     {"final": {"test_acc": 99.0}, "best": {"epoch": 2, "val_acc": 98.0, "test_acc": 99.0,
+                                                            "selected_by": "val"}})
+    code, out, err = run_cli(capsys, "runs", "list", "--runs", str(tmp_path))
+    assert code == 0, err
+    assert _row(out, running).split()[1:6:4] == ["running", "3/12"]  # was "12": the configured epochs
+    assert _row(out, killed).split()[1:6:4] == ["interrupted", "5/12"]
+    assert _row(out, done).split()[1:6:4] == ["completed", "2"]
+
+
+def test_runs_list_says_which_split_picked_the_best_epoch(tmp_path, capsys):
+    from cli_util import run_cli
+
+    store = RunStore(tmp_path)
+    on_val = _made_run(store, {"epochs": 2, "select_on": "val", "val_size": 64}, 2, "completed",
+                       {"final": {"test_acc": 99.0}, "best": {"epoch": 1, "val_acc": 98.5, "test_acc": 98.9,
+                                                              "selected_by": "val"}})
+    on_test = _made_run(store, {"epochs": 2, "select_on": "test", "val_size": 64}, 2, "completed",
+                        {"final": {"test_acc": 99.0}, "best": {"epoch": 2, "val_acc": 97.25, "test_acc": 99.1,
+                                                               "selected_by": "test"}})
+    code, out, err = run_cli(capsys, "runs", "list", "--runs", str(tmp_path))
+    assert code == 0, err
+    assert "best val" not in out.splitlines()[0]  # the column holds picks made on either split
+    assert "98.50% val" in _row(out, on_val)
+    row = _row(out, on_test)
+    assert "99.10% test" in row and "97.25" not in row  # was 97.25 under "best val": the val acc of a test pick
+    assert "picked on the test set" in out  # and the footnote says what that means

@@ -227,24 +227,31 @@ def write_summary(summary: dict[str, Any], runs_root: str | Path, folder_name: s
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The ranked table as text, then the isolation lines of the studied parameter."""
+    """The ranked table as text, then the isolation lines of the studied parameter.
+
+    Its numbers are final-epoch test accuracies (min / median / max over seeds) and the ranking is by their
+    minimum, i.e. the test set orders the trials: the table says so above its header.
+    """
     names = list(summary["roles"])
     head = f"{'rank':>4} {'trial':5} {'status':9} " + " ".join(f"{n[:10]:>10}" for n in names) + \
-        f" {'params':>8} {'min acc':>8} {'median':>7} {'max':>7}"
+        f" {'params':>8} {'min final test':>14} {'median':>7} {'max':>7}"
     lines = ([f"scheduler: {summary['scheduler']}; stopped trials are listed after the completed ones, unranked"]
-             if summary.get("scheduler") else []) + [head]
+             if summary.get("scheduler") else [])
+    lines += [f"ranked by the least final-epoch TEST accuracy over {summary['seeds']} seed(s): the test set orders "
+              "the trials (accuracies: the last epoch's test %, min / median / max over seeds)", head]
     for r in summary["trials"]:
         acc = r["test_acc"] or {}
         vals = " ".join(f"{_short(r['values'].get(n)):>10}" for n in names)
         lines.append(f"{r['rank'] or '-':>4} {r['trial']:5} {r['status']:9} {vals} {_short(r['params']):>8} "
-                     f"{_short(acc.get('min')):>8} {_short(acc.get('median')):>7} {_short(acc.get('max')):>7}"
+                     f"{_short(acc.get('min')):>14} {_short(acc.get('median')):>7} {_short(acc.get('max')):>7}"
                      + (f"  {r['error']}" if r["error"] else ""))
     if summary["studied"]:
-        lines.append(f"\nisolation of {summary['studied']} (best trial per value, min over {summary['seeds']} seed(s)):")
+        lines.append(f"\nisolation of {summary['studied']} (best trial per value by the least final-epoch TEST accuracy "
+                     f"over {summary['seeds']} seed(s)):")
         for row in summary["isolation"]:
             acc = row["test_acc"] or {}
             lines.append(f"  {summary['studied']}={_short(row['value'])}: "
-                         + (f"{row['best_trial']} min acc {_short(acc.get('min'))} params {_short(row['params'])} "
+                         + (f"{row['best_trial']} min final test {_short(acc.get('min'))} params {_short(row['params'])} "
                             f"with {json.dumps(row['nuisance'])}" if row["best_trial"] else "no completed trial")
                          + f"  ({row['completed']}/{row['trials']} completed, {row['rejected']} over budget)")
     return "\n".join(lines)

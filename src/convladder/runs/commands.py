@@ -26,11 +26,25 @@ def register(app: typer.Typer) -> None:
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
+    """A value as printed: accuracies (`pct`) at 2 decimals with %, other floats with their significant digits
+    (lr 0.001, weight decay 0.0005: never '0.00'), anything else as it is."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.2f}" + ("%" if pct else "")
+        return f"{value:.2f}%" if pct else _sig(value)
     return str(value)
+
+
+def _sig(value: float) -> str:
+    """A float that is not a percentage: 3 significant digits below 1 (0.001, 0.0005, 1e-05), 2 decimals above."""
+    if value == 0 or value != value or abs(value) == float("inf"):
+        return f"{value:g}"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def _pts(value: Any) -> str:
+    """Accuracies and percentage points (gap, potential) without the % sign: 2 decimals."""
+    return f"{value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else _fmt(value)
 
 
 def _num(value: Any, spec: str) -> str:
@@ -51,19 +65,54 @@ def runs_list(
     from convladder.runs.store import RunStore
 
     filters = {k: v for k, v in {"status": status, "model": model}.items() if v}
-    records = RunStore(runs).list_runs(limit=limit or None, tag=tag, **filters)
+    store = RunStore(runs)
+    records = store.list_runs(limit=limit or None, tag=tag, **filters)
     if json_out:
         typer.echo(json.dumps([asdict(r) for r in records], indent=1))
         return
     if not records:
         typer.echo("no runs")
         return
-    typer.echo(f"{'id':24} {'status':11} {'model':16} {'seed':>4} {'params':>8} {'ep':>3} {'final test':>10} "
-               f"{'best val':>8} {'best ep':>7}")
-    for r in records:
+    shown = [(r, _progress(store.root / r.id, r)) for r in records]
+    typer.echo(f"{'id':24} {'status':11} {'model':16} {'seed':>4} {'params':>8} {'ep':>7} {'final test':>10} "
+               f"{'best on split':>13} {'best ep':>7}")
+    for r, (ep, best) in shown:
         model_name = (r.model or "-") if len(r.model or "") <= 16 else (r.model or "")[:13] + "..."
-        typer.echo(f"{r.id:24} {r.status:11} {model_name:16} {_fmt(r.seed):>4} {_fmt(r.params):>8} {_fmt(r.epochs):>3} "
-                   f"{_fmt(r.final_test_acc, True):>10} {_fmt(r.best_val_acc, True):>8} {_fmt(r.best_epoch):>7}")
+        typer.echo(f"{r.id:24} {r.status:11} {model_name:16} {_fmt(r.seed):>4} {_fmt(r.params):>8} {ep:>7} "
+                   f"{_fmt(r.final_test_acc, True):>10} {best:>13} {_fmt(r.best_epoch):>7}")
+    typer.echo("ep: done/configured for a run that did not finish; final test: the last epoch's; "
+               "best on split: the best epoch's accuracy on the split that picked it")
+    if any(best.endswith("test*") for _, (_, best) in shown):
+        typer.echo("* best epoch picked on the test set (select_on: test): an optimistic figure, not a held-out "
+                   "estimate — the final test accuracy is the honest one")
+
+
+def _progress(folder: Path, r: Any) -> tuple[str, str]:
+    """(the 'ep' cell, the 'best on split' cell) of a run, from its metrics.jsonl and result.json.
+
+    ep: the configured epochs for a completed run, 'done/configured' for any other (running, interrupted,
+    stopped, failed). best: the best epoch's accuracy on the split that picked it — 'val', or 'test*' when
+    the test set picked it (select_on: test); '-' where no split picked one (best = final epoch).
+    """
+    from convladder.runs.reader import read_json, read_metrics
+
+    notes: list[str] = []  # tolerant: a damaged file shows as '-' here, `runs show` names the problem
+    rows = read_metrics(folder / "metrics.jsonl", notes)
+    result = read_json(folder / "result.json", notes) if (folder / "result.json").is_file() else {}
+    done = max((row["epoch"] for row in rows), default=None)
+    if done is None and isinstance(result.get("epochs_done"), int):
+        done = result["epochs_done"]
+    if r.status == "completed" and (done is None or done == r.epochs):
+        ep = _fmt(r.epochs)
+    else:
+        ep = f"{done or 0}/{_fmt(r.epochs)}"
+    best = result.get("best") if isinstance(result.get("best"), dict) else {}
+    picked = best.get("selected_by")
+    if picked == "test":
+        return ep, _fmt(best.get("test_acc"), True) + " test*"
+    if picked == "val" or (picked is None and r.best_val_acc is not None):  # no result.json: the index's val pick
+        return ep, _fmt(r.best_val_acc, True) + " val"
+    return ep, "-"
 
 
 def _own_line(folder: Path) -> str | None:
@@ -117,7 +166,7 @@ def runs_show(run: Annotated[str, typer.Argument(help=RUN_HELP)], runs: RunsOpt 
     typer.echo(f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train acc*':>10} {'val acc':>8} {'test acc':>8} {'time':>6}")
     for m in metrics:
         typer.echo(f"{m['epoch']:>5} {_num(m.get('lr'), '>9.4g')} {_num(m.get('train_loss'), '>10.4f')} "
-                   f"{_fmt(m.get('train_acc')):>10} {_fmt(m.get('val_acc')):>8} {_fmt(m.get('test_acc')):>8} "
+                   f"{_pts(m.get('train_acc')):>10} {_pts(m.get('val_acc')):>8} {_pts(m.get('test_acc')):>8} "
                    f"{_num(m.get('epoch_time_s'), '>5.1f')}s")
     typer.echo("* train acc as seen while training (dropout/augmentation on)")
     if result:
@@ -155,8 +204,8 @@ def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="two or more 
         ("final test", [_fmt(part(x, "final").get("test_acc"), True) for x in results]),
         ("best-epoch test", [_fmt(part(x, "best").get("test_acc"), True) + f" (ep {part(x, 'best').get('epoch')},"
                              f" {part(x, 'best').get('selected_by')})" for x in results]),
-        ("gap", [_fmt(x.get("gap")) for x in results]),
-        ("potential", [_fmt(x.get("potential")) for x in results]),
+        ("gap", [_pts(x.get("gap")) for x in results]),
+        ("potential", [_pts(x.get("potential")) for x in results]),
         ("verdict", [_fmt(x.get("verdict")) for x in results]),
         ("wall time s", [_fmt(x.get("wall_time_s")) for x in results]),
     ]

@@ -152,24 +152,37 @@ def train_command(
                 typer.echo(f"run folder: {store.root / result.run_id}  (convladder runs show {result.run_id}; "
                            f"convladder report {result.run_id})")
             return
-        _, stats = train_seeds(cfg, store, progress)
-        _print_seed_stats(stats, quiet, json_lines)
+        results, stats = train_seeds(cfg, store, progress)
+        _print_seed_stats(stats, quiet, json_lines, _picked_by(results))
     except KeyboardInterrupt:
         typer.secho("interrupted: the last finished epoch is saved; continue with `convladder train --resume <run id>` "
                     "(see `convladder runs list`)", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(130)
 
 
-def _print_seed_stats(stats: dict[str, Any], quiet: bool, json_lines: bool) -> None:
+def _picked_by(results: Iterable[Any]) -> str:
+    """How the seeds' best epochs were picked, in words: on val, on the TEST set, or = the final epoch."""
+    picks = sorted({str(r.best.get("selected_by") or "?") for r in results})
+    words = {"val": "best epoch picked on val",
+             "test": "best epoch picked on the TEST set (select_on test): optimistic, not a held-out estimate"}
+    return "; ".join(words.get(p, f"best epoch = {p}") for p in picks)
+
+
+def _print_seed_stats(stats: dict[str, Any], quiet: bool, json_lines: bool, picked_by: str) -> None:
+    """min/median/max over seeds, each line saying what it is: the final epoch's test accuracy, or the test
+    accuracy of the best epoch and which split picked that epoch (`picked_by`, from `_picked_by`)."""
     if json_lines:
-        typer.echo(json.dumps({"event": "seeds", **stats}))
+        typer.echo(json.dumps({"event": "seeds", **stats, "best_epoch_picked_by": picked_by}))
     elif not quiet:
-        for key in ("final_test_acc", "best_epoch_test_acc"):
+        labels = {"final_test_acc": ("final test acc (last epoch)", ""),
+                  "best_epoch_test_acc": ("best-epoch test acc", f"  — {picked_by}")}
+        for key, (label, note) in labels.items():
             s = stats[key]
             if s:
-                typer.echo(f"{key.replace('_', ' ')} over seeds {stats['seeds']}: "
-                           f"min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}")
-        typer.echo(f"all seeds >= {stats['target']}: {'yes' if stats['all_seeds_reach_target'] else 'no'}")
+                typer.echo(f"{label} over seeds {stats['seeds']}: "
+                           f"min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}{note}")
+        typer.echo(f"every seed's final test acc >= {stats['target']:g}: "
+                   f"{'yes' if stats['all_seeds_reach_target'] else 'no'}")
 
 
 def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: bool, json_lines: bool) -> None:
@@ -188,7 +201,7 @@ def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: b
     done = [RunResult.from_dict(store.read_result(r["run_id"])) for r in results
             if r["status"] in ("completed", "skipped") and r.get("run_id")]
     if done:
-        _print_seed_stats(seed_stats(done), quiet, json_lines)
+        _print_seed_stats(seed_stats(done), quiet, json_lines, _picked_by(done))
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         raise UserError(f"{len(failed)} of {len(results)} seed(s) failed: {failed[0]['label']}: {failed[0]['error']}")
