@@ -299,3 +299,82 @@ def test_shifted_test_accuracy_shows_per_run_and_per_ladder(store: Path, tmp_pat
     assert "Test accuracy against the shift of the test images" in page
     single = write_report(str(_single(root)), tmp_path / "run.html", root).read_text()
     assert "images shifted (mean of 4 directions)" in single
+
+
+# -- review: seeds, medians and small numbers ---------------------------------------------------------------
+
+from run_util import copy_run as _copy_run  # noqa: E402
+
+
+def test_ladder_median_run_is_the_lower_of_the_middle_two(tmp_path: Path) -> None:
+    """Four seeds of a step: the median run is the lower of the middle two (98.0 of 97/98/99/99.5), as
+    SeedResults.median picks; it was the upper one (99.0)."""
+    from convladder.report.demo import ladder_spec
+    from convladder.report.rundata import ladder_steps, load_run
+    from convladder.train.result import RunResult, SeedResults
+
+    extra = {"ladder": "four", "step": 0, "step_name": "s0", "change": "first"}
+    base = make_run(tmp_path, ladder_spec(0), epochs=1, steps_per_epoch=1, seed=1, extra_config=extra)
+    tests = {1: 99.5, 2: 97.0, 3: 99.0, 4: 98.0}
+    folders = [_copy_run(base, f"20990101-00000{s}-aaaaa{s}", config={"seed": s},
+                         result={"seed": s, "final": {"test_acc": t}}) for s, t in tests.items()]
+    shutil.rmtree(base)
+    runs = [load_run(f) for f in folders]
+    (row,) = ladder_steps(runs)
+    rule = SeedResults([RunResult.from_dict({**r.result, "time_to_target_s": None}) for r in runs]).median
+    assert rule.seed == 4 and rule.final["test_acc"] == 98.0  # the project's rule: the lower of the middle two
+    assert row["median_run"].config["seed"] == 4 and row["test_acc"] == 98.0
+    assert row["final_spread"]["median"] == 98.5  # the median value itself is the mean of the middle two
+
+
+def test_final_test_over_seeds_counts_completed_runs_once_per_seed(tmp_path: Path) -> None:
+    """Seeds 1 and 2 completed; seed 2 repeated; seed 3 interrupted twice (with and without result.json): 2 seeds."""
+    from convladder.report.html import result_block, seed_siblings
+    from convladder.report.rundata import load_run
+
+    one = make_run(tmp_path, epochs=1, steps_per_epoch=1, seed=1)
+    two = _copy_run(one, "20990101-000002-aaaaa2", config={"seed": 2}, result={"seed": 2, "final": {"test_acc": 50.0}})
+    _copy_run(two, "20990101-000003-aaaaa3", result={"final": {"test_acc": 10.0}})  # seed 2 again, newer
+    _copy_run(two, "20990101-000004-aaaaa4", config={"seed": 3}, drop_result=True)  # seed 3 killed: metrics only
+    _copy_run(two, "20990101-000005-aaaaa5", config={"seed": 3},
+              result={"seed": 3, "status": "interrupted", "final": {"test_acc": 5.0}})
+    run = load_run(one)
+    sibs = seed_siblings(run)
+    assert sibs[0] is run and sorted(r.config["seed"] for r in sibs) == [1, 2]
+    block = result_block(run, sibs)
+    mine = json.loads((one / "result.json").read_text())["final"]["test_acc"]
+    lo, hi = sorted([mine, 10.0])  # seed 2: its newest completed run stands for it
+    assert f"{lo:.2f} / " in block and f" / {hi:.2f} %" in block and "(2 seed(s)" in block
+
+
+def test_small_floats_keep_their_significant_digits() -> None:
+    """lr 0.001 was shown as 0.00 in every table cell."""
+    from convladder.report.html import _num, table_html
+    from convladder.report.sweepreport import sweep_rows
+
+    assert _num(0.001) == "0.001" and _num(0.0005) == "0.0005" and _num(0.015) == "0.015"
+    assert _num(99.25) == "99.25" and _num(0.75) == "0.75" and _num(0.0) == "0.00" and _num(-0.05) == "-0.05"
+    summary = {"roles": {"lr": "nuisance"}, "trials": [
+        {"rank": 1, "trial": "t1", "status": "completed", "values": {"lr": 0.001}, "params": 1000,
+         "test_acc": {"min": 98.0, "median": 98.5, "max": 99.0}}]}
+    page = table_html(*sweep_rows(summary))
+    assert 'data-v="0.001">0.001</td>' in page and ">0.00<" not in page
+
+
+def test_hand_made_ladder_report_shows_one_completed_run_per_seed_of_the_current_config(tmp_path: Path) -> None:
+    """Runs without job tags (no ladder file to ask): an older config of the step, a repeated seed and an
+    interrupted run were all in the table and the spread."""
+    from convladder.report.demo import ladder_spec
+
+    extra = {"ladder": "hand", "step": 0, "step_name": "s0", "change": "first"}
+    one = make_run(tmp_path, ladder_spec(0), epochs=1, steps_per_epoch=1, seed=1, extra_config=extra)
+    two = _copy_run(one, "20990101-000001-aaaaa1", config={"seed": 2}, result={"seed": 2})
+    repeat = _copy_run(two, "20990101-000002-aaaaa2", result={"final": {"test_acc": 22.22}})
+    old = _copy_run(one, "20000101-000000-aaaaa0", config={"seed": 3, "lr": 0.5}, result={"seed": 3})
+    killed = _copy_run(two, "20990101-000003-aaaaa3", config={"seed": 3}, drop_result=True)
+    page = write_report("hand", tmp_path / "hand.html", tmp_path).read_text()
+    assert "Ladder hand: 1 steps, 2 runs" in page
+    assert one.name in page and repeat.name in page
+    for left_out in (two, old, killed):
+        assert left_out.name not in page
+    assert "1 stale run" in page and "1 repeated run" in page and "1 seed(s) with no completed run" in page

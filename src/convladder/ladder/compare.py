@@ -9,10 +9,12 @@ Potential passes 100 when train is below test; it is then printed capped, with a
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_text
-from convladder.ladder.ladder import Ladder
+from convladder.ladder.ladder import Ladder, Step
 from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
 from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
@@ -30,18 +32,65 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else None
 
 
-def _campaign(ladder: Ladder, store: RunStore, options: dict[str, Any] | None) -> tuple[str | None, list]:
-    """The `opts:` tag of the runs to show (the newest ladder run's, unless options are given) and all runs."""
-    runs = store.list_runs(tag=f"ladder:{ladder.name}")
-    if options is not None:
-        from convladder.ladder.run import options_tag
-
-        return options_tag(options), runs
-    for run in runs:  # newest first
+def campaign_tag(runs: Iterable[Any]) -> str | None:
+    """The `opts:` tag of the newest run that has one (`runs` newest first), or None."""
+    for run in runs:
         for tag in run.tags:
             if tag.startswith(OPTS_TAG):
-                return tag, runs
-    return None, runs
+                return tag
+    return None
+
+
+def one_run_per_seed(runs: Iterable[Any]) -> list[Any]:
+    """One run per seed, by seed: the newest completed run of each seed, else its newest other run.
+
+    `runs` are newest first and have `.seed` and `.status` (the store's records, or the report's RunData):
+    a rerun or a repeat of a seed never counts twice, and a failed or interrupted run never stands in for a
+    completed one.
+    """
+    per_seed: dict[Any, Any] = {}
+    for run in runs:
+        cur = per_seed.get(run.seed)
+        if cur is None or (cur.status != "completed" and run.status == "completed"):
+            per_seed[run.seed] = run
+    return sorted(per_seed.values(), key=lambda r: (r.seed is None, r.seed if isinstance(r.seed, int) else 0))
+
+
+@dataclass
+class StepRuns:
+    """The runs of one step: `mine` (of the shown `ladder run` options), `fresh` (whose job key the ladder file
+    still makes; the rest are stale) and `chosen` (one per seed of the fresh ones, see one_run_per_seed)."""
+
+    step: Step
+    mine: list[Any]
+    fresh: list[Any]
+    chosen: list[Any]
+
+    @property
+    def stale(self) -> int:
+        return len(self.mine) - len(self.fresh)
+
+    @property
+    def completed(self) -> list[Any]:
+        return [r for r in self.chosen if r.status == "completed"]
+
+
+def select_runs(ladder: Ladder, runs: list[Any], opts_tag: str | None) -> list[StepRuns]:
+    """Which runs stand for each step -- the one selection `ladder report` and the HTML report share.
+
+    `runs` (newest first, with `.tags`, `.seed`, `.status`) are the runs tagged with this ladder; those of the
+    `opts_tag` options are kept, runs whose job key the current ladder file no longer makes are stale, and of
+    the rest one run per seed stands for the step.
+    """
+    opts = parse_options_tag(opts_tag) if opts_tag else {}
+    expected = ({job.key for job in ladder_jobs(ladder, None, max(1, _max_seeds(runs)), **opts)} if opts_tag
+                else set())
+    out = []
+    for step in ladder.steps:
+        mine = [r for r in runs if f"step:{step.index}" in r.tags and (opts_tag is None or opts_tag in r.tags)]
+        fresh = [r for r in mine if any(t[4:] in expected for t in r.tags if t.startswith("job:"))]
+        out.append(StepRuns(step, mine, fresh, one_run_per_seed(fresh)))
+    return out
 
 
 def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -49,24 +98,19 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
 
     `options` picks which `ladder run` options to show (e.g. {"epochs": 1, "subset": 512}); by default
     those of the newest run of this ladder. Runs whose config no longer matches the ladder file are
-    left out and counted as `stale`.
+    left out and counted as `stale`; of the rest, one run per seed (select_runs).
     """
+    from convladder.ladder.run import options_tag
 
-    opts_tag, runs = _campaign(ladder, store, options)
+    runs = store.list_runs(tag=f"ladder:{ladder.name}")  # newest first
+    opts_tag = options_tag(options) if options is not None else campaign_tag(runs)
     opts = parse_options_tag(opts_tag) if opts_tag else {}
-    expected = {job.key for job in ladder_jobs(ladder, None, max(1, _max_seeds(runs)), **opts)} if opts_tag else set()
     rows: list[dict[str, Any]] = []
     prev_test: float | None = None
-    for step in ladder.steps:
+    for sel in select_runs(ladder, runs, opts_tag):
+        step = sel.step
         table = step.table()
-        mine = [r for r in runs if f"step:{step.index}" in r.tags and (opts_tag is None or opts_tag in r.tags)]
-        fresh = [r for r in mine if any(t[4:] in expected for t in r.tags if t.startswith("job:"))]
-        per_seed: dict[int, Any] = {}
-        for r in fresh:  # newest first: keep the newest completed run per seed, else the newest failure
-            cur = per_seed.get(r.seed)
-            if cur is None or (cur.status != "completed" and r.status == "completed"):
-                per_seed[r.seed] = r
-        seeds = [_seed_row(store, r) for r in sorted(per_seed.values(), key=lambda r: r.seed or 0)]
+        seeds = [_seed_row(store, r) for r in sel.chosen]
         done = [s for s in seeds if s["status"] == "completed"]
         row: dict[str, Any] = {
             "step": step.index, "name": step.name, "change": step.change, "why": step.why, "because": step.because,
@@ -75,7 +119,7 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
             "epochs": opts.get("epochs") or step.train.get("epochs") or TrainConfig().epochs,
             "dataset": (done[0]["dataset"] if done else None) or opts.get("dataset") or step.train.get("dataset", "mnist"),
             "seeds": seeds, "n_completed": len(done), "n_failed": sum(s["status"] == "failed" for s in seeds),
-            "stale": len(mine) - len(fresh), "target": ladder.target,
+            "stale": sel.stale, "target": ladder.target,
         }
         row.update(_aggregate(done, ladder.target))
         row["reading"] = reading(row, prev_test)
@@ -104,23 +148,29 @@ def _seed_row(store: RunStore, record: Any) -> dict[str, Any]:
 
 
 def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """Median train/test over seeds, min/median/max of final and best, gap/potential/verdict of the medians."""
+    """Median train/test over seeds with the gap/potential of the medians; min/median/max over seeds of the final
+    and of each seed's best-epoch test accuracy; the verdict of the least seed (the lowest final test accuracy),
+    which the target is judged on."""
     if not done:
-        return {"train": None, "test": None, "gap": None, "potential": None, "verdict": None}
+        return {"train": None, "test": None, "gap": None, "potential": None, "verdict": None, "least": None}
     train = statistics.median(s["train"] for s in done if s["train"] is not None) if any(s["train"] is not None for s in done) else None
     test = statistics.median(s["test"] for s in done)
     bests = [s for s in done if s.get("best_test") is not None]
-    top = max(bests, key=lambda s: s["best_test"]) if bests else None
-    median_seed = min(done, key=lambda s: abs(s["test"] - test))
+    least = min(done, key=lambda s: s["test"])  # `done` is in seed order: a tie goes to the lowest seed
+    judged: dict[str, Any] = {"seed": least["seed"], "run_id": least["run_id"], "train": least["train"],
+                              "test": least["test"], "gap": None, "potential": None, "verdict": None}
+    if least["train"] is not None:
+        judged.update(gap=gap(least["train"], least["test"]), potential=potential(least["train"], least["test"]),
+                      verdict=verdict(least["train"], least["test"], least["history"], target))
     out = {"train": train, "test": test, "test_stats": _stats([s["test"] for s in done]),
            "best_stats": _stats([s["best_test"] for s in bests]),
-           "best": top["best_test"] if top else None, "best_epoch": top["best_epoch"] if top else None,
-           "selected_by": top["selected_by"] if top else None, "params_trained": done[0].get("params"),
+           "best_epochs": sorted({s["best_epoch"] for s in bests if s.get("best_epoch") is not None}),
+           "selected_by": ", ".join(sorted({str(s["selected_by"]) for s in bests if s.get("selected_by")})) or None,
+           "params_trained": done[0].get("params"), "least": judged, "verdict": judged["verdict"],
            "shifted": _median_shifted([s["shifted"] for s in done if s.get("shifted")])}
     if train is None:
-        return {**out, "gap": None, "potential": None, "verdict": None}
-    return {**out, "gap": gap(train, test), "potential": potential(train, test),
-            "verdict": verdict(train, test, median_seed["history"], target)}
+        return {**out, "gap": None, "potential": None}
+    return {**out, "gap": gap(train, test), "potential": potential(train, test)}
 
 
 def _median_shifted(per_seed: list[dict[str, float]]) -> dict[str, float] | None:
@@ -133,22 +183,28 @@ def _median_shifted(per_seed: list[dict[str, float]]) -> dict[str, float] | None
 
 def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
     """The notes' reading of one step, e.g. 'train 99.80 / test 99.05: gap 0.75, potential 99.25 < target 99.4
-    -> overfitting: regularise'."""
+    -> overfitting: regularise'. Over several seeds the verdict and 'on target' are the least seed's (the
+    lowest final test accuracy), and the reading names it beside the medians."""
     if row.get("test") is None:
         return "failed: " + (row["seeds"][0].get("error") or "see the run") if row.get("n_failed") else "not run yet"
     target = row["target"]
-    if row.get("train") is None:
-        return f"test {row['test']:.2f} (no train accuracy recorded)"
-    cmp = "<" if row["potential"] < target else ">="
-    text = (f"train {row['train']:.2f} / test {row['test']:.2f}: gap {row['gap']:.2f}, "
-            f"potential {potential_text(row['potential'])} {cmp} target {target:g} -> {row['verdict']}")
-    advice = ADVICE.get(row["verdict"] or "", "")
-    if row["verdict"] == "healthy":
-        advice = "on target" if row["test"] >= target else "right direction: closing the gap reaches the target"
-    if advice:
-        text += f": {advice}"
+    least = row.get("least") or {key: row.get(key) for key in ("train", "test", "gap", "potential", "verdict")}
+    n = row.get("n_completed") or 1
+    which = f" (the least of {n} seeds: seed {least.get('seed')})" if n > 1 else ""
+    medians = ("; median " + (f"train {row['train']:.2f} / " if row.get("train") is not None else "")
+               + f"test {row['test']:.2f}") if n > 1 else ""
+    if least.get("train") is None:
+        text = f"test {least['test']:.2f}{which} (no train accuracy recorded){medians}"
+    else:
+        cmp = "<" if least["potential"] < target else ">="
+        text = (f"train {least['train']:.2f} / test {least['test']:.2f}{which}: gap {least['gap']:.2f}, "
+                f"potential {potential_text(least['potential'])} {cmp} target {target:g} -> {least['verdict']}")
+        advice = ADVICE.get(least["verdict"] or "", "")
+        if least["verdict"] == "healthy":
+            advice = "on target" if least["test"] >= target else "right direction: closing the gap reaches the target"
+        text += (f": {advice}" if advice else "") + medians
     if prev_test is not None:
-        text += f" ({row['test'] - prev_test:+.2f} vs previous step)"
+        text += f" ({row['test'] - prev_test:+.2f}{' median' if n > 1 else ''} vs previous step)"
     return text
 
 
@@ -160,16 +216,21 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
     """The plain-text comparison table plus one reading line per step."""
     datasets = sorted({str(r["dataset"]) for r in rows if r.get("dataset")})
     head = (f"ladder {ladder.name} on {', '.join(datasets) or 'mnist'} (target {ladder.target:g} %; "
-            "test = final epoch, median over seeds; best = best epoch and how it was picked)")
-    cols = ("#", "step", "params (handout)", "RF", "ep", "train (h)", "test (h)", "min/med/max", "best@ep", "gap",
-            "potential", "verdict")
+            "train/test/gap/potential = final epoch, median over seeds; min/med/max = final test over seeds; "
+            "best-epoch test = each seed's best epoch, min/med/max over seeds, and the split that picked it; "
+            "verdict and 'on target' judged on the least seed)")
+    cols = ("#", "step", "params (handout)", "RF", "ep", "train (h)", "test (h)", "min/med/max",
+            "best-epoch test min/med/max", "gap", "potential", "verdict (least seed)")
     lines = []
     for r in rows:
         h = r["handout"] or {}
         hp = f" ({int(h['params']):,})" if h.get("params") else ""
         ts = r.get("test_stats")
         spread = f"{ts['min']:.2f}/{ts['median']:.2f}/{ts['max']:.2f}" if ts else "-"
-        best = f"{r['best']:.2f}@{r['best_epoch']} ({r['selected_by']})" if r.get("best") is not None else "-"
+        bs, eps = r.get("best_stats"), r.get("best_epochs") or []
+        best = "-" if not bs else (f"{bs['min']:.2f}/{bs['median']:.2f}/{bs['max']:.2f}"
+                                   + ("" if not eps else f"@{eps[0]}" if len(eps) == 1 else f"@{eps[0]}-{eps[-1]}")
+                                   + f" ({r.get('selected_by') or '?'})")
         seeds = f" [{r['n_completed']} seed(s)" + (f", {r['n_failed']} failed" if r["n_failed"] else "") + "]"
         lines.append((str(r["step"]), r["name"], f"{r['params']:,}{hp}", str(r["rf_out"]), str(r["epochs"]),
                       _pct(r.get("train")) + (f" ({h['train']:.2f})" if h.get("train") else ""),
@@ -189,6 +250,6 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
     for r in rows:
         out.append(f"  {r['step']}. {r['name']} -- {r['change']}")
         out.append(f"     {r['reading']}" + (f"  [{r['stale']} stale run(s) of an older ladder file ignored]" if r["stale"] else ""))
-    if any((r.get("potential") or 0) > POTENTIAL_CAP for r in rows):
+    if any((v or 0) > POTENTIAL_CAP for r in rows for v in (r.get("potential"), (r.get("least") or {}).get("potential"))):
         out += ["", POTENTIAL_NOTE]
     return "\n".join(out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import html
 import json
+import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,7 @@ from convladder.report.rundata import (
     RunData,
     final_numbers,
     is_path_like,
+    ladder_selection,
     ladder_steps,
     load_run,
     resolve_target,
@@ -37,11 +40,16 @@ E = html.escape
 
 
 def _num(v: Any, fmt: str = "{:.2f}") -> str:
+    """A cell's text: ints with thousands separators, floats in `fmt` -- with three significant digits where
+    `fmt`'s decimals would leave fewer than two (an lr of 0.001 is '0.001', not '0.00')."""
     if v is None:
         return "–"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     if isinstance(v, float):
+        decimals = re.fullmatch(r"\{:\.(\d+)f\}", fmt)
+        if decimals and v != 0 and math.isfinite(v) and abs(v) < 10.0 ** (1 - int(decimals.group(1))):
+            return f"{v:.3g}"
         return fmt.format(v)
     return E(str(v))
 
@@ -104,21 +112,23 @@ def _figures(builders: list[tuple[str, Callable[[], Figure | None]]], notes: lis
 # -- blocks ----------------------------------------------------------------------------------------------
 
 def seed_siblings(run: RunData) -> list[RunData]:
-    """Runs in the same store with the same config except the seed (the same experiment, other seeds)."""
-    ignore = {"seed", "seeds", "name", "tags", "threads", "device"}
-    key = {k: v for k, v in run.config.items() if k not in ignore}
+    """This run, then for every other seed of the same experiment (the same config but for the seed; for a ladder
+    run, the same step) the newest completed run of that seed: one run per seed, never an unfinished one."""
+    from convladder.ladder.compare import one_run_per_seed
+    from convladder.report.rundata import _with_ladder_step, experiment_key
+
+    key = experiment_key(run.config)
     if not key or not run.path.parent.is_dir():
         return [run]
-    out = []
-    for folder in sorted(run.path.parent.iterdir()):
+    same = []
+    for folder in sorted(run.path.parent.iterdir(), key=lambda f: f.name, reverse=True):  # newest first
         if folder == run.path or not (folder / "config.json").is_file():
             continue
         cfg = read_json(folder / "config.json", [])  # tolerant: a damaged sibling is skipped
-        if not cfg:
-            continue
-        if {k: v for k, v in cfg.items() if k not in ignore} == key:
-            out.append(load_run(folder))
-    return [run, *out]
+        # read as load_run reads run.config: a ladder run's ladder and step come from its tags
+        if cfg and cfg.get("seed") != run.seed and experiment_key(_with_ladder_step(cfg)) == key:
+            same.append(load_run(folder))
+    return [run, *(r for r in one_run_per_seed(same) if r.status == "completed")]
 
 
 def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
@@ -140,11 +150,14 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
     ]
     if n["shifted"]:
         rows.append(("test accuracy, images shifted (mean of 4 directions)", E(shifted_text(n["shifted"])) + " %"))
-    sibs = siblings or [run]
+    # completed runs only, one per seed (seed_siblings gives one per seed; this run counts when it completed)
+    sibs = [r for r in (siblings or [run]) if r.status == "completed"]
     s = spread([final_numbers(r)["test_acc"] for r in sibs])
     if s:
+        skipped = "" if run.status == "completed" else f"; this run ({E(run.status)}) is not counted"
         rows.append(("final test over seeds (min / median / max)",
-                     f"{s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f} % <small>({s['n']} seed(s))</small>"))
+                     f"{s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f} % <small>({s['n']} seed(s), "
+                     f"completed runs, one per seed{skipped})</small>"))
     body = "".join(f"<tr><th scope='row'>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<div class="scroll"><table class="kv">{body}</table></div>'
 
@@ -248,6 +261,8 @@ def _handout(value: Any) -> str:
 
 
 def ladder_body(name: str, runs: list[RunData]) -> str:
+    """`runs`: every run of the ladder, newest first; the ones shown are those `ladder report` shows."""
+    runs, left_out = ladder_selection(name, runs)
     steps = ladder_steps(runs)
     head = ["step", "name", "change", "params", "RF", "train final %", "test final %", "best epoch", "best-epoch test %",
             "final test min / median / max", "seeds", "gap", "potential", "verdict", "handout"]
@@ -265,7 +280,7 @@ def ladder_body(name: str, runs: list[RunData]) -> str:
         for row, s in zip(rows, steps):
             row.append(shifted_text(s["shifted"]) if s["shifted"] else "–")
     medians = [s["median_run"] for s in steps]
-    notes: list[str] = []
+    notes: list[str] = list(left_out)
     figs = _figures([("ladder_curves", lambda: figures.overlay(medians)),
                      ("ladder_gap", lambda: figures.gap_per_epoch(medians, "ladder_gap")),
                      ("ladder_steps", lambda: figures.steps_bar(steps))]
@@ -275,7 +290,9 @@ def ladder_body(name: str, runs: list[RunData]) -> str:
                        for r in runs)
     last = steps[-1]["median_run"] if steps else None
     return (f"<section><h2>Ladder {E(name)}: {len(steps)} steps, {len(runs)} runs</h2>"
-            "<p>Each row is one step (one change); numbers are the median-seed run's, the spread is over seeds. "
+            "<p>Each row is one step (one change); numbers are the median-seed run's, the spread is over seeds "
+            "(completed runs of the current ladder file, one per seed, as <code>convladder ladder report</code> "
+            "picks them); a target is judged on the min, the least seed. "
             "<em>final</em> = last epoch, <em>best epoch</em> = the epoch the selection split picked.</p>"
             + table_html(head, rows)
             + (f"<p class='meta'>{E(POTENTIAL_NOTE)}</p>" if any(_over_cap(s["potential"]) for s in steps) else "")

@@ -49,6 +49,20 @@ class RunData:
         return str(c.get("name") or model or f"run {self.id}")
 
     @property
+    def tags(self) -> list[str]:
+        return [t for t in self.config.get("tags") or [] if isinstance(t, str)]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed", self.result.get("seed"))
+
+    @property
+    def status(self) -> str:
+        """result.json's status; a run without one is still running or was killed: 'incomplete'."""
+        status = self.result.get("status")
+        return status if isinstance(status, str) and status else "incomplete"
+
+    @property
     def own(self) -> bool:
         """Whether the run trained a person's own class (it then has own_model.json)."""
         return (self.path / "own_model.json").is_file()
@@ -181,6 +195,15 @@ def _with_ladder_step(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_NOT_THE_EXPERIMENT = ("seed", "seeds", "name", "tags", "threads", "device")
+
+
+def experiment_key(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same experiment: the config (as load_run reads it) but for the seed, name, tags
+    and where it ran."""
+    return {k: v for k, v in config.items() if k not in _NOT_THE_EXPERIMENT}
+
+
 def _config(folder: Path) -> dict[str, Any]:
     return read_json(folder / "config.json", [])
 
@@ -190,19 +213,13 @@ def _ladder_name(config: dict[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
-def _newest_campaign(configs: dict[Path, dict[str, Any]]) -> list[Path]:
-    """Runs of one ladder from several `ladder run` option sets (opts: tag): keep the newest set's runs."""
-    newest = _tag(configs[max(configs, key=lambda p: p.name)], "opts:")
-    return [f for f, c in configs.items() if _tag(c, "opts:") == newest]
-
-
 def is_path_like(target: str) -> bool:
     """Whether a report target is written as a path ('/etc', './x', '~/runs/x'), not a name or run id."""
     return "/" in target or "\\" in target or target.startswith(("~", "."))
 
 
 def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, list[RunData]]:
-    """('run', [run]) or ('ladder', runs of that ladder) for a run folder, ladder name, or a run id, prefix,
+    """('run', [run]) or ('ladder', every run of that ladder, newest first) for a run folder, ladder name, or a run id, prefix,
     'latest' or 'latest:<model/name/tag>' (looked up by the run store, the one run lookup).
 
     Raises UserError naming what to do when nothing matches.
@@ -219,9 +236,9 @@ def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, li
                         f"folder, a run id or prefix, 'latest', or a ladder name (see `convladder runs list --runs {root}`)")
     folders = _run_folders(root)
     configs = {f: _config(f) for f in folders}
-    ladder = {f: c for f, c in configs.items() if _ladder_name(c) == target}
-    if ladder:
-        return "ladder", [load_run(f) for f in _newest_campaign(ladder)]
+    ladder = [f for f, c in configs.items() if _ladder_name(c) == target]
+    if ladder:  # every run of the ladder, newest first; ladder_selection picks the ones that stand for the steps
+        return "ladder", [load_run(f) for f in sorted(ladder, key=lambda f: f.name, reverse=True)]
     try:
         record = store.get(target)
     except UserError as err:
@@ -264,8 +281,61 @@ def spread(values: list[float | None]) -> dict[str, float] | None:
     return {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "n": len(vals)} if vals else None
 
 
+def ladder_selection(name: str, runs: list[RunData]) -> tuple[list[RunData], list[str]]:
+    """The runs that stand for the steps of ladder `name`, chosen as `convladder ladder report` chooses them
+    (convladder.ladder.compare.select_runs: the newest `ladder run` options, not stale, one completed run per
+    seed), and notes saying what was left out. `runs` are newest first.
+
+    Runs without job tags (made by hand) or of a ladder file that cannot be found here: the newest options'
+    runs; of each step the runs of its newest run's config (the others are stale), one completed run per seed.
+    """
+    from convladder.ladder.compare import campaign_tag, one_run_per_seed, select_runs
+
+    notes: list[str] = []
+    opts = campaign_tag(runs)
+    tagged = [r for r in runs if any(t.startswith("job:") for t in r.tags)]
+    ladder = None
+    if tagged:
+        try:
+            from convladder.ladder.ladder import load_ladder
+
+            ladder = load_ladder(name)
+        except Exception as exc:  # noqa: BLE001 - a ladder file that is not here: the runs still make a report
+            notes.append(f"the ladder file of {name!r} is not found here ({str(exc)[:160]}): a step's current "
+                         "config is taken to be its newest run's")
+    if ladder is not None:
+        steps = [(f"step {s.step.index}", s.completed, len(s.chosen), s.stale, len(s.fresh))
+                 for s in select_runs(ladder, tagged, opts)]
+    else:  # no ladder file to ask: the newest run of a step says its current config
+        groups: dict[Any, list[RunData]] = {}
+        for run in runs:
+            if opts is None or opts in run.tags:
+                groups.setdefault(run.config.get("step"), []).append(run)
+        steps = []
+        for step, members in groups.items():
+            fresh = [r for r in members if experiment_key(r.config) == experiment_key(members[0].config)]
+            chosen = one_run_per_seed(fresh)
+            steps.append((f"step {step}", [r for r in chosen if r.status == "completed"], len(chosen),
+                          len(members) - len(fresh), len(fresh)))
+    chosen_runs: list[RunData] = []
+    for label, done, n_chosen, stale, n_fresh in steps:
+        chosen_runs += done
+        left = [f"{n_chosen - len(done)} seed(s) with no completed run (failed or interrupted)" if n_chosen > len(done)
+                else "", f"{n_fresh - n_chosen} repeated run(s) of a seed" if n_fresh > n_chosen else "",
+                f"{stale} stale run(s) of an older ladder file or config" if stale else ""]
+        if any(left):
+            notes.append(f"{label}: left out " + ", ".join(x for x in left if x))
+    other = sum(1 for r in runs if opts is not None and opts not in r.tags)
+    if other:
+        notes.append(f"{other} run(s) made with other `ladder run` options than the newest ({opts}) left out")
+    return chosen_runs, notes
+
+
 def ladder_steps(runs: list[RunData]) -> list[dict[str, Any]]:
-    """One summary row per ladder step (seeds grouped), in step order."""
+    """One summary row per ladder step (seeds grouped), in step order; the numbers are the median run's
+    (train.result.median_item: the lower of the middle two), the spread is over every run given."""
+    from convladder.train.result import median_item
+
     groups: dict[Any, list[RunData]] = {}
     for run in runs:
         groups.setdefault(run.config.get("step"), []).append(run)
@@ -273,7 +343,8 @@ def ladder_steps(runs: list[RunData]) -> list[dict[str, Any]]:
     for step in sorted(groups, key=lambda s: (s is None, s if isinstance(s, (int, float)) else str(s))):
         members = groups[step]
         nums = [final_numbers(r) for r in members]
-        med = sorted(zip(nums, members), key=lambda p: (p[0]["test_acc"] is None, p[0]["test_acc"] or 0))[len(nums) // 2]
+        # the project's one rule for the median run, applied to these runs' final test accuracies
+        med = median_item(list(zip(nums, members)), lambda pair: pair[0]["test_acc"])
         verdicts = sorted({n["verdict"] for n in nums if n["verdict"]})
         c = members[0].config
         rows.append({

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,13 @@ def _give_models(run: Any, folder: Path, model: Any) -> None:
             run._models[which] = create_model(folder, model=model, which=which)
 
 
+def median_item(items: list[Any], value: Callable[[Any], float | None]) -> Any:
+    """The item whose value is the median: the lower one of the middle two for an even count (an item that
+    exists, not an average); items without a value rank last. The project's one median-run rule."""
+    ranked = sorted(items, key=lambda item: (value(item) is None, value(item) or 0.0))
+    return ranked[(len(ranked) - 1) // 2]
+
+
 class SeedResults:
     """The results of one configuration over several seeds, with min/median/max (the notes report the least)."""
 
@@ -268,8 +275,7 @@ class SeedResults:
     @property
     def median(self) -> RunResult:
         """The run whose final test accuracy is the median (the lower one of the middle two)."""
-        ranked = sorted(self.results, key=lambda r: (r.final.get("test_acc") is None, r.final.get("test_acc") or 0.0))
-        return ranked[(len(ranked) - 1) // 2]
+        return median_item(self.results, lambda r: r.final.get("test_acc"))
 
     def report(self, runs_root: str | Path | None = None, out: str | Path | None = None, *,
                model: Any = None) -> RunReport:
