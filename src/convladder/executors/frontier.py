@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from convladder.executors.base import Executor, InProcessExecutor
 from convladder.executors.frontierspec import FrontierSpec, spec_params
 from convladder.executors.sweep import Param, SweepSpec, Trial, make_trials, run_sweep
 from convladder.executors.sweep import write_summary as write_sweep_summary
+from convladder.train.result import min_median_max
 
 
 @dataclass
@@ -177,8 +177,7 @@ def retrain_sweep(spec: FrontierSpec, budget: int, winner: Trial, searched: bool
                      seeds=spec.seeds, path=spec.path)
 
 
-def _spread(values: list[float]) -> dict[str, float] | None:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else None
+_spread = min_median_max
 
 
 def run_budget(spec: FrontierSpec, budget: int, runs_root: str | Path, executor: Executor,

@@ -26,7 +26,6 @@ import itertools
 import json
 import math
 import random
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from convladder.errors import UserError
 from convladder.executors.base import Executor, InProcessExecutor, Job, make_job
 from convladder.executors.scheduled import stopped_summary
 from convladder.executors.sweepspec import Param, SweepSpec, param_count, placeholders
+from convladder.train.result import min_median_max
 
 
 @dataclass
@@ -171,7 +171,7 @@ def _settle(t: Trial) -> None:
         t.status = "completed"
     accs = [float(r["final_test_acc"]) for r in ok]
     if accs:
-        t.acc = {"min": min(accs), "median": statistics.median(accs), "max": max(accs)}
+        t.acc = min_median_max(accs) or {}
 
 
 def rank(trials: list[Trial]) -> list[Trial]:

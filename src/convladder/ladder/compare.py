@@ -18,7 +18,7 @@ from convladder.ladder.ladder import Ladder, Step
 from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
 from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
-from convladder.train.result import gap, potential, verdict
+from convladder.train.result import gap, min_median_max, potential, verdict
 
 ADVICE = {
     "overfitting": "regularise (dropout, augmentation)",
@@ -28,8 +28,7 @@ ADVICE = {
 }
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else None
+_stats = min_median_max
 
 
 def campaign_tag(runs: Iterable[Any]) -> str | None:

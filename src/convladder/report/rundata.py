@@ -10,7 +10,6 @@ Only a target that names no run at all is a `UserError`.
 from __future__ import annotations
 
 import functools
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,8 +276,10 @@ def final_numbers(run: RunData) -> dict[str, Any]:
 
 
 def spread(values: list[float | None]) -> dict[str, float] | None:
-    vals = [float(v) for v in values if v is not None]
-    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "n": len(vals)} if vals else None
+    from convladder.train.result import min_median_max
+
+    s = min_median_max(values)
+    return s and {**s, "n": sum(v is not None for v in values)}
 
 
 def ladder_selection(name: str, runs: list[RunData]) -> tuple[list[RunData], list[str]]:

@@ -324,10 +324,17 @@ class SeedResults:
                 f'<table style="border-collapse:collapse;margin-top:4px">{summary}</table></div>')
 
 
+def min_median_max(values: list[float | None]) -> dict[str, float] | None:
+    """{min, median, max} of the values given (None skipped; the median of an even count is the mean of the
+    middle two, a value, where `median_item` picks a run); None when there is none. The one spread over seeds."""
+    vals = [float(v) for v in values if v is not None]
+    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals)} if vals else None
+
+
 def seed_stats(results: list[RunResult]) -> dict[str, Any]:
     """min/median/max over seeds of final test accuracy and best-epoch test accuracy, plus params and seeds."""
     def stats(values: list[float]) -> dict[str, float]:
-        return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else {}
+        return min_median_max(values) or {}
 
     finals = [r.final["test_acc"] for r in results if r.final.get("test_acc") is not None]
     bests = [r.best["test_acc"] for r in results if r.best.get("test_acc") is not None]
