@@ -595,3 +595,225 @@ def test_nonfinite_float_image_is_refused(tmp_path):
     Image.fromarray(gray, "F").save(tmp_path / "float.tif")  # 32-bit float TIFF: decoded as is
     with pytest.raises(UserError, match="NaN, infinite or complex"):
         load_inputs([tmp_path / "float.tif"])
+
+
+# -- audit: 16-bit images, diverged runs, NaN outputs, other input sizes, blank files -----------------------
+def _grey_digit() -> np.ndarray:
+    """A dark "7" with anti-aliased (grey) edges on light paper, 8-bit."""
+    from PIL import ImageDraw
+
+    img = Image.new("L", (160, 160), 235)
+    ImageDraw.Draw(img).line([(40, 30), (120, 30), (70, 140)], fill=25, width=14)
+    return np.asarray(img.resize((64, 64), Image.Resampling.BILINEAR))
+
+
+def _save(img: Image.Image, path: Path, fmt: str, **kw) -> Path:
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+def test_16bit_images_predict_like_their_8bit_version(tmp_path, untrained_run):
+    a8 = _grey_digit()
+    a16 = a8.astype(np.uint16) * 257  # the same picture at 16-bit depth
+    h, w = a8.shape
+    files = {
+        "8bit.png": _save(Image.fromarray(a8), tmp_path / "8bit.png", "PNG"),
+        "i16.png": _save(Image.fromarray(a16), tmp_path / "i16.png", "PNG"),  # opens as I;16
+        "i16b.tif": _save(Image.frombytes("I;16B", (w, h), a16.astype(">u2").tobytes()), tmp_path / "i16b.tif", "TIFF"),
+        "i32.tif": _save(Image.fromarray(a16.astype(np.int32)), tmp_path / "i32.tif", "TIFF"),  # mode I, 16-bit values
+        "i32_8.tif": _save(Image.fromarray(a8.astype(np.int32)), tmp_path / "i32_8.tif", "TIFF"),  # I, 8-bit values
+        # transparent paper: 8-bit L with a tRNS key, and the same at 16 bits
+        "8bit_key.png": _save(Image.fromarray(a8), tmp_path / "8bit_key.png", "PNG", transparency=235),
+        "i16_key.png": _save(Image.fromarray(a16), tmp_path / "i16_key.png", "PNG", transparency=235 * 257),
+    }
+    assert Image.open(files["i16b.tif"]).mode == "I;16B" and Image.open(files["i16.png"]).mode == "I;16"
+    for name, path in files.items():  # old code: I;16B clipped to all-white paper, I;16 divided by its maximum
+        ref = decode_image(files["8bit_key.png" if name.endswith("_key.png") else "8bit.png"])
+        assert np.abs(decode_image(path) - ref).max() < 1e-6, name
+    result = _invoke("predict", untrained_run[1], *map(str, files.values()), "--json", "--runs", str(untrained_run[0]))
+    assert result.exit_code == 0, result.output  # old code: "no digit found" for the I;16B TIFF
+    probs = {Path(r["source"]).name: r["probs"] for r in json.loads(result.stdout)["images"]}
+    for name in files:
+        assert probs[name] == probs["8bit_key.png" if name.endswith("_key.png") else "8bit.png"], name
+
+
+def _poisoned_training(monkeypatch, steps_per_epoch: int) -> None:
+    """Epoch 1 trains normally, epoch 2 learns shifted labels (accuracy falls), epoch 3's loss is NaN."""
+    import torch.nn.functional as F
+
+    real = F.cross_entropy
+    calls = {"n": 0}
+
+    def hooked(*args, **kwargs):
+        if "label_smoothing" not in kwargs:  # evaluation, not a training step
+            return real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 2 * steps_per_epoch:
+            return real(*args, **kwargs) * float("nan")
+        if calls["n"] > steps_per_epoch:
+            return real(args[0], (args[1] + 1) % 10, *args[2:], **kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("convladder.train.step.F.cross_entropy", hooked)
+
+
+TINY_TRAIN = ("c1[conv3x3(8, bias=false) relu bn] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
+              "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
+
+
+def test_diverged_run_records_the_best_epoch_whose_weights_it_kept(tmp_path, monkeypatch):
+    from convladder.serve.server import DigitApp
+    from convladder.train.config import TrainConfig
+    from convladder.train.device_data import synthetic_splits
+    from convladder.train.loop import TrainingDiverged, train
+
+    _poisoned_training(monkeypatch, (2048 - 256) // 64)
+    store = RunStore(tmp_path)
+    config = TrainConfig(model=TINY_TRAIN, dataset="synthetic", epochs=4, batch_size=64, val_size=256, lr=0.1,
+                         seed=3, threads=1, clean_train_eval=0, augment=False)
+    with pytest.raises(TrainingDiverged, match="NaN/inf in epoch 3"):
+        train(config, store)
+    [record] = store.list_runs()
+    rows = store.read_metrics(record.id)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_acc"] < rows[0]["val_acc"]  # epoch 1 is the best
+    result = json.loads((tmp_path / record.id / "result.json").read_text())
+    stored = store.handle(record.id).weights_epoch("best")
+    # old code: best = epoch 2 (the last one), "final epoch (no validation split)"; best.safetensors holds epoch 1
+    assert result["best"]["epoch"] == stored == 1 and result["best"]["selected_by"] == "val"
+    assert result["best"]["test_acc"] == rows[0]["test_acc"] and result["best"]["val_acc"] == rows[0]["val_acc"]
+    best = load_run(record.id, tmp_path, "best")
+    data = synthetic_splits()
+    measured = (Predictor.from_run(best).probs(data.x_test).argmax(1) == data.y_test.numpy()).mean() * 100
+    assert abs(measured - best.test_acc) < 0.2  # the recorded number is what these weights score (1 image = 0.2)
+    assert DigitApp(best).info()["test_acc"] == rows[0]["test_acc"]
+    assert store.get(record.id).best_epoch == 1
+
+
+@pytest.mark.slow
+@pytest.mark.mnist
+def test_export_of_a_diverged_runs_best_weights_matches_what_it_recorded(tmp_path, monkeypatch, mnist):
+    if _has_onnx():
+        pytest.skip(_has_onnx())
+    from convladder.train.config import TrainConfig
+    from convladder.train.loop import TrainingDiverged, train
+
+    _poisoned_training(monkeypatch, (1000 - 100) // 100)
+    config = TrainConfig(model=TINY_TRAIN, dataset="mnist", subset=1000, val_size=100, epochs=4, batch_size=100,
+                         optimizer="adam", lr=0.01, seed=0, threads=1, clean_train_eval=0, augment=False)
+    store = RunStore(tmp_path / "runs")
+    with pytest.raises(TrainingDiverged):
+        train(config, store)
+    run_id = store.list_runs()[0].id
+    out = tmp_path / "best.onnx"
+    result = _invoke("export", run_id, "--which", "best", "-o", str(out), "--runs", str(store.root))
+    assert result.exit_code == 0, result.output  # old code: "exported model scores 8x% ... but run recorded 1x%"
+    assert out.is_file() and "run recorded" in result.stdout
+
+
+def _nan_run(root: Path) -> str:
+    torch.manual_seed(0)
+    spec = resolve_spec("eip4-3rd")
+    weights = build_module(spec).state_dict()
+    next(v for k, v in weights.items() if k.endswith("weight"))[0, 0, 0, 0] = float("nan")
+    handle = RunStore(root).create_run({"model": "eip4-3rd", "model_spec": format_spec(spec), "dataset": "mnist"},
+                                       {"input_shape": [1, 28, 28]})
+    handle.save_weights("model", weights)
+    return handle.id
+
+
+def test_predict_refuses_nan_probabilities_with_one_clear_error(tmp_path, capsys):
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from cli_util import run_cli
+
+    from convladder.serve.predict import top_k
+
+    run_id = _nan_run(tmp_path)
+    digit = tmp_path / "seven.png"
+    digit.write_bytes(_png(_grey_digit()))
+    for extra in ((), ("--json",)):
+        code, out, err = run_cli(capsys, "predict", run_id, str(digit), "--runs", str(tmp_path), *extra)
+        # old code: exit 0, "seven.png  0  (  nan%)" and, with --json, "probability": NaN (not JSON)
+        assert code != 0 and out == "" and "Traceback" not in err, (code, out, err)
+        assert "NaN" in err and "seven.png" in err and run_id in err and "model.safetensors" in err
+        assert "--which best" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(UserError, match="NaN"):
+        top_k(np.array([[0.5, np.nan, 0.5]], np.float32), 2)
+
+
+def _shaped_run(root: Path, shape: tuple[int, int, int], text: str) -> str:
+    torch.manual_seed(0)
+    spec = resolve_spec(text, input_shape=shape)
+    handle = RunStore(root).create_run({"model": "net", "model_spec": format_spec(spec), "dataset": "digits20"},
+                                       {"input_shape": list(shape), "data_mean": 0.1, "data_std": 0.3})
+    handle.save_weights("model", build_module(spec).state_dict())
+    return handle.id
+
+
+# 20x20 in, 1x1x10 out: the last conv7x7 fits 20x20 inputs only (on 28x28 it gives 5x5x10 = 250 "classes")
+NET20 = "c1[conv3x3(8) relu bn] t1[maxpool2x2] c2[conv3x3(16) relu bn] out[conv7x7(10) logsoftmax]"
+
+
+def test_predict_uses_the_runs_input_size(tmp_path):
+    from convladder.serve.preprocess import to_mnist as put_in_field
+
+    run_id = _shaped_run(tmp_path, (1, 20, 20), NET20)
+    digit = tmp_path / "seven.png"
+    digit.write_bytes(_png(_grey_digit()))
+    result = _invoke("predict", run_id, str(digit), "--json", "--runs", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)["images"]
+    assert len(row["probs"]) == 10 and 0 <= row["label"] <= 9  # old code: label 90 of 250 "classes"
+    field = put_in_field(decode_image(digit), size=(20, 20))
+    rows, cols = np.flatnonzero(field.any(1)), np.flatnonzero(field.any(0))
+    assert field.shape == (20, 20) and max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 == 14  # MNIST's 20/28 box
+    np.save(tmp_path / "same.npy", field[None])
+    again = json.loads(_invoke("predict", run_id, str(tmp_path / "same.npy"), "--json", "--runs", str(tmp_path)).stdout)
+    assert again["images"][0]["probs"] == row["probs"]  # an image file is the same as its 20x20 form
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(UserError, match=r"shape \(2, 28, 28\).*\(N, 20, 20\)"):
+        _invoke("predict", run_id, str(tmp_path / "wrong.npy"), "--runs", str(tmp_path))
+
+
+def test_three_channel_runs_take_batches_and_refuse_images_clearly(tmp_path):
+    run_id = _shaped_run(tmp_path, (3, 20, 20), NET20)
+    np.save(tmp_path / "rgb.npy", np.random.default_rng(0).integers(0, 256, (4, 3, 20, 20), dtype=np.uint8))
+    result = _invoke("predict", run_id, str(tmp_path / "rgb.npy"), "--json", "--runs", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert [len(r["probs"]) for r in json.loads(result.stdout)["images"]] == [10] * 4
+    digit = tmp_path / "seven.png"
+    digit.write_bytes(_png(_grey_digit()))
+    with pytest.raises(UserError, match=r"seven.png.*3x20x20.*\(N, 3, 20, 20\)"):
+        _invoke("predict", run_id, str(digit), "--runs", str(tmp_path))
+    from convladder.serve.server import make_server
+
+    with pytest.raises(UserError, match=r"3x20x20.*1-channel"):
+        make_server(load_run(run_id, tmp_path), "127.0.0.1", 0)
+
+
+def test_server_and_export_use_the_runs_input_size(tmp_path, server_factory):
+    run_id = _shaped_run(tmp_path, (1, 20, 20), NET20)
+    port = server_factory(tmp_path, run_id)
+    info = _request(port, "GET", "/api/info")[1]
+    assert info["classes"] == 10 and info["input_shape"] == [1, 20, 20]  # old code: 250 classes
+    status, res = _request(port, "POST", "/predict", _digit_png(), {"Content-Type": "image/png"})
+    assert status == 200 and len(res["probs"]) == 10 and np.array(res["preview"]["pixels"]).shape == (20, 20)
+    if _has_onnx():
+        return
+    from convladder.serve.export import export_onnx, ort_probs, ort_session
+
+    loaded20 = load_run(run_id, tmp_path)
+    report = export_onnx(loaded20, tmp_path / "m20.onnx")
+    assert report.source == "generated images" and report.max_abs_diff < 1e-4
+    x = np.random.default_rng(0).random((3, 1, 20, 20), dtype=np.float32)
+    got = ort_probs(ort_session(tmp_path / "m20.onnx"), x)
+    assert got.shape == (3, 10) and np.abs(got - Predictor.from_run(loaded20).probs(torch.from_numpy(x))).max() < 1e-4
+
+
+def test_blank_image_among_many_is_named(tmp_path, untrained_run):
+    digit, blank = tmp_path / "seven.png", tmp_path / "blank.png"
+    digit.write_bytes(_png(_grey_digit()))
+    blank.write_bytes(_png(np.full((40, 40), 250, np.uint8)))
+    with pytest.raises(NoInkError, match=r"blank.png"):  # old code: "no digit found: the image is blank ..."
+        _invoke("predict", untrained_run[1], str(digit), str(blank), "--runs", str(untrained_run[0]))

@@ -268,3 +268,31 @@ def test_page_shows_no_broken_image_before_drawing(start):
         assert not browser_util.console_errors(driver)
     finally:
         driver.quit()
+
+
+def test_nan_weights_answer_one_clear_error_not_nan(tmp_path, capfd):
+    """A run whose weights hold NaN (it diverged): /predict says so in JSON; the server keeps serving."""
+    torch.manual_seed(0)
+    spec = resolve_spec("eip4-3rd")
+    weights = build_module(spec).state_dict()
+    next(v for k, v in weights.items() if k.endswith("weight"))[0, 0, 0, 0] = float("nan")
+    store = RunStore(tmp_path)
+    handle = store.create_run({"model": "eip4-3rd", "model_spec": format_spec(spec), "dataset": "mnist"},
+                              {"input_shape": [1, 28, 28]})
+    handle.save_weights("model", weights)
+    server = srv.make_server(load_run(handle.id, tmp_path), "127.0.0.1", 0)
+    srv.serve_in_thread(server)
+    try:
+        port = server.server_address[1]
+        status, res = _post(port, _png(_drawing(140)))
+        # old code: 200 with "label": 0 and NaN probabilities (json.dumps writes NaN: not JSON for browsers)
+        assert status == 500 and set(res) == {"error"}, (status, res)
+        assert "NaN" in res["error"] and "model.safetensors" in res["error"] and "--which best" in res["error"]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/info")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err

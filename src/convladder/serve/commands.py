@@ -18,7 +18,8 @@ WHICH_HELP = "Weights to use: final (model.safetensors) or best (best.safetensor
 
 def predict_cmd(
     run: str = typer.Argument(..., help="Run id, unique id prefix, or 'latest'."),
-    images: list[Path] = typer.Argument(..., help="PNG/JPEG files, folders of images, .npy (N,28,28) or IDX batches."),
+    images: list[Path] = typer.Argument(..., help="PNG/JPEG files, folders of images, .npy (N,28,28) or IDX batches "
+                                                  "(the run's own input size where it is not 28x28)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per image in a list)."),
     top: int = typer.Option(3, "--top-k", min=1, help="How many classes to list per image."),
     runs: Optional[Path] = typer.Option(None, "--runs", help=RUNS_HELP),
@@ -28,22 +29,23 @@ def predict_cmd(
     """Classify digit images with a trained run (photos/scans are put into MNIST form first)."""
     import torch
 
-    from convladder.serve.predict import Predictor, load_run, top_k
+    from convladder.serve.predict import Predictor, check_finite, load_run, top_k
     from convladder.serve.preprocess import load_inputs
 
     if threads:
         torch.set_num_threads(threads)  # on a busy machine 1 thread can beat 2 (see docs/serve.md)
     loaded = load_run(run, runs, which)
-    batch = load_inputs(images)
+    batch = load_inputs(images, input_shape=loaded.input_shape)
     start = time.perf_counter()
     probs = Predictor.from_run(loaded).probs(batch.pixels)
     elapsed = time.perf_counter() - start
+    check_finite(probs, batch.names, loaded)  # NaN has no label, and NaN is not JSON
     tops = top_k(probs, top)
     if as_json:
         rows = [{"source": name, "label": t[0][0], "probability": round(t[0][1], 6),
                  "top": [[c, round(p, 6)] for c, p in t], "probs": [round(float(p), 6) for p in row]}
                 for name, t, row in zip(batch.names, tops, probs)]
-        typer.echo(json.dumps({"run": loaded.run_id, "images": rows}, indent=1))
+        typer.echo(json.dumps({"run": loaded.run_id, "images": rows}, indent=1, allow_nan=False))
         return
     width = max((len(n) for n in batch.names), default=0)
     for name, t in zip(batch.names, tops):
@@ -61,7 +63,8 @@ def export_cmd(
     which: str = typer.Option("final", "--which", help=WHICH_HELP),
     check: bool = typer.Option(True, "--check/--no-check", help="Verify against torch (and MNIST test accuracy)."),
 ) -> None:
-    """Export a run's network to one ONNX file: input float32 pixels in [0,1] (N,1,28,28), output probabilities."""
+    """Export a run's network to one ONNX file: input float32 pixels in [0,1] (N,1,28,28: the run's input shape),
+    output probabilities."""
     if fmt.lower() != "onnx":
         raise UserError(f"--format {fmt} is not supported; use --format onnx")
     from convladder.serve.export import export_onnx, require_onnx
@@ -96,13 +99,17 @@ def serve_cmd(
     """Serve a draw-a-digit page and a JSON API (POST /predict) for a run."""
     import torch
 
-    from convladder.serve.predict import load_run
+    from convladder.serve.predict import load_run, nonfinite_weights
     from convladder.serve.server import make_server
 
     # One image per request: intra-op threads only add hand-off latency (measured 2 ms vs 70 ms on a busy
     # 2-core machine); the threading server runs concurrent requests in parallel instead.
     torch.set_num_threads(threads)
     loaded = load_run(run, runs, which)
+    if nonfinite_weights(loaded.model):
+        typer.secho(f"warning: run {loaded.run_id}'s {which} weights ({loaded.weights_file}) hold NaN/infinite values: "
+                    "every prediction will be refused — serve --which best, or retrain with a lower learning rate",
+                    fg=typer.colors.YELLOW, err=True)
     server = make_server(loaded, host, port, quiet=not verbose, workers=workers, timeout=timeout)
     bound_host, bound_port = server.server_address[:2]
     try:

@@ -1,7 +1,8 @@
 """Export a run's network to one self-contained ONNX file, and check it against torch.
 
 The exported graph takes **float32 pixels in [0, 1], shape (batch, 1, 28, 28)** (MNIST form:
-white ink on black, i.e. uint8 / 255) and returns **probabilities, shape (batch, classes)**.
+white ink on black, i.e. uint8 / 255; the run's own (C, H, W) where it trained on other images)
+and returns **probabilities, shape (batch, classes)**.
 The run's normalisation ((x - mean) / std) and the softmax are inside the graph, so a
 caller needs nothing from convladder. Input name `pixels`, output name `probs`; the batch
 dimension is dynamic.
@@ -23,7 +24,7 @@ from torch import nn
 from convladder.data.normalise import normalise, to_unit
 from convladder.errors import UserError
 from convladder.fileio import atomic_write_bytes
-from convladder.serve.predict import LoadedRun, Predictor
+from convladder.serve.predict import LoadedRun, Predictor, nonfinite_message
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probs"
 TOLERANCE = 1e-4  # max |onnxruntime - torch| per probability
@@ -45,10 +46,11 @@ def require_onnx() -> None:
 class ProbsFromPixels(nn.Module):
     """pixels in [0, 1] -> normalise -> network logits -> softmax (what the ONNX file computes)."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float):
+    def __init__(self, model: nn.Module, mean: float, std: float, input_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
         self.net = model
         self.mean, self.std = float(mean), float(std)
+        self.input_shape = tuple(input_shape)  # (C, H, W) of one image: what the export traces with
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = getattr(self.net, "logits", self.net)(normalise(x, self.mean, self.std))
@@ -80,9 +82,10 @@ def cached_mnist_test() -> tuple[np.ndarray, np.ndarray] | None:
     return np.asarray(splits.x_test), np.asarray(splits.y_test)
 
 
-def _onnx_bytes(wrapper: nn.Module) -> bytes:
-    """Trace to ONNX with the dynamo exporter, quietly (it logs and prints progress)."""
-    example = torch.rand(2, 1, 28, 28)
+def _onnx_bytes(wrapper: ProbsFromPixels) -> bytes:
+    """Trace to ONNX with the dynamo exporter for (batch, *wrapper.input_shape) inputs, quietly (it logs and
+    prints progress)."""
+    example = torch.rand(2, *wrapper.input_shape)
     batch = torch.export.Dim("batch", min=1)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -110,9 +113,11 @@ def _add_metadata(data: bytes, run: LoadedRun) -> bytes:
     import onnx
 
     proto = onnx.load_from_string(data)
+    c, h, w = run.input_shape
+    form = ", MNIST form (white ink on black)" if c == 1 else ""
     meta = {
         "convladder.run": run.run_id,
-        "convladder.input": "float32 pixels in [0,1], (batch,1,28,28), MNIST form (white ink on black)",
+        "convladder.input": f"float32 pixels in [0,1], (batch,{c},{h},{w}){form}",
         "convladder.output": "class probabilities (batch, classes)",
         "convladder.mean": repr(run.mean),
         "convladder.std": repr(run.std),
@@ -138,7 +143,7 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0):
 
 
 def ort_probs(session, pixels01: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """Run the exported model on float32 (N, 1, 28, 28) pixels in [0, 1]."""
+    """Run the exported model on float32 (N, C, H, W) pixels in [0, 1] (N, 1, 28, 28 for MNIST runs)."""
     outs = [session.run([OUTPUT_NAME], {INPUT_NAME: pixels01[i:i + batch_size]})[0]
             for i in range(0, len(pixels01), batch_size)]
     return np.concatenate(outs)
@@ -147,22 +152,26 @@ def ort_probs(session, pixels01: np.ndarray, batch_size: int = 8192) -> np.ndarr
 def verify(data: bytes, run: LoadedRun, path: Path) -> ExportReport:
     """Compare onnxruntime with torch on MNIST test images (or generated ones) and check accuracy."""
     predictor = Predictor.from_run(run)
-    mnist = cached_mnist_test()
+    # MNIST's test images fit only networks that take 1x28x28 inputs; the others are checked on generated ones.
+    mnist = cached_mnist_test() if tuple(run.input_shape) == (1, 28, 28) else None
     if mnist is not None:
         x_u8, labels = mnist
+        x_u8 = x_u8[:, None]
         source = "MNIST test set"
     else:
         # Without MNIST, exercise the graph on varied inputs: noise and blank images both matter.
         rng = np.random.default_rng(0)
-        x_u8 = (rng.random((512, 28, 28)) ** 3 * 255).astype(np.uint8)
+        x_u8 = (rng.random((512, *run.input_shape)) ** 3 * 255).astype(np.uint8)
         x_u8[:8] = 0
         labels, source = None, "generated images"
-    x01 = to_unit(x_u8[:, None]).numpy()
+    x01 = to_unit(x_u8).numpy()
     ref = predictor.probs(x_u8)
+    if not np.isfinite(ref).all():  # NaN - NaN is NaN, and NaN > TOLERANCE is False: it would pass the check
+        raise UserError(nonfinite_message(run, f"the {source}") + f"; not writing {path}")
     got = ort_probs(ort_session(data), x01)
     diff = float(np.abs(got - ref).max())
     report = ExportReport(path, len(data), len(x01), source, diff)
-    if diff > TOLERANCE:
+    if not diff <= TOLERANCE:
         raise UserError(f"ONNX and torch disagree by {diff:.2e} (> {TOLERANCE:g}) on the {source}; not writing {path}")
     if labels is not None:
         report.onnx_acc = float((got.argmax(1) == labels).mean() * 100)
@@ -184,7 +193,8 @@ def export_onnx(run: LoadedRun, out: Path, *, check: bool = True) -> ExportRepor
     require_onnx()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = _add_metadata(_onnx_bytes(ProbsFromPixels(run.model, run.mean, run.std).eval()), run)
+    wrapper = ProbsFromPixels(run.model, run.mean, run.std, run.input_shape).eval()
+    data = _add_metadata(_onnx_bytes(wrapper), run)
     report = verify(data, run, out) if check else ExportReport(out, len(data), 0, "not checked", float("nan"))
     atomic_write_bytes(out, data)
     return report

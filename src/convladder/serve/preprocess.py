@@ -4,7 +4,8 @@ MNIST was made from NIST scans like this (LeCun et al.): the digit is size-norma
 to fit a 20x20 box keeping its aspect ratio (anti-aliased, so it becomes grey-level),
 then placed in a 28x28 field so that its centre of mass sits at the field's centre.
 Ink is white (255) on black (0). `to_mnist` repeats those steps for any photo, scan or
-canvas drawing; `.npy` and IDX batches are taken as already in MNIST form.
+canvas drawing (for a network with another input size, the same layout scaled to its
+field); `.npy` and IDX batches are taken as already in that form.
 """
 
 from __future__ import annotations
@@ -110,12 +111,12 @@ def decode_image(data: bytes | Path, *, max_side: int | None = MAX_SIDE, name: s
         img.load()
     except Exception as exc:  # Pillow raises several types for bad data (truncated files, bad chunks, ...)
         raise UserError(f"{name} is not a readable image ({exc.__class__.__name__}: {exc}) — give a PNG or JPEG") from None
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        return _decode_integer(img, name)
     if img.mode in ("P", "LA", "PA") or "transparency" in img.info:
         img = img.convert("RGBA")
-    elif img.mode not in ("L", "F", "I", "I;16", "RGBA"):
+    elif img.mode not in ("L", "F", "RGBA"):
         img = img.convert("L")
-    if img.mode == "I;16":
-        img = img.convert("I")  # Image.reduce does not take 16-bit modes
     factor = -(-max(img.size) // WORK_SIDE)
     if factor > 1:
         # Box-average down to WORK_SIDE before going to float32: to_mnist shrinks the digit to 20 px anyway,
@@ -124,27 +125,66 @@ def decode_image(data: bytes | Path, *, max_side: int | None = MAX_SIDE, name: s
     if img.mode == "RGBA":
         rgba = np.asarray(img, dtype=np.float32) / 255.0
         gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-        alpha = rgba[..., 3]
-        opaque = alpha > 0.5
-        if opaque.all():
-            return gray
-        # Contrast with the opaque pixels; an all-transparent image becomes blank (no ink).
-        backdrop = 1.0 if opaque.any() and gray[opaque].mean() < 0.5 else 0.0
-        return gray * alpha + backdrop * (1.0 - alpha)
+        return _composite(gray, rgba[..., 3])
     arr = np.asarray(img, dtype=np.float32)
-    if img.mode == "I":
-        arr = arr / max(float(arr.max()), 1.0)
-    elif img.mode == "L":
-        arr = arr / 255.0
-    return arr
+    return arr / 255.0 if img.mode == "L" else arr
 
 
-def to_mnist(gray: np.ndarray) -> np.ndarray:
-    """Grayscale float (H, W) in [0, 1], any polarity -> uint8 (28, 28), white ink on black."""
+def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Lay gray (H, W) with alpha in [0, 1] on the colour that contrasts with its opaque pixels."""
+    opaque = alpha > 0.5
+    if opaque.all():
+        return gray
+    # Contrast with the opaque pixels; an all-transparent image becomes blank (no ink).
+    backdrop = 1.0 if opaque.any() and gray[opaque].mean() < 0.5 else 0.0
+    return gray * alpha + backdrop * (1.0 - alpha)
+
+
+def _decode_integer(img, name: str) -> np.ndarray:
+    """16-bit ("I;16", "I;16B", "I;16L", "I;16N") and 32-bit ("I") grayscale -> float32 (H, W) in [0, 1].
+
+    Scaled by the depth's full range, so a 16-bit picture decodes like its 8-bit version: 65535 for the
+    16-bit modes; for "I" (32-bit, which also holds 8- or 16-bit data) the smallest of 255, 65535 and
+    the image's maximum that covers its values. Converting to "L" instead clips every value above 255.
+    """
+    key = img.info.get("transparency")  # a grey level that stands for "transparent" (PNG tRNS)
+    depth = 65535 if img.mode.startswith("I;16") else None
+    if depth is None:
+        lo, hi = img.getextrema()
+        if lo < 0:
+            raise UserError(f"{name} holds negative pixel values (down to {lo}) — give an 8- or 16-bit image")
+        depth = 255 if hi <= 255 else 65535 if hi <= 65535 else hi
+    img = img.convert("I")  # Image.reduce does not take the 16-bit modes
+    factor = -(-max(img.size) // WORK_SIDE)
+    alpha = None
+    if isinstance(key, int):
+        Image, _ = _pil()
+        mask = Image.fromarray(np.where(np.asarray(img) == key, 0, 255).astype(np.uint8), mode="L")
+        alpha = np.asarray(mask.reduce(factor) if factor > 1 else mask, dtype=np.float32) / 255.0
+    if factor > 1:
+        img = img.reduce(factor)  # box-average to WORK_SIDE before float32, as for the other modes
+    gray = np.asarray(img, dtype=np.float32) / float(depth)
+    return gray if alpha is None else _composite(gray, alpha)
+
+
+def field_box(size: tuple[int, int]) -> tuple[int, tuple[float, float]]:
+    """The digit's longest side and its centre of mass (row, column) in a field of `size` (height, width):
+    MNIST's layout scaled to the field (20 px and (14, 14) in 28x28; 14 px and (10, 10) in 20x20)."""
+    h, w = size
+    return max(1, round(BOX * min(h, w) / FIELD)), (CENTRE * h / FIELD, CENTRE * w / FIELD)
+
+
+def to_mnist(gray: np.ndarray, *, size: tuple[int, int] = (FIELD, FIELD), name: str = "the image") -> np.ndarray:
+    """Grayscale float (H, W) in [0, 1], any polarity -> uint8 `size` (28, 28), white ink on black.
+
+    For a network whose input is not 28x28 the digit is laid out in proportion (see `field_box`).
+    """
     Image, _ = _pil()
+    field_h, field_w = size
+    box, (centre_y, centre_x) = field_box(size)
     g = np.asarray(gray)
     if g.dtype.kind == "c" or not np.isfinite(g).all():
-        raise UserError("the image holds NaN, infinite or complex values — give real pixel values (e.g. 0..1)")
+        raise UserError(f"{name} holds NaN, infinite or complex values — give real pixel values (e.g. 0..1)")
     g = g.astype(np.float32, copy=False)
     # The border is mostly background: its median tells paper colour even with a digit touching an edge.
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
@@ -153,13 +193,13 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     np.clip(ink, 0.0, None, out=ink)
     peak = float(ink.max()) if ink.size else 0.0
     if peak < MIN_CONTRAST:
-        raise NoInkError("no digit found: the image is blank or one flat colour — draw or photograph a digit")
+        raise NoInkError(f"no digit found in {name}: it is blank or one flat colour — draw or photograph a digit")
     ink /= peak
     ink[ink < INK_FLOOR] = 0.0
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = crop.shape
-    scale = BOX / max(h, w)
+    scale = box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     # BOX averages areas when shrinking (what a scanner's sensor does); bilinear when enlarging tiny crops.
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
@@ -170,22 +210,38 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     total = float(small.sum())
     yy, xx = np.indices(small.shape)
     cy, cx = float((yy * small).sum()) / total, float((xx * small).sum()) / total
-    top = int(np.clip(round(CENTRE - cy), 0, FIELD - nh))
-    left = int(np.clip(round(CENTRE - cx), 0, FIELD - nw))
-    out = np.zeros((FIELD, FIELD), np.float32)
+    top = int(np.clip(round(centre_y - cy), 0, field_h - nh))
+    left = int(np.clip(round(centre_x - cx), 0, field_w - nw))
+    out = np.zeros((field_h, field_w), np.float32)
     out[top:top + nh, left:left + nw] = small
     return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def as_batch(arr: np.ndarray, name: str) -> np.ndarray:
-    """Check an array is MNIST-form images and return uint8 or float32 (N, 28, 28) pixels in 0..255 or 0..1."""
+def shape_text(input_shape: tuple[int, int, int]) -> str:
+    """The batch shape a network with `input_shape` (C, H, W) takes: '(N, 28, 28)', or '(N, 3, 32, 32)'."""
+    c, h, w = input_shape
+    return f"(N, {h}, {w})" if c == 1 else f"(N, {c}, {h}, {w})"
+
+
+def as_batch(arr: np.ndarray, name: str, input_shape: tuple[int, int, int] = (1, FIELD, FIELD)) -> np.ndarray:
+    """Check an array is images in the network's input form and return uint8 or float32 pixels in 0..255 or
+    0..1: (N, H, W) for one channel, (N, C, H, W) for more (`input_shape` is (C, H, W))."""
+    c, h, w = input_shape
     a = np.asarray(arr)
-    if a.ndim == 4 and a.shape[1] == 1:
-        a = a[:, 0]
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3 or a.shape[1:] != (FIELD, FIELD):
-        raise UserError(f"{name} has shape {a.shape}; batches must be (N, 28, 28) MNIST-form images")
+    if c == 1:
+        if a.ndim == 4 and a.shape[1] == 1:
+            a = a[:, 0]
+        if a.ndim == 2:
+            a = a[None]
+        want = (h, w)
+    else:
+        if a.ndim == 3:
+            a = a[None]
+        want = (c, h, w)
+    if a.ndim != len(want) + 1 or a.shape[1:] != want:
+        form = " MNIST-form" if tuple(input_shape) == (1, FIELD, FIELD) else ""
+        network = "" if form else f" (the network's input is {c}x{h}x{w})"
+        raise UserError(f"{name} has shape {a.shape}; batches must be {shape_text(input_shape)}{form} images{network}")
     if a.dtype == np.uint8:
         return a
     if a.dtype.kind not in "iuf":
@@ -209,7 +265,7 @@ def as_batch(arr: np.ndarray, name: str) -> np.ndarray:
 class Batch:
     """Images in MNIST form with a name for each (file name, or file[index] for batches)."""
 
-    pixels: np.ndarray  # (N, 28, 28): uint8 0..255 or float32 0..1
+    pixels: np.ndarray  # (N, H, W), or (N, C, H, W) for C > 1 channels: uint8 0..255
     names: list[str]
 
 
@@ -217,8 +273,11 @@ def _is_batch_file(path: Path) -> bool:
     return path.name.endswith(BATCH_SUFFIXES) and not path.name.endswith(tuple(s + ".gz" for s in IMAGE_SUFFIXES))
 
 
-def load_inputs(paths: list[Path], *, max_side: int | None = MAX_SIDE) -> Batch:
-    """Read image files, folders of images, `.npy` and IDX batches into one batch.
+def load_inputs(paths: list[Path], *, max_side: int | None = MAX_SIDE,
+                input_shape: tuple[int, int, int] = (1, FIELD, FIELD)) -> Batch:
+    """Read image files, folders of images, `.npy` and IDX batches into one batch for a network whose input
+    is `input_shape` (C, H, W): images are put into MNIST form at H x W (one channel only: a network with
+    more channels takes batches); batches must have that shape already.
 
     Sizes are checked from headers before reading: images against `max_side`/`MAX_PIXELS`,
     `.npy` against `MAX_NPY_BYTES` (never unpickled), IDX against `MAX_IDX_BYTES`.
@@ -236,20 +295,28 @@ def load_inputs(paths: list[Path], *, max_side: int | None = MAX_SIDE) -> Batch:
             raise UserError(f"{path} does not exist — give image files, a folder of images, .npy or IDX files")
         else:
             files.append(path)
+    c, h, w = input_shape
+    pictures = [p for p in files if p.suffix.lower() != ".npy" and not _is_batch_file(p)]
+    if c != 1 and pictures:
+        raise UserError(f"{pictures[0]} is an image file, but the network takes {c}x{h}x{w} inputs ({c} channels); "
+                        f"image files are put into 1-channel MNIST form only — give a .npy batch of shape "
+                        f"{shape_text(input_shape)} instead")
     for path in files:
         if path.suffix.lower() == ".npy":
             from convladder.data.npy import load_npy  # header checked before allocation; never unpickled
 
-            batch = as_batch(load_npy(path), str(path))
+            batch = as_batch(load_npy(path), str(path), input_shape)
         elif _is_batch_file(path):
             from convladder.data.idx import read_idx  # IDX (raw or gzipped), any element type
 
-            batch = as_batch(read_idx(path), str(path))
+            batch = as_batch(read_idx(path), str(path), input_shape)
         else:
-            chunks.append(to_mnist(decode_image(path, max_side=max_side, name=str(path)))[None])
+            gray = decode_image(path, max_side=max_side, name=str(path))
+            chunks.append(to_mnist(gray, size=(h, w), name=str(path))[None])
             names.append(str(path))
             continue
         chunks.append(batch if batch.dtype == np.uint8 else np.round(batch * 255).astype(np.uint8))
         names.extend(f"{path}[{i}]" for i in range(len(batch)))
     # One dtype for the whole batch: floats were rounded to uint8 above (MNIST is 8-bit anyway).
-    return Batch(np.concatenate(chunks) if chunks else np.zeros((0, FIELD, FIELD), np.uint8), names)
+    empty = np.zeros((0, h, w) if c == 1 else (0, c, h, w), np.uint8)
+    return Batch(np.concatenate(chunks) if chunks else empty, names)

@@ -1,7 +1,7 @@
 """The draw-a-digit page and its JSON API, on the standard library's HTTP server.
 
 GET  /            the page (one self-contained HTML file: no CDN, no fonts, works offline)
-GET  /api/info    {"run", "model", "classes", "test_acc"}
+GET  /api/info    {"run", "model", "model_spec", "classes", "test_acc", "input_shape"}
 POST /predict     body: PNG/JPEG bytes (Content-Type image/png, image/jpeg, ...) or JSON
                   {"image": "data:image/png;base64,..."}; answers {"label", "probs", "top",
                   "preview": {"png", "pixels"}, "features": [{"name", "channels", "height", "width", "png"}], "ms"}
@@ -33,7 +33,7 @@ import torch
 
 from convladder.data.normalise import normalise
 from convladder.errors import UserError
-from convladder.serve.predict import LoadedRun, Predictor, feature_maps, to_unit, top_k
+from convladder.serve.predict import LoadedRun, Predictor, feature_maps, nonfinite_message, to_unit, top_k
 from convladder.serve.preprocess import MAX_SIDE, ImageTooLarge, NoInkError, decode_image, to_mnist
 
 MAX_BYTES = 2 * 1024 * 1024  # request bodies larger than this get 413 (judged by Content-Length, unread)
@@ -83,21 +83,26 @@ class DigitApp:
     """Everything a request needs: the predictor and the run's description. Safe to share across threads."""
 
     def __init__(self, run: LoadedRun, *, max_bytes: int = MAX_BYTES, max_side: int = MAX_SIDE):
+        c, h, w = run.input_shape
+        if c != 1:
+            raise UserError(f"run {run.run_id} takes {c}x{h}x{w} inputs ({c} channels); the draw-a-digit page draws "
+                            f"1-channel digits only — classify {c}-channel images with `convladder predict "
+                            f"{run.run_id} images.npy` (a .npy batch of shape (N, {c}, {h}, {w}))")
         self.run = run
+        self.field = (h, w)  # drawings are put into MNIST form at the network's input size
         self.predictor = Predictor.from_run(run)
         self.max_bytes, self.max_side = max_bytes, max_side
         self._decodes = threading.BoundedSemaphore(DECODE_SLOTS)  # 8 big uploads at once took 3.75 GB
         # Trace the network now, before any request thread runs it (tracing is not thread-safe).
-        shape = tuple(getattr(run, "input_shape", None) or (1, 28, 28))
-        feature_maps(self.predictor.model, torch.zeros(1, *shape), FEATURE_LAYERS)
+        feature_maps(self.predictor.model, torch.zeros(1, *run.input_shape), FEATURE_LAYERS)
         self.page = resources.files("convladder.serve").joinpath("page.html").read_bytes()
 
     def info(self) -> dict[str, Any]:
-        probs = self.predictor.probs(np.zeros((1, 28, 28), np.uint8))
+        probs = self.predictor.probs(np.zeros((1, *self.field), np.uint8))
         model = str(self.run.config.get("model") or "")
         return {"run": self.run.run_id, "model": model if len(model) <= 40 else "custom spec",
                 "model_spec": self.run.config.get("model_spec"), "classes": int(probs.shape[1]),
-                "test_acc": self.run.test_acc}
+                "test_acc": self.run.test_acc, "input_shape": list(self.run.input_shape)}
 
     def image_from_request(self, content_type: str, body: bytes) -> bytes:
         """The image bytes of a POST body, by content type."""
@@ -132,7 +137,8 @@ class DigitApp:
             raise ApiError(HTTPStatus.BAD_REQUEST, "empty body: send a PNG or JPEG image")
         try:
             with self._decodes:  # decode_image checks the size from the header and reduces big images first
-                pixels = to_mnist(decode_image(image, max_side=self.max_side, name="the uploaded image"))
+                name = "the uploaded image"
+                pixels = to_mnist(decode_image(image, max_side=self.max_side, name=name), size=self.field, name=name)
         except NoInkError as exc:
             raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
         except ImageTooLarge as exc:
@@ -142,6 +148,8 @@ class DigitApp:
         normalised = normalise(to_unit(pixels[None]), self.predictor.mean, self.predictor.std)
         logits, maps = feature_maps(self.predictor.model, normalised, FEATURE_LAYERS)
         probs = torch.softmax(logits.flatten(1), dim=1)[0].numpy()
+        if not np.isfinite(probs).all():  # NaN has no label (and json.dumps would write NaN, which is not JSON)
+            raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, nonfinite_message(self.run, "this image"))
         features = [{"name": name, "channels": int(m.shape[0]), "height": int(m.shape[1]), "width": int(m.shape[2]),
                      "png": png_data_url(tile_maps(m))} for name, m in maps]
         return {

@@ -8,7 +8,7 @@ every epoch (weights, metrics, resume state), and ends the run with one of:
 | completed | completed | every epoch trained |
 | stopped | stopped | the caller closed the epoch generator (a scheduler such as ASHA); resumable |
 | interrupted | interrupted | Ctrl-C (KeyboardInterrupt); resumable |
-| diverged | failed | the loss became NaN/inf; the last good epoch's checkpoint is kept |
+| diverged | failed | the loss became NaN/inf; the last good epoch's checkpoint is kept, the best epoch stays selected |
 | failed | failed | any other exception after the run folder exists |
 """
 
@@ -160,12 +160,14 @@ class Recorder:
         where = f"run {self.run_id}" if self.handle else "the run"
         message = (f"loss became NaN/inf in epoch {epoch} ({where} stopped; the checkpoint of epoch {self.state.epoch} "
                    f"is kept): lower the learning rate (lr={self.config.lr:g}) or check the data")
-        return TrainingDiverged(message, self._end("failed", None, message, select=False))
+        # The best epoch stays the one selected so far: its weights are in best.safetensors (epoch_done saved
+        # them when it improved), so result.json's best and `--which best` describe the same network.
+        return TrainingDiverged(message, self._end("failed", None, message))
 
-    def _end(self, status: str, clean: tuple[float, int] | None, message: str = "", select: bool = True,
+    def _end(self, status: str, clean: tuple[float, int] | None, message: str = "",
              shifted: dict[str, float] | None = None) -> RunResult:
         result = make_result(self.config, self.state, self.run_id, self.params, self.clock(), status,
-                             self.select if select else None, clean, message)
+                             self.select, clean, message)
         result.shifted_test = shifted
         if self.handle is not None:
             self.handle.write_json("result.json", result.to_dict())
