@@ -270,8 +270,8 @@ def test_page_shows_no_broken_image_before_drawing(start):
         driver.quit()
 
 
-def test_nan_weights_answer_one_clear_error_not_nan(tmp_path, capfd):
-    """A run whose weights hold NaN (it diverged): /predict says so in JSON; the server keeps serving."""
+def _nan_run(tmp_path: Path):
+    """A run folder whose final weights hold one NaN (as a diverged run's could)."""
     torch.manual_seed(0)
     spec = resolve_spec("eip4-3rd")
     weights = build_module(spec).state_dict()
@@ -280,6 +280,12 @@ def test_nan_weights_answer_one_clear_error_not_nan(tmp_path, capfd):
     handle = store.create_run({"model": "eip4-3rd", "model_spec": format_spec(spec), "dataset": "mnist"},
                               {"input_shape": [1, 28, 28]})
     handle.save_weights("model", weights)
+    return handle
+
+
+def test_nan_weights_answer_one_clear_error_not_nan(tmp_path, capfd):
+    """A run whose weights hold NaN (it diverged): /predict says so in JSON; the server keeps serving."""
+    handle = _nan_run(tmp_path)
     server = srv.make_server(load_run(handle.id, tmp_path), "127.0.0.1", 0)
     srv.serve_in_thread(server)
     try:
@@ -296,3 +302,17 @@ def test_nan_weights_answer_one_clear_error_not_nan(tmp_path, capfd):
         server.shutdown()
         server.server_close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_serve_refuses_weights_holding_nan_before_listening(tmp_path, capsys, monkeypatch):
+    """Every answer of such a page would be an error: `serve` says why and what to do, and exits (was a warning)."""
+    from cli_util import run_cli
+
+    def started(*args, **kwargs):  # the old code went on to listen (and this test would block there)
+        raise AssertionError("serve started a server on NaN weights")
+
+    monkeypatch.setattr(srv, "make_server", started)
+    handle = _nan_run(tmp_path)
+    code, out, err = run_cli(capsys, "serve", handle.id, "--runs", str(tmp_path), "--port", "0")
+    assert code == 2 and "NaN/infinite values" in err and "--which best" in err, (code, err)
+    assert "Traceback" not in err and "http://" not in out

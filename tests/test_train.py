@@ -180,6 +180,34 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert len(store.read_metrics(run.id)) == 1
 
 
+def test_a_run_that_ends_between_evaluations_says_which_epoch_its_final_numbers_are_of(tmp_path, monkeypatch):
+    """eval_every=2, the loss NaN in epoch 4: epochs 1-3 trained, test last measured after epoch 2. The final
+    numbers are epoch 2's and say so (they were labelled 'epoch 3', the last one trained, before)."""
+    store = RunStore(tmp_path)
+    calls = {"n": 0}
+    real = F.cross_entropy
+    steps_per_epoch = (2048 - 256) // 64
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if "reduction" in kwargs:  # evaluation's per-image losses: left alone
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] > 3 * steps_per_epoch + 2 else loss
+
+    monkeypatch.setattr("convladder.train.step.F.cross_entropy", poisoned)
+    with pytest.raises(TrainingDiverged, match="NaN/inf in epoch 4") as exc:
+        train(tiny_config(epochs=6, eval_every=2, clean_train_eval=0), store)
+    result = exc.value.result
+    rows = store.read_metrics(store.list_runs()[0].id)
+    assert result.epochs_done == 3 and [r["epoch"] for r in rows if "test_acc" in r] == [2]
+    assert result.final["epoch"] == 2 and result.final["test_acc"] == rows[1]["test_acc"]
+    assert result.final["train_acc"] == rows[1]["train_acc"]  # the gap compares one epoch's train and test
+    label, value = result.lines()[0]
+    assert label == "final (last evaluated epoch)" and value.startswith("epoch 2: test")
+    assert "training stopped after epoch 3" in value and "(epoch 2 of 3 trained)" in result.summary()
+
+
 def test_stopping_the_epoch_generator_records_a_stopped_run_that_resumes_to_full_length(tmp_path):
     from convladder.train.loop import resume, run_to_end, train_epochs
     store = RunStore(tmp_path / "runs")

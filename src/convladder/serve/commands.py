@@ -106,10 +106,12 @@ def serve_cmd(
     # 2-core machine); the threading server runs concurrent requests in parallel instead.
     torch.set_num_threads(threads)
     loaded = load_run(run, runs, which)
-    if nonfinite_weights(loaded.model):
-        typer.secho(f"warning: run {loaded.run_id}'s {which} weights ({loaded.weights_file}) hold NaN/infinite values: "
-                    "every prediction will be refused — serve --which best, or retrain with a lower learning rate",
-                    fg=typer.colors.YELLOW, err=True)
+    bad = nonfinite_weights(loaded.model)
+    if bad:  # a page whose every answer is an error helps nobody: refuse before listening
+        raise UserError(f"run {loaded.run_id}'s {which} weights ({loaded.weights_file}) hold NaN/infinite values in "
+                        f"{bad[0]}: the run diverged, or the file was damaged — serve "
+                        + ("--which best (the best epoch's weights)" if which == "final" else "--which final")
+                        + ", or retrain with a lower learning rate")
     server = make_server(loaded, host, port, quiet=not verbose, workers=workers, timeout=timeout)
     bound_host, bound_port = server.server_address[:2]
     try:

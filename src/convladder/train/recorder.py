@@ -184,7 +184,7 @@ def make_result(config: TrainConfig, state: RunState, run_id: str | None, params
     last = rows[-1] if rows else {}
     evaluated = [r for r in rows if "test_acc" in r]
     final_test = evaluated[-1]["test_acc"] if evaluated else None
-    seen = last.get("train_acc")
+    seen = (evaluated[-1] if evaluated else last).get("train_acc")  # the gap compares one epoch's two numbers
     train_acc = clean_train if clean_train is not None else seen
     best = dict(state.best)
     best["selected_by"] = select or "final epoch (no validation split)"
@@ -194,7 +194,10 @@ def make_result(config: TrainConfig, state: RunState, run_id: str | None, params
     return RunResult(
         run_id=run_id, status=status, params=params, epochs_done=state.epoch,
         final={"train_acc": train_acc, "train_acc_seen": seen, "train_acc_clean": clean_train,
-               "val_acc": evaluated[-1].get("val_acc") if evaluated else None, "test_acc": final_test},
+               "val_acc": evaluated[-1].get("val_acc") if evaluated else None, "test_acc": final_test,
+               # the epoch those accuracies are of: the last one, except in a run that ended early between
+               # two evaluations (eval_every > 1)
+               "epoch": evaluated[-1]["epoch"] if evaluated else None},
         best=best,
         gap=gap(train_acc, final_test) if ok else None,
         potential=potential(train_acc, final_test) if ok else None,

@@ -70,7 +70,8 @@ class RunResult:
     status: str  # completed / interrupted / failed
     params: int
     epochs_done: int
-    final: dict[str, float | None]  # train_acc (the one used for gap), train_acc_seen, train_acc_clean, val_acc, test_acc
+    final: dict[str, float | None]  # train_acc (the one used for gap), train_acc_seen, train_acc_clean, val_acc, test_acc,
+    # epoch (the epoch they are of)
     best: dict[str, Any]  # epoch, val_acc, test_acc, selected_by
     gap: float | None
     potential: float | None
@@ -101,7 +102,9 @@ class RunResult:
     def summary(self) -> str:
         """One line: final test, best-epoch, gap, potential, verdict."""
         f, b = self.final, self.best
-        parts = [f"{self.status}", f"final test {_pct(f.get('test_acc'))}"]
+        parts = [f"{self.status}", f"final test {_pct(f.get('test_acc'))}"
+                 + (f" (epoch {f['epoch']} of {self.epochs_done} trained)"
+                    if f.get("epoch") and f["epoch"] != self.epochs_done else "")]
         if b.get("epoch"):
             parts.append(f"best-epoch ({b['selected_by']}) {b['epoch']}: test {_pct(b.get('test_acc'))}")
         if self.gap is not None:
@@ -116,8 +119,10 @@ class RunResult:
         """(label, value) pairs in reading order: final vs best epoch, gap, potential, verdict, time."""
         f, b = self.final, self.best
         val = f", val {_pct(f.get('val_acc'))}" if f.get("val_acc") is not None else ""
-        out = [("final (last epoch)",
-                f"epoch {self.epochs_done}: test {_pct(f.get('test_acc'))}, train {_pct(f.get('train_acc'))}{val}")]
+        evaluated = f.get("epoch") or self.epochs_done  # results written before the key existed: the last epoch
+        label = "final (last epoch)" if evaluated == self.epochs_done else "final (last evaluated epoch)"
+        out = [(label, f"epoch {evaluated}: test {_pct(f.get('test_acc'))}, train {_pct(f.get('train_acc'))}{val}"
+                + (f" (training stopped after epoch {self.epochs_done})" if evaluated != self.epochs_done else ""))]
         if b.get("epoch"):
             sel = str(b.get("selected_by") or "?")
             label = f"best epoch (by {sel})" if sel in ("val", "test") else f"best epoch ({sel})"
