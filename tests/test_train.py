@@ -206,6 +206,11 @@ def test_a_run_that_ends_between_evaluations_says_which_epoch_its_final_numbers_
     label, value = result.lines()[0]
     assert label == "final (last evaluated epoch)" and value.startswith("epoch 2: test")
     assert "training stopped after epoch 3" in value and "(epoch 2 of 3 trained)" in result.summary()
+    from convladder.report.html import result_block
+    from convladder.report.rundata import load_run
+
+    assert "final (epoch 2, the last evaluated of 3 trained) — test accuracy" in result_block(
+        load_run(tmp_path / store.list_runs()[0].id))
 
 
 def test_stopping_the_epoch_generator_records_a_stopped_run_that_resumes_to_full_length(tmp_path):

@@ -177,9 +177,6 @@ def retrain_sweep(spec: FrontierSpec, budget: int, winner: Trial, searched: bool
                      seeds=spec.seeds, path=spec.path)
 
 
-_spread = min_median_max
-
-
 def run_budget(spec: FrontierSpec, budget: int, runs_root: str | Path, executor: Executor,
                on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Search one budget, select on validation, re-train the winner over seeds; the budget's summary row."""
@@ -218,7 +215,7 @@ def run_budget(spec: FrontierSpec, budget: int, runs_root: str | Path, executor:
     vals = [v for v in (_final(runs_root, r.get("run_id"), "val_acc") for r in ok) if v is not None]
     row["final"] = {"status": final.status, "error": final.error, "seeds": [int(r["label"].rsplit(" ", 1)[-1])
                     for r in final.runs], "runs": [r.get("run_id") for r in final.runs], "test_accs": tests,
-                    "test_acc": _spread(tests), "val_acc": _spread(vals), "completed": len(ok)}
+                    "test_acc": min_median_max(tests), "val_acc": min_median_max(vals), "completed": len(ok)}
     row["retrain_wall_s"] = time.perf_counter() - t1
     return row
 

@@ -28,9 +28,6 @@ ADVICE = {
 }
 
 
-_stats = min_median_max
-
-
 def campaign_tag(runs: Iterable[Any]) -> str | None:
     """The `opts:` tag of the newest run that has one (`runs` newest first), or None."""
     for run in runs:
@@ -161,8 +158,8 @@ def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
     if least["train"] is not None:
         judged.update(gap=gap(least["train"], least["test"]), potential=potential(least["train"], least["test"]),
                       verdict=verdict(least["train"], least["test"], least["history"], target))
-    out = {"train": train, "test": test, "test_stats": _stats([s["test"] for s in done]),
-           "best_stats": _stats([s["best_test"] for s in bests]),
+    out = {"train": train, "test": test, "test_stats": min_median_max([s["test"] for s in done]),
+           "best_stats": min_median_max([s["best_test"] for s in bests]),
            "best_epochs": sorted({s["best_epoch"] for s in bests if s.get("best_epoch") is not None}),
            "selected_by": ", ".join(sorted({str(s["selected_by"]) for s in bests if s.get("selected_by")})) or None,
            "params_trained": done[0].get("params"), "least": judged, "verdict": judged["verdict"],

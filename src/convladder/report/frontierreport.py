@@ -154,7 +154,7 @@ def frontier_body(summary: dict[str, Any]) -> str:
     facts = (f"data set {E(str(summary.get('dataset')))}; {E(per_budget)}, {summary.get('search_seeds', 1)} search seed(s), selected on the {E(str(summary.get('selected_on')))}; "
              f"each winner re-trained over {summary.get('seeds')} fresh seed(s); executor {E(str(summary.get('executor')))}"
              + (f", scheduler {E(str(summary['scheduler']))}" if summary.get("scheduler") else "")
-             + f"; {_num(summary.get('wall_time_s'), '{:.1f}')} s on {E(str(env.get('cpu') or env.get('machine')))}"
+             + f"; {_num(summary.get('wall_time_s'), 1)} s on {E(str(env.get('cpu') or env.get('machine')))}"
              + (f" + {E(str(env['cuda']))}" if env.get("cuda") else "") + f", torch {E(str(env.get('torch')))}")
     head, rows = frontier_rows(summary)
     return (f"<section><h2>Frontier {E(str(summary.get('name')))}: {len(summary['budgets'])} budget(s)</h2>"

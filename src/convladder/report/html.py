@@ -11,7 +11,6 @@ import functools
 import html
 import json
 import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,18 +38,17 @@ from convladder.runs.reader import read_json
 E = html.escape
 
 
-def _num(v: Any, fmt: str = "{:.2f}") -> str:
-    """A cell's text: ints with thousands separators, floats in `fmt` -- with three significant digits where
-    `fmt`'s decimals would leave fewer than two (an lr of 0.001 is '0.001', not '0.00')."""
+def _num(v: Any, decimals: int = 2) -> str:
+    """A cell's text: ints with thousands separators, floats with `decimals` decimals -- or three significant
+    digits where those decimals would leave fewer than two (an lr of 0.001 is '0.001', not '0.00')."""
     if v is None:
         return "–"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     if isinstance(v, float):
-        decimals = re.fullmatch(r"\{:\.(\d+)f\}", fmt)
-        if decimals and v != 0 and math.isfinite(v) and abs(v) < 10.0 ** (1 - int(decimals.group(1))):
+        if v != 0 and math.isfinite(v) and abs(v) < 10.0 ** (1 - decimals):
             return f"{v:.3g}"
-        return fmt.format(v)
+        return f"{v:.{decimals}f}"
     return E(str(v))
 
 
@@ -68,10 +66,10 @@ def _over_cap(v: Any) -> bool:
     return isinstance(v, (int, float)) and v > POTENTIAL_CAP
 
 
-def _td(v: Any, fmt: str = "{:.2f}") -> str:
+def _td(v: Any, decimals: int = 2) -> str:
     """A cell; numbers carry data-v so the sort is numeric."""
     key = f' data-v="{v}"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
-    return f"<td{key}>{_num(v, fmt)}</td>"
+    return f"<td{key}>{_num(v, decimals)}</td>"
 
 
 def table_html(headers: list[str], rows: list[list[Any]], cls: str = "sortable") -> str:
@@ -134,11 +132,13 @@ def seed_siblings(run: RunData) -> list[RunData]:
 def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
     n = final_numbers(run)
     sel = n["selected_by"] or "?"
+    final = ("final (last epoch)" if n["final_epoch"] == n["epochs"]
+             else f"final (epoch {n['final_epoch']}, the last evaluated of {n['epochs']} trained)")
     rows = [
         ("status", E(str(n["status"]))),
-        ("final (last epoch) — test accuracy", f"{_num(n['test_acc'])} %"),
-        ("final (last epoch) — train accuracy", f"{_num(n['train_acc'])} % <small>({E(str(n['train_acc_source']))})</small>"),
-        ("final (last epoch) — validation accuracy", f"{_num(n['val_acc'])} %"),
+        (f"{final} — test accuracy", f"{_num(n['test_acc'])} %"),
+        (f"{final} — train accuracy", f"{_num(n['train_acc'])} % <small>({E(str(n['train_acc_source']))})</small>"),
+        (f"{final} — validation accuracy", f"{_num(n['val_acc'])} %"),
         (f"best epoch (selected by {E(sel)})",
          f"epoch {_num(n['best_epoch'])}: test {_num(n['best_test_acc'])} %, val {_num(n['best_val_acc'])} %"),
         ("gap = train − test", f"{_num(n['gap'])} points"),
@@ -146,7 +146,7 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
          + (f"<br><small>{E(POTENTIAL_NOTE)}</small>" if _over_cap(n["potential"]) else "")),
         ("verdict", f"<strong>{E(str(n['verdict'] or '–'))}</strong>"),
         ("parameters", _num(n["params"])),
-        ("wall time", f"{_num(n['wall_time_s'], '{:.1f}')} s"),
+        ("wall time", f"{_num(n['wall_time_s'], 1)} s"),
     ]
     if n["shifted"]:
         rows.append(("test accuracy, images shifted (mean of 4 directions)", E(shifted_text(n["shifted"])) + " %"))
@@ -313,7 +313,7 @@ def sweep_body(summary: dict[str, Any]) -> str:
              f"{_num(summary.get('budget'))} parameters, executor {E(str(summary.get('executor')))}"
              + (f", scheduler {E(summary['scheduler'])}" if summary.get("scheduler") else "")
              + f"; {c.get('completed', 0)} completed, {c.get('stopped', 0)} stopped early, {c.get('failed', 0)} failed, "
-             f"{c.get('rejected', 0)} over budget; {_num(summary.get('wall_time_s'), '{:.1f}')} s")
+             f"{c.get('rejected', 0)} over budget; {_num(summary.get('wall_time_s'), 1)} s")
     iso = ""
     if summary.get("studied"):
         iso = (f"<h3>Isolation of {E(summary['studied'])}</h3>" + figs

@@ -265,6 +265,8 @@ def final_numbers(run: RunData) -> dict[str, Any]:
         "params": r.get("params") or (table.trainable_params if table else None),
         "rf": table.rf_out if table else None,
         "epochs": r.get("epochs_done", len(run.metrics) or None),
+        # the epoch the final accuracies are of: the last one trained, unless a run ended between evaluations
+        "final_epoch": final.get("epoch") or r.get("epochs_done", len(run.metrics) or None),
         "train_acc": train, "train_acc_source": r.get("train_acc_source", "seen during training (metrics)"),
         "test_acc": test, "val_acc": final.get("val_acc", last.get("val_acc")),
         "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"), "best_val_acc": best.get("val_acc"),

@@ -99,19 +99,15 @@ def serve_cmd(
     """Serve a draw-a-digit page and a JSON API (POST /predict) for a run."""
     import torch
 
-    from convladder.serve.predict import load_run, nonfinite_weights
+    from convladder.serve.predict import load_run, nonfinite_message, nonfinite_weights
     from convladder.serve.server import make_server
 
     # One image per request: intra-op threads only add hand-off latency (measured 2 ms vs 70 ms on a busy
     # 2-core machine); the threading server runs concurrent requests in parallel instead.
     torch.set_num_threads(threads)
     loaded = load_run(run, runs, which)
-    bad = nonfinite_weights(loaded.model)
-    if bad:  # a page whose every answer is an error helps nobody: refuse before listening
-        raise UserError(f"run {loaded.run_id}'s {which} weights ({loaded.weights_file}) hold NaN/infinite values in "
-                        f"{bad[0]}: the run diverged, or the file was damaged — serve "
-                        + ("--which best (the best epoch's weights)" if which == "final" else "--which final")
-                        + ", or retrain with a lower learning rate")
+    if nonfinite_weights(loaded.model):  # a page whose every answer is an error helps nobody: refuse before listening
+        raise UserError(nonfinite_message(loaded, "any image"))
     server = make_server(loaded, host, port, quiet=not verbose, workers=workers, timeout=timeout)
     bound_host, bound_port = server.server_address[:2]
     try:
