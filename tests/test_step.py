@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from convladder.train.augment import AugmentParams, augment_from, centre_crop
-from convladder.train.config import TrainConfig
+from convladder.errors import UserError
+from convladder.train.config import TrainConfig, validate
 from convladder.data.normalise import to_unit
 from convladder.train.device_data import DeviceData, synthetic_splits
 from convladder.train.optim import TensorSGD, make_scheduler, schedule_tables
@@ -29,13 +30,18 @@ def config(**kw) -> TrainConfig:
 
 @pytest.mark.parametrize("kw", [{}, {"optimizer": "adam"}, {"optimizer": "adadelta"}, {"schedule": "step"},
                                 {"schedule": "cosine"}, {"schedule": "none"}, {"momentum": 0.0, "nesterov": False},
-                                {"epochs": 3, "pct_start": 0.3, "div_factor": 25.0}])
+                                {"epochs": 3, "pct_start": 0.3, "div_factor": 25.0}, {"momentum": 0.8},
+                                {"optimizer": "adam", "momentum": 0.8}, {"optimizer": "adam", "schedule": "none",
+                                                                          "momentum": 0.7}])
 def test_schedule_tables_are_torchs_schedulers(kw):
     cfg, steps = TrainConfig(**kw), 37
     lrs, moms = schedule_tables(cfg, steps)
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer != "sgd":
-        opt = {"adam": torch.optim.Adam, "adadelta": torch.optim.Adadelta}[cfg.optimizer]([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    p = [torch.zeros(1, requires_grad=True)]
+    opt = torch.optim.SGD(p, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(p, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    elif cfg.optimizer == "adadelta":
+        opt = torch.optim.Adadelta(p, lr=cfg.lr)
     sched = make_scheduler(opt, cfg, steps)
     group = opt.param_groups[0]
     total = cfg.epochs * steps
@@ -47,6 +53,24 @@ def test_schedule_tables_are_torchs_schedulers(kw):
         if t < total:
             opt.step()
             sched.step()
+
+
+def test_onecycle_cycles_the_configured_momentum_and_keeps_the_default_cycle():
+    # torch's OneCycleLR cycles 0.95 -> 0.85 whatever the optimiser's momentum: momentum=0.8 changed nothing
+    default = schedule_tables(TrainConfig(), 10)[1]
+    assert (max(default), min(default), default[0]) == (0.95, 0.85, 0.95)
+    for optimizer in ("sgd", "adam"):
+        moms = schedule_tables(TrainConfig(momentum=0.8, optimizer=optimizer), 10)[1]
+        assert (max(moms), min(moms)) == pytest.approx((0.85, 0.75))
+    top = schedule_tables(TrainConfig(momentum=0.98), 10)[1]
+    assert (max(top), min(top)) == pytest.approx((0.999, 0.93))  # never 1 or above: the update would not decay
+    # the optimiser's own momentum when nothing cycles it: Adam's beta1 is `momentum`, not a fixed 0.9
+    assert set(schedule_tables(TrainConfig(optimizer="adam", schedule="none", momentum=0.7), 10)[1]) == {0.7}
+
+
+def test_momentum_of_one_or_more_is_refused():
+    with pytest.raises(UserError, match="momentum .* must be < 1"):
+        validate(TrainConfig(momentum=1.0))
 
 
 @pytest.mark.parametrize("nesterov, wd, mom", [(True, 0.0, 0.9), (False, 5e-4, 0.9), (False, 0.0, 0.0)])

@@ -70,7 +70,8 @@ class TrainConfig:
     optimizer: str = _f("sgd", "sgd, adam, adamw, adadelta", OPTIM)
     lr: float = _f(0.1, "learning rate (max lr for onecycle), or 'auto' for the LR range test's suggestion", OPTIM,
                    cli_type=str)
-    momentum: float = _f(0.9, "momentum (sgd) or beta1 (adam, adamw)", OPTIM)
+    momentum: float = _f(0.9, "momentum (sgd) or beta1 (adam, adamw); onecycle cycles it +-0.05 around this value",
+                         OPTIM)
     nesterov: bool = _f(True, "Nesterov momentum (sgd)", OPTIM)
     weight_decay: float = _f(0.0, "L2 weight decay", OPTIM)
     schedule: str = _f("onecycle", "none, step, onecycle, cosine", OPTIM)
@@ -261,6 +262,8 @@ def validate(config: TrainConfig) -> None:
             raise UserError(f"{key} must be a finite number >= 0 (got {value})")
     if config.lr == 0:
         raise UserError("lr must be > 0")
+    if config.momentum >= 1:
+        raise UserError(f"momentum (SGD's momentum, Adam's beta1) must be < 1 (got {config.momentum}): e.g. momentum=0.9")
     if not 0 <= config.shift_eval <= 8:
         raise UserError(f"shift_eval is the largest shift in pixels, 0 (off) to 8 (got {config.shift_eval})")
     for key in ("subset", "val_size", "clean_train_eval", "threads", "precise_bn", "crop", "crop_epochs"):

@@ -127,7 +127,7 @@ def _torch_optimizer(params: list[torch.Tensor], config: TrainConfig, lr, captur
                                nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
     if config.optimizer in ("adam", "adamw"):
         cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-        betas = (momentum, torch.full_like(momentum, 0.999)) if momentum is not None else (0.9, 0.999)
+        betas = (momentum, torch.full_like(momentum, 0.999)) if momentum is not None else (config.momentum, 0.999)
         return cls(params, lr=lr, betas=betas, weight_decay=config.weight_decay,
                    foreach=False if not capturable else None, **extra)
     return torch.optim.Adadelta(params, lr=lr, weight_decay=config.weight_decay,
@@ -153,11 +153,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
     """A per-batch schedule: none, step (x gamma every step_size epochs), onecycle, or cosine to ~0."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        # cycle_momentum only for optimisers that have a momentum/beta to cycle.
-        cycle = config.optimizer in ("sgd", "adam", "adamw") and not (config.optimizer == "sgd" and config.momentum == 0)
+        cycle = momentum_cycle(config)
+        high, low = cycle or (0.95, 0.85)  # torch's defaults; unused when the momentum is not cycled
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=total, pct_start=config.pct_start,
-            div_factor=config.div_factor, final_div_factor=config.final_div_factor, cycle_momentum=cycle)
+            div_factor=config.div_factor, final_div_factor=config.final_div_factor, cycle_momentum=cycle is not None,
+            base_momentum=low, max_momentum=high)
     if config.schedule == "step":
         every = config.step_size * steps_per_epoch
         factor = lambda step: config.gamma ** (step // every)  # noqa: E731
@@ -168,6 +169,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def momentum_cycle(config: TrainConfig) -> tuple[float, float] | None:
+    """OneCycle's momentum range (high, low): `momentum` +- 0.05, kept within [0, 0.999]; None when not cycled.
+
+    torch's OneCycleLR cycles 0.95 -> 0.85 -> 0.95 whatever the optimiser's momentum, so `momentum=0.8` would
+    change nothing; centring the cycle on the config's value keeps the default (0.9: 0.95/0.85, the same
+    floats) and makes the setting mean what it says. Rounded so 0.9 +- 0.05 are the floats 0.95 and 0.85.
+    """
+    if config.schedule != "onecycle" or config.optimizer not in ("sgd", "adam", "adamw"):
+        return None
+    if config.optimizer == "sgd" and config.momentum == 0:  # plain SGD: no momentum to cycle
+        return None
+    return round(min(config.momentum + 0.05, 0.999), 10), round(max(config.momentum - 0.05, 0.0), 10)
+
+
 def _cos(start: float, end: float, pct: float) -> float:
     return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)  # torch's OneCycleLR._annealing_cos
 
@@ -176,18 +191,19 @@ def schedule_tables(config: TrainConfig, steps_per_epoch: int) -> tuple[list[flo
     """(lr, momentum) of steps 0 .. epochs*steps_per_epoch (one more than the steps: the lr after the last).
 
     The formulas and float arithmetic of torch's OneCycleLR / LambdaLR (two cosine phases; momentum cycles
-    0.95 -> 0.85 -> 0.95 for SGD's momentum or Adam's beta1 when OneCycle cycles it). Momentum is otherwise
-    constant: SGD's `momentum`, Adam's beta1 0.9. Driving torch's scheduler step by step took 1.7 s for 5k steps.
-    `tests/test_step.py` checks these tables against torch's schedulers.
+    high -> low -> high around SGD's momentum or Adam's beta1 when OneCycle cycles it, see `momentum_cycle`).
+    Momentum is otherwise constant: SGD's `momentum`, Adam's beta1 (also `momentum`). Driving torch's scheduler
+    step by step took 1.7 s for 5k steps. `tests/test_step.py` checks these tables against torch's schedulers.
     """
     total = config.epochs * steps_per_epoch
-    base_momentum = 0.9 if config.optimizer in ("adam", "adamw") else (config.momentum if config.optimizer == "sgd" else 0.0)
+    base_momentum = config.momentum if config.optimizer in ("sgd", "adam", "adamw") else 0.0
     if config.schedule == "onecycle":
-        cycle = config.optimizer in ("sgd", "adam", "adamw") and not (config.optimizer == "sgd" and config.momentum == 0)
+        cycle = momentum_cycle(config)
+        high, low_m = cycle or (base_momentum, base_momentum)
         initial = config.lr / config.div_factor
         low = initial / config.final_div_factor
-        phases = [(float(config.pct_start * total) - 1, initial, config.lr, 0.95, 0.85),
-                  (total - 1, config.lr, low, 0.85, 0.95)]
+        phases = [(float(config.pct_start * total) - 1, initial, config.lr, high, low_m),
+                  (total - 1, config.lr, low, low_m, high)]
         lrs, moms = [], []
         for t in range(total + 1):
             begin = 0.0
