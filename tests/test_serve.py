@@ -279,7 +279,7 @@ def test_export_onnx_matches_torch_and_run_accuracy(exported, loaded):
     from convladder.serve.export import ort_probs, ort_session
 
     out, stdout = exported
-    assert "MNIST test accuracy: onnx" in stdout and f"run recorded {loaded.test_acc:.2f}%" in stdout
+    assert "mnist test accuracy: onnx" in stdout and f"run recorded {loaded.test_acc:.2f}%" in stdout
     assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # one file: no sidecar, no temp left
     proto = onnx.load(str(out))
     assert {p.key for p in proto.metadata_props} >= {"convladder.run", "convladder.mean"}
@@ -315,10 +315,36 @@ def test_export_checks_generated_images_without_mnist(tmp_path, exported, loaded
 
     data = exported[0].read_bytes()
     monkeypatch.setattr(export, "_onnx_bytes", lambda wrapper: data)
-    monkeypatch.setattr(export, "cached_mnist_test", lambda: None)
+    monkeypatch.setattr(export, "cached_test_set", lambda dataset, shape: None)
     report = export.export_onnx(loaded, tmp_path / "m.onnx")
     assert report.source == "generated images" and report.max_abs_diff < 1e-4 and report.onnx_acc is None
     assert (tmp_path / "m.onnx").stat().st_size == report.bytes
+
+
+@needs_onnx
+def test_export_checks_a_run_on_its_own_data_sets_test_images(tmp_path, exported, loaded, mnist, monkeypatch):
+    """A fashion-mnist run was checked on MNIST digits: an accuracy of another data set printed as the model's."""
+    import dataclasses
+
+    from convladder.data import datasets
+    from convladder.serve import export
+
+    data = exported[0].read_bytes()
+    monkeypatch.setattr(export, "_onnx_bytes", lambda wrapper: data)
+    asked = []
+    # Stand-in Fashion-MNIST: the first 2,000 MNIST test images, so the recorded accuracy below is known.
+    fashion = dataclasses.replace(mnist, name="fashion-mnist", x_test=mnist.x_test[:2000], y_test=mnist.y_test[:2000])
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, **kw: asked.append(name) or fashion)
+    acc = float((Predictor.from_run(loaded).probs(fashion.x_test.numpy()).argmax(1) == fashion.y_test.numpy()).mean() * 100)
+    run = LoadedRun(loaded.run_id, loaded.path, loaded.model, loaded.mean, loaded.std,
+                    {**loaded.config, "dataset": "fashion-mnist"}, {"final": {"test_acc": acc}})
+    report = export.export_onnx(run, tmp_path / "m.onnx")
+    assert asked == ["fashion-mnist"] and report.source == "fashion-mnist test set" and report.images == 2000
+    assert report.dataset == "fashion-mnist" and report.onnx_acc == pytest.approx(acc) and report.run_acc == acc
+    # a 3-channel test set does not fit a 1x28x28 network: generated images, no accuracy
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, **kw: dataclasses.replace(
+        fashion, x_test=fashion.x_test[:, None].expand(-1, 3, -1, -1)))
+    assert export.export_onnx(run, tmp_path / "m2.onnx").source == "generated images"
 
 
 def test_export_without_extra_says_how_to_install(monkeypatch, untrained_run):
@@ -622,11 +648,16 @@ def test_16bit_images_predict_like_their_8bit_version(tmp_path, untrained_run):
         "i16b.tif": _save(Image.frombytes("I;16B", (w, h), a16.astype(">u2").tobytes()), tmp_path / "i16b.tif", "TIFF"),
         "i32.tif": _save(Image.fromarray(a16.astype(np.int32)), tmp_path / "i32.tif", "TIFF"),  # mode I, 16-bit values
         "i32_8.tif": _save(Image.fromarray(a8.astype(np.int32)), tmp_path / "i32_8.tif", "TIFF"),  # I, 8-bit values
+        # 32-bit float (mode F) holding 0..255, 0..65535 or 0..1: old code took the first two as 0..1
+        "f_8.tif": _save(Image.fromarray(a8.astype(np.float32)), tmp_path / "f_8.tif", "TIFF"),
+        "f_16.tif": _save(Image.fromarray(a16.astype(np.float32)), tmp_path / "f_16.tif", "TIFF"),
+        "f_1.tif": _save(Image.fromarray(a8.astype(np.float32) / 255), tmp_path / "f_1.tif", "TIFF"),
         # transparent paper: 8-bit L with a tRNS key, and the same at 16 bits
         "8bit_key.png": _save(Image.fromarray(a8), tmp_path / "8bit_key.png", "PNG", transparency=235),
         "i16_key.png": _save(Image.fromarray(a16), tmp_path / "i16_key.png", "PNG", transparency=235 * 257),
     }
     assert Image.open(files["i16b.tif"]).mode == "I;16B" and Image.open(files["i16.png"]).mode == "I;16"
+    assert Image.open(files["f_8.tif"]).mode == "F"
     for name, path in files.items():  # old code: I;16B clipped to all-white paper, I;16 divided by its maximum
         ref = decode_image(files["8bit_key.png" if name.endswith("_key.png") else "8bit.png"])
         assert np.abs(decode_image(path) - ref).max() < 1e-6, name
@@ -635,6 +666,12 @@ def test_16bit_images_predict_like_their_8bit_version(tmp_path, untrained_run):
     probs = {Path(r["source"]).name: r["probs"] for r in json.loads(result.stdout)["images"]}
     for name in files:
         assert probs[name] == probs["8bit_key.png" if name.endswith("_key.png") else "8bit.png"], name
+
+
+def test_float_images_with_negative_pixels_are_refused(tmp_path):
+    path = _save(Image.fromarray(_grey_digit().astype(np.float32) - 128), tmp_path / "neg.tif", "TIFF")
+    with pytest.raises(UserError, match="neg.tif holds negative pixel values"):
+        decode_image(path, name="neg.tif")
 
 
 def _poisoned_training(monkeypatch, steps_per_epoch: int) -> None:

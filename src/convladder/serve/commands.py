@@ -61,7 +61,7 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default: <run id>.onnx)."),
     runs: Optional[Path] = typer.Option(None, "--runs", help=RUNS_HELP),
     which: str = typer.Option("final", "--which", help=WHICH_HELP),
-    check: bool = typer.Option(True, "--check/--no-check", help="Verify against torch (and MNIST test accuracy)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Verify against torch (and the test accuracy of the run's data set)."),
 ) -> None:
     """Export a run's network to one ONNX file: input float32 pixels in [0,1] (N,1,28,28: the run's input shape),
     output probabilities."""
@@ -79,9 +79,11 @@ def export_cmd(
         typer.echo(f"checked on {report.images} images ({report.source}): max |onnxruntime - torch| = {report.max_abs_diff:.1e}")
     if report.onnx_acc is not None:
         recorded = f", run recorded {report.run_acc:.2f}%" if report.run_acc is not None else ""
-        typer.echo(f"MNIST test accuracy: onnx {report.onnx_acc:.2f}%, torch {report.torch_acc:.2f}%{recorded}")
+        typer.echo(f"{report.dataset} test accuracy: onnx {report.onnx_acc:.2f}%, torch {report.torch_acc:.2f}%{recorded}")
     elif check:
-        typer.echo("MNIST is not cached, so accuracy was not compared (run `convladder data fetch` to enable it)")
+        dataset = str(loaded.config.get("dataset") or "mnist")
+        typer.echo(f"the {dataset} test set is not cached (or does not fit the network's input), so accuracy was not "
+                   f"compared (run `convladder data fetch {dataset}` to enable it)")
 
 
 def serve_cmd(

@@ -64,22 +64,28 @@ class ExportReport:
     path: Path
     bytes: int
     images: int  # how many images the outputs were compared on
-    source: str  # "MNIST test set" or "generated images"
+    source: str  # "mnist test set", "fashion-mnist test set" or "generated images"
     max_abs_diff: float
-    onnx_acc: float | None = None  # percent, on the MNIST test set
+    onnx_acc: float | None = None  # percent, on the test set of the run's data set
     torch_acc: float | None = None
     run_acc: float | None = None  # what the run recorded
+    dataset: str | None = None  # the data set whose test images checked the accuracy
 
 
-def cached_mnist_test() -> tuple[np.ndarray, np.ndarray] | None:
-    """MNIST test images/labels if they are in the local cache (never downloads)."""
+def cached_test_set(dataset: str, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The test images (N, C, H, W uint8) and labels of the run's data set, if they are in the local cache
+    (never downloads) and fit the network's input shape; None otherwise."""
     try:
         from convladder.data.datasets import load_dataset
 
-        splits = load_dataset("mnist", fetch=False)
+        splits = load_dataset(dataset, fetch=False)
     except (ImportError, UserError, OSError):
         return None
-    return np.asarray(splits.x_test), np.asarray(splits.y_test)
+    x = np.asarray(splits.x_test)
+    x = x[:, None] if x.ndim == 3 else x
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        return None
+    return x, np.asarray(splits.y_test)
 
 
 def _onnx_bytes(wrapper: ProbsFromPixels) -> bytes:
@@ -150,16 +156,16 @@ def ort_probs(session, pixels01: np.ndarray, batch_size: int = 8192) -> np.ndarr
 
 
 def verify(data: bytes, run: LoadedRun, path: Path) -> ExportReport:
-    """Compare onnxruntime with torch on MNIST test images (or generated ones) and check accuracy."""
+    """Compare onnxruntime with torch on the test images of the run's data set (or generated ones) and check accuracy."""
     predictor = Predictor.from_run(run)
-    # MNIST's test images fit only networks that take 1x28x28 inputs; the others are checked on generated ones.
-    mnist = cached_mnist_test() if tuple(run.input_shape) == (1, 28, 28) else None
-    if mnist is not None:
-        x_u8, labels = mnist
-        x_u8 = x_u8[:, None]
-        source = "MNIST test set"
+    # The run's own data set: a fashion-mnist run checked on MNIST digits would print a meaningless accuracy.
+    dataset = str(run.config.get("dataset") or "mnist")
+    cached = cached_test_set(dataset, tuple(run.input_shape))
+    if cached is not None:
+        x_u8, labels = cached
+        source = f"{dataset} test set"
     else:
-        # Without MNIST, exercise the graph on varied inputs: noise and blank images both matter.
+        # Without the data set, exercise the graph on varied inputs: noise and blank images both matter.
         rng = np.random.default_rng(0)
         x_u8 = (rng.random((512, *run.input_shape)) ** 3 * 255).astype(np.uint8)
         x_u8[:8] = 0
@@ -174,16 +180,16 @@ def verify(data: bytes, run: LoadedRun, path: Path) -> ExportReport:
     if not diff <= TOLERANCE:
         raise UserError(f"ONNX and torch disagree by {diff:.2e} (> {TOLERANCE:g}) on the {source}; not writing {path}")
     if labels is not None:
+        report.dataset = dataset
         report.onnx_acc = float((got.argmax(1) == labels).mean() * 100)
         report.torch_acc = float((ref.argmax(1) == labels).mean() * 100)
-        # the run's own test accuracy is comparable only when it was measured on MNIST too
-        report.run_acc = run.test_acc if str(run.config.get("dataset") or "mnist") == "mnist" else None
+        report.run_acc = run.test_acc  # measured on the same test set
         if report.onnx_acc != report.torch_acc:
             raise UserError(f"ONNX accuracy {report.onnx_acc:.2f}% differs from torch's {report.torch_acc:.2f}%; not writing {path}")
         # The run evaluated with its own pipeline; one image (0.01 %) of slack covers float summation order.
         if report.run_acc is not None and abs(report.onnx_acc - report.run_acc) > 0.011:
             raise UserError(
-                f"exported model scores {report.onnx_acc:.2f}% on MNIST test but run {run.run_id} recorded "
+                f"exported model scores {report.onnx_acc:.2f}% on the {source} but run {run.run_id} recorded "
                 f"{report.run_acc:.2f}% — the weights or normalisation (mean {run.mean}, std {run.std}) do not match; not writing {path}")
     return report
 

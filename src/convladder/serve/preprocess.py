@@ -127,7 +127,20 @@ def decode_image(data: bytes | Path, *, max_side: int | None = MAX_SIDE, name: s
         gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
         return _composite(gray, rgba[..., 3])
     arr = np.asarray(img, dtype=np.float32)
-    return arr / 255.0 if img.mode == "L" else arr
+    return arr / 255.0 if img.mode == "L" else _float_to_unit(arr, name)
+
+
+def _float_to_unit(arr: np.ndarray, name: str) -> np.ndarray:
+    """32-bit float grayscale ("F") -> [0, 1]: kept when it already is, else scaled by the range its values
+    fill (255, 65535, or their maximum), as the integer modes are. A float TIFF saved from 8-bit data holds
+    0..255: read as 0..1 it was nearly all "ink", and its paper colour was never found."""
+    finite = arr[np.isfinite(arr)]  # NaN/inf are refused by to_mnist, with the message of every other input
+    lo, hi = float(finite.min(initial=0.0)), float(finite.max(initial=0.0))
+    if lo < 0:
+        raise UserError(f"{name} holds negative pixel values (down to {lo:g}) — give an 8- or 16-bit image, or "
+                        "floats in [0, 1]")
+    depth = 1.0 if hi <= 1.0 else 255.0 if hi <= 255.0 else 65535.0 if hi <= 65535.0 else hi
+    return arr / depth if depth != 1.0 else arr
 
 
 def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
