@@ -352,3 +352,19 @@ def test_html_ladder_report_picks_the_runs_the_terminal_table_picks(tmp_path: Pa
     for left_out in (second.id, stale.name, broken.name):
         assert left_out not in page
     assert "1 stale run" in page  # said, not silently dropped
+
+    # A run of other `ladder run` options and one tagged by hand (no job tag): not mixed in, and said so.
+    tags = store.read_config(first.id)["tags"]
+    _copy_run(root / first.id, "20000101-000004-dddddd", result={"final": {"test_acc": 33.33}},
+              config={"tags": [t if not t.startswith("opts:") else "opts:epochs=9" for t in tags]})
+    _copy_run(root / first.id, "20000101-000005-eeeeee", result={"final": {"test_acc": 44.44}},
+              config={"tags": [t for t in tags if not t.startswith(("job:", "opts:"))]})
+    store.reindex()
+    rows = ladder_summary(ladder, store)
+    assert {s["run_id"] for s in rows[2]["seeds"] if s["status"] == "completed"} == shown
+    table = format_table(rows, ladder)
+    assert "2 other run(s) of these steps (other options, or made by hand) are not shown" in table.splitlines()[1]
+    page = write_report("eip4-s2", tmp_path / "ladder.html", root).read_text()
+    assert "33.33" not in page and "44.44" not in page
+    assert "1 run(s) tagged with the ladder but without a `ladder run` job tag" in page
+    assert "1 run(s) made with other `ladder run` options" in page

@@ -55,12 +55,14 @@ def one_run_per_seed(runs: Iterable[Any]) -> list[Any]:
 @dataclass
 class StepRuns:
     """The runs of one step: `mine` (of the shown `ladder run` options), `fresh` (whose job key the ladder file
-    still makes; the rest are stale) and `chosen` (one per seed of the fresh ones, see one_run_per_seed)."""
+    still makes; the rest are stale), `chosen` (one per seed of the fresh ones, see one_run_per_seed) and
+    `others` (how many runs of the step other `ladder run` options made: not shown, but counted)."""
 
     step: Step
     mine: list[Any]
     fresh: list[Any]
     chosen: list[Any]
+    others: int = 0
 
     @property
     def stale(self) -> int:
@@ -83,9 +85,10 @@ def select_runs(ladder: Ladder, runs: list[Any], opts_tag: str | None) -> list[S
                 else set())
     out = []
     for step in ladder.steps:
-        mine = [r for r in runs if f"step:{step.index}" in r.tags and (opts_tag is None or opts_tag in r.tags)]
+        of_step = [r for r in runs if f"step:{step.index}" in r.tags]
+        mine = [r for r in of_step if opts_tag is None or opts_tag in r.tags]
         fresh = [r for r in mine if any(t[4:] in expected for t in r.tags if t.startswith("job:"))]
-        out.append(StepRuns(step, mine, fresh, one_run_per_seed(fresh)))
+        out.append(StepRuns(step, mine, fresh, one_run_per_seed(fresh), len(of_step) - len(mine)))
     return out
 
 
@@ -115,7 +118,7 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
             "epochs": opts.get("epochs") or step.train.get("epochs") or TrainConfig().epochs,
             "dataset": (done[0]["dataset"] if done else None) or opts.get("dataset") or step.train.get("dataset", "mnist"),
             "seeds": seeds, "n_completed": len(done), "n_failed": sum(s["status"] == "failed" for s in seeds),
-            "stale": sel.stale, "target": ladder.target,
+            "stale": sel.stale, "other_options": sel.others, "options": opts, "target": ladder.target,
         }
         row.update(_aggregate(done, ladder.target))
         row["reading"] = reading(row, prev_test)
@@ -243,6 +246,11 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
     widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, lines), "", "readings:"]
+    others = sum(r.get("other_options") or 0 for r in rows)
+    if others:  # runs of another `ladder run` invocation: never mixed in, never dropped without a word
+        shown = " ".join(f"{k}={v}" for k, v in sorted((rows[0].get("options") or {}).items())) or "the defaults"
+        out.insert(1, f"shown: the runs of the newest `ladder run` options ({shown}); {others} other run(s) of these "
+                      "steps (other options, or made by hand) are not shown")
     for r in rows:
         out.append(f"  {r['step']}. {r['name']} -- {r['change']}")
         out.append(f"     {r['reading']}" + (f"  [{r['stale']} stale run(s) of an older ladder file ignored]" if r["stale"] else ""))

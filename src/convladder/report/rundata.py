@@ -328,7 +328,10 @@ def ladder_selection(name: str, runs: list[RunData]) -> tuple[list[RunData], lis
                 f"{stale} stale run(s) of an older ladder file or config" if stale else ""]
         if any(left):
             notes.append(f"{label}: left out " + ", ".join(x for x in left if x))
-    other = sum(1 for r in runs if opts is not None and opts not in r.tags)
+    if tagged and len(tagged) < len(runs):  # the ladder's job tags choose: runs without them are not its jobs
+        notes.append(f"{len(runs) - len(tagged)} run(s) tagged with the ladder but without a `ladder run` job tag "
+                     "(made by hand or by an older convladder) left out")
+    other = sum(1 for r in (tagged or runs) if opts is not None and opts not in r.tags)
     if other:
         notes.append(f"{other} run(s) made with other `ladder run` options than the newest ({opts}) left out")
     return chosen_runs, notes
