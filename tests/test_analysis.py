@@ -195,3 +195,89 @@ def test_softmax_of_a_flattened_map_sees_every_position():
     (grad,) = torch.autograd.grad(model(x)[0, 0], x)  # one probability: it divides by a sum over all positions
     rows = (grad[0, 0].abs().sum(1) > 0).nonzero().flatten()
     assert table.rf_out == int(rows.max() - rows.min() + 1) == 8
+
+
+# Design checks follow the path to what forward returns: rows on other branches (a kept visualisation, an
+# auxiliary head run after the classifier, a result forward drops) neither raise nor hide a finding.
+
+class SideHeadNet(nn.Module):
+    """A clean classifier, then a conv + ReLU side head on an intermediate map (kept, dropped, or the logits cast)."""
+
+    def __init__(self, side: str = "kept") -> None:
+        super().__init__()
+        self.side = side
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 16, 3)
+        self.fc = nn.Linear(16, 10)
+        self.vis = nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.conv1(x))
+        logits = self.fc(torch.relu(self.conv2(features)).mean((2, 3)))
+        if self.side == "kept":
+            self.maps = self.vis(features)  # for plotting
+        else:
+            self.vis(features)
+        return logits.float() if self.side == "cast" else logits
+
+
+@pytest.mark.parametrize("side", ["kept", "dropped", "cast"])
+def test_a_side_head_run_after_the_classifier_is_not_the_last_layer(side):
+    findings = run_checks(summarize(SideHeadNet(side), (1, 28, 28)))
+    assert [f for f in findings if f.rule == "last-layer-extras"] == []
+
+
+class ReluOnLogitsNet(nn.Module):
+    """A ReLU on the logits, and another branch's convolution run after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8, 10)
+        self.out_relu = nn.ReLU()
+        self.aux = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.conv(x))
+        logits = self.out_relu(self.fc(features.mean((2, 3))))
+        self.aux_maps = self.aux(features)
+        return logits
+
+
+def test_an_activation_on_the_output_path_is_found_though_another_branch_runs_later():
+    findings = [f for f in run_checks(summarize(ReluOnLogitsNet(), (1, 28, 28))) if f.rule == "last-layer-extras"]
+    assert [(f.layer, f.message) for f in findings] == [
+        ("out_relu", "relu after the last weight layer (fc), before the output")]
+
+
+class PoolNet(nn.Module):
+    """`near`: the output path has one fc after the pool, a side branch three convs. Else the output path has
+    three convs after its pool, and only a visualisation branch run after the classifier max-pools."""
+
+    def __init__(self, near: bool) -> None:
+        super().__init__()
+        self.near = near
+        self.stem = nn.Conv2d(1, 8, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.convs = nn.Sequential(*(nn.Conv2d(8, 8, 3) for _ in range(3)))
+        self.fc = nn.Linear(8, 10)
+        self.vis_pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(torch.relu(self.stem(x)))
+        if self.near:
+            logits = self.fc(pooled.mean((2, 3)))
+            self.side = self.convs(pooled)
+        else:
+            logits = self.fc(self.convs(pooled).mean((2, 3)))
+            self.side = self.vis_pool(pooled)
+        return logits
+
+
+@pytest.mark.parametrize("near", [True, False])
+def test_maxpool_near_output_counts_weight_layers_on_the_output_path(near):
+    findings = [f for f in run_checks(summarize(PoolNet(near), (1, 28, 28))) if f.rule == "maxpool-near-output"]
+    if near:
+        assert [(f.layer, f.message) for f in findings] == [
+            ("pool", "max-pool with only 1 weight layer(s) after it, right before the output")]
+    else:
+        assert findings == []

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from convladder.analysis.table import LayerRow, NetworkTable
+from convladder.analysis.trace import INPUT
 
 WEIGHT_KINDS = ("conv", "fc")
 
@@ -45,20 +46,63 @@ def _is_weight(row: LayerRow) -> bool:
     return row.kind.startswith(WEIGHT_KINDS)
 
 
-def _last_weight_index(rows: list[LayerRow]) -> int | None:
-    for i in range(len(rows) - 1, -1, -1):
-        if _is_weight(rows[i]):
-            return i
-    return None
+@dataclass(frozen=True)
+class OutputPath:
+    """The rows whose results reach what forward returns, in execution order, and the rows each reads."""
+
+    rows: list[LayerRow]
+    reads: dict[str, list[str]]  # row name -> the rows on the path it reads
+
+
+def output_path(table: NetworkTable) -> OutputPath:
+    """The rows on the data path to forward's return value: the returned row and its ancestors.
+
+    A kept visualisation, an auxiliary head run after the classifier or a result forward drops is not on it.
+    Where the table does not know which row forward returns (a tuple; the hooks fallback did not see the output
+    being made), every row in execution order, each reading the row above: how a sequential network reads.
+    """
+    rows = table.layers
+    if table.output_row is None:
+        names = [row.name for row in rows]
+        return OutputPath(rows, {name: names[max(i - 1, 0):i] for i, name in enumerate(names)})
+    reads: dict[str, list[str]] = {}
+    above = INPUT
+    for row in rows:
+        reads[row.name] = row.reads_from or [above]  # an empty reads_from means the row above
+        above = row.name
+    on_path = {table.output_row}
+    for row in reversed(rows):  # a row runs after what it reads: one backward sweep finds every ancestor
+        if row.name in on_path:
+            on_path.update(reads[row.name])
+    path = [row for row in rows if row.name in on_path]
+    names = {row.name for row in path}  # (on_path may hold INPUT, which is no row)
+    return OutputPath(path, {row.name: [n for n in reads[row.name] if n in names] for row in path})
+
+
+def _weights_after(path: OutputPath) -> dict[str, int]:
+    """Per row on the path: the most weight layers on a route from its result to the output."""
+    after = {row.name: 0 for row in path.rows}
+    for row in reversed(path.rows):  # readers first, so each row sees its readers' final counts
+        for name in path.reads[row.name]:
+            after[name] = max(after[name], after[row.name] + _is_weight(row))
+    return after
+
+
+def _weight_before(path: OutputPath) -> dict[str, LayerRow | None]:
+    """Per row on the path: the latest-run weight layer its result comes through (None: none)."""
+    before: dict[str, LayerRow | None] = {}
+    for row in path.rows:
+        through = [r for r in (before[name] for name in path.reads[row.name]) if r is not None]
+        before[row.name] = row if _is_weight(row) else max(through, key=lambda r: r.index, default=None)
+    return before
 
 
 def _maxpool_near_output(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
-    rows = ctx.table.layers
-    for i, row in enumerate(rows):
-        if row.kind.startswith("maxpool"):
-            after = sum(1 for r in rows[i + 1 :] if _is_weight(r))
-            if after < 2:
-                yield row.name, f"max-pool with only {after} weight layer(s) after it, right before the output"
+    path = output_path(ctx.table)
+    after = _weights_after(path)
+    for row in path.rows:
+        if row.kind.startswith("maxpool") and after[row.name] < 2:
+            yield row.name, f"max-pool with only {after[row.name]} weight layer(s) after it, right before the output"
 
 
 def _fc_2d_to_1d(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
@@ -72,16 +116,17 @@ def _fc_2d_to_1d(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
                                    f"({dense.params:,} parameters, {dense.share:.0%} of the network)")
 
 
+EXTRA_KINDS = {"bn", "dropout", "relu", "leakyrelu", "prelu", "elu", "selu", "tanh", "sigmoid", "silu", "gelu", "relu6"}
+
+
 def _extras_on_last_layer(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
-    rows = ctx.table.layers
-    last = _last_weight_index(rows)
-    if last is None:
-        return
-    for row in rows[last + 1 :]:
-        if row.kind == "bn" or row.kind == "dropout" or row.kind in {
-            "relu", "leakyrelu", "prelu", "elu", "selu", "tanh", "sigmoid", "silu", "gelu", "relu6"
-        }:
-            yield row.name, f"{row.kind} after the last weight layer ({rows[last].name}), before the output"
+    # On the output's path: after a weight layer, and no weight layer between the row and the output.
+    path = output_path(ctx.table)
+    after, before = _weights_after(path), _weight_before(path)
+    for row in path.rows:
+        last = before[row.name]
+        if row.kind in EXTRA_KINDS and after[row.name] == 0 and last is not None:
+            yield row.name, f"{row.kind} after the last weight layer ({last.name}), before the output"
 
 
 def _bias_before_bn(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:

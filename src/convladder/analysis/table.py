@@ -84,6 +84,7 @@ class NetworkTable:
     multipath: bool = False  # some row reads from something other than the row above
     output_shape: list[int] | None = None  # what forward returns (None: not one tensor, or not known)
     macs_uncounted: list[str] = field(default_factory=list)  # kinds of layers whose MACs total_macs leaves out
+    output_row: str | None = None  # the row forward returns (None: not one traced tensor, or not known)
 
     def __repr__(self) -> str:
         from convladder.analysis.render import table_text
@@ -179,6 +180,7 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
         multipath=any(row.reads_from for row in rows),
         output_shape=trace.output,
         macs_uncounted=uncounted,
+        output_row=_output_row(trace, rows),
     )
 
 
@@ -192,6 +194,17 @@ def _output_field(trace: ModelTrace, fields: dict[str, Field], rows: list[LayerR
     f = fields[trace.output_name]  # a hidden node (a cast, an index) or the input itself
     return _pair_value(f.r), "" if _pair_value(f.r) is not None else (
         f.reason or f"field differs per axis: {f.r[0]} high, {f.r[1]} wide")  # type: ignore[index]
+
+
+def _output_row(trace: ModelTrace, rows: list[LayerRow]) -> str | None:
+    """The row forward returns; a hidden node (a cast, an index) stands for the one row it reads, as in `_rows`."""
+    names = {row.name for row in rows}
+    name = trace.output_name
+    while name is not None and name not in names:
+        node = next((n for n in trace.nodes if n.name == name), None)  # None: the input itself
+        sources = list(dict.fromkeys(node.inputs)) if node is not None else []
+        name = sources[0] if len(sources) == 1 else None
+    return name
 
 
 def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
