@@ -4,7 +4,8 @@
     .venv/bin/python bench/bench_asha.py --device cuda --gpus-per-trial 0.25
 
 Prints (and writes bench/results/asha-<device>.md) the wall time of each, the epochs trained in total, the
-trials stopped, the best trial each found (by min-over-seeds final test accuracy, as the sweep table ranks),
+trials stopped, the best trial each found (ranked as the sweep table ranks: min-over-seeds final validation
+accuracy; its test accuracy is printed),
 and whether the trials ASHA let finish got exactly the accuracy of the full run (same seeds, threads 1).
 """
 

@@ -53,7 +53,8 @@ def test_inprocess_sweep_trains_ranks_and_isolates(tmp_path):
     assert summary["counts"] == {"completed": 4, "stopped": 0, "failed": 0, "rejected": 0}
     ranked = [r for r in summary["trials"] if r["status"] == "completed"]
     keys = [(-r["test_acc"]["min"], r["params"]) for r in ranked]
-    assert keys == sorted(keys)  # min-over-seeds accuracy, then fewer parameters
+    assert keys == sorted(keys)  # val_size 0: min-over-seeds test accuracy, then fewer parameters
+    assert summary["ranked_on"] == "test" and all(r["val_acc"] is None for r in ranked)
     assert all(len(r["runs"]) == 2 for r in ranked)  # one run per seed
     assert [row["value"] for row in summary["isolation"]] == [4, 8]
     assert all(row["best_trial"] and row["nuisance"].keys() == {"drop"} for row in summary["isolation"])
@@ -62,6 +63,97 @@ def test_inprocess_sweep_trains_ranks_and_isolates(tmp_path):
     # rerunning the sweep reuses the stored runs (jobs are keyed by their config)
     again = sweep_summary(run_sweep(spec, tmp_path / "runs", InProcessExecutor()))
     assert again["counts"]["completed"] == 4 and len(store.list_runs()) == 8
+
+
+def _set_final(root: Path, run_id: str, val: float, test: float) -> None:
+    """Overwrite a stored run's final-epoch val/test accuracy (to make the two splits disagree)."""
+    path = RunStore(root).run_path(run_id) / "result.json"
+    data = json.loads(path.read_text())
+    data["final"].update(val_acc=val, test_acc=test)
+    path.write_text(json.dumps(data))
+
+
+def test_sweep_ranks_and_isolates_on_validation_not_test(tmp_path):
+    """Validation and test disagree: the least-over-seeds *val* accuracy orders the trials and picks the studied
+    value's best nuisance setting; test accuracy is reported beside it and the output says val ranked."""
+    from convladder.executors.sweep import format_table
+    from convladder.report.sweepreport import isolation_rows, sweep_rows
+
+    text = sweep_text(c1=(4,), drop=(0.0, 0.1)).replace('"val_size": 0', '"val_size": 64')
+    spec = load_sweep(write_sweep(tmp_path, text), seeds=2)
+    root = tmp_path / "runs"
+    first = run_sweep(spec, root, InProcessExecutor())
+    assert [t.status for t in first.trials] == ["completed", "completed"] and all(t.val for t in first.trials)
+    # t000 wins on test (90 vs 70) and on its best val seed (95), but its worst val seed (60) is below t001's (80)
+    fake = {"t000": [(60.0, 90.0), (95.0, 91.0)], "t001": [(80.0, 70.0), (81.0, 71.0)]}
+    for t in first.trials:
+        for res, (val, test) in zip(t.runs, fake[t.id]):
+            _set_final(root, res["run_id"], val, test)
+    summary = sweep_summary(run_sweep(spec, root, InProcessExecutor()))  # the store's runs, read again
+    assert summary["ranked_on"] == "val" and summary["ranked_on_why"] is None
+    assert [(r["trial"], r["rank"]) for r in summary["trials"]] == [("t001", 1), ("t000", 2)]
+    top = summary["trials"][0]
+    assert top["val_acc"] == {"min": 80.0, "median": 80.5, "max": 81.0}
+    assert top["test_acc"] == {"min": 70.0, "median": 70.5, "max": 71.0}  # reported, not used to choose
+    iso = summary["isolation"][0]
+    assert iso["best_trial"] == "t001" and iso["nuisance"] == {"drop": 0.1} and iso["val_acc"]["min"] == 80.0
+    table = format_table(summary)
+    ranking = [line for line in table.splitlines() if "ranked on" in line]
+    assert ranking == [summary["ranking"]] and ranking[0].startswith("ranked on VAL") and "TEST" not in table
+    assert "min final val" in table and "min final test" in table
+    assert "c1=4: t001 min final val 80.00, test min/median/max 70.00/70.50/71.00" in table
+    head, rows = sweep_rows(summary)
+    assert "min val % (ranks)" in head and rows[0][head.index("min val % (ranks)")] == 80.0
+    assert isolation_rows(summary)[0][1] == "t001 (chosen on val, min val 80.00 %)"
+
+
+def test_sweep_without_validation_split_ranks_on_test_and_says_so(tmp_path):
+    from convladder.executors.sweep import SweepResult, _settle, format_table
+
+    spec = load_sweep(write_sweep(tmp_path, sweep_text(c1=(4, 8))))  # val_size: 0
+    trials = make_trials(spec)
+    for trial, acc in zip(trials, (91.0, 95.0)):
+        trial.runs = [{"status": "completed", "final_test_acc": acc, "label": "x"}]
+        _settle(trial, tmp_path)
+    summary = sweep_summary(SweepResult(spec, trials, "inprocess", 1.0, str(tmp_path)))
+    assert summary["ranked_on"] == "test" and "val_size: 0" in summary["ranked_on_why"]
+    assert [r["trial"] for r in summary["trials"]] == ["t001", "t000"]
+    assert json.loads(json.dumps(summary))["ranking"] == summary["ranking"]
+    lines = format_table(summary).splitlines()
+    ranking = [line for line in lines if "ranked on" in line]
+    assert ranking == [summary["ranking"]] and lines.index(ranking[0]) == 0
+    assert ranking[0].startswith("WARNING ranked on TEST") and "no validation split (val_size: 0)" in ranking[0]
+    assert "min final test" in lines[1] and "min final val" not in lines[1]
+    assert "by the least final-epoch TEST accuracy" in format_table(summary).split("isolation of c1")[1]
+
+
+def test_old_summary_without_ranked_on_reads_as_test_ranked(tmp_path):
+    """A summary written before sweeps ranked on validation has no ranked_on (nor val_acc): it was ranked on
+    test, and the text table and the report's tables say so."""
+    from convladder.executors.sweep import format_table, ranking_line
+    from convladder.report.sweepreport import isolation_figure, isolation_rows, load_summary, sweep_rows
+
+    old = {"name": "t", "file": None, "executor": "inprocess", "search": "grid", "seeds": 2, "budget": 5000,
+           "scheduler": None, "model_template": SPEC, "roles": {"c1": "studied", "drop": "nuisance"}, "studied": "c1",
+           "trials": [{"rank": 1, "trial": "t001", "status": "completed", "values": {"c1": 8, "drop": 0.0},
+                       "params": 3000, "test_acc": {"min": 95.0, "median": 95.5, "max": 96.0}, "error": None,
+                       "runs": ["a", "b"]}],
+           "isolation": [{"value": 8, "best_trial": "t001", "test_acc": {"min": 95.0, "median": 95.5, "max": 96.0},
+                          "params": 3000, "nuisance": {"drop": 0.0}, "trials": 1, "completed": 1, "rejected": 0}],
+           "counts": {"completed": 1, "stopped": 0, "failed": 0, "rejected": 0}, "wall_time_s": 1.0,
+           "runs_root": str(tmp_path)}
+    path = tmp_path / "t-20240101-000000.json"
+    path.write_text(json.dumps(old))
+    summary = load_summary(path)
+    table = format_table(summary)
+    assert table.splitlines()[0].startswith("WARNING ranked on TEST: ranked by the least final-epoch TEST accuracy")
+    assert "written before sweeps ranked on validation" in table.splitlines()[0]
+    assert ranking_line(summary) == table.splitlines()[0]
+    assert "1 t001  completed" in table and "95.00" in table
+    head, rows = sweep_rows(summary)
+    assert "min test % (ranks)" in head and not any("val" in h for h in head)
+    assert isolation_rows(summary)[0][:3] == ["8", "t001 (chosen on TEST)", 95.0]
+    assert "TEST" in isolation_figure(summary).fig.axes[0].get_title()
 
 
 def test_seed_jobs_train_as_one_batched_run_where_the_trainer_batches_and_match_separate_runs(tmp_path):

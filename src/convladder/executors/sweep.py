@@ -6,7 +6,7 @@ File format (docs/scaling.md has the long version):
     model: "c1[conv3x3({c1}, bias=false) relu bn dropout({drop})] ... out[gap conv1x1(10)]"  # template
     budget: 8000            # max parameters; networks above it are rejected before they train
     search: grid            # or random (with samples: N per studied value, sample_seed: S)
-    seeds: 2                # each trial trains seeds seed .. seed+N-1; ranked by the worst of them
+    seeds: 2                # each trial trains seeds seed .. seed+N-1; ranked by the worst of them on validation
     scheduler: asha         # optional: Ray Tune's ASHA stops weak trials early on val_acc (executors/scheduled.py)
     base: {dataset: mnist, epochs: 3, threads: 1}   # TrainConfig keys held for every trial
     params:
@@ -18,6 +18,11 @@ File format (docs/scaling.md has the long version):
 A parameter is a `{placeholder}` of the model template or a TrainConfig key. Anything else is an error
 naming the key and its line in the file (`sweepspec.py` reads and checks the file; this module makes the
 trials, runs them and summarises).
+
+Selection: trials are ranked (and the best nuisance setting per studied value picked) on the final-epoch
+*validation* accuracy of their worst seed; test accuracy is reported beside it and never chooses. Trials
+without a validation split (val_size 0) fall back to ranking on test, and the summary (`ranked_on`) and every
+table say so.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Trial:
     error: str | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)  # one executor result per seed
     acc: dict[str, float] = field(default_factory=dict)  # min/median/max final test accuracy over seeds
+    val: dict[str, float] = field(default_factory=dict)  # min/median/max final validation accuracy (all seeds have one)
 
 
 # -- trials -----------------------------------------------------------------------------------------------
@@ -151,19 +157,38 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path, executor: Executor | None 
     for res in done:
         by_id[res["trial"]].runs.append(res)
     for t in runnable:
-        _settle(t)
+        _settle(t, runs_root)
     return SweepResult(spec, trials, getattr(executor, "name", type(executor).__name__),
                        time.perf_counter() - t0, str(runs_root))
 
 
-def _settle(t: Trial) -> None:
-    """Completed when every seed completed (or was in the store); stopped when the scheduler ended a seed early."""
+def _final_val(res: dict[str, Any], runs_root: str | Path | None) -> float | None:
+    """A job's final-epoch validation accuracy: `final_val_acc` of the result, else its run's result.json."""
+    if res.get("final_val_acc") is not None:
+        return float(res["final_val_acc"])
+    if runs_root is None or not res.get("run_id"):
+        return None
+    from convladder.runs.store import RunStore
+
+    try:
+        value = (RunStore(runs_root).read_result(res["run_id"]).get("final") or {}).get("val_acc")
+    except (OSError, ValueError, UserError):  # a damaged result.json: no val, said in the ranking line
+        return None
+    return float(value) if value is not None else None
+
+
+def _settle(t: Trial, runs_root: str | Path | None = None) -> None:
+    """Completed when every seed completed (or was in the store); stopped when the scheduler ended a seed early.
+
+    `t.acc` / `t.val`: test / validation accuracy over seeds (`t.val` only when every seed has one; the
+    validation numbers are read from the runs' result.json under `runs_root`).
+    """
     ok = [r for r in t.runs if r.get("status") in ("completed", "skipped") and r.get("final_test_acc") is not None]
     stopped = [r for r in t.runs if r.get("status") == "stopped"]
     bad = [r for r in t.runs if r not in ok and r not in stopped]
     if stopped and not bad:
         t.status, t.error = "stopped", stopped_summary(stopped)
-        return  # no test accuracy: a stopped trial is not ranked by the test set
+        return  # no final accuracy: a stopped trial is not ranked
     if bad or not ok:
         t.status = "failed"
         t.error = "; ".join(f"{r.get('label')}: {r.get('error') or r.get('status')}" for r in bad) or "no runs"
@@ -172,26 +197,55 @@ def _settle(t: Trial) -> None:
     accs = [float(r["final_test_acc"]) for r in ok]
     if accs:
         t.acc = min_median_max(accs) or {}
+    vals = [_final_val(r, runs_root) for r in ok]
+    if vals and None not in vals:
+        t.val = min_median_max(vals) or {}
 
 
-def rank(trials: list[Trial]) -> list[Trial]:
-    """Completed trials by min-over-seeds test accuracy (high first), then parameters (few first); then the rest."""
+def ranking_split(trials: list[Trial]) -> tuple[str, str | None]:
+    """('val', None) when every completed trial has a validation accuracy, else ('test', why).
+
+    One split ranks the whole sweep. Without completed trials (a dry run) the configs' val_size decide.
+    """
+    done = [t for t in trials if t.status == "completed"]
+    if done:
+        missing = [t for t in done if not t.val]
+        if not missing:
+            return "val", None
+        if all(int(t.config.get("val_size", 1)) == 0 for t in done):
+            return "test", "the trials have no validation split (val_size: 0)"
+        return "test", f"{len(missing)} of {len(done)} completed trial(s) have no final validation accuracy"
+    planned = [t for t in trials if t.status != "failed"]
+    if planned and any(int(t.config.get("val_size", 1)) == 0 for t in planned):
+        return "test", "the trials have no validation split (val_size: 0)"
+    return "val", None
+
+
+def rank(trials: list[Trial], on: str | None = None) -> list[Trial]:
+    """Completed trials by min-over-seeds accuracy on `on` (val/test; default `ranking_split`), high first, then
+    parameters (few first), then trial id; then stopped, failed, rejected trials."""
+    on = on or ranking_split(trials)[0]
     order = {"completed": 0, "stopped": 1, "failed": 2, "rejected": 3, "pending": 4}
-    return sorted(trials, key=lambda t: (order[t.status], -(t.acc.get("min") or 0.0) if t.status == "completed" else 0,
-                                         t.params if t.params is not None else 1 << 62, t.id))
+
+    def score(t: Trial) -> float:
+        return -((t.val if on == "val" else t.acc).get("min") or 0.0) if t.status == "completed" else 0.0
+
+    return sorted(trials, key=lambda t: (order[t.status], score(t), t.params if t.params is not None else 1 << 62, t.id))
 
 
 def sweep_summary(result: SweepResult) -> dict[str, Any]:
     """Everything a report needs: the ranked table and the isolation data of the studied parameter.
 
-    `isolation`: for each studied value, its best completed trial (rank order) with the nuisance values
-    that got it there, so a plot of min-over-seeds accuracy against the studied value is a fair one.
+    `ranked_on` ('val' or 'test', `ranking_split`) is the split that ranked the trials and picked each
+    studied value's best; `ranking` says it in one line. `isolation`: for each studied value, its best
+    completed trial (rank order) with the nuisance values that got it there and its test accuracy.
     """
     spec = result.spec
-    ranked = rank(result.trials)
+    on, why = ranking_split(result.trials)
+    ranked = rank(result.trials, on)
     rows = [{"rank": i + 1 if t.status == "completed" else None, "trial": t.id, "status": t.status,
-             "values": t.values, "params": t.params, "test_acc": t.acc or None, "error": t.error,
-             "runs": [r.get("run_id") for r in t.runs]} for i, t in enumerate(ranked)]
+             "values": t.values, "params": t.params, "val_acc": t.val or None, "test_acc": t.acc or None,
+             "error": t.error, "runs": [r.get("run_id") for r in t.runs]} for i, t in enumerate(ranked)]
     studied = spec.studied
     isolation = []
     if studied:
@@ -199,17 +253,41 @@ def sweep_summary(result: SweepResult) -> dict[str, Any]:
             best = next((t for t in ranked if t.status == "completed" and t.values.get(studied.name) == value), None)
             tried = [t for t in result.trials if t.values.get(studied.name) == value]
             isolation.append({"value": value, "best_trial": best.id if best else None,
+                              "val_acc": (best.val or None) if best else None,
                               "test_acc": best.acc if best else None, "params": best.params if best else None,
                               "nuisance": {k: v for k, v in best.values.items() if k != studied.name} if best else None,
                               "trials": len(tried), "completed": sum(t.status == "completed" for t in tried),
                               "rejected": sum(t.status == "rejected" for t in tried)})
     counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "stopped", "failed", "rejected")}
-    return {"name": spec.name, "file": spec.path, "executor": result.executor, "search": spec.search,
-            "seeds": spec.seeds, "budget": spec.budget,
-            "scheduler": spec.scheduler.describe() if spec.scheduler else None, "model_template": spec.model,
-            "roles": {p.name: p.role for p in spec.params}, "studied": studied.name if studied else None,
-            "trials": rows, "isolation": isolation, "counts": counts, "wall_time_s": result.wall_time_s,
-            "runs_root": result.runs_root}
+    summary = {"name": spec.name, "file": spec.path, "executor": result.executor, "search": spec.search,
+               "seeds": spec.seeds, "budget": spec.budget, "ranked_on": on, "ranked_on_why": why,
+               "scheduler": spec.scheduler.describe() if spec.scheduler else None, "model_template": spec.model,
+               "roles": {p.name: p.role for p in spec.params}, "studied": studied.name if studied else None,
+               "trials": rows, "isolation": isolation, "counts": counts, "wall_time_s": result.wall_time_s,
+               "runs_root": result.runs_root}
+    summary["ranking"] = ranking_line(summary)
+    return summary
+
+
+def ranked_on(summary: dict[str, Any]) -> str:
+    """'val' or 'test': the split that ranked a summary's trials; a summary without `ranked_on` (written
+    before sweeps ranked on validation) was ranked on test."""
+    return "val" if summary.get("ranked_on") == "val" else "test"
+
+
+def ranking_line(summary: dict[str, Any]) -> str:
+    """The one line that says which split ranked the trials (and why it is test, when it is)."""
+    seeds = summary.get("seeds", 1)
+    if ranked_on(summary) == "val":
+        return (f"ranked on VAL: the least final-epoch validation accuracy over {seeds} seed(s) orders the trials "
+                "and picks each studied value's best; test accuracy (last epoch, min / median / max over seeds) is "
+                "reported beside it, never used to choose")
+    if "ranked_on" in summary:
+        why = f"{summary.get('ranked_on_why') or 'no validation accuracy'}; give base: val_size > 0 to rank on validation"
+    else:
+        why = "a summary written before sweeps ranked on validation; rerun the sweep to rank on validation"
+    return (f"WARNING ranked on TEST: ranked by the least final-epoch TEST accuracy over {seeds} seed(s): the test "
+            f"set orders the trials and picks each studied value's best, so their test numbers are optimistic: {why}")
 
 
 def write_summary(summary: dict[str, Any], runs_root: str | Path, folder_name: str = "sweeps",
@@ -229,30 +307,39 @@ def write_summary(summary: dict[str, Any], runs_root: str | Path, folder_name: s
 def format_table(summary: dict[str, Any]) -> str:
     """The ranked table as text, then the isolation lines of the studied parameter.
 
-    Its numbers are final-epoch test accuracies (min / median / max over seeds) and the ranking is by their
-    minimum, i.e. the test set orders the trials: the table says so above its header.
+    Above the header, one line says which split ranked (`ranking_line`). Ranked on val: the least final-epoch
+    validation accuracy over seeds, then test min / median / max beside it; ranked on test (no validation
+    split, or an older summary): the test min / median / max only.
     """
     names = list(summary["roles"])
-    head = f"{'rank':>4} {'trial':5} {'status':9} " + " ".join(f"{n[:10]:>10}" for n in names) + \
-        f" {'params':>8} {'min final test':>14} {'median':>7} {'max':>7}"
+    on_val = ranked_on(summary) == "val"
+    head = f"{'rank':>4} {'trial':5} {'status':9} " + " ".join(f"{n[:10]:>10}" for n in names) + f" {'params':>8} " + \
+        (f"{'min final val':>13} | {'min final test':>14} {'median':>7} {'max':>7}" if on_val else
+         f"{'min final test':>14} {'median':>7} {'max':>7}")
     lines = ([f"scheduler: {summary['scheduler']}; stopped trials are listed after the completed ones, unranked"]
              if summary.get("scheduler") else [])
-    lines += [f"ranked by the least final-epoch TEST accuracy over {summary['seeds']} seed(s): the test set orders "
-              "the trials (accuracies: the last epoch's test %, min / median / max over seeds)", head]
+    lines += [ranking_line(summary), head]
     for r in summary["trials"]:
-        acc = r["test_acc"] or {}
+        acc, val = r.get("test_acc") or {}, r.get("val_acc") or {}
         vals = " ".join(f"{_short(r['values'].get(n)):>10}" for n in names)
-        lines.append(f"{r['rank'] or '-':>4} {r['trial']:5} {r['status']:9} {vals} {_short(r['params']):>8} "
-                     f"{_short(acc.get('min')):>14} {_short(acc.get('median')):>7} {_short(acc.get('max')):>7}"
+        nums = (f"{_short(val.get('min')):>13} | {_short(acc.get('min')):>14} {_short(acc.get('median')):>7} "
+                f"{_short(acc.get('max')):>7}" if on_val else
+                f"{_short(acc.get('min')):>14} {_short(acc.get('median')):>7} {_short(acc.get('max')):>7}")
+        lines.append(f"{r['rank'] or '-':>4} {r['trial']:5} {r['status']:9} {vals} {_short(r['params']):>8} {nums}"
                      + (f"  {r['error']}" if r["error"] else ""))
     if summary["studied"]:
-        lines.append(f"\nisolation of {summary['studied']} (best trial per value by the least final-epoch TEST accuracy "
-                     f"over {summary['seeds']} seed(s)):")
+        split = "VAL" if on_val else "TEST"
+        lines.append(f"\nisolation of {summary['studied']} (best trial per value by the least final-epoch {split} "
+                     f"accuracy over {summary['seeds']} seed(s)" + ("; test reported, not used to choose):" if on_val
+                                                                    else "):"))
         for row in summary["isolation"]:
-            acc = row["test_acc"] or {}
+            acc, val = row.get("test_acc") or {}, row.get("val_acc") or {}
+            test = (f"test min/median/max {_short(acc.get('min'))}/{_short(acc.get('median'))}/{_short(acc.get('max'))}"
+                    if on_val else f"min final test {_short(acc.get('min'))}")
             lines.append(f"  {summary['studied']}={_short(row['value'])}: "
-                         + (f"{row['best_trial']} min final test {_short(acc.get('min'))} params {_short(row['params'])} "
-                            f"with {json.dumps(row['nuisance'])}" if row["best_trial"] else "no completed trial")
+                         + (f"{row['best_trial']} " + (f"min final val {_short(val.get('min'))}, " if on_val else "")
+                            + f"{test} params {_short(row['params'])} with {json.dumps(row['nuisance'])}"
+                            if row["best_trial"] else "no completed trial")
                          + f"  ({row['completed']}/{row['trials']} completed, {row['rejected']} over budget)")
     return "\n".join(lines)
 

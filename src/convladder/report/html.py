@@ -303,6 +303,7 @@ def ladder_body(name: str, runs: list[RunData]) -> str:
 
 def sweep_body(summary: dict[str, Any]) -> str:
     """The ranked trial table, the isolation plot and table of the studied parameter, and how it ran."""
+    from convladder.executors.sweep import ranking_line
     from convladder.report import sweepreport
 
     head, rows = sweepreport.sweep_rows(summary)
@@ -320,7 +321,7 @@ def sweep_body(summary: dict[str, Any]) -> str:
                + table_html(["value", "best trial", "min test %", "params", "nuisance values", "trials"],
                             sweepreport.isolation_rows(summary)))
     return (f"<section><h2>Sweep {E(str(summary.get('name')))}: {len(summary['trials'])} trials</h2>"
-            f"<p>{facts}. Ranked by the <em>final</em> test accuracy of the worst seed, then by fewer parameters; "
+            f"<p>{facts}. {E(ranking_line(summary))}; ties: fewer parameters; "
             "stopped, failed and over-budget trials follow unranked.</p>"
             + (f"<p class='meta'>model template: <code>{E(summary['model_template'])}</code></p>"
                if summary.get("model_template") else "")

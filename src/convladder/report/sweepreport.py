@@ -1,7 +1,9 @@
 """The sweep part of the report: the ranked table and the isolation plot of the studied parameter.
 
 Reads only the summary a sweep wrote (`<runs>/sweeps/<name>-<time>.json`, `executors.sweep.sweep_summary`);
-nothing is trained or recomputed here.
+nothing is trained or recomputed here. The trials were ranked on the split the summary names (`ranked_on`: val,
+or test without a validation split; a summary without it is an older, test-ranked one): the tables and the plot
+say which, and test accuracy is what they report.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from convladder.errors import UserError
+from convladder.executors.sweep import ranked_on
 from convladder.report.plot import Figure
 
 SWEEP_PREFIX = "sweep:"
@@ -50,7 +53,8 @@ def _is_number(v: Any) -> bool:
 
 
 def isolation_figure(summary: dict[str, Any]) -> Figure | None:
-    """Best trial per studied value: min-over-seeds test accuracy (median and max as the bar), params beside."""
+    """Best trial per studied value (chosen on `ranked_on`): min-over-seeds test accuracy (max as the bar), its
+    min validation accuracy when val chose it, params beside."""
     rows = summary.get("isolation") or []
     if not summary.get("studied") or not rows:
         return None
@@ -64,9 +68,13 @@ def isolation_figure(summary: dict[str, Any]) -> Figure | None:
     for x, r in done:
         acc = r["test_acc"]
         ax.errorbar([x], [acc["min"]], yerr=[[0], [acc["max"] - acc["min"]]], fmt="o", color="tab:red", capsize=3)
+    on_val = ranked_on(summary) == "val"
     if done:
         ax.plot([x for x, _ in done], [r["test_acc"]["min"] for _, r in done], "-", color="tab:red", lw=1,
-                label=f"min over {summary.get('seeds', 1)} seed(s)")
+                label=f"test, min over {summary.get('seeds', 1)} seed(s)")
+    chosen = [(x, r["val_acc"]["min"]) for x, r in done if on_val and r.get("val_acc")]
+    if chosen:
+        ax.plot(*zip(*chosen), "o--", mfc="none", color="tab:green", lw=0.8, label="val, min (chose the trial)")
     for x, r in zip(xs, rows):
         if not r.get("test_acc"):
             ax.annotate("none completed" if not r.get("rejected") else "over budget", (x, 0.03),
@@ -76,8 +84,9 @@ def isolation_figure(summary: dict[str, Any]) -> Figure | None:
         ax.set_xscale("log")
     if not numeric:
         ax.set_xticks(xs, [str(v) for v in values])
-    ax.set(xlabel=f"{name} (studied)", ylabel="final test accuracy (%)",
-           title=f"isolation of {name}: the best trial per value (nuisance parameters tuned for each)")
+    split = "validation" if on_val else "TEST"
+    ax.set(xlabel=f"{name} (studied)", ylabel="final accuracy (%)" if chosen else "final test accuracy (%)",
+           title=f"isolation of {name}: the best trial per value, chosen on {split}")
     params = [(x, r["params"]) for x, r in zip(xs, rows) if r.get("params")]
     if params:
         ax2 = ax.twinx()
@@ -86,27 +95,42 @@ def isolation_figure(summary: dict[str, Any]) -> Figure | None:
     if ax.lines:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return Figure("isolation", f"Isolation plot of the studied parameter {name}: for each value its best trial "
-                  "(dots: min over seeds, bar up to the max), with the nuisance parameters that got it there in "
-                  "the table; blue: parameters of that trial's network", fig, vector=True)
+    how = ("chosen on the validation accuracy (green, min over seeds); red: its test accuracy" if on_val else
+           "chosen on the TEST accuracy (no validation split), so the red test numbers are optimistic")
+    return Figure("isolation", f"Isolation plot of the studied parameter {name}: for each value its best trial, "
+                  f"{how} (dots: min over seeds, bar up to the max), with the nuisance parameters that got it there "
+                  "in the table; blue: parameters of that trial's network", fig, vector=True)
 
 
 def sweep_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of the ranked trial table (values of every parameter, then the numbers)."""
+    """Header and rows of the ranked trial table (values of every parameter, then the numbers); the column
+    that ranked says so: 'min val % (ranks)', or 'min test % (ranks)' without a validation split."""
     names = list(summary["roles"])
-    head = (["rank", "trial", "status"] + [f"{n} ({summary['roles'][n]})" for n in names]
-            + ["params", "min test %", "median", "max", "note"])
+    on_val = ranked_on(summary) == "val"
+    head = (["rank", "trial", "status"] + [f"{n} ({summary['roles'][n]})" for n in names] + ["params"]
+            + (["min val % (ranks)", "min test %", "median test", "max test"] if on_val else
+               ["min test % (ranks)", "median", "max"]) + ["note"])
     rows = []
     for r in summary["trials"]:
         acc = r.get("test_acc") or {}
         rows.append([r.get("rank") or "–", r["trial"], r["status"]]
                     + [r["values"].get(n) if _is_number(r["values"].get(n)) else str(r["values"].get(n)) for n in names]
-                    + [r.get("params"), acc.get("min"), acc.get("median"), acc.get("max"), r.get("error") or ""])
+                    + [r.get("params")] + ([(r.get("val_acc") or {}).get("min")] if on_val else [])
+                    + [acc.get("min"), acc.get("median"), acc.get("max"), r.get("error") or ""])
     return head, rows
 
 
 def isolation_rows(summary: dict[str, Any]) -> list[list[Any]]:
-    return [[str(r["value"]), r.get("best_trial") or "–", (r.get("test_acc") or {}).get("min"), r.get("params"),
+    """value, best trial (and the split that chose it), min test %, params, nuisance values, counts."""
+    on_val = ranked_on(summary) == "val"
+
+    def chosen(r: dict[str, Any]) -> str:
+        val = (r.get("val_acc") or {}).get("min")
+        return (f"{r['best_trial']} (chosen on val" + (f", min val {val:.2f} %)" if _is_number(val) else ")")
+                if on_val else f"{r['best_trial']} (chosen on TEST)")
+
+    return [[str(r["value"]), chosen(r) if r.get("best_trial") else "–",
+             (r.get("test_acc") or {}).get("min"), r.get("params"),
              json.dumps(r.get("nuisance")) if r.get("nuisance") else "–",
              f"{r.get('completed', 0)}/{r.get('trials', 0)} completed, {r.get('rejected', 0)} over budget"]
             for r in summary.get("isolation") or []]
