@@ -82,7 +82,12 @@ def test_first_steps_of_a_batched_run_equal_separate_runs(spec, optimizer, crop)
         opt = unpack_optimizer_state(step.optimizer.state_dict(), i, 3)
         for j, state in single.optimizer.state_dict()["state"].items():
             for name, v in state.items():
-                torch.testing.assert_close(opt["state"][j][name], v, rtol=2e-4, atol=2e-5)
+                # In norm, not per element: the optimiser state sums every step's gradient, and a max-pool tie or
+                # a ReLU at 0 decided the other way by a float's last bit moves single elements (the same run on 1
+                # and 2 threads: 6e-4 of the norm after 6 steps, up to 1.5e-2 of one element, on a Xeon with
+                # AVX-512). A wrong seed, shard or grouping is off by far more.
+                diff = float((opt["state"][j][name] - v).norm())
+                assert diff <= 2e-3 * float(v.norm()) + 1e-6, (i, j, name, diff, float(v.norm()))
     loss, acc, _ = step.read_epoch()
     for i, single in enumerate(singles):
         l1, a1, _ = single.read_epoch()
