@@ -1,7 +1,8 @@
-"""Training-step speed of tiny8k on the CPU: data parallel (`data_parallel`) and central crops (`crop`).
+"""Training-step speed of tiny8k on the CPU: data parallel (`data_parallel`), central crops (`crop`), precision.
 
     PYTHONPATH=src .venv/bin/python bench/bench_cpu_step.py                # 5 interleaved rounds, batch 128
     PYTHONPATH=src .venv/bin/python bench/bench_cpu_step.py --rounds 2     # quick check
+    PYTHONPATH=src .venv/bin/python bench/bench_cpu_step.py --precisions fp32,bf16 --crops 0,24 --output cpu-step-bf16.md
 
 The real step (train/step.py, or train/parallel.py's replicas: augmentation, centre crop, forward, backward,
 SGD, schedule) on MNIST, ~12,000 images per measurement after 3 warm-up steps. Rows: one model with all cores'
@@ -31,11 +32,11 @@ from convladder.train.step import TrainStep
 CROPS = (0, 26, 24, 22, 20)
 
 
-def images_per_s(data: DeviceData, batch: int, crop: int, replicas: int, images: int) -> float:
+def images_per_s(data: DeviceData, batch: int, crop: int, replicas: int, images: int, precision: str = "fp32") -> float:
     """Training images per second of one (replicas = 1, all cores' threads) or N data-parallel replicas."""
     cores = os.cpu_count() or 1
     torch.set_num_threads(1 if replicas > 1 else cores)
-    cfg = TrainConfig(batch_size=batch, device="cpu", data_parallel=replicas)
+    cfg = TrainConfig(batch_size=batch, device="cpu", data_parallel=replicas, precision=precision)
     model = build_model("tiny8k", data.image_shape, 1)[0]
     lrs, moms = schedule_tables(cfg, data.steps_per_epoch(batch))
     cpu, gen = torch.device("cpu"), torch.Generator().manual_seed(1)
@@ -49,34 +50,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--images", type=int, default=12000, help="training images per measurement")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--crops", default=",".join(map(str, CROPS)), help="crop sizes (0 = whole images)")
+    ap.add_argument("--precisions", default="fp32", help="precision settings, e.g. fp32,bf16 (bf16 autocast in the step)")
+    ap.add_argument("--output", default="cpu-step.md", help="results file under bench/results/")
     args = ap.parse_args(argv)
+    crops = [int(c) for c in args.crops.split(",")]
+    precisions = args.precisions.split(",")
     cfg = TrainConfig()
     data = DeviceData(load_splits(cfg), cfg, torch.device("cpu"))
     model = build_model("tiny8k", data.image_shape, 1)[0]
-    macs = {c: summarize(model, (1, c or 28, c or 28)).total_macs for c in CROPS}
+    macs = {c: summarize(model, (1, c or 28, c or 28)).total_macs for c in crops}
     loads = [os.getloadavg()[0]]
-    lines = ["# tiny8k training step on the CPU: data parallel (`data_parallel`) and central crops (`crop`), MNIST", "",
+    lines = ["# tiny8k training step on the CPU: data parallel (`data_parallel`), central crops (`crop`) and precision "
+             "(`precision`), MNIST", "",
              machine_line(),
              f"- the training step of train/step.py, batch {args.batch_size}, ~{args.images:,} images per "
              f"measurement after 3 warm-up steps, the rows interleaved over {args.rounds} rounds; speed-up = "
              "median over rounds of the ratio to one model on whole images in the same round", ""]
     cores = os.cpu_count() or 1
-    rows = [(1, c) for c in CROPS] + [(cores, c) for c in CROPS] if cores > 1 else [(1, c) for c in CROPS]
-    table = ["| training | crop | MACs per image | images/s (min / median / max) | speed-up vs one model, 28x28 |",
-             "|---|---|---|---|---|"]
-    got: dict[tuple[int, int], list[float]] = {row: [] for row in rows}
+    counts = [1, cores] if cores > 1 else [1]
+    rows = [(r, c, p) for p in precisions for r in counts for c in crops]
+    base = rows[0]  # the speed-up's reference: one model, the first crop and precision given (fp32 28x28 by default)
+    size = lambda c: f"{c}x{c}" if c else "28x28 (whole)"  # noqa: E731
+    table = ["| training | precision | crop | MACs per image | images/s (min / median / max) | "
+             f"speed-up vs one model, {size(base[1])}, {base[2]} |", "|---|---|---|---|---|---|"]
+    got: dict[tuple[int, int, str], list[float]] = {row: [] for row in rows}
     for _ in range(args.rounds):
-        for replicas, c in rows:
-            got[(replicas, c)].append(images_per_s(data, args.batch_size, c, replicas, args.images))
+        for replicas, c, p in rows:
+            got[(replicas, c, p)].append(images_per_s(data, args.batch_size, c, replicas, args.images, p))
         loads.append(os.getloadavg()[0])
-        print({f"{r}x{c}": round(v[-1]) for (r, c), v in got.items()}, flush=True)
-    for (replicas, c), v in got.items():
-        ratio = statistics.median(a / b for a, b in zip(v, got[(1, 0)]))
+        print({f"{r}x{c}:{p}": round(v[-1]) for (r, c, p), v in got.items()}, flush=True)
+    for (replicas, c, p), v in got.items():
+        ratio = statistics.median(a / b for a, b in zip(v, got[base]))
         how = (f"{replicas} replicas x 1 thread (data_parallel={replicas})" if replicas > 1
                else f"one model, {cores} threads")
-        size = f"{c}x{c}" if c else "28x28 (whole)"
-        table.append(f"| {how} | {size} | {macs[c]:,} | {spread(v)} | {ratio:.2f}x |")
-    write_results("cpu-step.md", lines, table, loads)
+        table.append(f"| {how} | {p} | {size(c)} | {macs[c]:,} | {spread(v)} | {ratio:.2f}x |")
+    write_results(args.output, lines, table, loads)
     return 0
 
 

@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         f"label smoothing {cfg.label_smoothing}, precise BN {cfg.precise_bn or 'off'}, val split {cfg.val_size}"
         + (f", crop {cfg.crop} for {cfg.crop_epochs} epochs" if cfg.crop else "")
         + (f", data parallel {cfg.data_parallel} (replicas on threads, 1 intra-op thread each)" if cfg.data_parallel > 1 else "")
+        + (f", precision {cfg.precision}" + (" (bf16 autocast in the training step, evaluation fp32)"
+                                              if cfg.precision == "bf16" and device.type == "cpu" else "")
+           if cfg.precision != "auto" else "")
         + (f", subset {cfg.subset}" if cfg.subset else ""),
         f"- training throughput (forward+backward+augmentation), median epoch: "
         f"{statistics.median(r.extra['train_images_per_s'] for r in results):.0f} images/s",

@@ -414,3 +414,16 @@ def test_stopped_trials_are_listed_unranked_after_completed_ones(tmp_path):
     assert [(r["trial"], r["rank"]) for r in summary["trials"]] == [("t000", 1), ("t001", None), ("t002", None)]
     assert summary["counts"]["stopped"] == 2 and summary["scheduler"].startswith("asha on val_acc")
     assert format_table(summary).startswith("scheduler: asha on val_acc")
+
+
+def test_a_config_key_added_later_keeps_older_runs_keys_at_its_default():
+    """`precision` is newer than stored runs: at its default (auto) a job key and the report's experiment key
+    are those of a config without it, so `ladder run` does not retrain and reports do not call old runs stale."""
+    from convladder.executors.base import job_key
+    from convladder.report.rundata import experiment_key
+
+    old = {"model": SPEC, "epochs": 2, "lr": 0.1, "tags": ["ladder:x"]}
+    assert job_key({**old, "precision": "auto"}) == job_key(old)
+    assert experiment_key({**old, "precision": "auto"}) == experiment_key(old)
+    assert job_key({**old, "precision": "bf16"}) != job_key(old)  # another arithmetic: another job
+    assert experiment_key({**old, "precision": "bf16"}) != experiment_key(old)

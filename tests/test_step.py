@@ -190,6 +190,40 @@ def test_the_step_equals_a_hand_written_reference_step(crop):
     assert float(step.momentum) == pytest.approx(opt.param_groups[0]["momentum"], rel=1e-6)
 
 
+def test_bf16_precision_trains_in_bf16_on_the_cpu_and_evaluates_the_fp32_weights():
+    """precision=bf16: the step's convolutions run in bf16 (AMX CPUs train faster), the weights and optimiser
+    state stay fp32, and evaluation runs in fp32; auto and fp32 change nothing on the CPU."""
+    from convladder.train.step import evaluate
+
+    seen: list[torch.dtype] = []
+    for precision in ("auto", "fp32", "bf16"):
+        cfg = config(precision=precision)
+        data, model = _setup(cfg)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        lrs, moms = schedule_tables(cfg, data.steps_per_epoch(cfg.batch_size))
+        step = TrainStep(model, data, cfg, torch.device("cpu"), [torch.Generator().manual_seed(1)], lrs, moms)
+        model.train()
+        step.new_epoch()
+        for _ in range(3):
+            step()
+        trained, seen[:] = seen[:], []
+        loss, acc = evaluate(model, data.x_test, data.y_test, data, 256)
+        hook.remove()
+        assert set(trained) == {torch.bfloat16 if precision == "bf16" else torch.float32}, precision
+        assert set(seen) == {torch.float32} and 0 <= acc <= 100 and loss == loss, precision  # evaluation: fp32
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert torch.isfinite(torch.tensor(step.read_epoch()[0][0]))
+        seen.clear()
+    with pytest.raises(UserError, match="precision=bf16 runs on cuda and cpu, not meta"):
+        TrainStep(model, data, config(precision="bf16"), torch.device("meta"), [torch.Generator()], lrs, moms)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(UserError, match="precision"):
+        validate(TrainConfig(precision="fp16"))
+
+
 def test_batches_have_a_static_shape_and_the_remainder_is_left_out():
     cfg = config(batch_size=100, val_size=248)  # 1800 training images: 18 batches, none partial
     data, _ = _setup(cfg.replace(batch_size=100))

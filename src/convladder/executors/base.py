@@ -36,12 +36,13 @@ class Job:
 # Keys that say where/how fast a job runs, not what it learns: a job moved to another machine keeps its key.
 # how a run executes, not what it computes (cuda_graphs, batched: same metrics to float tolerance)
 KEY_EXCLUDED = ("name", "device", "threads", "eval_batch_size", "compile", "channels_last", "cuda_graphs", "batched")
+ADDED_LATER = {"model_args": None, "precision": "auto"}  # config keys newer than stored job keys: their defaults
 
 
 def job_key(config: dict[str, Any]) -> str:
     """A stable 16-hex hash of a resolved config (keys sorted; the `job:` tag and KEY_EXCLUDED left out)."""
-    # model_args: None is left out so that jobs keyed before the key existed keep their key
-    core = {k: v for k, v in config.items() if k not in KEY_EXCLUDED and not (k == "model_args" and v is None)}
+    # keys added later, at their default, are left out so that jobs keyed before they existed keep their key
+    core = {k: v for k, v in config.items() if k not in KEY_EXCLUDED and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     core["tags"] = sorted(t for t in config.get("tags") or [] if not t.startswith(JOB_TAG))
     blob = json.dumps(core, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -200,7 +200,11 @@ _NOT_THE_EXPERIMENT = ("seed", "seeds", "name", "tags", "threads", "device")
 def experiment_key(config: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs the same experiment: the config (as load_run reads it) but for the seed, name, tags
     and where it ran."""
-    return {k: v for k, v in config.items() if k not in _NOT_THE_EXPERIMENT}
+    from convladder.executors.base import ADDED_LATER
+
+    # a key newer than some runs, at its default, is what those runs did too (precision: auto)
+    return {k: v for k, v in config.items()
+            if k not in _NOT_THE_EXPERIMENT and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def _config(folder: Path) -> dict[str, Any]:

@@ -25,10 +25,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SELECT_ON = ("val", "test")
 TRISTATE = ("auto", "on", "off")
 BATCHED = ("auto", "on", "off", "grouped", "streams")
+PRECISIONS = ("auto", "fp32", "bf16")
 # choice-valued keys, compared in lower case (`optimizer: SGD` in a YAML file means sgd)
 CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
                                        "select_on": SELECT_ON, "channels_last": TRISTATE, "cuda_graphs": TRISTATE,
-                                       "batched": BATCHED, "init": INITS}
+                                       "batched": BATCHED, "init": INITS, "precision": PRECISIONS}
 SUBSET_HELP = ("train on the first N training images only (0 = all); the validation split is held out of "
                "these N: val_size images, at most N/10 (--subset 10000: 9,000 train, 1,000 validate)")
 
@@ -99,6 +100,9 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda, mps", RUN)
     threads: int = _f(0, "torch CPU threads (0 = the cores other work leaves free, at least 1)", RUN)
     channels_last: str = _f("auto", "auto, on, off (auto: on for CUDA only; slower on a 2-core CPU)", RUN)
+    precision: str = _f("auto", "the training step's arithmetic: auto, fp32, bf16 (auto: bf16 autocast on CUDA, fp32 "
+                        "on the CPU; bf16 on the CPU pays off with AMX, Intel Xeon 4th gen and later; evaluation on "
+                        "the CPU stays fp32; docs/training.md)", RUN)
     data_parallel: int = _f(1, "CPU: split each batch across N model replicas stepped on N threads, one core each "
                             "(as nn.DataParallel: gradients averaged, BatchNorm sees batch/N images); 1 = off "
                             "(docs/training.md)", RUN)

@@ -90,7 +90,7 @@ class EpochRunner:
         if n and epoch == self.config.epochs:
             with self.all_cores():
                 recalibrate_bn(self.model, self.data.x_train[:n], self.data, self.config.eval_batch_size,
-                               self.channels_last, self.copies)
+                               self.channels_last, self.copies, self.config.precision)
 
     def evaluate_into(self, rows: list[dict[str, Any]], epoch: int, te: float) -> None:
         """Add val/test loss and accuracy (on evaluation epochs) and the epoch's time to each copy's row."""
@@ -110,7 +110,7 @@ class EpochRunner:
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
         with self.all_cores():
             return evaluate_copies(self.model, x, y, self.data, self.config.eval_batch_size, self.channels_last,
-                                   self.copies)
+                                   self.copies, self.config.precision)
 
     def all_cores(self):
         """Evaluation with data_parallel > 1 uses one intra-op thread per replica (training uses one in all)."""

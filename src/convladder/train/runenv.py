@@ -86,14 +86,24 @@ def _git_commit() -> str | None:
         return None
 
 
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "amx_bf16": "AMX-BF16"}  # what decides fp32/bf16 speed here
+
+
 def cpu_model() -> str:
+    """The CPU's name and the vector units that decide its speed, e.g. "Intel(R) Xeon(R) Processor (AVX2,
+    AVX-512, AMX-BF16)": a virtual machine's name alone ("Intel(R) Xeon(R) Processor") does not tell them apart."""
+    name, flags = None, set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and name is None:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    features = [label for flag, label in CPU_FEATURES.items() if flag in flags]
+    return f"{name} ({', '.join(features)})" if features else name
 
 
 def environment(device: torch.device, input_shape: tuple[int, ...], data_mean: float | None = None,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from convladder.errors import UserError
 from convladder.train.augment import AugmentParams, augment_from, centre_crop, draw_noise, noise_rows
 from convladder.train.config import TrainConfig
 from convladder.data.normalise import to_unit
@@ -39,14 +40,22 @@ CUDA_EVAL_BATCH = 10000  # on CUDA, evaluation batches are at least this large (
 WARMUP_STEPS = 3  # eager steps before capture (cuDNN picks its kernels, the allocator settles), as torch's docs do
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed); CPU autocast is slower than fp32 for these tiny convs.
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast of `precision` (config `precision`: auto, fp32, bf16) on `device`.
 
-    The cast-weight cache is off: a CUDA graph must cast inside the captured step, not reuse a cache entry.
+    auto: bf16 on CUDA (no loss scaling needed), none elsewhere; bf16: also on the CPU, where it pays off only
+    with AMX (bf16 matrix units: Intel Xeon 4th generation and later); fp32: none. The weights stay fp32 either
+    way. The cast-weight cache is off: a CUDA graph must cast inside the captured step, not reuse a cache entry.
     """
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
+    if precision == "fp32" or device.type not in ("cuda", "cpu") or (device.type == "cpu" and precision != "bf16"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+def eval_precision(precision: str, device: torch.device) -> str:
+    """Evaluation's precision: the training step's on CUDA, fp32 on the CPU, where evaluation is a small part of
+    the time and the accuracy is then that of the fp32 weights that are saved and exported."""
+    return precision if device.type == "cuda" else "fp32"
 
 
 class TrainStep:
@@ -65,6 +74,8 @@ class TrainStep:
         self.steps = data.steps_per_epoch(config.batch_size)
         self.forward = forward or model.logits
         self.channels_last = channels_last
+        if config.precision == "bf16" and device.type not in ("cuda", "cpu"):
+            raise UserError(f"precision=bf16 runs on cuda and cpu, not {device.type}: use precision=auto or fp32")
         self.aug = AugmentParams(config.rotate, config.translate, config.scale, config.erase) if config.augment else None
         if self.aug is not None and noise_rows(self.aug) == 0:
             self.aug = None
@@ -154,7 +165,7 @@ class TrainStep:
             x = x.view(n, b, c, h, w).transpose(0, 1).reshape(b, n * c, h, w)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device):
+        with autocast(self.device, self.config.precision):
             logits = self.forward(x).float()
         if n == 1:
             per_copy = F.cross_entropy(logits, y[0], label_smoothing=self.config.label_smoothing).view(1)
@@ -317,7 +328,7 @@ def model_inputs(x: torch.Tensor, data: DeviceData, batch_size: int, channels_la
 
 @torch.no_grad()  # not inference_mode: the weights' format switch must give ordinary tensors back to training
 def evaluate_copies(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: DeviceData, batch_size: int,
-                    channels_last: bool = False, copies: int = 1) -> list[tuple[float, float]]:
+                    channels_last: bool = False, copies: int = 1, precision: str = "auto") -> list[tuple[float, float]]:
     """[(mean loss, accuracy %)] per copy over (x uint8, y) in large batches; one device read at the end.
 
     With copies > 1 every copy sees the same images (stacked on its channel group).
@@ -337,7 +348,7 @@ def evaluate_copies(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, da
     try:
         for start, xb in model_inputs(x, data, batch_size, channels_last or switch, copies):
             yb = y[start:start + batch_size]
-            with autocast(x.device):
+            with autocast(x.device, eval_precision(precision, x.device)):
                 logits = model.logits(xb).float()
             if copies == 1:
                 logits = logits.unsqueeze(1)  # (N, copies, classes) either way
@@ -355,7 +366,7 @@ def evaluate_copies(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, da
 
 @torch.no_grad()
 def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, data: DeviceData, batch_size: int,
-                   channels_last: bool = False, copies: int = 1) -> int:
+                   channels_last: bool = False, copies: int = 1, precision: str = "auto") -> int:
     """Precise BN: recompute every BatchNorm's running mean/var as the plain average over (x uint8) in batches.
 
     During training the running statistics are a moving average over augmented images with dropout on, and over
@@ -375,7 +386,7 @@ def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, data: DeviceData, ba
         m.train()
     try:
         for _, xb in model_inputs(x, data, eval_batch_size(batch_size, x.device), channels_last, copies):
-            with autocast(x.device):
+            with autocast(x.device, eval_precision(precision, x.device)):
                 model.logits(xb)
     finally:
         for m, momentum in zip(bns, momenta):
