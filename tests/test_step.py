@@ -215,6 +215,11 @@ def test_bf16_precision_trains_in_bf16_on_the_cpu_and_evaluates_the_fp32_weights
         assert all(p.dtype == torch.float32 for p in model.parameters())
         assert torch.isfinite(torch.tensor(step.read_epoch()[0][0]))
         seen.clear()
+    from convladder.train.epochs import run_info
+
+    cpu = torch.device("cpu")  # the run's header line says when the step is bf16
+    assert run_info(config(precision="bf16"), None, 1, cpu, data)["device"] == "cpu (bf16 training step)"
+    assert run_info(config(), None, 1, cpu, data)["device"] == "cpu"
     with pytest.raises(UserError, match="precision=bf16 runs on cuda and cpu, not meta"):
         TrainStep(model, data, config(precision="bf16"), torch.device("meta"), [torch.Generator()], lrs, moms)
 

@@ -20,7 +20,7 @@ import torch
 from convladder.train.config import TrainConfig, crop_at
 from convladder.train.optim import schedule_tables
 from convladder.train.progress import Progress
-from convladder.train.step import StepRunner, TrainStep, evaluate_copies, recalibrate_bn, step_mode
+from convladder.train.step import StepRunner, TrainStep, autocast_dtype, evaluate_copies, recalibrate_bn, step_mode
 
 PAUSE_ENV = "CONVLADDER_TEST_PAUSE_AFTER_EPOCH"  # test hook: after saving epoch N, touch $..._MARKER and sleep
 
@@ -208,7 +208,8 @@ def finish_rows(rows: list[dict[str, Any]], te: float) -> None:
 def run_info(config: TrainConfig, run_id: str | None, params: int, device: torch.device, data) -> dict[str, Any]:
     """What Progress.start gets."""
     return {"run_id": run_id, "model": config.model if len(config.model) < 40 else "custom spec", "params": params,
-            "device": str(device), "n_train": data.n_train, "n_val": len(data.y_val), "n_test": len(data.y_test),
+            "device": str(device) + (" (bf16 training step)" if autocast_dtype(device, config.precision) else ""),
+            "n_train": data.n_train, "n_val": len(data.y_val), "n_test": len(data.y_test),
             "seed": config.seed, "epochs": config.epochs}
 
 

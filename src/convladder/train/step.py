@@ -47,9 +47,17 @@ def autocast(device: torch.device, precision: str = "auto"):
     with AMX (bf16 matrix units: Intel Xeon 4th generation and later); fp32: none. The weights stay fp32 either
     way. The cast-weight cache is off: a CUDA graph must cast inside the captured step, not reuse a cache entry.
     """
-    if precision == "fp32" or device.type not in ("cuda", "cpu") or (device.type == "cpu" and precision != "bf16"):
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """bf16 where `autocast` casts (CUDA unless fp32; the CPU with bf16), else None."""
+    if precision == "fp32" or device.type not in ("cuda", "cpu") or (device.type == "cpu" and precision != "bf16"):
+        return None
+    return torch.bfloat16
 
 
 def eval_precision(precision: str, device: torch.device) -> str:
