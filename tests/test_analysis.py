@@ -281,3 +281,87 @@ def test_maxpool_near_output_counts_weight_layers_on_the_output_path(near):
             ("pool", "max-pool with only 1 weight layer(s) after it, right before the output")]
     else:
         assert findings == []
+
+
+class FlattenBranchNet(nn.Module):
+    """`side="flatten"`: a flattened map kept for plotting runs before the classifier, whose fc reads a mean.
+    `side="fc"`: the classifier reads the flattened map through dropout and a ReLU; an auxiliary fc on a mean
+    runs between the flatten and it."""
+
+    def __init__(self, side: str) -> None:
+        super().__init__()
+        self.side = side
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.drop = nn.Dropout(0.1)
+        self.fc = nn.Linear(8 * 26 * 26 if side == "fc" else 8, 10)
+        self.aux_fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.conv(x))
+        if self.side == "flatten":
+            self.flat_maps = torch.flatten(features, 1)  # for plotting
+            return self.fc(features.mean((2, 3)))
+        flat = torch.flatten(features, 1)
+        self.aux = self.aux_fc(features.mean((2, 3)))
+        return self.fc(torch.relu(self.drop(flat)))
+
+
+@pytest.mark.parametrize("side", ["flatten", "fc"])
+def test_fc_2d_to_1d_names_the_fc_that_reads_the_flatten(side):
+    findings = [f for f in run_checks(summarize(FlattenBranchNet(side), (1, 28, 28))) if f.rule == "fc-2d-to-1d"]
+    if side == "flatten":  # the classifier's fc reads a mean, not the kept flatten that ran before it
+        assert findings == []
+    else:  # the classifier's fc, through dropout and relu; not the auxiliary fc run in between
+        assert [(f.layer, f.message) for f in findings] == [
+            ("fc", "fully connected layer reads a flattened 26x26x8 map (54,090 parameters, 100% of the network)")]
+
+
+class TupleFlattenNet(nn.Module):
+    """Returns (logits, features): the table does not know the returned row, so checks read execution order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8 * 26 * 26, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.relu(self.conv(x))
+        return self.fc(torch.flatten(features, 1)), features
+
+
+def test_fc_2d_to_1d_and_reduction_row_without_a_known_output_row_read_execution_order():
+    table = summarize(TupleFlattenNet(), (1, 28, 28))
+    assert table.output_row is None and table.output_rows() is None
+    findings = [f for f in run_checks(table) if f.rule == "fc-2d-to-1d"]
+    assert [f.layer for f in findings] == ["fc"]
+    assert table.reduction_row().name == "relu"
+
+
+class SidePoolNet(nn.Module):
+    """Two convolutions, a mean and an fc; `side="pool"`: an auxiliary head pools the first convolution's map
+    before the second runs; `side="vis"`: a kept 1x1 map of the last features runs just before the pool."""
+
+    def __init__(self, side: str) -> None:
+        super().__init__()
+        self.side = side
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3)
+        self.vis = nn.Conv2d(8, 4, 1)
+        self.fc, self.aux_fc = nn.Linear(8, 10), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        early = torch.relu(self.conv1(x))
+        if self.side == "pool":
+            self.aux = self.aux_fc(early.mean((2, 3)))
+        late = torch.relu(self.conv2(early))
+        if self.side == "vis":
+            self.maps = self.vis(late)  # for plotting
+        return self.fc(late.mean((2, 3)))
+
+
+@pytest.mark.parametrize("side", ["pool", "vis"])
+def test_reduction_row_is_what_the_output_paths_pool_reads(side):
+    table = summarize(SidePoolNet(side), (1, 28, 28))
+    assert table.reduction_row().name == "relu_1"  # conv2's ReLU: 24x24, each value sees 5x5 px
+    findings = [f for f in run_checks(table) if f.rule == "pooled-features-see-part"]
+    assert [(f.layer, f.message.split(";")[0]) for f in findings] == [
+        ("relu_1", "each value of relu_1's 24x24 output sees 5x5 px of the 28x28 input")]

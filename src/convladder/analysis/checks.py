@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from convladder.analysis.ops import ACTIVATION_NAMES, ACTIVATION_TYPES
 from convladder.analysis.table import LayerRow, NetworkTable
-from convladder.analysis.trace import INPUT
 
 WEIGHT_KINDS = ("conv", "fc")
+EXTRA_KINDS = {"bn", "dropout", "relu", "leakyrelu", "prelu", "elu", "selu", "tanh", "sigmoid", "silu", "gelu", "relu6"}
+# Rows that change values one at a time and keep the layout: an fc reading a flatten through them reads the flatten.
+POINTWISE_KINDS = (EXTRA_KINDS | {"identity"} | {t.__name__.lower() for t in ACTIVATION_TYPES}
+                   | {name.rstrip("_").replace("_", "") for name in ACTIVATION_NAMES})
 
 
 @dataclass(frozen=True)
@@ -61,21 +65,12 @@ def output_path(table: NetworkTable) -> OutputPath:
     Where the table does not know which row forward returns (a tuple; the hooks fallback did not see the output
     being made), every row in execution order, each reading the row above: how a sequential network reads.
     """
-    rows = table.layers
-    if table.output_row is None:
-        names = [row.name for row in rows]
-        return OutputPath(rows, {name: names[max(i - 1, 0):i] for i, name in enumerate(names)})
-    reads: dict[str, list[str]] = {}
-    above = INPUT
-    for row in rows:
-        reads[row.name] = row.reads_from or [above]  # an empty reads_from means the row above
-        above = row.name
-    on_path = {table.output_row}
-    for row in reversed(rows):  # a row runs after what it reads: one backward sweep finds every ancestor
-        if row.name in on_path:
-            on_path.update(reads[row.name])
-    path = [row for row in rows if row.name in on_path]
-    names = {row.name for row in path}  # (on_path may hold INPUT, which is no row)
+    path = table.output_rows()
+    if path is None:
+        names = [row.name for row in table.layers]
+        return OutputPath(table.layers, {name: names[max(i - 1, 0):i] for i, name in enumerate(names)})
+    reads = table.row_reads()
+    names = {row.name for row in path}  # (a row may read INPUT, which is no row)
     return OutputPath(path, {row.name: [n for n in reads[row.name] if n in names] for row in path})
 
 
@@ -105,18 +100,51 @@ def _maxpool_near_output(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
             yield row.name, f"max-pool with only {after[row.name]} weight layer(s) after it, right before the output"
 
 
+def _flattens_map(row: LayerRow) -> bool:
+    """A flatten of a map with more than one position (a flatten after gap only drops the 1x1)."""
+    return row.kind == "flatten" and len(row.input) == 3 and row.input[1] * row.input[2] > 1
+
+
+def _flattened_map_message(flatten: LayerRow, dense: LayerRow) -> str:
+    c, h, w = flatten.input
+    return (f"fully connected layer reads a flattened {h}x{w}x{c} map "
+            f"({dense.params:,} parameters, {dense.share:.0%} of the network)")
+
+
+def _read_through_pointwise(row: LayerRow, path: OutputPath, rows: dict[str, LayerRow]) -> LayerRow | None:
+    """The row whose result `row` reads, looking through value-wise rows (dropout, an activation, bn) on the way;
+    None where it reads several rows or the input."""
+    reads = path.reads[row.name]
+    while len(reads) == 1:
+        source = rows[reads[0]]
+        if source.kind not in POINTWISE_KINDS:
+            return source
+        reads = path.reads[source.name]
+    return None
+
+
 def _fc_2d_to_1d(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
-    rows = ctx.table.layers
+    # Each fc on the output's path that reads a flattened map: the fc that actually reads the flatten's result,
+    # not the next one run (a side head's fc may run in between, or a side branch's flatten before the classifier).
+    if ctx.table.output_row is None:
+        yield from _fc_after_flatten_in_order(ctx.table.layers)
+        return
+    path = output_path(ctx.table)
+    rows = {row.name: row for row in path.rows}
+    for dense in path.rows:
+        if dense.kind == "fc":
+            source = _read_through_pointwise(dense, path, rows)
+            if source is not None and _flattens_map(source):
+                yield dense.name, _flattened_map_message(source, dense)
+
+
+def _fc_after_flatten_in_order(rows: list[LayerRow]) -> Iterator[tuple[str | None, str]]:
+    """Where the returned row is not known: the next fc run after each flatten, as in a sequential network."""
     for i, row in enumerate(rows):
-        if row.kind == "flatten" and len(row.input) == 3 and row.input[1] * row.input[2] > 1:
+        if _flattens_map(row):
             dense = next((r for r in rows[i + 1 :] if r.kind == "fc"), None)
             if dense is not None:
-                c, h, w = row.input
-                yield dense.name, (f"fully connected layer reads a flattened {h}x{w}x{c} map "
-                                   f"({dense.params:,} parameters, {dense.share:.0%} of the network)")
-
-
-EXTRA_KINDS = {"bn", "dropout", "relu", "leakyrelu", "prelu", "elu", "selu", "tanh", "sigmoid", "silu", "gelu", "relu6"}
+                yield dense.name, _flattened_map_message(row, dense)
 
 
 def _extras_on_last_layer(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:

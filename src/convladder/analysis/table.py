@@ -118,19 +118,62 @@ class NetworkTable:
         """The shape forward returns (not the last row run: a kept visualisation may run after the head)."""
         return self.output_shape
 
+    def row_reads(self) -> dict[str, list[str]]:
+        """Per row, what it reads: its `reads_from`, or else the row above (INPUT for the first row)."""
+        reads: dict[str, list[str]] = {}
+        above = INPUT
+        for row in self.layers:
+            reads[row.name] = row.reads_from or [above]  # an empty reads_from means the row above
+            above = row.name
+        return reads
+
+    def output_rows(self) -> list[LayerRow] | None:
+        """The rows on the data path to forward's return value (the returned row and its ancestors), in
+        execution order; None where the returned row is not known (a tuple; the hooks fallback)."""
+        if self.output_row is None:
+            return None
+        reads = self.row_reads()
+        on_path = {self.output_row}
+        for row in reversed(self.layers):  # a row runs after what it reads: one backward sweep finds every ancestor
+            if row.name in on_path:
+                on_path.update(reads[row.name])
+        return [row for row in self.layers if row.name in on_path]
+
     def reduction_row(self) -> LayerRow | None:
         """The layer whose field the output really has: where the map becomes one value per channel.
 
         A convolution that reduces the map to 1x1 (the lesson's 7x7 kernel) sees what its RF says;
         a parameter-free global reduction (gap, flatten + fc) only averages or mixes features that
-        each saw the RF of the layer before it.
+        each saw the RF of the layer it reads. Only rows on the path to forward's return value count, so a
+        side head's global pool, or a kept map run just before the pool, does not stand for the network's.
         """
+        path = self.output_rows()
+        if path is None:  # which row forward returns is not known: read the rows as a sequential network
+            return self._reduction_in_order()
+        on_path = {row.name: row for row in path}
+        reads = self.row_reads()
+        for row in path:
+            if _one_position(row):
+                if row.kind.startswith("conv"):
+                    return row
+                read = [on_path[name] for name in reads[row.name] if name in on_path]
+                return max(read, key=lambda r: r.index, default=None)  # (a merge reads several: the latest run)
+        return path[-1] if path else None
+
+    def _reduction_in_order(self) -> LayerRow | None:
+        """`reduction_row` in execution order, each row reading the row above."""
         previous = None
         for row in self.layers:
-            if len(row.output) == 1 or row.output[1] * row.output[2] == 1:
+            if _one_position(row):
                 return row if row.kind.startswith("conv") else previous
             previous = row
         return previous
+
+
+def _one_position(row: LayerRow) -> bool:
+    """The row's output is one value per channel: a vector, or a 1x1 map."""
+    out = row.output  # (an output of another rank, e.g. a sequence's [L, D], is neither: no IndexError)
+    return len(out) == 1 or (len(out) >= 3 and out[1] * out[2] == 1)
 
 
 def _pair_value(pair: tuple[int, int] | None) -> int | None:
