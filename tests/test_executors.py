@@ -114,7 +114,7 @@ def test_sweep_without_validation_split_ranks_on_test_and_says_so(tmp_path):
     trials = make_trials(spec)
     for trial, acc in zip(trials, (91.0, 95.0)):
         trial.runs = [{"status": "completed", "final_test_acc": acc, "label": "x"}]
-        _settle(trial, tmp_path)
+        _settle(trial)
     summary = sweep_summary(SweepResult(spec, trials, "inprocess", 1.0, str(tmp_path)))
     assert summary["ranked_on"] == "test" and "val_size: 0" in summary["ranked_on_why"]
     assert [r["trial"] for r in summary["trials"]] == ["t001", "t000"]

@@ -82,7 +82,8 @@ def run_job(job: Job, runs_root: str | Path) -> dict[str, Any]:
 
         result = train(TrainConfig.from_dict(job.config), store=RunStore(runs_root))
         out = {**base, "run_id": result.run_id, "status": result.status, "error": None,
-               "final_test_acc": result.final.get("test_acc"), "final_train_acc": result.final.get("train_acc"),
+               "final_test_acc": result.final.get("test_acc"), "final_val_acc": result.final.get("val_acc"),
+               "final_train_acc": result.final.get("train_acc"),
                "best_test_acc": result.best.get("test_acc"), "params": result.params}
     except KeyboardInterrupt:
         raise  # the user stops the whole batch; the trainer marked the run interrupted
@@ -178,7 +179,7 @@ def _summary(runs_root: str | Path, run_id: str) -> dict[str, Any]:
     rec = RunStore(runs_root).read_result(run_id)
     final, best = rec.get("final") or {}, rec.get("best") or {}
     return {"run_id": run_id, "status": rec.get("status", "completed"), "final_test_acc": final.get("test_acc"),
-            "final_train_acc": final.get("train_acc"), "best_test_acc": best.get("test_acc"),
+            "final_val_acc": final.get("val_acc"), "final_train_acc": final.get("train_acc"), "best_test_acc": best.get("test_acc"),
             "params": rec.get("params")}
 
 

@@ -135,6 +135,7 @@ def _trainable_class():
                 run_id = bundles[0]["record"]["id"] if bundles else None
                 if self.result is not None:
                     base.update(run_id=self.result.run_id, final_test_acc=self.result.final.get("test_acc"),
+                                final_val_acc=self.result.final.get("val_acc"),
                                 final_train_acc=self.result.final.get("train_acc"),
                                 best_test_acc=self.result.best.get("test_acc"), params=self.result.params)
                 else:

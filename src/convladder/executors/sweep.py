@@ -157,31 +157,15 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path, executor: Executor | None 
     for res in done:
         by_id[res["trial"]].runs.append(res)
     for t in runnable:
-        _settle(t, runs_root)
+        _settle(t)
     return SweepResult(spec, trials, getattr(executor, "name", type(executor).__name__),
                        time.perf_counter() - t0, str(runs_root))
 
 
-def _final_val(res: dict[str, Any], runs_root: str | Path | None) -> float | None:
-    """A job's final-epoch validation accuracy: `final_val_acc` of the result, else its run's result.json."""
-    if res.get("final_val_acc") is not None:
-        return float(res["final_val_acc"])
-    if runs_root is None or not res.get("run_id"):
-        return None
-    from convladder.runs.store import RunStore
-
-    try:
-        value = (RunStore(runs_root).read_result(res["run_id"]).get("final") or {}).get("val_acc")
-    except (OSError, ValueError, UserError):  # a damaged result.json: no val, said in the ranking line
-        return None
-    return float(value) if value is not None else None
-
-
-def _settle(t: Trial, runs_root: str | Path | None = None) -> None:
+def _settle(t: Trial) -> None:
     """Completed when every seed completed (or was in the store); stopped when the scheduler ended a seed early.
 
-    `t.acc` / `t.val`: test / validation accuracy over seeds (`t.val` only when every seed has one; the
-    validation numbers are read from the runs' result.json under `runs_root`).
+    `t.acc` / `t.val`: test / validation accuracy over seeds (`t.val` only when every seed has one).
     """
     ok = [r for r in t.runs if r.get("status") in ("completed", "skipped") and r.get("final_test_acc") is not None]
     stopped = [r for r in t.runs if r.get("status") == "stopped"]
@@ -197,7 +181,7 @@ def _settle(t: Trial, runs_root: str | Path | None = None) -> None:
     accs = [float(r["final_test_acc"]) for r in ok]
     if accs:
         t.acc = min_median_max(accs) or {}
-    vals = [_final_val(r, runs_root) for r in ok]
+    vals = [r.get("final_val_acc") for r in ok]
     if vals and None not in vals:
         t.val = min_median_max(vals) or {}
 
