@@ -365,3 +365,86 @@ def test_reduction_row_is_what_the_output_paths_pool_reads(side):
     findings = [f for f in run_checks(table) if f.rule == "pooled-features-see-part"]
     assert [(f.layer, f.message.split(";")[0]) for f in findings] == [
         ("relu_1", "each value of relu_1's 24x24 output sees 5x5 px of the 28x28 input")]
+
+
+# -- one verdict from Python and the CLI (issue 28, item 2) -------------------------------------------------
+
+COURSE_NETS = '''
+import torch.nn.functional as F
+from torch import nn
+
+
+class Wide(nn.Module):
+    """view(-1, 10) of a 6x6 map: (36, 10) for one image, which a one-image trace does not notice."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Sequential(nn.Conv2d(1, 10, 3), nn.BatchNorm2d(10), nn.ReLU(), nn.MaxPool2d(4))
+
+    def forward(self, x):
+        return F.log_softmax(self.c(x).view(-1, 10), dim=1)
+
+
+class Twelve(nn.Module):
+    """GAP and a 1x1 to 12 channels: a well-formed output with the wrong number of classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.out = nn.Conv2d(8, 12, 1)
+
+    def forward(self, x):
+        return self.out(F.adaptive_avg_pool2d(self.c(x), 1)).view(-1, 12)
+'''
+
+
+@pytest.fixture()
+def course_nets(tmp_path, monkeypatch):
+    import importlib
+
+    (tmp_path / "course_nets.py").write_text(COURSE_NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return importlib.import_module("course_nets")
+
+
+def test_python_summarize_gives_the_cli_verdict(course_nets, capsys):
+    import convladder
+    from cli_util import run_cli as run_in_process
+    from convladder.errors import UserError
+
+    code, _, err = run_in_process(capsys, "summary", "course_nets.py:Wide")
+    assert code == 2 and "returns shape (72, 10) for a batch of 2 images" in err
+    for given in (course_nets.Wide(), course_nets.Wide, "course_nets.py:Wide"):
+        with pytest.raises(UserError, match=r"returns shape \(72, 10\) for a batch of 2 images"):
+            convladder.summarize(given, (1, 28, 28))
+
+    code, out, _ = run_in_process(capsys, "check", "course_nets.py:Twelve")
+    assert code == 1 and "output-classes" in out
+    table = convladder.summarize(course_nets.Twelve(), (1, 28, 28))
+    assert [f.rule for f in table.findings if f.severity == "error"] == ["output-classes"]
+    assert "error output-classes" in repr(table) and "the output has 12 values" in repr(table)
+    assert "design checks" in table._repr_html_() and "output-classes" in table._repr_html_()
+    assert "budget" in {f.rule for f in convladder.summarize(course_nets.Twelve(), (1, 28, 28), budget=100).findings}
+    quiet = convladder.summarize(course_nets.Twelve(), (1, 28, 28), checks=False)
+    assert quiet.findings is None and "design checks" not in repr(quiet) + quiet._repr_html_()
+    code, out, _ = run_in_process(capsys, "summary", "course_nets.py:Twelve", "--json")
+    assert code == 0 and "output-classes" in {f["rule"] for f in json.loads(out)["findings"]}
+
+
+def test_summarize_reads_torchinfos_shape_and_names_the_c_h_w_form(course_nets):
+    import convladder
+    from convladder.errors import UserError
+
+    net = course_nets.Twelve()
+    plain, batched = convladder.summarize(net, (1, 28, 28)), convladder.summarize(net, (1, 1, 28, 28))
+    assert batched.input == [1, 28, 28] and batched.total_macs == plain.total_macs
+    assert batched.layers == plain.layers and plain.input_note == ""
+    assert "torchinfo" in batched.input_note and "one image of 28x28x1" in batched.input_note
+    assert batched.input_note in repr(batched) and "torchinfo" in batched._repr_html_()
+    assert convladder.summarize("eip4-3rd", (1, 1, 28, 28)).total_params == 10_890
+    for bad in ((28, 28), (1, 28), "28x28", (0, 28, 28), (1, 28, 28.5), (1, 1, 1, 28, 28)):
+        with pytest.raises(UserError, match=r"write \(C, H, W\)"):
+            convladder.summarize(net, bad)
+    with pytest.raises(UserError, match=r"\(1, 28, 28\) \(grey\)"):
+        convladder.summarize("eip4-3rd", (28, 28))

@@ -103,21 +103,36 @@ def create_model(target: Any, /, **kwargs: Any) -> Any:
     return _create(target, **kwargs)
 
 
-def summarize(model_or_spec: Any, input_shape: tuple[int, int, int] | None = None, *,
-              args: dict[str, Any] | None = None) -> NetworkTable:
-    """The network table of a spec/name, an nn.Module instance or class, or `file.py:ClassName` (`args`: its arguments)."""
+def summarize(model_or_spec: Any, input_shape: tuple[int, ...] | None = None, *,
+              args: dict[str, Any] | None = None, classes: int = 10, budget: int | None = None,
+              checks: bool = True) -> NetworkTable:
+    """The network table of a spec/name, an nn.Module instance or class, or `file.py:ClassName` (`args`: its arguments).
+
+    The same verdict as `convladder summary`/`check`: the network must return one score vector per image (a
+    UserError says how to end forward otherwise), and the design checks (`classes`, `budget`, the notes' rules)
+    show with the table in Jupyter and as text; checks=False leaves them out. input_shape is (C, H, W); torchinfo's
+    (1, C, H, W) is read as one image, with a note.
+    """
     from torch import nn
 
-    from convladder.analysis.table import summarize as _summarize
+    from convladder.analysis.table import DEFAULT_INPUT, image_shape, network_verdict
     from convladder.spec.own import is_own_ref
 
+    shape = image_shape(input_shape)[0] if input_shape is not None else None
+    verdict = {"classes": classes, "budget": budget, "checks": checks}
     if isinstance(model_or_spec, nn.Module):
-        return _summarize(model_or_spec, input_shape or (1, 28, 28))
+        return network_verdict(model_or_spec, input_shape, **verdict)
     if (isinstance(model_or_spec, type) and issubclass(model_or_spec, nn.Module)) or is_own_ref(model_or_spec):
-        model = create_model(model_or_spec, args=args, input_shape=input_shape)
-        return _summarize(model, input_shape or (1, 28, 28))
+        model = create_model(model_or_spec, args=args, input_shape=shape or DEFAULT_INPUT)
+        where = model_or_spec.__name__ if isinstance(model_or_spec, type) else str(model_or_spec)
+        return network_verdict(model, input_shape, where=where, **verdict)
+    if args:
+        from convladder.errors import UserError
+
+        raise UserError("args= are the constructor arguments of your own class (an nn.Module class or "
+                        "path/to/file.py:ClassName), not of a spec — leave args out")
     if isinstance(model_or_spec, str):
         from convladder.spec.registry import resolve_spec
 
-        return _summarize(resolve_spec(model_or_spec, input_shape))
-    return _summarize(model_or_spec, input_shape)
+        return network_verdict(resolve_spec(model_or_spec, shape), input_shape, **verdict)
+    return network_verdict(model_or_spec, input_shape, **verdict)

@@ -30,9 +30,11 @@ def parse_budget(text: str | None) -> int | None:
     return int(float(match.group(1)) * scale)
 
 
-def table_for(model: str, input: str | None, model_args: str | None):
-    """(table, title) for a name, spec text/file, or an own class `file.py:ClassName` (imports that file)."""
-    from convladder.analysis.table import summarize
+def table_for(model: str, input: str | None, model_args: str | None, *, classes: int = 10,
+              budget: int | None = None):
+    """(table with its design checks, title) for a name, spec text/file, or an own class `file.py:ClassName`
+    (imports that file): `network_verdict`, the one verdict `convladder.summarize` gives too."""
+    from convladder.analysis.table import DEFAULT_INPUT, network_verdict
     from convladder.spec.own import is_own_ref
 
     shape = parse_input_size(input) if input else None
@@ -40,14 +42,14 @@ def table_for(model: str, input: str | None, model_args: str | None):
         from convladder.spec.own import load_own, parse_model_args
 
         args = parse_model_args(model_args) if model_args else None
-        module, _, _ = load_own(model, args, shape or (1, 28, 28))
-        return summarize(module, shape or (1, 28, 28)), model
+        module, _, _ = load_own(model, args, shape or DEFAULT_INPUT)
+        return network_verdict(module, shape, classes=classes, budget=budget, where=model), model
     if model_args:
         raise UserError("--model-args applies to your own class (path/to/file.py:ClassName), not to a spec")
     from convladder.spec.registry import resolve_spec
 
     spec = resolve_spec(model, shape)
-    return summarize(spec), spec.name or None
+    return network_verdict(spec, classes=classes, budget=budget), spec.name or None
 
 
 def register(app: typer.Typer) -> None:
@@ -64,19 +66,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
     ) -> None:
         """The network table: sizes, receptive field, jump, parameters, MACs; design checks below it."""
-        from convladder.analysis.checks import run_checks
         from convladder.analysis.render import make_console, print_findings, print_table
 
-        table, title = table_for(model, input, model_args)
-        findings = run_checks(table, budget=parse_budget(budget), classes=classes)
+        table, title = table_for(model, input, model_args, classes=classes, budget=parse_budget(budget))
         if as_json:
-            data = table.to_dict()
-            data["findings"] = [f.__dict__ for f in findings]
-            typer.echo(json.dumps(data, indent=2))
+            typer.echo(json.dumps(table.to_dict(), indent=2))  # the table and its findings
             return
         console = make_console()
         print_table(table, console, title=title)
-        print_findings(findings, console)
+        print_findings(table.findings or [], console)
 
     @app.command()
     def check(
@@ -88,11 +86,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Design checks from the notes. Exits 1 when a check finds an error (e.g. over budget)."""
-        from convladder.analysis.checks import run_checks
         from convladder.analysis.render import make_console, print_findings
 
-        table, _ = table_for(model, input, model_args)
-        findings = run_checks(table, budget=parse_budget(budget), classes=classes)
+        table, _ = table_for(model, input, model_args, classes=classes, budget=parse_budget(budget))
+        findings = table.findings or []
         if as_json:
             typer.echo(json.dumps([f.__dict__ for f in findings], indent=2))
         else:

@@ -130,6 +130,8 @@ def print_table(table: NetworkTable, console: Console, title: str | None = None)
     console.print(totals_line(table))
     if getattr(table, "notice", ""):
         console.print(f"note: {table.notice}", highlight=False)
+    if getattr(table, "input_note", ""):
+        console.print(f"note: {table.input_note}", highlight=False)
 
 
 def print_findings(findings: list[Finding], console: Console) -> None:
@@ -212,6 +214,7 @@ def table_html(table: NetworkTable, findings: list[Finding] | None = None) -> st
         f'<tbody>{"".join(body)}</tbody></table>',
         f'<p style="margin:4px 0">{E(totals_line(table))}</p>',
         f'<p style="margin:4px 0"><b>note:</b> {E(table.notice)}</p>' if getattr(table, "notice", "") else "",
+        f'<p style="margin:4px 0"><b>note:</b> {E(table.input_note)}</p>' if getattr(table, "input_note", "") else "",
         caveat,
         findings_html(findings) if findings is not None else "",
         "</div>",

@@ -18,6 +18,7 @@ and pooling are left out.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -85,16 +86,18 @@ class NetworkTable:
     output_shape: list[int] | None = None  # what forward returns (None: not one tensor, or not known)
     macs_uncounted: list[str] = field(default_factory=list)  # kinds of layers whose MACs total_macs leaves out
     output_row: str | None = None  # the row forward returns (None: not one traced tensor, or not known)
+    findings: list[Any] | None = None  # design checks (analysis.checks.Finding) shown with the table; None: not run
+    input_note: str = ""  # how the given input shape was read, e.g. torchinfo's (1, 1, 28, 28) as one 28x28x1 image
 
     def __repr__(self) -> str:
         from convladder.analysis.render import table_text
 
-        return table_text(self)
+        return table_text(self, self.findings)
 
     def _repr_html_(self) -> str:
         from convladder.analysis.render import table_html
 
-        return table_html(self)
+        return table_html(self, self.findings)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +114,8 @@ class NetworkTable:
             "multipath": self.multipath,
             "output": self.output_shape,
             "macs_uncounted": self.macs_uncounted,
+            **({"input_note": self.input_note} if self.input_note else {}),
+            **({"findings": [asdict(f) for f in self.findings]} if self.findings is not None else {}),
         }
 
     @property
@@ -286,3 +291,85 @@ def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
         ))
         previous = node.name
     return rows
+
+
+# -- the one verdict: what `summary`/`check` and `convladder.summarize` show -------------------------------
+
+DEFAULT_INPUT = (1, 28, 28)
+
+
+def image_shape(shape: Any, what: str = "input_shape") -> tuple[tuple[int, int, int], str]:
+    """(C, H, W) and a note on how `shape` was read; UserError for a shape that is not one image's.
+
+    torchinfo's (N, C, H, W) is read as one image of CxHxW (the table is per image), with a note saying so;
+    (H, W) and anything else not three positive whole numbers is refused, naming the (C, H, W) form.
+    """
+    dims = _whole_numbers(shape)
+    example = "e.g. (1, 28, 28) for grey 28x28 images or (3, 32, 32) for colour 32x32 ones"
+    if dims is None or len(dims) not in (3, 4) or min(dims, default=0) < 1:
+        hint = ""
+        if dims is not None and len(dims) == 2 and min(dims) >= 1:
+            hint = f" — for {dims[0]}x{dims[1]} images write (1, {dims[0]}, {dims[1]}) (grey) or (3, {dims[0]}, {dims[1]}) (colour)"
+        raise UserError(f"{what} {shape!r} is not the size of one image — write (C, H, W): channels, height, "
+                        f"width{hint or ', ' + example}")
+    if len(dims) == 3:
+        return (dims[0], dims[1], dims[2]), ""
+    n, c, h, w = dims
+    batch = "one image" if n == 1 else f"one image (the table counts per image, not the batch of {n})"
+    return (c, h, w), (f"{what} {tuple(dims)} read as (N, C, H, W), torchinfo's form: {batch} of {h}x{w}x{c} "
+                       f"(HxWxC); convladder writes it (C, H, W) = {(c, h, w)}")
+
+
+def _whole_numbers(shape: Any) -> list[int] | None:
+    """The entries of a tuple/list/torch.Size of whole numbers, or None."""
+    if isinstance(shape, (str, bytes, torch.Tensor)) or not hasattr(shape, "__len__"):
+        return None
+    out = []
+    for v in shape:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        try:
+            out.append(operator.index(v))  # ints, numpy and torch integer scalars
+        except TypeError:
+            return None
+    return out
+
+
+def check_module_output(module: nn.Module, input_shape: tuple[int, int, int], where: str) -> None:
+    """UserError unless the network gives one score vector per image on a batch of 2 (what training needs).
+
+    The same probe and message as when an own class is loaded (`spec.own`): a network whose view(-1, 10)
+    reads a map that is not 1x1 passes one image but returns (72, 10) for two.
+    """
+    from convladder.spec.own import _probe, check_output, person_class
+
+    param = next(module.parameters(), None)
+    if param is not None and param.is_meta:  # no values to run (a spec table's meta module)
+        return
+    own_logits = callable(getattr(person_class(module), "logits", None))  # as `adopt` checks: logits when defined
+    check_output(_probe(module, module.logits if own_logits else module, input_shape, where), None,
+                 f"{where}.logits" if own_logits else where)
+
+
+def network_verdict(model_or_spec: nn.Module | NetworkSpec, input_shape: Any = None, *, classes: int = 10,
+                    budget: int | None = None, checks: bool = True, where: str | None = None) -> NetworkTable:
+    """The network table with the one verdict both the CLI (`summary`, `check`) and `convladder.summarize` give.
+
+    The input is read by `image_shape`; a module (not a spec) is first run on 2 images and refused unless it
+    returns one score vector per image; the design checks (class count, budget, the notes' rules) are attached
+    as `table.findings`, which its text and HTML forms show (checks=False: not run, not shown).
+    """
+    shape, note = image_shape(input_shape) if input_shape is not None else (None, "")
+    if isinstance(model_or_spec, nn.Module):
+        shape = shape or DEFAULT_INPUT
+        if not isinstance(getattr(model_or_spec, "spec", None), NetworkSpec):  # a spec's network: checks judge it
+            check_module_output(model_or_spec, shape, where or type(model_or_spec).__name__)
+    table = summarize(model_or_spec, shape)
+    table.input_note = note
+    if checks:
+        from convladder.analysis.checks import run_checks  # (checks reads this module: imported when used)
+
+        table.findings = run_checks(table, budget=budget, classes=classes)
+    return table
