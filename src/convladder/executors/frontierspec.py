@@ -16,6 +16,7 @@ from typing import Any
 from convladder.errors import UserError
 from convladder.executors.scheduled import SchedulerSpec, parse_scheduler
 from convladder.executors.sweepspec import read_yaml_mapping, whole_number
+from convladder.safeparse import clip, unknown_keys
 
 
 TOP_KEYS = {"name", "budgets", "trials", "near", "seeds", "search_seeds", "search", "samples", "sample_seed",
@@ -90,12 +91,12 @@ def parse_frontier(data: dict[str, Any], where: Callable[..., str] = lambda *k: 
 
     for key in data:
         if key not in TOP_KEYS:
-            raise UserError(f"{where(key)}: unknown frontier key {key!r}; known: {', '.join(sorted(TOP_KEYS))}")
+            raise UserError(f"{where(key)}: {unknown_keys([key], TOP_KEYS, 'frontier key')}")
     known = set(field_names())
     base = {str(k).replace("-", "_"): v for k, v in _mapping(data, "base", where).items()}
     for key in base:
         if key not in known:
-            raise UserError(f"{where('base', key)}: unknown config key {key!r} under base:; known: {', '.join(sorted(known))}")
+            raise UserError(f"{where('base', key)}: {unknown_keys([key], known, 'config key')} (under base:)")
     if "model" in base:
         raise UserError(f"{where('base', 'model')}: base: may not set model — the frontier generates the networks "
                         "(add your own under candidates:)")
@@ -103,7 +104,7 @@ def parse_frontier(data: dict[str, Any], where: Callable[..., str] = lambda *k: 
     for key, values in _mapping(data, "recipe", where).items():
         name = str(key).replace("-", "_")
         if name not in known or name in ("model", "seed", "seeds", "tags"):
-            raise UserError(f"{where('recipe', key)}: recipe key {key!r} is not a searchable config key "
+            raise UserError(f"{where('recipe', key)}: recipe key {clip(key, 60)} is not a searchable config key "
                             "(e.g. lr, epochs, rotate, translate, scale, weight_decay)")
         recipe[name] = _list(values, where("recipe", key))
         for v in recipe[name]:  # type-check every recipe value now, not when its trial comes up
@@ -111,7 +112,7 @@ def parse_frontier(data: dict[str, Any], where: Callable[..., str] = lambda *k: 
     space = dict(SPACE_DEFAULTS) | {"classes": 10, "pad_last": True}
     for key, values in _mapping(data, "space", where).items():
         if key not in SPACE_KEYS:
-            raise UserError(f"{where('space', key)}: unknown space key {key!r}; known: {', '.join(sorted(SPACE_KEYS))}")
+            raise UserError(f"{where('space', key)}: {unknown_keys([key], SPACE_KEYS, 'space key')}")
         if key in ("classes", "pad_last"):
             if (isinstance(values, bool) or not isinstance(values, int) or values < 2) if key == "classes" \
                     else not isinstance(values, bool):
@@ -174,7 +175,7 @@ def parse_frontier(data: dict[str, Any], where: Callable[..., str] = lambda *k: 
 def _mapping(data: dict[str, Any], key: str, where: Callable[..., str]) -> dict[str, Any]:
     value = data.get(key) or {}
     if not isinstance(value, dict):
-        raise UserError(f"{where(key)}: {key}: must be a mapping of key: value lines, not {value!r}")
+        raise UserError(f"{where(key)}: {key}: must be a mapping of key: value lines, not {clip(value)}")
     return value
 
 

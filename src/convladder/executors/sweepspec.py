@@ -18,6 +18,8 @@ import yaml
 
 from convladder.errors import UserError
 from convladder.executors.scheduled import SchedulerSpec, parse_scheduler
+from convladder.safeparse import clip, read_text, unknown_keys
+from convladder.safeparse import load as load_yaml
 
 
 TOP_KEYS = {"name", "model", "budget", "search", "samples", "sample_seed", "seeds", "base", "params", "scheduler"}
@@ -77,10 +79,11 @@ def read_yaml_mapping(path: str | Path, what: str, keys: str) -> tuple[Path, dic
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"{what} {p} does not exist — give a YAML file")
-    text = p.read_text()
+    text = read_text(p, what)
     try:
-        lines = _key_lines(yaml.compose(text) or yaml.MappingNode("tag:yaml.org,2002:map", []))
-        data = yaml.safe_load(text) or {}
+        data, node = load_yaml(text, f"{what} {p}")  # bounded: aliases, depth, size
+        lines = _key_lines(node) if node is not None else {}
+        data = data or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise UserError(f"{p}:{mark.line + 1 if mark else '?'}: {what} is not valid YAML "
@@ -111,12 +114,12 @@ def parse_sweep(data: dict[str, Any], where: Callable[..., str] = lambda *k: "sw
 
     for key in data:
         if key not in TOP_KEYS:
-            raise UserError(f"{where(key)}: unknown sweep key {key!r}; known: {', '.join(sorted(TOP_KEYS))}")
+            raise UserError(f"{where(key)}: {unknown_keys([key], TOP_KEYS, 'sweep key')}")
     base = dict(data.get("base") or {})
     known = set(field_names())
     for key in base:
         if key.replace("-", "_") not in known:
-            raise UserError(f"{where('base', key)}: unknown config key {key!r} under base:; known: {', '.join(sorted(known))}")
+            raise UserError(f"{where('base', key)}: {unknown_keys([key], known, 'config key')} (under base:)")
     base = {k.replace("-", "_"): v for k, v in base.items()}
     model = data.get("model")
     holes = placeholders(model) if isinstance(model, str) else set()
@@ -138,7 +141,7 @@ def parse_sweep(data: dict[str, Any], where: Callable[..., str] = lambda *k: "sw
                         f"(one change at a time); found {', '.join(studied)}")
     search = str(data.get("search", "grid"))
     if search not in ("grid", "random"):
-        raise UserError(f"{where('search')}: search must be grid or random, not {search!r}")
+        raise UserError(f"{where('search')}: search must be grid or random, not {clip(search)}")
     if search == "grid":
         for p in params:
             if p.dist:
@@ -184,7 +187,7 @@ def whole_number(value: Any, where: str, allow_none: bool = False, minimum: int 
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
-        raise UserError(f"{where}: expected a whole number >= {minimum}, got {value!r}")
+        raise UserError(f"{where}: expected a whole number >= {minimum}, got {clip(value)}")
     return int(value)
 
 
@@ -198,10 +201,10 @@ def _param(name: str, entry: Any, where: Callable[..., str]) -> Param:
         return Param(name, "fixed", [entry]) if not isinstance(entry, list) else Param(name, "nuisance", list(entry))
     for key in entry:
         if key not in PARAM_KEYS:
-            raise UserError(f"{where(key)}: unknown key {key!r} in parameter {name!r}; known: {', '.join(sorted(PARAM_KEYS))}")
+            raise UserError(f"{where(key)}: {unknown_keys([key], PARAM_KEYS)} in parameter {clip(name, 60)}")
     role = entry.get("role", "nuisance")
     if role not in ROLES:
-        raise UserError(f"{where('role')}: role of {name!r} must be studied, nuisance or fixed, not {role!r}")
+        raise UserError(f"{where('role')}: role of {name!r} must be studied, nuisance or fixed, not {clip(role)}")
     if "value" in entry:
         if role != "fixed":
             raise UserError(f"{where('value')}: value: is for fixed parameters; use values: [...] for {role} {name!r}")

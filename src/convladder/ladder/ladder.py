@@ -43,6 +43,8 @@ from typing import Any
 import yaml
 
 from convladder.errors import UserError
+from convladder.safeparse import clip, read_text, unknown_keys
+from convladder.safeparse import load as load_yaml
 from convladder.spec.layers import KIND_ARGS, Block, Layer, NetworkSpec
 from convladder.spec.notation import SIZED_KIND, format_spec, parse_spec
 
@@ -124,7 +126,7 @@ def load_ladder(name_or_path: str | Path) -> Ladder:
     text_id = str(name_or_path)
     path = Path(text_id).expanduser()
     if path.is_file():
-        return parse_ladder(path.read_text(), source=str(path))
+        return parse_ladder(read_text(path, "ladder"), source=str(path))
     if text_id in builtin_names():
         text = resources.files(BUILTIN_PACKAGE).joinpath(f"{text_id}.yaml").read_text()
         return parse_ladder(text, source=f"{text_id}.yaml")
@@ -134,8 +136,7 @@ def load_ladder(name_or_path: str | Path) -> Ladder:
 def _lines(text: str, source: str) -> tuple[Any, dict[tuple[int, str | None], int], int]:
     """Parse YAML, returning data plus 1-based line numbers of each step and each step key."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, node = load_yaml(text, f"ladder {source}")  # bounded: aliases, depth, size
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -161,8 +162,7 @@ def parse_ladder(text: str, source: str = "<ladder>") -> Ladder:
         raise UserError(f"ladder {source} must be a mapping with `base:` and `steps:` — see docs/ladder.md")
     unknown = set(data) - TOP_KEYS
     if unknown:
-        raise UserError(f"ladder {source}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
-                        f"known: {', '.join(sorted(TOP_KEYS))}")
+        raise UserError(f"ladder {source}: {unknown_keys(unknown, TOP_KEYS, 'top-level key')}")
     base = data.get("base") or {}
     if not isinstance(base, dict) or "model" not in base:
         raise UserError(f"ladder {source}: `base:` needs `model:` (a registered name or spec text) and optional `config:`")
@@ -205,7 +205,7 @@ def _parse_step(ladder: Ladder, i: int, raw: Any) -> Step:
     if unknown:
         key = sorted(map(str, unknown))[0]
         raise UserError(f"{where.replace(f'line {line}', f'line {ladder.key_lines.get((i, key), line)}')}: "
-                        f"unknown key {key!r}; a step knows {', '.join(sorted(STEP_KEYS))}")
+                        f"unknown key {clip(key, 60)}; a step knows {', '.join(sorted(STEP_KEYS))}")
     if not raw.get("change"):
         raise UserError(f"{where}: say what the step changes with `change: ...`")
     edits = raw.get("edit") or []
@@ -234,7 +234,7 @@ def _check_config(ladder: Ladder, config: dict[str, Any], where: str) -> None:
         raise UserError(f"{where}: set the network with the step's `model:` or `edit:`, not in `config:`")
     unknown = sorted(set(config) - set(field_names()))
     if unknown:
-        raise UserError(f"{where}: unknown training key {unknown[0]!r}; known: {', '.join(field_names())}")
+        raise UserError(f"{where}: {unknown_keys(unknown, field_names(), 'training key')}")
     try:
         validate(TrainConfig.from_dict({**ladder.base_config, **config}))
     except UserError as exc:

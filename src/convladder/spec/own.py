@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from convladder.errors import UserError
+from convladder.safeparse import load_json_text
 
 OWN_REF = re.compile(r"^(?P<file>.+\.py):(?P<cls>[A-Za-z_][A-Za-z0-9_]*)$")
 _MODULES: dict[tuple[str, str], types.ModuleType] = {}  # (path, sha256) -> module: one import per text
@@ -90,11 +91,8 @@ def read_source(path: Path, what: str = "model file") -> OwnSource:
 def parse_model_args(value: Any, what: str = "--model-args") -> dict[str, Any]:
     """Constructor arguments: a mapping, or its JSON text such as '{"width": 16}'; keys become strings."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{what}: {value!r} is not valid JSON ({exc.msg}) — write an object such as "
-                            """'{"width": 16}'""") from None
+        # bounded in size and depth; an error quotes a clipped piece, not 120 KB of it
+        value = load_json_text(value, what) if value.strip() else {}
     if not isinstance(value, dict):
         raise UserError(f"{what} must be a JSON object of name: value pairs (got {type(value).__name__})")
     try:

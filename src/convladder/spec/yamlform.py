@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from convladder.errors import UserError
+from convladder.safeparse import load as load_yaml
+from convladder.safeparse import read_text
 from convladder.spec.layers import BLOCK_ROLES, Block, NetworkSpec, layer_from_dict, max_layers, too_many_layers
 from convladder.spec.notation import format_layer, parse_spec
 
@@ -105,14 +107,10 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
 
 def load_spec_file(path: Path) -> NetworkSpec:
     """Read a spec from a .yaml/.yml file or a text file in the notation."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read spec file {path}: {getattr(exc, 'strerror', None) or exc} — give a text "
-                        "or YAML file in UTF-8") from None
+    text = read_text(path, "spec file")  # a regular UTF-8 file of bounded size
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text, f"spec file {path}")[0]  # bounded: aliases, depth, size
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from convladder.errors import UserError
+from convladder.safeparse import load as load_yaml
+from convladder.safeparse import clip, read_text
 from convladder.train.init import INITS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
@@ -193,7 +195,7 @@ def _coerce(key: str, value: Any) -> Any:
             return float(value)
         return str(value).lower() if key in CHOICES else str(value)
     except (TypeError, ValueError):
-        raise UserError(f"config key {key!r}: {value!r} is not a valid {kind.replace(' | None', '')}") from None
+        raise UserError(f"config key {key!r}: {clip(value)} is not a valid {kind.replace(' | None', '')}") from None
 
 
 def _coerce_dict(key: str, value: Any) -> dict:
@@ -206,12 +208,14 @@ def _coerce_dict(key: str, value: Any) -> dict:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of config keys."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(read_text(p, "config file"), f"config file {p}")[0] or {}  # bounded: aliases, depth, size
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {p} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"config file {p}{f' line {mark.line + 1}' if mark else ''} is not valid YAML: "
+                        f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {p} must hold a mapping of key: value lines")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
