@@ -813,20 +813,23 @@ def test_predict_uses_the_runs_input_size(tmp_path):
         _invoke("predict", run_id, str(tmp_path / "wrong.npy"), "--runs", str(tmp_path))
 
 
-def test_three_channel_runs_take_batches_and_refuse_images_clearly(tmp_path):
+def test_three_channel_runs_take_batches_and_colour_images(tmp_path):
     run_id = _shaped_run(tmp_path, (3, 20, 20), NET20)
     np.save(tmp_path / "rgb.npy", np.random.default_rng(0).integers(0, 256, (4, 3, 20, 20), dtype=np.uint8))
     result = _invoke("predict", run_id, str(tmp_path / "rgb.npy"), "--json", "--runs", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert [len(r["probs"]) for r in json.loads(result.stdout)["images"]] == [10] * 4
-    digit = tmp_path / "seven.png"
+    digit = tmp_path / "seven.png"  # a picture is taken in colour at the run's size (tests/test_colour.py)
     digit.write_bytes(_png(_grey_digit()))
-    with pytest.raises(UserError, match=r"seven.png.*3x20x20.*\(N, 3, 20, 20\)"):
-        _invoke("predict", run_id, str(digit), "--runs", str(tmp_path))
+    result = _invoke("predict", run_id, str(digit), "--json", "--runs", str(tmp_path))
+    assert result.exit_code == 0 and len(json.loads(result.stdout)["images"][0]["probs"]) == 10, result.output
+    run4 = _shaped_run(tmp_path, (4, 20, 20), NET20)  # 4 channels: no picture fits; batches only
+    with pytest.raises(UserError, match=r"seven.png.*4x20x20.*\(N, 4, 20, 20\)"):
+        _invoke("predict", run4, str(digit), "--runs", str(tmp_path))
     from convladder.serve.server import make_server
 
-    with pytest.raises(UserError, match=r"3x20x20.*1-channel"):
-        make_server(load_run(run_id, tmp_path), "127.0.0.1", 0)
+    with pytest.raises(UserError, match=r"4x20x20.*grey or colour"):
+        make_server(load_run(run4, tmp_path), "127.0.0.1", 0)
 
 
 def test_server_and_export_use_the_runs_input_size(tmp_path, server_factory):

@@ -12,6 +12,12 @@ import typer
 from convladder.errors import UserError
 
 
+def image_form(shape: tuple[int, ...]) -> str:
+    """'28x28 grey' or '32x32 colour (3 channels)' for an image shape (H, W) or (C, H, W)."""
+    h, w = shape[-2:]
+    return f"{h}x{w} grey" if len(shape) == 2 else f"{h}x{w} colour ({shape[0]} channels)"
+
+
 def register(app: typer.Typer) -> None:
     """Add the `data` sub-commands to the app."""
     data = typer.Typer(help="Get data sets (MNIST, Fashion-MNIST, your own) into the cache.",
@@ -20,12 +26,14 @@ def register(app: typer.Typer) -> None:
     @data.command("fetch")
     def fetch(
         name: Optional[str] = typer.Argument(None, help="mnist, fashion-mnist (fashion), or a name for --from data."),
-        source: Optional[Path] = typer.Option(None, "--from", help="Import a folder of IDX files or an .npz."),
+        source: Optional[Path] = typer.Option(None, "--from", help="Import a folder of IDX files or an .npz "
+                                              "(images (N,H,W), (N,H,W,C) or (N,C,H,W), C = 1 or 3)."),
         as_name: Optional[str] = typer.Option(None, "--name", help="Cache name for --from data (e.g. custom)."),
         force: bool = typer.Option(False, "--force", help="Fetch again even if the cache verifies."),
     ) -> None:
         """Fetch NAME into the cache (cache, mirrors, fallbacks), or import one with --from."""
         from convladder.data import datasets
+        from convladder.data.normalise import stat_text
 
         if name and as_name and name != as_name:
             raise UserError(f"give the data set name once: {name!r} or --name {as_name!r}")
@@ -39,7 +47,7 @@ def register(app: typer.Typer) -> None:
             splits, meta = datasets.fetch_dataset(target, force=force, log=typer.echo)
         typer.echo(
             f"{splits.name}: {len(splits.x_train)} train + {len(splits.x_test)} test images "
-            f"{tuple(splits.x_train.shape[1:])}, mean {splits.mean:.4f} std {splits.std:.4f} "
+            f"{image_form(tuple(splits.x_train.shape[1:]))}, mean {stat_text(splits.mean)} std {stat_text(splits.std)} "
             f"({time.perf_counter() - t0:.1f}s)"
         )
 
@@ -55,6 +63,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from convladder.data.normalise import as_stat, stat_text
+
         console = Console()
         # Every data set lives in <data dir>/<name>, so the title carries the path.
         table = Table(title=f"data sets in {datasets.data_dir()}/<name>")
@@ -65,7 +75,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(
                 r["name"], "yes" if r["cached"] else "no", verified,
                 str(r.get("train", "")), str(r.get("test", "")),
-                f"{r['mean']:.4f}" if "mean" in r else "", f"{r['std']:.4f}" if "std" in r else "",
+                stat_text(as_stat(r["mean"])) if "mean" in r else "", stat_text(as_stat(r["std"])) if "std" in r else "",
                 r.get("source") or "",
             )  # fmt: skip
         console.print(table)

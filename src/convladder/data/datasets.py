@@ -1,7 +1,7 @@
 """Loading data sets: the verified cache first, then the sources, into `DataSplits` tensors.
 
-Cache layout: `data_dir()/<name>/` holds the four standard `.gz` IDX files and a
-`meta.json` (hashes, counts, pixel mean/std, where it came from). Content is
+Cache layout: `data_dir()/<name>/` holds the four standard `.gz` IDX files (colour images as 4-d IDX arrays,
+(N, 3, H, W)) and a `meta.json` (hashes, counts, pixel mean/std, per channel for colour, where it came from). Content is
 re-verified on every load (sha256 of ~55 MB of arrays takes ~0.1 s), so a corrupted
 cached file is always caught.
 """
@@ -21,6 +21,7 @@ import torch
 
 from convladder.data import catalog, sources
 from convladder.data.idx import write_idx
+from convladder.data.normalise import Stat, as_stat
 from convladder.data.sources import Fetched, SourceUnavailable
 from convladder.data.verify import check_arrays, placement_hint, verify_hashes
 from convladder.errors import UserError
@@ -36,7 +37,11 @@ def _stderr(msg: str) -> None:
 
 @dataclass
 class DataSplits:
-    """A data set in memory: uint8 images (N, H, W), int64 labels, train pixel mean/std in [0, 1]."""
+    """A data set in memory: uint8 images, int64 labels, train pixel mean/std in [0, 1] units.
+
+    Images are (N, H, W) for grey data and (N, 3, H, W) for colour; mean/std are one float for grey data
+    (as before colour existed) and one float per channel, a tuple, for colour (`normalise.Stat`).
+    """
 
     name: str
     x_train: torch.Tensor
@@ -44,12 +49,21 @@ class DataSplits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: int
-    mean: float
-    std: float
+    mean: Stat
+    std: Stat
 
 
-def pixel_stats(x: np.ndarray) -> tuple[float, float]:
-    """Mean and (population) std of uint8 pixels, in [0, 1] units; exact via a histogram."""
+def pixel_stats(x: np.ndarray) -> tuple[Stat, Stat]:
+    """Mean and (population) std of uint8 pixels in [0, 1] units, exact via histograms: floats for (N, H, W)
+    images, a tuple per channel for (N, C, H, W) ones."""
+    x = np.asarray(x)
+    if x.ndim == 4:
+        stats = [_channel_stats(x[:, c]) for c in range(x.shape[1])]
+        return tuple(m for m, _ in stats), tuple(s for _, s in stats)
+    return _channel_stats(x)
+
+
+def _channel_stats(x: np.ndarray) -> tuple[float, float]:
     counts = np.bincount(np.asarray(x, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
     values = np.arange(256, dtype=np.float64) / 255.0
     n = counts.sum()
@@ -72,12 +86,12 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _meta_stats(meta: dict[str, Any]) -> tuple[float, float] | None:
-    """The recorded (mean, std) when both are finite numbers, else None (recomputed)."""
-    mean, std = meta.get("mean"), meta.get("std")
-    if isinstance(mean, (int, float)) and isinstance(std, (int, float)) and np.isfinite([mean, std]).all():
-        return float(mean), float(std)
-    return None
+def _meta_stats(meta: dict[str, Any]) -> tuple[Stat, Stat] | None:
+    """The recorded (mean, std) when both are finite numbers (or lists of them, per channel), else None."""
+    mean, std = as_stat(meta.get("mean")), as_stat(meta.get("std"))
+    if mean is None or std is None or np.shape(mean) != np.shape(std) or not np.isfinite([mean, std]).all():
+        return None
+    return mean, std
 
 
 def refetch_hint(name: str) -> str:
@@ -87,7 +101,7 @@ def refetch_hint(name: str) -> str:
     return f"import it again with `convladder data fetch {name} --from FOLDER_OR_NPZ`"
 
 
-def _splits(name: str, arrays: dict[str, np.ndarray], mean: float, std: float) -> DataSplits:
+def _splits(name: str, arrays: dict[str, np.ndarray], mean: Stat, std: Stat) -> DataSplits:
     classes = catalog.CLASSES.get(name) or int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
     return DataSplits(
         name=name,
@@ -125,7 +139,7 @@ def read_cache(name: str) -> tuple[DataSplits, dict[str, Any]]:
 
 
 def _write_meta(folder: Path, name: str, arrays: dict[str, np.ndarray], hashes: dict[str, str],
-                mean: float, std: float, source: str) -> dict[str, Any]:  # fmt: skip
+                mean: Stat, std: Stat, source: str) -> dict[str, Any]:  # fmt: skip
     meta = {
         "name": name,
         "pinned": name in catalog.PINNED_SHA256,
@@ -134,8 +148,8 @@ def _write_meta(folder: Path, name: str, arrays: dict[str, np.ndarray], hashes: 
         "counts": {"train": int(len(arrays["x_train"])), "test": int(len(arrays["x_test"]))},
         "image_shape": list(arrays["x_train"].shape[1:]),
         "sha256": hashes,
-        "mean": mean,
-        "std": std,
+        "mean": list(mean) if isinstance(mean, tuple) else mean,  # per channel for colour data
+        "std": list(std) if isinstance(std, tuple) else std,
     }
     try:
         atomic_write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
@@ -273,10 +287,14 @@ def dataset_info(name: str) -> dict[str, Any]:
         cached=True,
         verified=info["pinned"],  # custom sets pass shape/count checks but have no pinned hashes
         train=len(splits.x_train), test=len(splits.x_test), image_shape=list(splits.x_train.shape[1:]),
-        classes=splits.classes, mean=round(splits.mean, 6), std=round(splits.std, 6),
+        classes=splits.classes, mean=_rounded(splits.mean), std=_rounded(splits.std),
         source=meta.get("source"), size_bytes=sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
     )  # fmt: skip
     return info
+
+
+def _rounded(stat: Stat) -> float | list[float]:
+    return [round(v, 6) for v in stat] if isinstance(stat, tuple) else round(stat, 6)
 
 
 def list_cached() -> list[str]:

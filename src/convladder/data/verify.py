@@ -27,8 +27,33 @@ def placement_hint(name: str) -> str:
     )
 
 
+CHANNELS = (1, 3)  # grey or colour (RGB)
+IMAGE_FORMS = "(N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3"
+
+
+def channels_first(arr: np.ndarray, name: str) -> np.ndarray:
+    """Images in any accepted layout -> (N, H, W) for one channel, (N, 3, H, W) for colour (a view where it can).
+
+    (N, H, W, C) is told from (N, C, H, W) by which axis holds 1 or 3; flat (N, 784) rows are 28x28 MNIST.
+    """
+    if arr.ndim == 2 and arr.shape[1] == 784:
+        arr = arr.reshape(-1, 28, 28)  # flat 784-pixel rows, as some .npz files store them
+    if arr.ndim == 4:
+        last, second = arr.shape[3] in CHANNELS, arr.shape[1] in CHANNELS
+        if last == second:  # neither (e.g. 4 channels) or both (a 3-pixel-wide image?): cannot tell
+            why = "no axis holds 1 or 3 channels" if not last else "both axis 1 and axis 3 could be the channels"
+            raise UserError(f"{name} has shape {arr.shape}: {why} — give {IMAGE_FORMS}")
+        arr = arr.transpose(0, 3, 1, 2) if last else arr
+        if arr.shape[1] == 1:
+            arr = arr[:, 0]
+    if arr.ndim not in (3, 4) or len(arr) == 0 or 0 in arr.shape:
+        raise UserError(f"{name} has shape {arr.shape}; expected non-empty {IMAGE_FORMS}")
+    return arr
+
+
 def check_arrays(arrays: Mapping[str, np.ndarray], where: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """Validate shapes, dtypes and counts; return uint8 images and uint8 labels.
+    """Validate shapes, dtypes and counts; return uint8 images ((N, H, W) grey, (N, 3, H, W) colour; see
+    `channels_first`) and uint8 labels.
 
     `where` maps each key to the file (or description) named in error messages.
     """
@@ -44,13 +69,11 @@ def check_arrays(arrays: Mapping[str, np.ndarray], where: Mapping[str, str]) -> 
             )
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise UserError(f"{where[key]}: {key} values outside 0..255")
-        want = 3 if key.startswith("x") else 1
-        if key.startswith("x") and arr.ndim == 2 and arr.shape[1] == 784:
-            arr = arr.reshape(-1, 28, 28)  # flat 784-pixel rows, as some .npz files store them
-        if arr.ndim != want or len(arr) == 0:
-            shape = "(N, H, W)" if want == 3 else "(N,)"
-            raise UserError(f"{where[key]}: {key} has shape {arr.shape}; expected non-empty {shape}")
-        out[key] = arr.astype(np.uint8, copy=False)
+        if key.startswith("x"):
+            arr = channels_first(arr, f"{where[key]}: {key}")
+        elif arr.ndim != 1 or len(arr) == 0:
+            raise UserError(f"{where[key]}: {key} has shape {arr.shape}; expected non-empty (N,)")
+        out[key] = np.ascontiguousarray(arr.astype(np.uint8, copy=False))
     for split in ("train", "test"):
         x, y = out[f"x_{split}"], out[f"y_{split}"]
         if len(x) != len(y):

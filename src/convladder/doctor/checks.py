@@ -20,7 +20,7 @@ from torch import nn
 from convladder.analysis.trace import capture
 from convladder.doctor.result import FAIL, PASS, WARN, Check, worst
 from convladder.train.config import TrainConfig
-from convladder.data.normalise import to_unit
+from convladder.data.normalise import stat_text, to_unit
 from convladder.train.device_data import DeviceData
 
 DATA_BATCH = 1024  # images whose normalised mean/std the data check measures
@@ -90,8 +90,8 @@ def check_data(p: Patient) -> Check:
     status = worst(s_mean, s_std, s_lab)
     tries = []
     if s_mean != PASS or s_std != PASS:
-        tries.append(f"normalise with the training set's own statistics: x = (x/255 - {p.data.mean:.4f}) / "
-                     f"{p.data.std:.4f} per pixel, as convladder.data computes them (the images reach the network "
+        tries.append(f"normalise with the training set's own statistics: x = (x/255 - {stat_text(p.data.mean)}) / "
+                     f"{stat_text(p.data.std)} per pixel, as convladder.data computes them (the images reach the network "
                      f"with mean {mean:+.3g} and std {std:.3g} now)")
     if s_lab != PASS:
         missing = [i for i, c in enumerate(counts.tolist()) if c == 0]

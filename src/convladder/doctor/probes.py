@@ -127,7 +127,8 @@ def check_overfit(p: Patient, lr: float, images: int = OVERFIT_IMAGES, max_steps
     dropouts = _no_dropout(model)
     d = p.data
     n = min(images, d.n_train)
-    x, y = d.x_train[:n, 0].cpu(), d.y_train[:n].cpu()
+    x, y = d.x_train[:n].cpu(), d.y_train[:n].cpu()
+    x = x[:, 0] if x.shape[1] == 1 else x  # grey as (N, H, W), colour keeps its channels
     cfg = p.config.replace(batch_size=n, val_size=0, subset=0, augment=False, label_smoothing=0.0)
     one = DeviceData(DataSplits(d.name, x, y, x, y, d.classes, d.mean, d.std), cfg, p.device)
     step = _step(model, one, cfg, p.device, [lr] * max_steps)

@@ -36,7 +36,7 @@ class Job:
 # Keys that say where/how fast a job runs, not what it learns: a job moved to another machine keeps its key.
 # how a run executes, not what it computes (cuda_graphs, batched: same metrics to float tolerance)
 KEY_EXCLUDED = ("name", "device", "threads", "eval_batch_size", "compile", "channels_last", "cuda_graphs", "batched")
-ADDED_LATER = {"model_args": None, "precision": "auto"}  # config keys newer than stored job keys: their defaults
+ADDED_LATER = {"model_args": None, "precision": "auto", "pad_crop": 0, "flip": False}  # config keys newer than stored job keys: their defaults
 
 
 def job_key(config: dict[str, Any]) -> str:

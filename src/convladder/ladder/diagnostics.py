@@ -89,7 +89,7 @@ def diagnose_run(run: str, store: Any, n_images: int = 512, which: str = "final"
     config = TrainConfig.from_dict(store.read_config(record.id))
     model = create_model(store.root / record.id, which=which)
     splits = load_splits(config)
-    x = normalise_images(torch.as_tensor(splits.x_test[:n_images]), float(splits.mean), float(splits.std))
+    x = normalise_images(torch.as_tensor(splits.x_test[:n_images]), splits.mean, splits.std)  # per channel for colour
     bn = bn_health(model)
     relu = dead_relu(model, x)
     return {"run_id": record.id, "model": config.model if len(config.model) < 40 else "custom spec",

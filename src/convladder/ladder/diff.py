@@ -24,7 +24,7 @@ from convladder.spec.layers import KIND_ARGS, Layer, NetworkSpec
 from convladder.spec.notation import format_layer
 
 CONFIG_GROUPS = {
-    "augmentation": ("augment", "rotate", "translate", "scale", "erase"),
+    "augmentation": ("augment", "rotate", "translate", "scale", "erase", "pad_crop", "flip"),
     "schedule": ("schedule", "step_size", "gamma", "pct_start", "div_factor", "final_div_factor"),
     "optimizer": ("optimizer", "momentum", "nesterov"),
     "validation": ("val_size", "select_on", "split_seed"),

@@ -8,20 +8,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from convladder.data.normalise import normalise_images, to_unit
+from convladder.data.normalise import Stat, as_stat, normalise_images, to_unit
 from convladder.report.plot import Figure, cmap_with_gaps, epoch_axis, mosaic, plt
 from convladder.report.rundata import RunData
 
 
 @dataclass
 class TestData:
-    """The test images (uint8 N,H,W), labels and the normalisation the network was trained with."""
+    """The test images (uint8 (N,H,W) grey, (N,3,H,W) colour), labels and the normalisation the network was
+    trained with (per channel for colour)."""
 
     name: str
     x: torch.Tensor
     y: torch.Tensor
-    mean: float
-    std: float
+    mean: Stat
+    std: Stat
+
+    @property
+    def colour(self) -> bool:
+        return self.x.dim() == 4 and self.x.shape[1] == 3
 
 
 def load_test_data(run: RunData) -> TestData | None:
@@ -41,11 +46,11 @@ def load_test_data(run: RunData) -> TestData | None:
         run.notes.append(f"test images of {name!r} are not available here ({str(exc)[:160]}): "
                          "no mistake grid, confusion matrix or feature maps")
         return None
-    return TestData(name, torch.as_tensor(s.x_test), torch.as_tensor(s.y_test), float(s.mean), float(s.std))
+    return TestData(name, torch.as_tensor(s.x_test), torch.as_tensor(s.y_test), as_stat(s.mean), as_stat(s.std))
 
 
 def normalised(data: TestData, idx: torch.Tensor | slice) -> torch.Tensor:
-    """The selected test images as the network saw them in training, (N, 1, H, W)."""
+    """The selected test images as the network saw them in training, (N, C, H, W)."""
     return normalise_images(data.x[idx], data.mean, data.std)
 
 
@@ -176,12 +181,14 @@ def sample_grid(data: TestData, per_class: int = 10, cmap: str = "viridis") -> F
     tiles = to_unit(torch.cat([data.x[p] for p in picks])).numpy()
     fig, ax = plt.subplots(figsize=(per_class * 0.45 + 0.5, len(classes) * 0.45))
     ax.imshow(mosaic(tiles, per_class), cmap=cmap_with_gaps(cmap), interpolation="nearest")
-    h = data.x.shape[1] + 2
+    h = data.x.shape[-2] + 2
     ax.set_yticks([h * i + h / 2 - 1 for i in range(len(classes))], [str(c) for c in classes])
     ax.set_xticks([])
-    ax.set_title(f"{data.name} test images ({cmap})")
+    shown = "in colour" if data.colour else cmap  # colour images keep their own colours, grey ones get the map
+    ax.set_title(f"{data.name} test images ({shown})")
     fig.tight_layout()
-    return Figure("samples", f"Sample of the {data.name} test set, one row per class, colour map {cmap}", fig)
+    how = "in their own colours" if data.colour else f"colour map {cmap}"
+    return Figure("samples", f"Sample of the {data.name} test set, one row per class, {how}", fig)
 
 
 def misclassified(data: TestData, pred: torch.Tensor, conf: torch.Tensor, n: int = 32, cmap: str = "viridis") -> Figure:
@@ -194,7 +201,7 @@ def misclassified(data: TestData, pred: torch.Tensor, conf: torch.Tensor, n: int
         ax.text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
         ax.axis("off")
     else:
-        h, w = data.x.shape[1:]
+        h, w = data.x.shape[-2:]
         top = 12  # blank rows above each tile for its label
         tiles = to_unit(data.x[wrong]).numpy()
         ax.imshow(mosaic(tiles, cols, top=top), cmap=cmap_with_gaps(cmap), interpolation="nearest")
@@ -207,7 +214,8 @@ def misclassified(data: TestData, pred: torch.Tensor, conf: torch.Tensor, n: int
     ax.set_title(f"{total} of {len(data.y)} test images misclassified; most confident {len(wrong)} shown "
                  "(true→predicted, probability)", fontsize=8)
     fig.tight_layout()
-    return Figure("misclassified", f"Misclassified test images, most confident first (colour map {cmap})", fig)
+    how = "in their own colours" if data.colour else f"colour map {cmap}"
+    return Figure("misclassified", f"Misclassified test images, most confident first ({how})", fig)
 
 
 def confusion(data: TestData, pred: torch.Tensor) -> Figure:

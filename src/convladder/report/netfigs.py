@@ -113,8 +113,13 @@ def feature_maps(model: nn.Module, x1: torch.Tensor, max_channels: int = 16) -> 
     fig, axes = plt.subplots(len(caps) + 1, 1, figsize=(8, 1.1 * (len(caps) + 1)),
                              gridspec_kw={"height_ratios": [1] * (len(caps) + 1)})
     axes = np.atleast_1d(axes)
-    axes[0].imshow(x1[0, 0].numpy(), cmap="viridis")
-    axes[0].set_title("input", fontsize=8, loc="left")
+    if x1.shape[1] == 3:  # colour: the normalised image scaled to [0, 1] as a whole, shown as RGB
+        img = x1[0].permute(1, 2, 0).numpy()
+        axes[0].imshow((img - img.min()) / max(float(img.max() - img.min()), 1e-12))
+        axes[0].set_title("input (colour, as normalised)", fontsize=8, loc="left")
+    else:
+        axes[0].imshow(x1[0, 0].numpy(), cmap="viridis")
+        axes[0].set_title("input", fontsize=8, loc="left")
     for ax, (name, m, _, out) in zip(axes[1:], caps):
         maps = normalise_tiles(out[0, :max_channels].numpy())
         ax.imshow(mosaic(maps, len(maps), pad=max(1, maps.shape[-1] // 12)), cmap=cmap_with_gaps(), interpolation="nearest")

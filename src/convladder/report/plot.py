@@ -94,8 +94,14 @@ def _attr(text: str) -> str:
 def mosaic(tiles: np.ndarray, cols: int, pad: int = 2, top: int = 0) -> np.ndarray:
     """Tile (N,H,W) images into one (rows*(H+pad+top), cols*(W+pad)) array, NaN in the gaps.
 
+    Colour tiles, (N,3,H,W) in [0, 1], give an RGBA mosaic (rows*(H+pad+top), cols*(W+pad), 4) whose gaps are
+    transparent: imshow shows it in its own colours (a colour map applies to one channel only).
     One imshow of a mosaic is far faster than one axes per tile; `top` leaves room for a label.
     """
+    if tiles.ndim == 4:
+        alpha = np.ones_like(tiles[:, :1])
+        planes = [mosaic(np.concatenate([tiles, alpha], 1)[:, i], cols, pad, top) for i in range(tiles.shape[1] + 1)]
+        return np.nan_to_num(np.stack(planes, -1), nan=0.0)  # alpha 0 in the gaps: the white page shows
     n, h, w = tiles.shape
     rows = max(1, -(-n // cols))
     out = np.full((rows, top + h + pad, cols, w + pad), np.nan, dtype=np.float32)

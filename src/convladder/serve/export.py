@@ -1,7 +1,8 @@
 """Export a run's network to one self-contained ONNX file, and check it against torch.
 
 The exported graph takes **float32 pixels in [0, 1], shape (batch, 1, 28, 28)** (MNIST form:
-white ink on black, i.e. uint8 / 255; the run's own (C, H, W) where it trained on other images)
+white ink on black, i.e. uint8 / 255; the run's own (C, H, W) where it trained on other images: a colour
+run takes (batch, 3, H, W), RGB channels in that order, normalised per channel inside the graph)
 and returns **probabilities, shape (batch, classes)**.
 The run's normalisation ((x - mean) / std) and the softmax are inside the graph, so a
 caller needs nothing from convladder. Input name `pixels`, output name `probs`; the batch
@@ -11,6 +12,7 @@ dimension is dynamic.
 from __future__ import annotations
 
 import contextlib
+import json
 import io
 import logging
 import warnings
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convladder.data.normalise import normalise, to_unit
+from convladder.data.normalise import Stat, as_stat, channel_tensor, normalise, stat_text, to_unit
 from convladder.errors import UserError
 from convladder.fileio import atomic_write_bytes
 from convladder.serve.predict import LoadedRun, Predictor, nonfinite_message
@@ -46,10 +48,12 @@ def require_onnx() -> None:
 class ProbsFromPixels(nn.Module):
     """pixels in [0, 1] -> normalise -> network logits -> softmax (what the ONNX file computes)."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float, input_shape: tuple[int, int, int] = (1, 28, 28)):
+    def __init__(self, model: nn.Module, mean: Stat, std: Stat, input_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
         self.net = model
-        self.mean, self.std = float(mean), float(std)
+        # a float stays a float (the graph of a grey run is what it always was); per-channel stats become
+        # (C, 1, 1) constants of the graph
+        self.mean, self.std = channel_tensor(as_stat(mean)), channel_tensor(as_stat(std))
         self.input_shape = tuple(input_shape)  # (C, H, W) of one image: what the export traces with
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,13 +124,13 @@ def _add_metadata(data: bytes, run: LoadedRun) -> bytes:
 
     proto = onnx.load_from_string(data)
     c, h, w = run.input_shape
-    form = ", MNIST form (white ink on black)" if c == 1 else ""
+    form = ", MNIST form (white ink on black)" if c == 1 else ", RGB" if c == 3 else ""
     meta = {
         "convladder.run": run.run_id,
         "convladder.input": f"float32 pixels in [0,1], (batch,{c},{h},{w}){form}",
         "convladder.output": "class probabilities (batch, classes)",
-        "convladder.mean": repr(run.mean),
-        "convladder.std": repr(run.std),
+        "convladder.mean": json.dumps(run.mean),  # a number, or a list per channel
+        "convladder.std": json.dumps(run.std),
         "convladder.model_spec": str(run.config.get("model_spec", "")),
     }
     for key, value in meta.items():
@@ -190,7 +194,7 @@ def verify(data: bytes, run: LoadedRun, path: Path) -> ExportReport:
         if report.run_acc is not None and abs(report.onnx_acc - report.run_acc) > 0.011:
             raise UserError(
                 f"exported model scores {report.onnx_acc:.2f}% on the {source} but run {run.run_id} recorded "
-                f"{report.run_acc:.2f}% — the weights or normalisation (mean {run.mean}, std {run.std}) do not match; not writing {path}")
+                f"{report.run_acc:.2f}% — the weights or normalisation (mean {stat_text(run.mean)}, std {stat_text(run.std)}) do not match; not writing {path}")
     return report
 
 

@@ -1,9 +1,8 @@
-"""Load a trained run and classify MNIST-form images with it, batched, on CPU."""
+"""Load a trained run and classify images in its input form (MNIST form, or colour) with it, batched, on CPU."""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convladder.data.normalise import normalise
+from convladder.data.normalise import Stat, as_stat, normalise, stat_channels, stat_ok
 from convladder.data.normalise import to_unit as _pixels_to_unit
 from convladder.errors import UserError
 from convladder.serve.fuse import inference_logits
@@ -24,12 +23,14 @@ DEFAULT_STATS = DATASET_STATS["mnist"]
 DEFAULT_SHAPE = (1, 28, 28)
 
 
-def _find_stats(*sources: dict[str, Any]) -> tuple[float, float] | None:
-    """The normalisation a run recorded: `data_mean`/`data_std` (or `mean`/`std`) in any of its JSON files."""
+def _find_stats(*sources: dict[str, Any]) -> tuple[Stat, Stat] | None:
+    """The normalisation a run recorded: `data_mean`/`data_std` (or `mean`/`std`) in any of its JSON files;
+    numbers, or lists of one number per channel (colour runs)."""
     for src in sources:
         for mean_key, std_key in (("data_mean", "data_std"), ("mean", "std")):
-            if isinstance(src.get(mean_key), (int, float)) and isinstance(src.get(std_key), (int, float)):
-                return float(src[mean_key]), float(src[std_key])
+            mean, std = as_stat(src.get(mean_key)), as_stat(src.get(std_key))
+            if mean is not None and std is not None:
+                return mean, std
         data = src.get("data")
         if isinstance(data, dict):
             found = _find_stats(data)
@@ -38,15 +39,18 @@ def _find_stats(*sources: dict[str, Any]) -> tuple[float, float] | None:
     return None
 
 
-def dataset_stats(name: str) -> tuple[float, float]:
+def dataset_stats(name: str) -> tuple[Stat, Stat]:
     """The statistics the trainer used for data set `name`: the cache's meta.json, else the table, else MNIST's."""
     try:
         from convladder.data.datasets import cache_dir
 
         meta = json.loads((cache_dir(name) / "meta.json").read_text())
-        return float(meta["mean"]), float(meta["std"])
+        mean, std = as_stat(meta["mean"]), as_stat(meta["std"])
+        if mean is not None and std is not None:
+            return mean, std
     except (ImportError, OSError, ValueError, KeyError, TypeError):
-        return DATASET_STATS.get(name, DEFAULT_STATS)
+        pass
+    return DATASET_STATS.get(name, DEFAULT_STATS)
 
 
 @dataclass
@@ -56,8 +60,8 @@ class LoadedRun:
     run_id: str
     path: Path
     model: nn.Module
-    mean: float
-    std: float
+    mean: Stat  # one float, or one per channel (colour runs)
+    std: Stat
     config: dict[str, Any]
     result: dict[str, Any] = field(default_factory=dict)
     which: str = "final"
@@ -95,9 +99,10 @@ def load_run(run: str, runs_root: Path | None = None, which: str = "final") -> L
                         "width], positive whole numbers — the run's JSON files were changed or damaged")
     model = create_model(folder, which=which)
     stats = _find_stats(config, env, result) or dataset_stats(str(config.get("dataset") or "mnist"))
-    if not (stats[1] > 0 and all(map(math.isfinite, stats))):
+    if not stat_ok(*stats) or stat_channels(stats[0]) not in (None, shape[0]):
         raise UserError(f"run {record.id} recorded normalisation mean {stats[0]}, std {stats[1]}: std must be a "
-                        "positive finite number — the run's JSON files were changed or damaged")
+                        f"positive finite number, one for all channels or one per channel ({shape[0]}) — the run's "
+                        "JSON files were changed or damaged")
     return LoadedRun(record.id, folder, model.eval(), stats[0], stats[1], config, result, which, tuple(shape))
 
 
@@ -137,12 +142,12 @@ def to_unit(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 class Predictor:
     """Normalise and classify batches; always returns probabilities, whatever the spec's output layer."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float, batch_size: int = 512,
+    def __init__(self, model: nn.Module, mean: Stat, std: Stat, batch_size: int = 512,
                  input_shape: tuple[int, int, int] = DEFAULT_SHAPE):
         # channels_last: oneDNN's fast path for convs with few channels (measured 2-3x on CPU for these nets).
         # Note: this converts the given module's parameters in place.
         self.model = model.eval().to(memory_format=torch.channels_last)
-        self.mean, self.std = float(mean), float(std)
+        self.mean, self.std = as_stat(mean), as_stat(std)
         self.input_shape = tuple(input_shape)
         # Moderate batches keep the activations of small-channel nets in cache; 4096+ runs from RAM and is slower.
         self.batch_size = batch_size

@@ -1,4 +1,5 @@
-"""Turn arbitrary digit images into MNIST form, and read batches that already are.
+"""Turn arbitrary digit images into MNIST form (colour pictures, for colour networks, into the network's input
+size, in colour), and read batches that already are.
 
 MNIST was made from NIST scans like this (LeCun et al.): the digit is size-normalised
 to fit a 20x20 box keeping its aspect ratio (anti-aliased, so it becomes grey-level),
@@ -92,6 +93,22 @@ def open_image(data: bytes | Path, *, name: str = "image", max_side: int | None 
     return img
 
 
+def _loaded(data: bytes | Path, *, name: str, max_side: int | None, max_pixels: int | None, draft: str):
+    """The image opened (size checked from its header), EXIF-rotated and decoded; big JPEGs decoded at 1/2..1/8
+    scale in `draft` mode ("L" or "RGB")."""
+    _, ImageOps = _pil()
+    img = open_image(data, name=name, max_side=max_side, max_pixels=max_pixels)
+    factor = -(-max(img.size) // WORK_SIDE)
+    try:
+        if factor > 1 and img.format == "JPEG" and img.mode in ("L", "RGB"):
+            img.draft(draft, (img.size[0] // factor, img.size[1] // factor))  # decode at 1/2, 1/4 or 1/8 scale
+        img = ImageOps.exif_transpose(img)  # phone photos store rotation in EXIF
+        img.load()
+    except Exception as exc:  # Pillow raises several types for bad data (truncated files, bad chunks, ...)
+        raise UserError(f"{name} is not a readable image ({exc.__class__.__name__}: {exc}) — give a PNG or JPEG") from None
+    return img
+
+
 def decode_image(data: bytes | Path, *, max_side: int | None = MAX_SIDE, name: str = "image",
                  max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Decode PNG/JPEG/... bytes or a file into grayscale float32 (H, W) in [0, 1].
@@ -101,16 +118,11 @@ def decode_image(data: bytes | Path, *, max_side: int | None = MAX_SIDE, name: s
     Images over `max_side` per side or `max_pixels` in all are refused from their header,
     before their pixels are decoded (decompression bombs); None lifts a limit.
     """
-    _, ImageOps = _pil()
-    img = open_image(data, name=name, max_side=max_side, max_pixels=max_pixels)
-    factor = -(-max(img.size) // WORK_SIDE)
-    try:
-        if factor > 1 and img.format == "JPEG" and img.mode in ("L", "RGB"):
-            img.draft("L", (img.size[0] // factor, img.size[1] // factor))  # decode at 1/2, 1/4 or 1/8 scale
-        img = ImageOps.exif_transpose(img)  # phone photos store rotation in EXIF
-        img.load()
-    except Exception as exc:  # Pillow raises several types for bad data (truncated files, bad chunks, ...)
-        raise UserError(f"{name} is not a readable image ({exc.__class__.__name__}: {exc}) — give a PNG or JPEG") from None
+    return _grey(_loaded(data, name=name, max_side=max_side, max_pixels=max_pixels, draft="L"), name)
+
+
+def _grey(img, name: str) -> np.ndarray:
+    """A loaded PIL image -> grayscale float32 (H, W) in [0, 1] (see `decode_image`)."""
     if img.mode == "I" or img.mode.startswith("I;16"):
         return _decode_integer(img, name)
     if img.mode in ("P", "LA", "PA") or "transparency" in img.info:
@@ -128,6 +140,50 @@ def decode_image(data: bytes | Path, *, max_side: int | None = MAX_SIDE, name: s
         return _composite(gray, rgba[..., 3])
     arr = np.asarray(img, dtype=np.float32)
     return arr / 255.0 if img.mode == "L" else _float_to_unit(arr, name)
+
+
+GREY_MODES = ("1", "L", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def decode_colour(data: bytes | Path, *, max_side: int | None = MAX_SIDE, name: str = "image",
+                  max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Decode PNG/JPEG/... into RGB float32 (H, W, 3) in [0, 1], kept in colour (for networks trained on colour).
+
+    Grey images (8/16/32-bit, float) give three equal channels, decoded as `decode_image` does; transparent
+    pixels are laid on white (how a viewer shows a photo with a transparent background). Size limits as there.
+    """
+    img = _loaded(data, name=name, max_side=max_side, max_pixels=max_pixels, draft="RGB")
+    if img.mode in GREY_MODES and "transparency" not in img.info:
+        return np.repeat(_grey(img, name)[..., None], 3, axis=2)
+    img = img.convert("RGBA")
+    factor = -(-max(img.size) // WORK_SIDE)
+    if factor > 1:
+        img = img.reduce(factor)  # box-average big photos first, as decode_image does (memory)
+    rgba = np.asarray(img, dtype=np.float32) / 255.0
+    alpha = rgba[..., 3:]
+    return rgba[..., :3] * alpha + (1.0 - alpha)  # on white
+
+
+def fit_image(rgb: np.ndarray, size: tuple[int, int], *, name: str = "the image") -> np.ndarray:
+    """RGB float (H, W, 3) in [0, 1] -> uint8 (3, h, w) for a colour network: the largest centred part with the
+    network's aspect ratio, resized to `size` (h, w) — area-averaged when shrinking, bicubic when enlarging."""
+    Image, _ = _pil()
+    a = np.asarray(rgb)
+    if a.dtype.kind == "c" or not np.isfinite(a).all():
+        raise UserError(f"{name} holds NaN, infinite or complex values — give real pixel values (e.g. 0..1)")
+    field_h, field_w = size
+    h, w = a.shape[:2]
+    if h * field_w > w * field_h:  # too tall for the network's aspect: keep the middle rows
+        keep = max(1, round(w * field_h / field_w))
+        a = a[(h - keep) // 2:(h - keep) // 2 + keep]
+    elif h * field_w < w * field_h:  # too wide: keep the middle columns
+        keep = max(1, round(h * field_w / field_h))
+        a = a[:, (w - keep) // 2:(w - keep) // 2 + keep]
+    u8 = np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    shrink = a.shape[0] >= field_h and a.shape[1] >= field_w
+    resample = Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC
+    out = np.asarray(Image.fromarray(u8, mode="RGB").resize((field_w, field_h), resample), dtype=np.uint8)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 def _float_to_unit(arr: np.ndarray, name: str) -> np.ndarray:
@@ -289,8 +345,9 @@ def _is_batch_file(path: Path) -> bool:
 def load_inputs(paths: list[Path], *, max_side: int | None = MAX_SIDE,
                 input_shape: tuple[int, int, int] = (1, FIELD, FIELD)) -> Batch:
     """Read image files, folders of images, `.npy` and IDX batches into one batch for a network whose input
-    is `input_shape` (C, H, W): images are put into MNIST form at H x W (one channel only: a network with
-    more channels takes batches); batches must have that shape already.
+    is `input_shape` (C, H, W): for one channel images are put into MNIST form at H x W, for three (colour)
+    they stay in colour, centre-cropped to the network's aspect and resized (`fit_image`); batches must have
+    that shape already.
 
     Sizes are checked from headers before reading: images against `max_side`/`MAX_PIXELS`,
     `.npy` against `MAX_NPY_BYTES` (never unpickled), IDX against `MAX_IDX_BYTES`.
@@ -310,10 +367,10 @@ def load_inputs(paths: list[Path], *, max_side: int | None = MAX_SIDE,
             files.append(path)
     c, h, w = input_shape
     pictures = [p for p in files if p.suffix.lower() != ".npy" and not _is_batch_file(p)]
-    if c != 1 and pictures:
+    if c not in (1, 3) and pictures:
         raise UserError(f"{pictures[0]} is an image file, but the network takes {c}x{h}x{w} inputs ({c} channels); "
-                        f"image files are put into 1-channel MNIST form only — give a .npy batch of shape "
-                        f"{shape_text(input_shape)} instead")
+                        f"image files become 1-channel (MNIST form) or 3-channel (colour) inputs only — give a .npy "
+                        f"batch of shape {shape_text(input_shape)} instead")
     for path in files:
         if path.suffix.lower() == ".npy":
             from convladder.data.npy import load_npy  # header checked before allocation; never unpickled
@@ -323,6 +380,10 @@ def load_inputs(paths: list[Path], *, max_side: int | None = MAX_SIDE,
             from convladder.data.idx import read_idx  # IDX (raw or gzipped), any element type
 
             batch = as_batch(read_idx(path), str(path), input_shape)
+        elif c == 3:  # a colour network: the picture stays in colour, resized to the network's input
+            chunks.append(fit_image(decode_colour(path, max_side=max_side, name=str(path)), (h, w), name=str(path))[None])
+            names.append(str(path))
+            continue
         else:
             gray = decode_image(path, max_side=max_side, name=str(path))
             chunks.append(to_mnist(gray, size=(h, w), name=str(path))[None])

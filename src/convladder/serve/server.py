@@ -1,4 +1,5 @@
-"""The draw-a-digit page and its JSON API, on the standard library's HTTP server.
+"""The draw-a-digit page and its JSON API, on the standard library's HTTP server (for a colour run the page
+classifies pictures: drawn or opened, kept in colour).
 
 GET  /            the page (one self-contained HTML file: no CDN, no fonts, works offline)
 GET  /api/info    {"run", "model", "model_spec", "classes", "test_acc", "input_shape"}
@@ -34,7 +35,8 @@ import torch
 from convladder.data.normalise import normalise
 from convladder.errors import UserError
 from convladder.serve.predict import LoadedRun, Predictor, feature_maps, nonfinite_message, to_unit, top_k
-from convladder.serve.preprocess import MAX_SIDE, ImageTooLarge, NoInkError, decode_image, to_mnist
+from convladder.serve.preprocess import (MAX_SIDE, ImageTooLarge, NoInkError, decode_colour, decode_image, fit_image,
+                                         to_mnist)
 
 MAX_BYTES = 2 * 1024 * 1024  # request bodies larger than this get 413 (judged by Content-Length, unread)
 DECODE_SLOTS = 2  # images decoded at once (a 4096x4096 PNG still needs ~100 MB while it decodes)
@@ -56,11 +58,13 @@ class ApiError(Exception):
 
 
 def png_data_url(pixels: np.ndarray) -> str:
-    """uint8 (H, W) grayscale -> data:image/png;base64,..."""
+    """uint8 (H, W) grayscale or (3, H, W) colour -> data:image/png;base64,..."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=1)  # speed over size
+    image = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode="RGB") if pixels.ndim == 3 \
+        else Image.fromarray(pixels, mode="L")
+    image.save(buf, format="PNG", compress_level=1)  # speed over size
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -84,12 +88,13 @@ class DigitApp:
 
     def __init__(self, run: LoadedRun, *, max_bytes: int = MAX_BYTES, max_side: int = MAX_SIDE):
         c, h, w = run.input_shape
-        if c != 1:
-            raise UserError(f"run {run.run_id} takes {c}x{h}x{w} inputs ({c} channels); the draw-a-digit page draws "
-                            f"1-channel digits only — classify {c}-channel images with `convladder predict "
+        if c not in (1, 3):
+            raise UserError(f"run {run.run_id} takes {c}x{h}x{w} inputs ({c} channels); the page sends grey or colour "
+                            f"(RGB) pictures only — classify {c}-channel images with `convladder predict "
                             f"{run.run_id} images.npy` (a .npy batch of shape (N, {c}, {h}, {w}))")
         self.run = run
-        self.field = (h, w)  # drawings are put into MNIST form at the network's input size
+        self.colour = c == 3  # colour pictures are kept in colour and resized; grey ones put into MNIST form
+        self.field = (h, w)  # at the network's input size
         self.predictor = Predictor.from_run(run)
         self.max_bytes, self.max_side = max_bytes, max_side
         self._decodes = threading.BoundedSemaphore(DECODE_SLOTS)  # 8 big uploads at once took 3.75 GB
@@ -98,11 +103,11 @@ class DigitApp:
         self.page = resources.files("convladder.serve").joinpath("page.html").read_bytes()
 
     def info(self) -> dict[str, Any]:
-        probs = self.predictor.probs(np.zeros((1, *self.field), np.uint8))
+        probs = self.predictor.probs(np.zeros((1, *self.run.input_shape), np.uint8))
         model = str(self.run.config.get("model") or "")
         return {"run": self.run.run_id, "model": model if len(model) <= 40 else "custom spec",
                 "model_spec": self.run.config.get("model_spec"), "classes": int(probs.shape[1]),
-                "test_acc": self.run.test_acc, "input_shape": list(self.run.input_shape)}
+                "test_acc": self.run.test_acc, "input_shape": list(self.run.input_shape), "colour": self.colour}
 
     def image_from_request(self, content_type: str, body: bytes) -> bytes:
         """The image bytes of a POST body, by content type."""
@@ -131,14 +136,19 @@ class DigitApp:
             raise ApiError(HTTPStatus.BAD_REQUEST, "the image field is not valid base64") from None
 
     def predict(self, image: bytes) -> dict[str, Any]:
-        """Preprocess like MNIST, classify, and describe what the first conv layers see."""
+        """Preprocess like MNIST (colour runs: keep colour, resize), classify, and describe what the first conv
+        layers see."""
         start = time.perf_counter()
         if not image:
             raise ApiError(HTTPStatus.BAD_REQUEST, "empty body: send a PNG or JPEG image")
         try:
             with self._decodes:  # decode_image checks the size from the header and reduces big images first
                 name = "the uploaded image"
-                pixels = to_mnist(decode_image(image, max_side=self.max_side, name=name), size=self.field, name=name)
+                if self.colour:
+                    pixels = fit_image(decode_colour(image, max_side=self.max_side, name=name), self.field, name=name)
+                else:
+                    pixels = to_mnist(decode_image(image, max_side=self.max_side, name=name), size=self.field,
+                                      name=name)
         except NoInkError as exc:
             raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
         except ImageTooLarge as exc:

@@ -1,4 +1,5 @@
-"""Batched augmentation on the device in plain torch: one affine warp per batch, plus random erasing.
+"""Batched augmentation on the device in plain torch: one affine warp per batch, random erasing, and for natural
+images (photos, CIFAR-10) a random crop of the zero-padded image and a horizontal flip.
 
 All random numbers come from the caller's generator (or, for the training step, from a buffer drawn from it
 once per epoch), so a run is reproducible and resumable.
@@ -21,15 +22,25 @@ class AugmentParams:
     scale: float = 0.1  # scale factor in [1 - scale, 1 + scale]
     erase: float = 0.0  # probability of erasing one rectangle per image
     erase_area: tuple[float, float] = (0.02, 0.15)  # fraction of the image an erased rectangle covers
+    pad_crop: int = 0  # pixels of zero padding each side before a random crop back to the image's size (0 = off)
+    flip: bool = False  # mirror half the images left-right (natural images; never digits: a flipped 2 is no 2)
 
     @property
     def warps(self) -> bool:
         return bool(self.rotate or self.translate or self.scale)
 
+    @classmethod
+    def from_config(cls, config) -> AugmentParams | None:
+        """The augmentation a TrainConfig asks for; None when it asks for none (augment off, or every amount 0)."""
+        params = cls(config.rotate, config.translate, config.scale, config.erase,
+                     pad_crop=getattr(config, "pad_crop", 0), flip=getattr(config, "flip", False))
+        return params if config.augment and noise_rows(params) else None
+
 
 def noise_rows(params: AugmentParams) -> int:
-    """Uniform [0, 1) numbers `augment_from` reads per image: 4 for the warp, 5 for erasing."""
-    return 4 * params.warps + 5 * (params.erase > 0)
+    """Uniform [0, 1) numbers `augment_from` reads per image: 4 for the warp, 5 for erasing, 2 for the padded
+    crop, 1 for the flip (in that order: a run without the last two draws exactly what it drew before them)."""
+    return 4 * params.warps + 5 * (params.erase > 0) + 2 * (params.pad_crop > 0) + int(params.flip)
 
 
 def draw_noise(params: AugmentParams, n: int, generator: torch.Generator, device: torch.device,
@@ -75,16 +86,44 @@ def erase_from(x: torch.Tensor, params: AugmentParams, u: torch.Tensor) -> torch
     return x.masked_fill(inside.unsqueeze(1), 0.0)
 
 
+def pad_crop_from(x: torch.Tensor, pad: int, u: torch.Tensor) -> torch.Tensor:
+    """Each image of (N,C,H,W) zero-padded by `pad` pixels each side, then cropped back to H x W at a random
+    place read from u (2, N) uniforms: a whole-pixel shift of up to `pad` either way (CIFAR-10's usual 4).
+
+    One gather over index grids (no Python loop, no data-dependent shapes), so it runs inside a CUDA graph.
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = (u[0] * (2 * pad + 1)).long().clamp_(max=2 * pad)  # 0..2*pad, uniform
+    dx = (u[1] * (2 * pad + 1)).long().clamp_(max=2 * pad)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
+
+
+def flip_from(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Mirror (left-right) the images of (N,C,H,W) whose uniform in u (N,) is below 0.5."""
+    return torch.where((u < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
 def augment_from(x: torch.Tensor, params: AugmentParams, u: torch.Tensor) -> torch.Tensor:
     """`augment` with its random numbers given: u is (noise_rows(params), N) uniforms in [0, 1).
 
     No generator is touched here, so a CUDA graph can replay it: the numbers come from a buffer that is
-    refilled (outside the graph) once per epoch.
+    refilled (outside the graph) once per epoch. Order: warp, padded crop, flip, then erasing (the erased
+    rectangle lands on the image as the network sees it).
     """
+    erase_at = 4 * params.warps
+    at = erase_at + 5 * (params.erase > 0)  # the rows after warp and erase: crop, then flip
     if params.warps:
         x = affine_from(x, params, u[:4])
+    if params.pad_crop > 0:
+        x = pad_crop_from(x, params.pad_crop, u[at:at + 2])
+        at += 2
+    if params.flip:
+        x = flip_from(x, u[at])
     if params.erase > 0:
-        x = erase_from(x, params, u[4 * params.warps:])
+        x = erase_from(x, params, u[erase_at:])
     return x
 
 

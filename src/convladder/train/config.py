@@ -95,6 +95,9 @@ class TrainConfig:
                    "image, a faster step on the CPU; needs a network that runs at that size (GAP); evaluation "
                    "always sees whole images (0 = off; docs/training.md)", AUG)
     crop_epochs: int = _f(0, "epochs trained on the crop (with crop > 0); later epochs train on whole images", AUG)
+    pad_crop: int = _f(0, "natural images: pad each side with N black pixels, then crop a random image-sized "
+                       "window (a shift of up to N pixels; CIFAR-10: 4); 0 = off (docs/data.md)", AUG)
+    flip: bool = _f(False, "natural images: mirror half the training images left-right (not for digits or text)", AUG)
     init: str = _f("torch", "weight init: torch (PyTorch defaults), glorot (Keras' defaults), kaiming (He normal)",
                    OPTIM)
     seed: int = _f(1, "random seed of the run", RUN)
@@ -279,6 +282,9 @@ def validate(config: TrainConfig) -> None:
             raise UserError(f"{key} must be >= 0 (got {getattr(config, key)})")
     if not 0 <= config.label_smoothing < 1:
         raise UserError(f"label_smoothing must be in [0, 1) (got {config.label_smoothing})")
+    if not 0 <= config.pad_crop <= 64:
+        raise UserError(f"pad_crop is pixels of padding before the random crop, 0 (off) to 64 (got {config.pad_crop}): "
+                        "e.g. pad_crop=4 for 32x32 images")
     if not 0 <= config.erase <= 1:
         raise UserError(f"erase is a probability in [0, 1] (got {config.erase})")
     if not 0 < config.pct_start < 1:

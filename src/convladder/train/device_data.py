@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 
 from convladder.data.datasets import DataSplits
-from convladder.data.normalise import normalise
+from convladder.data.normalise import as_stat, channel_tensor, normalise, stat_channels, stat_ok, stat_text
 from convladder.errors import UserError
 from convladder.train.config import TrainConfig, val_images
 
@@ -61,12 +61,18 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
 
 
 class DeviceData:
-    """Train/val/test tensors on `device` (uint8 images with a channel axis, int64 labels)."""
+    """Train/val/test tensors on `device` (uint8 images (N, C, H, W), int64 labels)."""
 
     def __init__(self, splits, config: TrainConfig, device: torch.device):
         x_train, y_train = torch.as_tensor(splits.x_train), torch.as_tensor(splits.y_train)
-        if x_train.dtype != torch.uint8 or x_train.dim() != 3:
-            raise UserError(f"data set {splits.name}: images must be uint8 (N,H,W), got {x_train.dtype} {tuple(x_train.shape)}")
+        if x_train.dtype != torch.uint8 or x_train.dim() not in (3, 4):
+            raise UserError(f"data set {splits.name}: images must be uint8 (N,H,W) or (N,C,H,W), got {x_train.dtype} "
+                            f"{tuple(x_train.shape)}")
+        channels = 1 if x_train.dim() == 3 else x_train.shape[1]
+        mean, std = as_stat(splits.mean), as_stat(splits.std)
+        if mean is None or std is None or not stat_ok(mean, std) or stat_channels(mean) not in (None, channels):
+            raise UserError(f"data set {splits.name}: mean {splits.mean!r} / std {splits.std!r} do not fit its "
+                            f"{channels}-channel images (one number, or one per channel; std > 0)")
         if config.subset:
             x_train, y_train = x_train[: config.subset], y_train[: config.subset]
         n = len(x_train)
@@ -80,13 +86,16 @@ class DeviceData:
         self.device = device
         self.name = splits.name
         self.classes = int(splits.classes)
-        self.mean, self.std = float(splits.mean), float(splits.std)
+        self.mean, self.std = mean, std  # recorded in env.json as they are (a list per channel for colour)
         put = lambda t: t.to(device)  # noqa: E731
-        self.x_train, self.y_train = put(x_train[train_idx].unsqueeze(1)), put(y_train[train_idx])
-        self.x_val, self.y_val = put(x_train[val_idx].unsqueeze(1)), put(y_train[val_idx])
-        self.x_test = put(torch.as_tensor(splits.x_test).unsqueeze(1))
+        chw = lambda t: t.unsqueeze(1) if t.dim() == 3 else t  # noqa: E731
+        self.x_train, self.y_train = put(chw(x_train[train_idx])), put(y_train[train_idx])
+        self.x_val, self.y_val = put(chw(x_train[val_idx])), put(y_train[val_idx])
+        self.x_test = put(chw(torch.as_tensor(splits.x_test)))
         self.y_test = put(torch.as_tensor(splits.y_test))
         self.image_shape = tuple(self.x_train.shape[1:])
+        # per-channel statistics as (C, 1, 1) tensors made once on the device: a CUDA graph reads them in place
+        self._mean, self._std = channel_tensor(mean, self.x_train), channel_tensor(std, self.x_train)
 
     @property
     def n_train(self) -> int:
@@ -108,5 +117,9 @@ class DeviceData:
 
     def normalise(self, x01: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> zero mean, unit std (the data set's statistics)."""
-        return normalise(x01, self.mean, self.std)
+        return normalise(x01, self._mean, self._std)
+
+    def stats_text(self) -> str:
+        """'mean 0.1307 std 0.3081', per channel for colour data."""
+        return f"mean {stat_text(self.mean)} std {stat_text(self.std)}"
 

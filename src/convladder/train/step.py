@@ -84,9 +84,7 @@ class TrainStep:
         self.channels_last = channels_last
         if config.precision == "bf16" and device.type not in ("cuda", "cpu"):
             raise UserError(f"precision=bf16 runs on cuda and cpu, not {device.type}: use precision=auto or fp32")
-        self.aug = AugmentParams(config.rotate, config.translate, config.scale, config.erase) if config.augment else None
-        if self.aug is not None and noise_rows(self.aug) == 0:
-            self.aug = None
+        self.aug = AugmentParams.from_config(config)  # None: no augmentation asked for
         f32 = dict(device=device, dtype=torch.float32)
         i64 = dict(device=device, dtype=torch.int64)
         self.lr_host = list(lr_table)
