@@ -87,3 +87,113 @@ def test_long_model_args_are_cut_in_the_message() -> None:
     text = refused(parse_model_args, '{"width": ' + "x" * 5_000 + "}", match="not valid JSON")
     assert "5,011 characters" in text
     refused(parse_model_args, "[" * 20_000 + "]" * 20_000, match="cannot be read|nests")
+
+
+# -- bundles are data ---------------------------------------------------------------------------------------
+def made_run(root: Path, message: str = "") -> str:
+    """A finished run written through the store by hand (no training): config, metrics, weights, result."""
+    from convladder.runs.store import RunStore
+
+    store = RunStore(root)
+    handle = store.create_run({"model": "tiny8k", "dataset": "synthetic", "seed": 1, "epochs": 1, "name": "n"},
+                              {"input_shape": [1, 28, 28]})
+    handle.write_metrics([{"epoch": 1, "lr": 0.1, "train_loss": 0.5, "train_acc": 90.0, "test_acc": 91.0}])
+    handle.save_weights("model", {"w": torch.ones(3)}, epoch=1)
+    handle.write_json("result.json", {"run_id": handle.id, "status": "completed", "params": 3, "epochs_done": 1,
+                                      "final": {"test_acc": 91.0}, "best": {"epoch": 1}, "message": message})
+    handle.update(status="completed", final_test_acc=91.0, best_epoch=1, params=3)
+    return handle.id
+
+
+def test_a_bundle_round_trips_and_result_json_is_parsed_not_text_replaced(tmp_path: Path) -> None:
+    from convladder.runs.pack import import_run, pack_runs
+    from convladder.runs.store import RunStore
+
+    rid = made_run(tmp_path / "a", message="every e stays")
+    (bundle,) = pack_runs(tmp_path / "a")
+    result = json.loads(bundle["files"]["result.json"])
+    result["message"] = f"copied from {rid}"  # the old id elsewhere in the file is text, not a reference
+    bundle["files"]["result.json"] = json.dumps(result).encode()
+    new = import_run(tmp_path / "b", bundle)
+    got = json.loads((tmp_path / "b" / new / "result.json").read_text())
+    assert got["run_id"] == new and got["message"] == f"copied from {rid}"
+    record = RunStore(tmp_path / "b").get(new)
+    assert (record.status, record.final_test_acc, record.params) == ("completed", 91.0, 3)
+    assert (tmp_path / "b" / new / "model.safetensors").read_bytes() == (tmp_path / "a" / rid / "model.safetensors").read_bytes()
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".import")]
+
+
+def _damaged_bundles(bundle: dict) -> dict[str, dict]:
+    def edit(record=None, files=None, drop=()):
+        b = json.loads(json.dumps({"record": bundle["record"]}))  # a deep copy of the record
+        b["record"].update(record or {})
+        for key in drop:
+            b["record"].pop(key, None)
+        b["files"] = {**bundle["files"], **(files or {})}
+        return b
+
+    result = json.loads(bundle["files"]["result.json"])
+
+    def res(**changes):
+        return {"result.json": json.dumps({**result, **changes}).encode()}
+
+    no_status = dict(result)
+    no_status.pop("status")
+    return {
+        "NUL in a name": edit(files={"a\0b": b"x"}),
+        "300-character name": edit(files={"x" * 300: b"x"}),
+        "path in a name": edit(files={"../escape.json": b"{}"}),
+        "non-UTF-8 result.json": edit(files={"result.json": b"\xff\xfe{}"}),
+        "status missing": edit(files={"result.json": json.dumps(no_status).encode()}),
+        "status None": edit(files=res(status=None)),
+        "status a list": edit(files=res(status=["completed"])),
+        "status any text": edit(files=res(status="best ever")),
+        "run id empty": edit(record={"id": ""}),
+        "run id 'e'": edit(record={"id": "e"}),
+        "created 9999": edit(record={"created": "9999-12-31T23:59:59"}),
+        "created any text": edit(record={"created": "yesterday"}),
+        "accuracy 1e9": edit(record={"final_test_acc": 1e9}),
+        "file not bytes": edit(files={"metrics.jsonl": "text"}),
+        "weights cut short": edit(files={"model.safetensors": bundle["files"]["model.safetensors"][:20]}),
+        "config of the wrong type": edit(files={"config.json": b'{"seed": "one"}'}),
+    }
+
+
+def test_damaged_bundles_are_refused_before_any_folder_is_made(tmp_path: Path) -> None:
+    from convladder.runs.pack import import_run, pack_runs
+    from convladder.runs.store import RunStore
+
+    made_run(tmp_path / "a")
+    (bundle,) = pack_runs(tmp_path / "a")
+    target = tmp_path / "b"
+    made_run(target)  # the store already holds a run; it must stay the only one
+    failed = []
+    for what, damaged in _damaged_bundles(bundle).items():
+        try:
+            import_run(target, damaged)
+            failed.append(f"{what}: imported")
+        except UserError as exc:
+            if "\n" in str(exc) or "nothing was imported" not in str(exc):
+                failed.append(f"{what}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the vector: any other exception is a crash
+            failed.append(f"{what}: {type(exc).__name__}: {str(exc)[:80]}")
+    assert failed == []
+    assert len(RunStore(target).run_folders()) == 1 and len(RunStore(target).list_runs()) == 1
+    assert [p.name for p in target.iterdir() if p.name.startswith(".")] == []
+
+
+def test_pack_copies_regular_files_only_and_says_what_it_skipped(tmp_path: Path, capsys) -> None:
+    from convladder.runs.pack import pack_runs
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOKEN=1")
+    rid = made_run(tmp_path / "a")
+    folder = tmp_path / "a" / rid
+    (folder / "env2.json").symlink_to(secret)
+    os.mkfifo(folder / "pipe")
+    start = time.perf_counter()
+    (bundle,) = pack_runs(tmp_path / "a")
+    assert time.perf_counter() - start < 5  # a FIFO is not opened for reading (it would block)
+    assert "env2.json" not in bundle["files"] and "pipe" not in bundle["files"]
+    assert sorted(bundle["skipped"]) == ["env2.json", "pipe"]
+    assert "not packed (not regular files): 'env2.json', 'pipe'" in capsys.readouterr().err
