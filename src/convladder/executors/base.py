@@ -169,7 +169,9 @@ def job_line(res: dict[str, Any]) -> str:
     acc = res.get("final_test_acc")
     stop = f" after epoch {res.get('epochs_done')}" if res.get("status") == "stopped" else ""
     return (f"{res.get('label')}: {res.get('status')}{stop}" + (f" test {acc:.2f}%" if acc is not None else "")
-            + (f"  {res['error']}" if res.get("error") else "") + (f"  run {res['run_id']}" if res.get("run_id") else ""))
+            + (f"  {res['error']}" if res.get("error") else "") + (f"  run {res['run_id']}" if res.get("run_id") else "")
+            + (f"  (retried: {res['retried']})" if res.get("retried") else "")
+            + (f"  ({res['recovered']})" if res.get("recovered") else ""))
 
 
 def _summary(runs_root: str | Path, run_id: str) -> dict[str, Any]:
@@ -222,8 +224,9 @@ EXECUTORS: dict[str, Callable[..., Executor]] = {"inprocess": InProcessExecutor}
 
 
 def make_executor(name: str = "inprocess", ray_address: str | None = None, cpus_per_trial: float = 1.0,
-                  gpus_per_trial: float = 0.0) -> Executor:
-    """An executor by name with its options; Ray options without `ray` are an error, not ignored."""
+                  gpus_per_trial: float = 0.0, max_retries: int | None = None, ray_verbose: bool = False) -> Executor:
+    """An executor by name with its options; Ray options without `ray` are an error, not ignored.
+    `max_retries` None: the Ray executor's default."""
     from convladder.errors import UserError
 
     if name == "ray" and name not in EXECUTORS:
@@ -231,7 +234,9 @@ def make_executor(name: str = "inprocess", ray_address: str | None = None, cpus_
     if name not in EXECUTORS:
         raise UserError(f"unknown executor {name!r}: use {' or '.join(sorted(set(EXECUTORS) | {'ray'}))}")
     if name == "inprocess":
-        if ray_address or gpus_per_trial:
-            raise UserError("--ray-address/--gpus-per-trial need --executor ray")
+        if ray_address or gpus_per_trial or max_retries is not None or ray_verbose:
+            raise UserError("--ray-address/--gpus-per-trial/--max-retries/--ray-verbose need --executor ray")
         return InProcessExecutor()
-    return EXECUTORS[name](address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+    extra = {} if max_retries is None else {"max_retries": max_retries}
+    return EXECUTORS[name](address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                           verbose=ray_verbose, **extra)

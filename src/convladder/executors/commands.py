@@ -13,7 +13,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from convladder.errors import UserError
-from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, RayAddressOpt
+from convladder.executors.options import (CpusOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt,
+                                         RayVerboseOpt)
 from convladder.runs.commands import RunsOpt
 from convladder.train.commands import reject_stray_args, with_config_options
 
@@ -23,7 +24,10 @@ LR_FIND_KEYS = ("model", "model_args", "dataset", "subset", "batch_size", "optim
 
 def register(app: typer.Typer) -> None:
     """Add `sweep` and `lr-find`."""
-    app.command("sweep", help="Run a hyperparameter sweep from a YAML file; rank trials by min-over-seeds accuracy.")(
+    app.command("sweep", help="Run a hyperparameter sweep from a YAML file; rank trials by min-over-seeds accuracy. "
+                              "Exit 0 when some trials failed (their error is listed; the others are ranked and kept, "
+                              "and a rerun trains only what is missing), 1 when none trained; --strict: 1 when any "
+                              "failed.")(
         sweep_command)
     app.command("lr-find", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
                 help="LR range test: ramp the lr over mini-batches and suggest one (weights are left unchanged); "
@@ -39,8 +43,13 @@ def sweep_command(
     ray_address: RayAddressOpt = None,
     cpus_per_trial: CpusOpt = 1.0,
     gpus_per_trial: GpusOpt = 0.0,
+    max_retries: MaxRetriesOpt = None,
+    ray_verbose: RayVerboseOpt = False,
     runs: RunsOpt = None,
     seeds: Annotated[Optional[int], Opt("--seeds", help="seeds per trial (overrides the file)")] = None,
+    strict: Annotated[bool, Opt("--strict", help="exit 1 when any trial failed (for scripts and CI). Without it a "
+                                "sweep in which some trials failed exits 0 with a warning: the others are trained, "
+                                "ranked and kept, and a rerun trains only what is missing")] = False,
     dry_run: Annotated[bool, Opt("--dry-run", help="list the trials and their parameter counts; train nothing")] = False,
     json_out: Annotated[bool, Opt("--json", help="print the summary as JSON")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
@@ -60,7 +69,7 @@ def sweep_command(
         summary = sweep_summary(SweepResult(spec, make_trials(spec), "dry-run", 0.0, str(root)))
         typer.echo(json.dumps(summary, indent=1) if json_out else format_table(summary))
         return
-    ex = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
+    ex = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial, max_retries, ray_verbose)
     t0 = time.perf_counter()
 
     def progress(res: dict[str, Any]) -> None:
@@ -85,19 +94,36 @@ def sweep_command(
                    + f"{c['failed']} failed, {c['rejected']} over budget; "
                    f"{summary['wall_time_s']:.1f}s on {summary['executor']}; summary: {path}\n"
                    f"report with the isolation plot: convladder report sweep:{summary['name']} --runs {root}")
-    _exit_on_failures(c)
+    for line in _ray_notes(summary, ex):
+        typer.secho(line, err=True, fg=typer.colors.YELLOW)
+    _exit_on_failures(c, strict)
 
 
-def _exit_on_failures(counts: dict[str, int]) -> None:
-    """Exit 1 when no trial trained (every one failed or was over budget); say so on stderr when some failed."""
+def _ray_notes(summary: dict[str, Any], executor: Any) -> list[str]:
+    """Retried jobs (which, and why), temporary folders a lost node kept, where Ray's own log lines are."""
+    lines = [f"retried: {r}" for row in summary["trials"] for r in row.get("retried") or []]
+    lines += [f"left on a lost node (remove by hand): {p}" for p in getattr(executor, "left_elsewhere", [])]
+    log = getattr(executor, "log", None)
+    if lines and log is not None and log.path:
+        lines.append(f"Ray's own log lines: {log.path}")
+    return lines
+
+
+def _exit_on_failures(counts: dict[str, int], strict: bool = False) -> None:
+    """Exit 1 when no trial trained (every one failed or was over budget), or with `strict` when any failed;
+    else say on stderr that some failed (partial results are kept: the others are ranked and in the store)."""
     tried = sum(counts.values())
     if counts["failed"] and not counts["completed"] and not counts["stopped"]:
         typer.secho(f"error: every trial failed or was rejected ({counts['failed']} failed, {counts['rejected']} over "
                     "budget): see the errors above", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
+    if counts["failed"] and strict:
+        typer.secho(f"error: {counts['failed']} of {tried} trial(s) failed (--strict); the others are in the store "
+                    "and a rerun trains only what is missing", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
     if counts["failed"]:
-        typer.secho(f"warning: {counts['failed']} of {tried} trial(s) failed; the ranking holds the others",
-                    err=True, fg=typer.colors.YELLOW)
+        typer.secho(f"warning: {counts['failed']} of {tried} trial(s) failed; the ranking holds the others "
+                    "(--strict makes this exit 1)", err=True, fg=typer.colors.YELLOW)
 
 
 def lr_find_command(
@@ -141,6 +167,8 @@ def frontier_command(
     ray_address: RayAddressOpt = None,
     cpus_per_trial: CpusOpt = 1.0,
     gpus_per_trial: GpusOpt = 0.0,
+    max_retries: MaxRetriesOpt = None,
+    ray_verbose: RayVerboseOpt = False,
     runs: RunsOpt = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="list each budget's candidate networks; train nothing")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
@@ -170,7 +198,7 @@ def frontier_command(
             for r in stats["rejected"]:
                 typer.echo(f"  rejected {r['params']:>7,}  {r['reason']}: {r['model'][:60]}...")
         return
-    ex = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
+    ex = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial, max_retries, ray_verbose)
     t0 = time.perf_counter()
     path: list[Path] = []
 

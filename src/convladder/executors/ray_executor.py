@@ -2,11 +2,14 @@
 
 Why the driver writes: workers may be on other machines with no access to the driver's run store, and SQLite
 over a network file system is unsafe. So a worker trains into a private temporary store, packs the run
-folder(s) it produced (every file's bytes plus the index row) and returns them; the driver imports each run
-into the real store with `convladder.runs.pack.import_run`, which gives a folder identical in layout to an in-process run
-(config.json, env.json, metrics.jsonl, result.json, model/best.safetensors, resume.pt). Only the run id
-differs from the worker's temporary one (the driver's store picks it, so ids stay unique), and env.json says
-where the run really ran (the worker's hostname and device).
+folder it produced (every file's bytes plus the index row) and hands it to a collector actor on the
+driver's node before its task returns (`ray_runs.py`: a node lost after that loses no finished run); the
+driver imports each run into the real store with `convladder.runs.pack.import_run`, which gives a folder
+identical in layout to an in-process run (config.json, env.json, metrics.jsonl, result.json,
+model/best.safetensors, resume.pt). Only the run id differs from the worker's temporary one (the driver's
+store picks it, so ids stay unique), and env.json says where the run really ran (the worker's hostname and
+device). A job whose worker or node is lost is retried (`max_retries`); the result says which attempt was
+lost and why. Joining a cluster and Ray's log lines: `ray_connect.py`.
 
 Ray is imported lazily, inside functions, so `convladder` works without it.
 """
@@ -14,9 +17,6 @@ Ray is imported lazily, inside functions, so `convladder` works without it.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,13 +24,17 @@ from typing import Any
 
 from convladder.errors import UserError
 from convladder.executors.base import EXECUTORS, Job, OnDone, find_completed, run_job
-from convladder.runs.pack import RunBundle, import_run, pack_runs
+from convladder.executors.ray_connect import RayLog, check_reachable, parse_address  # noqa: F401 - check_reachable re-exported
+from convladder.executors.ray_runs import Collected, PrivateStore, job_base
 
 INSTALL_HINT = "Ray is not installed: pip install 'convladder[ray]' (or use --executor inprocess)"
-CONNECT_TIMEOUT_S = 10.0  # how long to wait for a cluster's address before saying it is unreachable
 JOIN_TIMEOUT_S = 45.0  # ray.init against something that accepts TCP but is not Ray retries for minutes
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Retries of a job whose worker or node was lost (Ray task max_retries, Tune max_failures). Measured on a
+# 2-node loopback cluster (docs/scaling.md): a lost job costs Ray's node-death detection (14.9 s with its
+# default health checks) plus one run; 1 retry survives one lost node per job, and a job that kills its
+# worker every time (out of memory) costs at most 2 runs. Application errors are never retried.
+DEFAULT_MAX_RETRIES = 1
+POLL_S = 1.0  # how often the driver imports shipped runs while jobs run
 
 
 def import_ray():
@@ -43,41 +47,55 @@ def import_ray():
 
 
 # -- worker side --------------------------------------------------------------------------------------------
-def run_job_packed(job: Job, threads: int = 0) -> tuple[dict[str, Any], list[RunBundle]]:
-    """Run `job` into a temporary store and return (result dict, packed runs); runs on a Ray worker.
+def run_job_shipped(job: Job, threads: int, collector: str, token: str) -> dict[str, Any]:
+    """Run `job` into a private temporary store, ship the run to the driver's collector, return the result.
 
     `threads` pins torch's CPU threads to the trial's CPU share (Ray also sets OMP_NUM_THREADS, but a
-    reused worker process keeps whatever an earlier task set).
+    reused worker process keeps whatever an earlier task set). A retried attempt of a job an earlier attempt
+    already shipped trains nothing.
     """
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
-    tmp = tempfile.mkdtemp(prefix="convladder-ray-")
+    store = PrivateStore(collector, token, job.key)
     try:
-        result = run_job(job, tmp)
-        return result, pack_runs(tmp)
+        if store.shipped is not None:
+            return store.shipped
+        result = run_job(job, store.path)
+        store.ship(result)
+        return result
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        store.remove()
 
 
 class RayExecutor:
     """Each job is a Ray task with `cpus_per_trial` CPUs and `gpus_per_trial` GPUs (fractions share a GPU).
 
     address: None starts a local Ray with this machine's CPUs/GPUs (no dashboard); 'auto' joins the cluster
-    this machine belongs to; 'host:port' or 'ray://host:port' joins that cluster (checked with a short
-    TCP timeout first, so a wrong address is an error, not a hang). Workers need convladder installed.
+    this machine belongs to; 'host:port' (the GCS port of `ray start --head`) or 'ray://host:port' (Ray
+    Client) joins that cluster, checked first so that a wrong address or a missing token is one line in
+    seconds. `max_retries`: attempts after a lost worker or node. `verbose`: Ray's own log lines on the
+    terminal (else in its log folder). Workers need convladder installed.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
-                 num_cpus: int | None = None, num_gpus: int | None = None, shutdown: bool = False) -> None:
+                 num_cpus: int | None = None, num_gpus: int | None = None, shutdown: bool = False,
+                 max_retries: int = DEFAULT_MAX_RETRIES, verbose: bool = False) -> None:
         if cpus_per_trial <= 0 or gpus_per_trial < 0:
             raise UserError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 "
                             f"(got {cpus_per_trial}, {gpus_per_trial})")
+        if max_retries < 0:
+            raise UserError(f"--max-retries must be 0 or more (got {max_retries})")
+        if address:
+            parse_address(address)  # a wrong form fails before anything starts
         self.address, self.cpus, self.gpus = address, cpus_per_trial, gpus_per_trial
         self.num_cpus, self.num_gpus, self.shutdown = num_cpus, num_gpus, shutdown
+        self.max_retries = max_retries
+        self.log = RayLog(verbose)
+        self.left_elsewhere: list[str] = []  # temporary folders of lost attempts on machines the driver cannot reach
         self.init_time_s = 0.0
 
     @property
@@ -91,19 +109,20 @@ class RayExecutor:
         if ray.is_initialized():
             return ray
         t0 = time.perf_counter()
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no C++ retry warnings on the user's terminal
-        quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
-                 "logging_level": "ERROR"}
+        self.log.start()
+        level = "INFO" if self.log.verbose else "WARNING"  # quiet: warnings go to the log file, not the terminal
+        opts = {"include_dashboard": False, "log_to_driver": self.log.verbose, "configure_logging": True,
+                "logging_level": level}
         if self.address:
             check_reachable(self.address)
             try:
                 _init_within(ray, JOIN_TIMEOUT_S, address=self.address,
-                             **({} if self.address.startswith("ray://") else quiet))
+                             **({} if self.address.startswith("ray://") else opts))
             except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, grpc errors ...
                 hint = ("pip install 'ray[client]' for ray:// addresses" if "ray[client]" in str(exc) else
                         "check the address (`ray status` on the head node) or drop --ray-address to start a local Ray")
                 raise UserError(f"cannot join the Ray cluster at {self.address!r} "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}") from None
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}{self.log.note()}") from None
         else:
             num_gpus = self.num_gpus if self.num_gpus is not None else _local_gpus()
             if self.gpus > 0 and num_gpus == 0:
@@ -111,34 +130,52 @@ class RayExecutor:
                                 "use --gpus-per-trial 0 or join a GPU cluster with --ray-address")
             # a small object store: results are a few hundred KB per run; Ray's default takes 30 % of RAM
             ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
-                     object_store_memory=100 * 1024 * 1024, **quiet)
+                     object_store_memory=100 * 1024 * 1024, **opts)
+        self.log.settle(ray)
         self.init_time_s = time.perf_counter() - t0
         return ray
 
     def map(self, jobs: list[Job], runs_root: str | Path, on_done: OnDone | None = None) -> list[dict[str, Any]]:
-        """Submit all jobs, import each finished run into the store as it arrives; results in the jobs' order."""
+        """Submit all jobs, import each finished run into the store as it arrives; results in the jobs' order.
+
+        A job whose worker or node is lost is retried up to `max_retries` times (its result says so in
+        `retried`); a run that finished is imported even when Ray then reports its task failed.
+        """
         ray = self.connect()
-        threads = self.torch_threads
-        task = ray.remote(run_job_packed).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
         results: list[dict[str, Any] | None] = [None] * len(jobs)
         pending: dict[Any, int] = {}
+        collected = None
         try:
+            todo = []
             for i, job in enumerate(jobs):
-                done = find_completed(runs_root, job.key)
-                if done:  # same shortcut as run_job: the store already has it, nothing to ship
+                if find_completed(runs_root, job.key):  # same shortcut as run_job: the store already has it
                     results[i] = self._finish(run_job(job, runs_root), on_done)
                 else:
-                    pending[task.remote(job, threads)] = i
+                    todo.append(i)
+            if todo:
+                collected = Collected(ray, runs_root)
+                task = ray.remote(run_job_shipped).options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                                           max_retries=self.max_retries, retry_exceptions=False)
+                pending = {task.remote(jobs[i], self.torch_threads, collected.name, collected.token): i for i in todo}
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                collected.drain()  # a run is shipped before its task returns: import first, then read the outcome
                 for ref in ready:
                     i = pending.pop(ref)
-                    results[i] = self._finish(self._collect(ray, ref, jobs[i], runs_root), on_done)
+                    results[i] = self._finish(self._outcome(ray, ref, jobs[i], collected), on_done)
+            if collected:
+                recovered, elsewhere = collected.recover_leftovers()
+                for res in recovered:  # a run finished on disk whose worker died before shipping it
+                    i = next(i for i in todo if jobs[i].key == res["key"])
+                    results[i] = {**(results[i] or {}), **job_base(jobs[i]), **res, "executor": "ray"}
+                self.left_elsewhere = elsewhere
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
         finally:
+            if collected:
+                collected.close()
             if self.shutdown:
                 ray.shutdown()
         return [r for r in results if r is not None]
@@ -149,45 +186,24 @@ class RayExecutor:
             on_done(result)
         return result
 
-    @staticmethod
-    def _collect(ray, ref, job: Job, runs_root: str | Path) -> dict[str, Any]:
-        """The worker's result with its runs imported; a lost worker becomes a failed result, not an exception."""
+    def _outcome(self, ray, ref, job: Job, collected: Collected) -> dict[str, Any]:
+        """The job's result: its shipped run (even when the task then failed), else a failure naming the cause."""
+        error = None
         try:
-            result, bundles = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - worker died, task error, node lost: record and go on
-            return {"key": job.key, "label": job.label, **job.meta, "run_id": None, "status": "failed",
-                    "error": f"ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        ids = {b["record"]["id"]: import_run(runs_root, b) for b in bundles}
-        result = dict(result)
-        result["run_id"] = ids.get(result.get("run_id"), result.get("run_id"))
-        result["executor"] = "ray"
+            ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - worker died, node lost, retries used up: record and go on
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        shipped = collected.results.get(job.key)
+        result = {**job_base(job), "run_id": None, "status": "failed", **(shipped or {}), "executor": "ray"}
+        if shipped is None:
+            result["error"] = (f"ray task failed after {len(collected.attempts.get(job.key) or [1])} attempt(s): "
+                               f"{error or 'no run shipped'}; {collected.loss_cause(job.key)}{self.log.note()}")
+        elif error:
+            result["recovered"] = f"its run was shipped before Ray reported the task failed ({error})"
+        note = collected.retry_note(job.key)
+        if note:
+            result["retried"] = note
         return result
-
-
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """A TCP connect to host:port of the address (not for 'auto'), so a wrong address fails in seconds."""
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UserError(f"--ray-address {address!r} must be 'auto', 'host:port' or 'ray://host:port'")
-    try:
-        conn = socket.create_connection((host, int(port)), timeout=timeout)
-    except OSError as exc:
-        raise UserError(f"Ray cluster at {address!r} is unreachable ({exc}) after {timeout:g}s; check the address "
-                        "and that the head node runs (`ray start --head`), or drop --ray-address for a local Ray") from None
-    # Ray's head (GCS) and client server speak gRPC: an HTTP/2 server answers our preface with a SETTINGS frame.
-    # Anything else (a web server, a closed proxy) would make ray.init retry for minutes.
-    try:
-        with conn:
-            conn.sendall(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # preface + empty SETTINGS
-            head = conn.recv(9)
-    except OSError:
-        head = b""
-    if len(head) < 4 or head[3] != 0x04:
-        raise UserError(f"{address!r} answers but is not a Ray head (no gRPC there): give the GCS port of "
-                        "`ray start --head` (default 6379) or ray://host:10001 for Ray Client")
 
 
 def _init_within(ray, timeout: float, **kwargs: Any) -> None:

@@ -5,10 +5,12 @@ reports the validation accuracy; Tune's ASHAScheduler compares trials at its run
 grace_period x reduction_factor, ...) and stops the weak ones. The test set never decides: the metric is
 `val_acc`, so a sweep with a scheduler needs a validation split.
 
-Runs reach the driver's store the same way as with the plain Ray executor: the worker trains into a
-private temporary store; when Tune stops the trial (early or at the end) `cleanup()` closes the epoch
-generator (a stopped run gets status 'stopped' and a result.json), packs the run folder and hands it to a
-collector actor; the driver imports it (`runs.pack.import_run`). No shared file system is needed.
+Runs reach the driver's store the same way as with the plain Ray executor (`ray_runs.py`): the worker
+trains into a private temporary store and hands the packed run to a collector actor on the driver's node;
+the driver imports it (`runs.pack.import_run`). No shared file system is needed. A completed (or failed)
+run is handed over in the step that ends it, before Tune hears "done"; a trial the scheduler stops ships
+from `cleanup()`, which closes the epoch generator (status 'stopped' and a result.json). A trial whose
+worker or node is lost is restarted (`max_failures` = the executor's `max_retries`).
 Tune and Ray are imported inside functions only.
 """
 
@@ -19,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,103 +70,112 @@ def parse_scheduler(raw: Any, where) -> SchedulerSpec | None:
     return SchedulerSpec(name, grace, float(factor))
 
 
+class EpochRunner:
+    """One job trained an epoch per `step()` into a worker's private store, shipping its run the moment it ends.
+
+    The run is handed to the collector (`ship`) inside the step that ends it, *before* Tune hears 'done': a node
+    lost after that loses no finished run (Tune records the trial done, and a cleanup() that never runs has
+    nothing left to ship). Only a trial the scheduler stops ships from `close()`. `ship(result)` packs the store.
+    """
+
+    def __init__(self, job: Job, store_path: str, ship: Callable[[dict[str, Any]], None],
+                 shipped: dict[str, Any] | None = None) -> None:
+        from convladder.runs.store import RunStore
+        from convladder.train.config import TrainConfig
+        from convladder.train.loop import train_epochs
+
+        self.job, self.ship, self.shipped = job, ship, shipped
+        self.t0 = time.perf_counter()
+        self.result = None
+        self.error: str | None = None
+        self.last: dict[str, Any] = {}
+        self.epochs_total = int(job.config.get("epochs", 1))
+        # an earlier attempt of this job shipped its completed run: nothing to train (no duplicate run)
+        self.epochs = None if shipped else train_epochs(TrainConfig.from_dict(job.config), RunStore(store_path))
+
+    def step(self) -> dict[str, Any]:
+        if self.shipped is not None:
+            val = self.shipped.get("final_val_acc")
+            return {"epoch": self.epochs_total, "val_acc": float("nan") if val is None else float(val),
+                    "train_acc": float("nan"), "done": True}
+        try:
+            row = next(self.epochs)
+            self.last = row
+            if row["epoch"] >= self.epochs_total:
+                self._finish()
+        except StopIteration as stop:
+            self.result = stop.value
+        except Exception as exc:  # noqa: BLE001 - the run is marked failed by the trainer; report and end
+            self.error = f"{type(exc).__name__}: {exc}"
+        done = self.result is not None or self.error is not None
+        if done:
+            self._ship("completed" if self.result is not None else "failed")
+        return {**self._metrics(), "done": done}
+
+    def _finish(self) -> None:
+        try:
+            next(self.epochs)
+        except StopIteration as stop:
+            self.result = stop.value
+
+    def _metrics(self) -> dict[str, Any]:
+        val = self.last.get("val_acc")
+        return {"epoch": self.last.get("epoch", 0), "val_acc": float("nan") if val is None else float(val),
+                "train_acc": self.last.get("train_acc", float("nan"))}
+
+    def close(self) -> None:
+        """Tune stopped the trial (or it ended): a run not shipped yet is a stopped one; ship it."""
+        if self.shipped is not None or self.epochs is None:
+            return
+        self.epochs.close()  # writes the 'stopped' result.json after the last finished epoch
+        self._ship("stopped")
+
+    def _ship(self, status: str) -> None:
+        base = {"key": self.job.key, "label": self.job.label, **self.job.meta, "executor": "ray",
+                "scheduler": True, "status": status, "error": self.error, "run_id": None, "final_test_acc": None,
+                "epochs_done": self.last.get("epoch", 0), "last_val_acc": self.last.get("val_acc"),
+                "wall_time_s": time.perf_counter() - self.t0}
+        if self.result is not None:
+            base.update(run_id=self.result.run_id, final_test_acc=self.result.final.get("test_acc"),
+                        final_val_acc=self.result.final.get("val_acc"),
+                        final_train_acc=self.result.final.get("train_acc"),
+                        best_test_acc=self.result.best.get("test_acc"), params=self.result.params)
+        self.ship(base)
+        self.shipped = base
+
+
 def _trainable_class():
     """The Tune Trainable, defined here so that Tune is imported only when a scheduled sweep runs."""
-    import ray
     from ray import tune
 
+    from convladder.executors.ray_runs import PrivateStore
+
     class EpochTrainable(tune.Trainable):
-        """One job; one Tune iteration = one epoch. cleanup() always ships the run to the collector."""
+        """One job; one Tune iteration = one epoch (`EpochRunner`)."""
 
-        def setup(self, config: dict[str, Any], jobs: list[Job], collector: str, threads: int) -> None:
-            from convladder.train.config import TrainConfig
-            from convladder.train.loop import train_epochs
-            from convladder.runs.store import RunStore
-
+        def setup(self, config: dict[str, Any], jobs: list[Job], collector: str, token: str, threads: int) -> None:
             if threads > 0:
                 import torch
 
                 torch.set_num_threads(threads)
-            self.job = jobs[config["job"]]
-            self.collector = ray.get_actor(collector)
-            self.tmp = tempfile.mkdtemp(prefix="convladder-tune-")
-            self.t0 = time.perf_counter()
-            self.result = None
-            self.error: str | None = None
-            self.last: dict[str, Any] = {}
-            self.epochs_total = int(self.job.config.get("epochs", 1))
-            self.epochs = train_epochs(TrainConfig.from_dict(self.job.config), RunStore(self.tmp))
+            job = jobs[config["job"]]
+            self.store = PrivateStore(collector, token, job.key, prefix="convladder-tune-")
+            try:
+                self.runner = EpochRunner(job, self.store.path, self.store.ship, self.store.shipped)
+            except BaseException:
+                self.store.remove()
+                raise
 
         def step(self) -> dict[str, Any]:
-            try:
-                row = next(self.epochs)
-                if row["epoch"] >= self.epochs_total:
-                    self._finish()
-            except StopIteration as stop:
-                self.result = stop.value
-                return {**self._metrics(), "done": True}
-            except Exception as exc:  # noqa: BLE001 - the run is marked failed by the trainer; report and end
-                self.error = f"{type(exc).__name__}: {exc}"
-                return {**self._metrics(), "done": True}
-            self.last = row
-            return {**self._metrics(), "done": self.result is not None}
-
-        def _finish(self) -> None:
-            try:
-                next(self.epochs)
-            except StopIteration as stop:
-                self.result = stop.value
-
-        def _metrics(self) -> dict[str, Any]:
-            val = self.last.get("val_acc")
-            return {"epoch": self.last.get("epoch", 0), "val_acc": float("nan") if val is None else float(val),
-                    "train_acc": self.last.get("train_acc", float("nan"))}
+            return self.runner.step()
 
         def cleanup(self) -> None:
-            from convladder.runs.pack import pack_runs
-
-            status = "completed" if self.result is not None else "failed" if self.error else "stopped"
-            if status == "stopped":
-                self.epochs.close()  # writes the 'stopped' result.json after the last finished epoch
-            base = {"key": self.job.key, "label": self.job.label, **self.job.meta, "executor": "ray",
-                    "scheduler": True, "status": status, "error": self.error,
-                    "epochs_done": self.last.get("epoch", 0), "last_val_acc": self.last.get("val_acc"),
-                    "wall_time_s": time.perf_counter() - self.t0}
             try:
-                bundles = pack_runs(self.tmp)
-                run_id = bundles[0]["record"]["id"] if bundles else None
-                if self.result is not None:
-                    base.update(run_id=self.result.run_id, final_test_acc=self.result.final.get("test_acc"),
-                                final_val_acc=self.result.final.get("val_acc"),
-                                final_train_acc=self.result.final.get("train_acc"),
-                                best_test_acc=self.result.best.get("test_acc"), params=self.result.params)
-                else:
-                    base.update(run_id=run_id, final_test_acc=None)
-                ray.get(self.collector.put.remote(base, bundles))
+                self.runner.close()
             finally:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.store.remove()
 
     return EpochTrainable
-
-
-def _collector_class():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class RunCollector:
-        """Holds finished runs (result dict + packed folders) until the driver takes them."""
-
-        def __init__(self) -> None:
-            self.items: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-
-        def put(self, result: dict[str, Any], bundles: list[dict[str, Any]]) -> None:
-            self.items.append((result, bundles))
-
-        def take(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-            items, self.items = self.items, []
-            return items
-
-    return RunCollector
 
 
 def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: SchedulerSpec,
@@ -173,6 +184,7 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
 
     Each result has status completed, stopped (by the scheduler; `epochs_done`, `last_val_acc`), failed
     or skipped (already in the store). Runs are imported into the store at `runs_root` as they arrive.
+    A trial whose worker or node is lost is restarted up to `executor.max_retries` times (`retried` says why).
     """
     ray = executor.connect()
     # Tune's new console output prints tables and tracebacks of trials it stops; the legacy one at verbose=0
@@ -181,8 +193,9 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from convladder.runs.pack import import_run
+    from convladder.executors.ray_runs import Collected, job_base
 
+    executor.log.route_loggers()  # Tune's loggers exist now
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     todo = []
     for i, job in enumerate(jobs):
@@ -195,21 +208,19 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
     if not todo:
         return [r for r in results if r is not None]
     index = {jobs[i].key: i for i in todo}
-    name = f"convladder-collector-{uuid.uuid4().hex[:12]}"
-    collector = _collector_class().options(name=name).remote()
+    collected = Collected(ray, runs_root)
+    causes: dict[int, list[str]] = {}  # job index -> why each failed attempt of its trial failed (Tune's error)
 
     def collect() -> None:
-        for result, bundles in ray.get(collector.take.remote()):
-            ids = {b["record"]["id"]: import_run(runs_root, b) for b in bundles}
-            result["run_id"] = ids.get(result.get("run_id"), result.get("run_id"))
+        for result in collected.drain():
             i = index.get(result["key"])
             if i is not None and results[i] is None:
-                results[i] = result
+                results[i] = _with_retry(result, collected, causes.get(i))
                 if on_done:
-                    on_done(result)
+                    on_done(results[i])
 
     class Poll(tune.Callback):
-        """Imports finished runs while Tune runs, so progress lines appear as trials end."""
+        """Imports finished runs while Tune runs (progress lines as trials end); notes why trials failed."""
 
         last = 0.0
 
@@ -218,7 +229,13 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
                 self.last = time.monotonic()
                 collect()
 
-    trainable = tune.with_parameters(_trainable_class(), jobs=jobs, collector=name, threads=executor.torch_threads)
+        def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+            causes.setdefault(trial.config["job"], []).append(_error_line(trial))
+
+        on_trial_recover = on_trial_error  # failed, and will be retried
+
+    trainable = tune.with_parameters(_trainable_class(), jobs=jobs, collector=collected.name, token=collected.token,
+                                     threads=executor.torch_threads)
     resources = {"cpu": executor.cpus, "gpu": executor.gpus}
     storage = tempfile.mkdtemp(prefix="convladder-tune-store-")
     max_epochs = max(int(jobs[i].config.get("epochs", 1)) for i in todo)
@@ -230,31 +247,52 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
             tune.with_resources(trainable, resources),
             param_space={"job": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(scheduler=asha, reuse_actors=False),
-            run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=0, callbacks=[Poll()],
-                                      failure_config=tune.FailureConfig(max_failures=0),
+            run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=1 if executor.log.verbose else 0,
+                                      callbacks=[Poll()],
+                                      failure_config=tune.FailureConfig(max_failures=executor.max_retries),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
         try:
-            grid = tuner.fit()
+            tuner.fit()
         except Exception as exc:  # noqa: BLE001 - Tune's own failure (not a trial's): one line, finished runs kept
             collect()
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise UserError(f"Ray Tune stopped the sweep ({type(exc).__name__}: {first}); runs that finished are "
-                            "in the store and a rerun skips them") from None
+                            f"in the store and a rerun skips them{executor.log.note()}") from None
         collect()
-        lost = {r.config["job"]: r.error for r in grid if r.error is not None}
+        recovered, executor.left_elsewhere = collected.recover_leftovers()
     finally:
-        ray.kill(collector)
+        collected.close()
         shutil.rmtree(storage, ignore_errors=True)
+    for res in recovered:  # finished on disk, its worker lost before it shipped (cannot happen unless it died mid-hand-over)
+        i = index[res["key"]]
+        if results[i] is None or results[i].get("status") != "completed":
+            results[i] = _with_retry({**job_base(jobs[i]), "executor": "ray", **res}, collected, causes.get(i))
+            if on_done:
+                on_done(results[i])
     for i in todo:
-        if results[i] is None:  # the worker died before cleanup() could ship the run
-            job = jobs[i]
-            err = lost.get(i)
-            results[i] = {"key": job.key, "label": job.label, **job.meta, "run_id": None, "status": "failed",
-                          "executor": "ray", "error": "tune trial ended without a result"
-                          + (f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}" if err else "")}
+        if results[i] is None:  # the trial's worker was lost before it shipped its run
+            why = "; ".join(causes.get(i, [])) or collected.loss_cause(jobs[i].key)
+            results[i] = _with_retry({**job_base(jobs[i]), "run_id": None, "status": "failed", "executor": "ray",
+                                      "error": f"tune trial ended without a run: {why}{executor.log.note()}"},
+                                     collected, causes.get(i))
             if on_done:
                 on_done(results[i])
     return [r for r in results if r is not None]
+
+
+def _with_retry(result: dict[str, Any], collected, causes: list[str] | None) -> dict[str, Any]:
+    note = collected.retry_note(result["key"], causes)
+    return {**result, "retried": note} if note else result
+
+
+def _error_line(trial) -> str:
+    """The last line of a failed Tune trial's error (e.g. 'ray.exceptions.ActorDiedError: ... node died')."""
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 - the error file may be gone with its node
+        text = ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "the trial's worker failed"
 
 
 def stopped_summary(runs: list[dict[str, Any]]) -> str:

@@ -229,7 +229,9 @@ def sweep_summary(result: SweepResult) -> dict[str, Any]:
     ranked = rank(result.trials, on)
     rows = [{"rank": i + 1 if t.status == "completed" else None, "trial": t.id, "status": t.status,
              "values": t.values, "params": t.params, "val_acc": t.val or None, "test_acc": t.acc or None,
-             "error": t.error, "runs": [r.get("run_id") for r in t.runs]} for i, t in enumerate(ranked)]
+             "error": t.error, "runs": [r.get("run_id") for r in t.runs],
+             "retried": [f"{r.get('label')}: {r['retried']}" for r in t.runs if r.get("retried")]}
+            for i, t in enumerate(ranked)]
     studied = spec.studied
     isolation = []
     if studied:

@@ -1,0 +1,295 @@
+"""Ray clusters that lose a node or refuse a driver (issue 35).
+
+Fast tests (no cluster): address forms, a token-protected or wrong gRPC server answered in one line within
+seconds, a Tune trial's run shipped before it reports done, completed runs found in a lost worker's
+temporary folder imported once, retry notes, --strict, a local-Ray task whose worker is killed is retried.
+
+The node-loss tests start a real two-node Ray cluster on this machine (`ray start --head` plus `ray start
+--address`, 1 CPU each, loopback address, a private --temp-dir, each node its own TMPDIR), run a sweep
+through the CLI in a subprocess, kill the second node's raylet once a job there has trained an epoch, and
+check: every job completed (the lost one retried, the summary says why), each run imported once, no Ray log
+lines in the output, no temporary folders left, and a rerun trains nothing; with and without ASHA.
+Only processes these tests started are killed (by their process groups). Skipped where Ray is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent import futures
+from pathlib import Path
+
+import pytest
+
+from convladder.errors import UserError
+from convladder.executors.base import job_key, make_job, run_job
+from convladder.runs.store import RunStore
+
+SPEC = ("c1[conv3x3({c1}, bias=false) relu bn] c2[conv3x3(16, bias=false) relu bn] t[maxpool2x2 conv1x1(8)] "
+        "out[gap conv1x1(10)]")
+TINY = {"dataset": "synthetic", "subset": 600, "val_size": 100, "epochs": 2, "batch_size": 64, "threads": 1,
+        "clean_train_eval": 0, "augment": False, "lr": 0.2, "model": SPEC.format(c1=4)}
+RAY_LINE = re.compile(r"\.cc:\d+|\(raylet\)|\(gcs_server\)|logging\.cc|gcs_client|ray\.exceptions|\w+\.py:\d+ --")
+
+
+# -- address forms and the one-line cluster errors -----------------------------------------------------------
+def test_address_forms_are_one_line_errors():
+    from convladder.executors.ray_connect import parse_address
+
+    assert parse_address("127.0.0.1:6379") == ("", "127.0.0.1", 6379)
+    assert parse_address("ray://head:10001") == ("ray", "head", 10001)
+    assert parse_address("auto") is None
+    for bad in ("http://127.0.0.1:8265", "127.0.0.1", "head:port", "ray://head", "127.0.0.1:6379/x"):
+        with pytest.raises(UserError, match="host:port") as err:
+            parse_address(bad)
+        assert "\n" not in str(err.value)
+
+
+def _fake_gcs(token: str | None):
+    """A gRPC server on loopback answering GetClusterId as a Ray GCS does (UNAUTHENTICATED without `token`);
+    token None: a gRPC server without that method (UNIMPLEMENTED), as a Ray Client port answers."""
+    grpc = pytest.importorskip("grpc")
+
+    def get_cluster_id(request, context):
+        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {token}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "InvalidAuthToken: Authentication token is missing")
+        return b""
+
+    handlers = {"GetClusterId": grpc.unary_unary_rpc_method_handler(get_cluster_id)} if token else {}
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("ray.rpc.NodeInfoGcsService", handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def test_auth_and_wrong_ports_are_named_in_one_line_within_seconds(monkeypatch, tmp_path):
+    pytest.importorskip("ray", reason="Ray not installed: pip install 'convladder[ray]'")
+    from convladder.executors.ray_connect import check_reachable
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    server, port = _fake_gcs("s3cret")
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(UserError, match=r"requires an authentication token .*RAY_AUTH_MODE=token.*RAY_AUTH_TOKEN"):
+            check_reachable(f"127.0.0.1:{port}")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "wrong")
+        with pytest.raises(UserError, match="rejected the token from RAY_AUTH_TOKEN"):
+            check_reachable(f"127.0.0.1:{port}")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cret")
+        check_reachable(f"127.0.0.1:{port}")  # the right token: no error
+        with pytest.raises(UserError, match=rf"GCS port.*127\.0\.0\.1:{port} \(without ray://\)"):
+            check_reachable(f"ray://127.0.0.1:{port}")
+        assert time.perf_counter() - t0 < 10  # ray.init took 20 s (and 20 C++ warnings) to say less
+    finally:
+        server.stop(0)
+    server, port = _fake_gcs(None)
+    try:
+        with pytest.raises(UserError, match=rf"not a Ray head's GCS port.*ray://127\.0\.0\.1:{port}"):
+            check_reachable(f"127.0.0.1:{port}")
+    finally:
+        server.stop(0)
+
+
+def test_cli_help_says_what_the_ray_options_take():
+    from typer.testing import CliRunner
+
+    from convladder.cli import build_app
+
+    out = CliRunner().invoke(build_app(), ["sweep", "--help"], env={"COLUMNS": "200", "TERM": "dumb"}).output
+    flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())
+    assert "host:port" in flat and "127.0.0.1:6379" in flat and "ray://host:10001" in flat
+    assert "--max-retries" in flat and "--ray-verbose" in flat and "--strict" in flat
+    assert "partial" not in flat or "kept" in flat
+    assert "the others are ranked and kept" in flat
+
+
+# -- runs shipped before "done", recovered from a lost worker's folder, retries ------------------------------
+def test_a_tune_trial_ships_its_completed_run_before_it_reports_done(tmp_path):
+    """Tune records a trial done when step() returns done; a node lost after that used to take the run along
+    (it was shipped only in cleanup()). Now the step that ends the run has shipped it already."""
+    from convladder.executors.scheduled import EpochRunner
+    from convladder.runs.pack import pack_runs
+
+    job = make_job(TINY, label="t000 seed 1", trial="t000")
+    shipped = []
+    store = tmp_path / "convladder-tune-x"
+    runner = EpochRunner(job, str(store), lambda res: shipped.append((res, pack_runs(store))))
+    first = runner.step()
+    assert first["done"] is False and not shipped
+    last = runner.step()
+    assert last["done"] is True and len(shipped) == 1  # on its way before Tune hears 'done'
+    result, bundles = shipped[0]
+    assert result["status"] == "completed" and result["final_val_acc"] is not None
+    assert [b["record"]["status"] for b in bundles] == ["completed"]
+    runner.close()  # Tune's cleanup(): nothing more to ship
+    assert len(shipped) == 1
+    # a retried attempt of a job whose run an earlier attempt shipped trains nothing
+    again = EpochRunner(job, str(tmp_path / "retry"), lambda res: shipped.append(res), shipped=result)
+    assert again.step()["done"] is True and len(shipped) == 1 and not (tmp_path / "retry").exists()
+
+
+def test_completed_run_left_in_a_lost_workers_folder_is_imported_once(tmp_path):
+    from convladder.executors.ray_runs import recover_leftovers
+
+    job = make_job(TINY, label="a")
+    host = socket.gethostname()
+    done_dir, copy_dir, partial_dir = (tmp_path / f"convladder-ray-{n}" for n in ("a", "b", "c"))
+    run_job(job, done_dir)
+    shutil.copytree(done_dir, copy_dir)
+    shutil.copytree(done_dir, partial_dir)
+    for folder in (partial_dir / p for p in os.listdir(partial_dir)):
+        if folder.is_dir():
+            (folder / "result.json").unlink()  # a run its worker never finished
+    RunStore(partial_dir).reindex()
+    root = tmp_path / "runs"
+    attempts = {job.key: [{"host": host, "path": str(partial_dir), "node_id": "n1"},
+                          {"host": host, "path": str(done_dir), "node_id": "n2"},
+                          {"host": "elsewhere", "path": "/tmp/convladder-ray-z", "node_id": "n3"}]}
+    results: dict = {}
+    recovered, left = recover_leftovers(attempts, root, results)
+    assert [r["status"] for r in recovered] == ["completed"] and results[job.key]["run_id"] == recovered[0]["run_id"]
+    assert [r.status for r in RunStore(root).list_runs()] == ["completed"]  # the unfinished one is not imported
+    assert not done_dir.exists() and not partial_dir.exists()
+    assert left == []  # the other machine's attempt was the last one and its job has a run
+    # the same completed run found again (a second lost attempt): no duplicate run
+    recovered, left = recover_leftovers({job.key: [{"host": host, "path": str(copy_dir)},
+                                                   {"host": "elsewhere", "path": "/x"}]}, root, {})
+    assert recovered == [] and len(RunStore(root).list_runs()) == 1 and not copy_dir.exists()
+    assert left == ["elsewhere:/x"] or left == []  # listed only while its job has no run here
+    recovered, left = recover_leftovers({"k": [{"host": "elsewhere", "path": "/y"}]}, root, {})
+    assert left == ["elsewhere:/y"]
+
+
+def test_retry_notes_name_the_lost_attempts():
+    from convladder.executors.ray_runs import retry_note
+
+    tries = [{"host": "h1", "node_id": "aaaaaaaa11"}, {"host": "h2", "node_id": "bbbbbbbb22"},
+             {"host": "h1", "node_id": "cccccccc33"}]
+    note = retry_note(tries, {"aaaaaaaa11": False, "bbbbbbbb22": True})
+    assert note == ("attempt 1 on h1 (node aaaaaaaa) lost: its node died; "
+                    "attempt 2 on h2 (node bbbbbbbb) lost: its worker process died")
+    assert retry_note(tries[:2], {}, ["ActorDiedError: node died"]) == \
+        "attempt 1 on h1 (node aaaaaaaa) lost: ActorDiedError: node died"
+    assert retry_note(tries[:1], {}) is None
+
+
+def test_max_retries_and_ray_verbose_need_ray_and_a_sane_count():
+    from convladder.executors.base import make_executor
+    from convladder.executors.ray_executor import DEFAULT_MAX_RETRIES, RayExecutor
+
+    with pytest.raises(UserError, match="--max-retries.*need --executor ray"):
+        make_executor("inprocess", max_retries=2)
+    with pytest.raises(UserError, match="--ray-verbose need --executor ray|need --executor ray"):
+        make_executor("inprocess", ray_verbose=True)
+    with pytest.raises(UserError, match="--max-retries must be 0 or more"):
+        RayExecutor(max_retries=-1)
+    assert RayExecutor().max_retries == DEFAULT_MAX_RETRIES >= 1
+    assert make_executor("ray", max_retries=3).max_retries == 3
+    with pytest.raises(UserError, match="host:port"):
+        make_executor("ray", ray_address="http://127.0.0.1:8265")
+
+
+def test_strict_makes_a_failed_trial_fail_the_sweep(tmp_path):
+    from typer.testing import CliRunner
+
+    from convladder.cli import build_app
+
+    base = {**TINY, "subset": 256, "val_size": 64, "epochs": 1}
+    path = tmp_path / "s.yaml"
+    path.write_text(f'name: strict\nmodel: "{SPEC}"\nsearch: grid\nseeds: 1\nbase: {json.dumps(base)}\n'
+                    "params:\n  c1: {role: studied, values: [4]}\n  batch_size: {role: nuisance, values: [64, 100000]}\n")
+    args = ["sweep", str(path), "--runs", str(tmp_path / "runs")]
+    lenient = CliRunner().invoke(build_app(), args)
+    assert lenient.exit_code == 0 and "1 completed, 1 failed" in lenient.output, lenient.output
+    strict = CliRunner().invoke(build_app(), args + ["--strict"])  # the completed trial is skipped, the bad one fails
+    assert strict.exit_code == 1 and "(--strict)" in strict.output, strict.output
+
+
+def _descendants(pid: int) -> set[int]:
+    """Processes below `pid` (this test's own Ray: raylet, workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_task_whose_worker_dies_is_retried_and_its_run_imported_once(tmp_path, monkeypatch):
+    """Local Ray: the worker training a job is killed after its first epoch. With --max-retries 1 the job is
+    trained again and imported once, its result says which attempt was lost; the killed attempt's temporary
+    folder is removed. With 0 the job fails naming the cause."""
+    ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'convladder[ray]'")
+    from convladder.executors.ray_executor import RayExecutor
+
+    if ray.is_initialized():
+        ray.shutdown()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="clr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the workers' temporary stores land here (they inherit it)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    job = make_job({**TINY, "epochs": 4, "subset": 1500}, label="victim")
+
+    def kill_after_first_epoch(stop: threading.Event) -> None:
+        while not stop.is_set():
+            if any(m.read_text().strip() for m in tmp.glob("convladder-ray-*/*/metrics.jsonl")):
+                for pid in _descendants(os.getpid()):
+                    if "ray::run_job_shipped" in _cmdline(pid):
+                        os.kill(pid, signal.SIGKILL)
+                        return
+            time.sleep(0.1)
+
+    executor = RayExecutor(cpus_per_trial=1, num_cpus=1, max_retries=1)
+    try:
+        for retries in (1, 0):
+            executor.max_retries = retries
+            root = tmp_path / f"runs{retries}"
+            stop = threading.Event()
+            killer = threading.Thread(target=kill_after_first_epoch, args=(stop,), daemon=True)
+            killer.start()
+            [res] = executor.map([job], root)
+            stop.set()
+            killer.join()
+            runs = RunStore(root).list_runs()
+            if retries:
+                assert res["status"] == "completed" and res["attempt"] == 2, res
+                assert res["retried"].startswith("attempt 1 on ") and "worker process died" in res["retried"]
+                assert [r.status for r in runs] == ["completed"] and runs[0].id == res["run_id"]
+            else:
+                assert res["status"] == "failed" and runs == [], res
+                assert "after 1 attempt(s)" in res["error"] and "attempt 1 on " in res["error"]
+            assert not list(tmp.glob("convladder-*")), list(tmp.iterdir())
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
