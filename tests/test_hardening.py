@@ -197,3 +197,79 @@ def test_pack_copies_regular_files_only_and_says_what_it_skipped(tmp_path: Path,
     assert "env2.json" not in bundle["files"] and "pipe" not in bundle["files"]
     assert sorted(bundle["skipped"]) == ["env2.json", "pipe"]
     assert "not packed (not regular files): 'env2.json', 'pipe'" in capsys.readouterr().err
+
+
+# -- outputs never clobber inputs ---------------------------------------------------------------------------
+def net_run(root: Path) -> str:
+    """A run of tiny8k with untrained weights, written through the store (enough for export and report)."""
+    from convladder.runs.store import RunStore
+    from convladder.spec.build import build_module
+    from convladder.spec.notation import format_spec
+    from convladder.spec.registry import resolve_spec
+
+    torch.manual_seed(0)
+    spec = resolve_spec("tiny8k")
+    handle = RunStore(root).create_run({"model": "tiny8k", "model_spec": format_spec(spec), "dataset": "synthetic"},
+                                       {"input_shape": [1, 28, 28], "data_mean": 0.13, "data_std": 0.31})
+    handle.save_weights("model", build_module(spec).state_dict())
+    return handle.id
+
+
+def test_outputs_inside_a_run_folder_or_onto_the_index_are_refused(tmp_path: Path, capsys) -> None:
+    from cli_util import run_cli
+
+    store = tmp_path / "runs"
+    rid = net_run(store)
+    weights = (store / rid / "model.safetensors").read_bytes()
+    index = (store / "index.sqlite").read_bytes()
+    code, _, err = run_cli(capsys, "export", rid, "--runs", str(store), "-o", str(store / rid / "model.safetensors"))
+    assert code == 2 and "inside" in err and "Traceback" not in err
+    assert (store / rid / "model.safetensors").read_bytes() == weights
+    start = time.perf_counter()
+    code, _, err = run_cli(capsys, "report", rid, "--runs", str(store), "-o", str(store / "index.sqlite"))
+    assert code == 2 and "index" in err and time.perf_counter() - start < 5
+    assert (store / "index.sqlite").read_bytes()[:16] == index[:16] == b"SQLite format 3\x00"
+    code, _, err = run_cli(capsys, "report", str(store / rid), "-o", str(store / rid))  # a run folder as target
+    assert code == 2 and "inside" in err
+
+
+def test_unwritable_output_is_refused_before_the_work_and_a_folder_takes_a_default_name(tmp_path: Path, capsys) -> None:
+    from cli_util import run_cli
+
+    store = tmp_path / "runs"
+    rid = net_run(store)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    start = time.perf_counter()
+    code, _, err = run_cli(capsys, "report", rid, "--runs", str(store), "-o", str(blocker / "r.html"))
+    assert code == 2 and "cannot write" in err and time.perf_counter() - start < 5
+    folder = tmp_path / "out"
+    folder.mkdir()
+    code, out, err = run_cli(capsys, "export", rid, "--runs", str(store), "-o", str(folder), "--no-check")
+    assert code == 0, err
+    assert (folder / f"{rid}.onnx").is_file()
+
+
+def test_a_fifo_given_to_predict_is_refused_at_once(tmp_path: Path) -> None:
+    import threading
+
+    from convladder.serve.preprocess import load_inputs
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            load_inputs([fifo])
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():  # the old code blocks in open(): give it a writer so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY))
+        worker.join(5)
+    assert outcome and isinstance(outcome[0], UserError) and "not a regular file" in str(outcome[0])

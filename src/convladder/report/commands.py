@@ -23,6 +23,14 @@ def register(app: typer.Typer) -> None:
         from convladder.report.html import write_report  # matplotlib loads only when this command runs
 
         t0 = time.perf_counter()
+        if output is not None:  # checked before the work: not into the run store; a folder takes a default name
+            from convladder.paths import runs_dir
+            from convladder.runs.reader import check_output
+
+            name = Path(target).stem if target.endswith((".yaml", ".yml", ".json")) else target.replace(":", "-")
+            default = f"report-{Path(name).name or 'report'}.html"
+            for store in [runs or runs_dir()] + ([Path(target).parent] if Path(target).is_dir() else []):
+                output = check_output(output, default, store)  # a run folder given as target: its store too
         out = write_report(target, output, runs)
         size = out.stat().st_size / 1e6
         typer.echo(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.1f} s")

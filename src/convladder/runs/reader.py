@@ -199,3 +199,44 @@ def row_from_folder(folder: Path, running: bool) -> dict[str, Any]:
             "final_test_acc": num(final.get("test_acc"), float), "best_val_acc": num(best.get("val_acc"), float),
             "best_epoch": num(best.get("epoch"), int), "path": str(folder.resolve()),
             "tags": json.dumps(config.get("tags") or [])}
+
+
+def check_output(out: str | Path, default_name: str, store_root: str | Path | None) -> Path:
+    """The file an `-o` option will write, checked before any work: an existing folder takes `default_name`
+    inside it; a target inside a folder of the run store or onto its index is refused (it would replace a
+    run's weights or the index); the folder is created and a temp file written there, so a read-only or
+    missing place is one UserError now, not after the export or report is done."""
+    import os
+    import stat
+    import tempfile
+
+    target = Path(out).expanduser()
+    if target.is_dir():
+        target = target / default_name
+    resolved = target.resolve()  # symlinks followed: a link into a run folder is caught too
+    if store_root is not None:
+        store = Path(store_root).expanduser().resolve()
+        try:
+            inside = resolved.relative_to(store).parts
+        except ValueError:
+            inside = ()
+        if inside and (inside[0].startswith("index.sqlite") or len(inside) > 1 and (store / inside[0]).is_dir()):
+            what = ("is the run store's index" if inside[0].startswith("index.sqlite")
+                    else f"is inside {store / inside[0]}, a folder of the run store")
+            raise UserError(f"-o {target} {what}: writing there could replace a run's files or the index — "
+                            f"write the output outside the run store (e.g. -o {default_name})")
+    try:
+        mode = os.stat(resolved).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UserError(f"-o {target} exists and is not a regular file (a folder, FIFO or device) — give a file name")
+    try:
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=resolved.parent, prefix=f".{resolved.name}.", suffix=".part")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"-o {target}: cannot write in {resolved.parent} ({exc.strerror or exc}) — give a folder you "
+                        "may write") from None
+    return target

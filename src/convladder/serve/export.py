@@ -26,6 +26,7 @@ from torch import nn
 from convladder.data.normalise import Stat, as_stat, channel_tensor, normalise, stat_text, to_unit
 from convladder.errors import UserError
 from convladder.fileio import atomic_write_bytes
+from convladder.runs.reader import check_output
 from convladder.serve.predict import LoadedRun, Predictor, nonfinite_message
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probs"
@@ -201,8 +202,8 @@ def verify(data: bytes, run: LoadedRun, path: Path) -> ExportReport:
 def export_onnx(run: LoadedRun, out: Path, *, check: bool = True) -> ExportReport:
     """Write `out` (one file) atomically after verifying it; nothing is written if a check fails."""
     require_onnx()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # before the work: not into a run folder or onto the index; a folder takes <run id>.onnx; writable
+    out = check_output(out, f"{run.run_id}.onnx", run.path.parent)
     wrapper = ProbsFromPixels(run.model, run.mean, run.std, run.input_shape).eval()
     data = _add_metadata(_onnx_bytes(wrapper), run)
     report = verify(data, run, out) if check else ExportReport(out, len(data), 0, "not checked", float("nan"))

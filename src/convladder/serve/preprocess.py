@@ -357,12 +357,15 @@ def load_inputs(paths: list[Path], *, max_side: int | None = MAX_SIDE,
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise UserError(f"folder {path} has no images ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
         elif not path.exists():
             raise UserError(f"{path} does not exist — give image files, a folder of images, .npy or IDX files")
+        elif not path.is_file():  # a FIFO or device would block or never end
+            raise UserError(f"{path} is not a regular file (a FIFO, device or socket) — give image files, a folder "
+                            "of images, .npy or IDX files")
         else:
             files.append(path)
     c, h, w = input_shape
