@@ -4,6 +4,7 @@ block, and `result.report()` reading the run store."""
 from __future__ import annotations
 
 import html
+import os
 import re
 import sys
 import types
@@ -318,7 +319,7 @@ def test_notebook_progress_with_train_seeds(tmp_path: Path) -> None:
     final = shown.calls[-1][0]["text/plain"]
     for r in results:  # every run's header, its epoch line with its own test accuracy, and its result line
         assert f"run {r.run_id}" in final and r.summary() in final
-        assert re.search(rf"run {r.run_id}.*\nepoch 1/1 .*test \S+ {r.final['test_acc']:.2f}%", final)
+        assert re.search(rf"run {r.run_id}.*\nrecipe: .*\nepoch 1/1 .*test \S+ {r.final['test_acc']:.2f}%", final)
 
 
 def test_progress_choice(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -344,5 +345,89 @@ def test_plain_progress_prints_by_default(tmp_path: Path, capsys: pytest.Capture
     """What `convladder.train` from a script gets (resolve_progress(None) outside a notebook): one line per epoch."""
     result = train(TrainConfig(**FAST), RunStore(tmp_path), resolve_progress(None))
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"run {result.run_id}: tiny8k") and out[1].startswith("epoch 1/2")
-    assert out[2].startswith("epoch 2/2") and out[-1] == result.summary()
+    assert out[0].startswith(f"run {result.run_id}: tiny8k") and out[2].startswith("epoch 1/2")
+    assert out[3].startswith("epoch 2/2") and out[-1] == result.summary()
+    # the recipe in one line, under the header: what config.json holds, said where the student looks
+    assert out[1] == ("recipe: SGD lr 0.1, momentum 0.9 Nesterov; onecycle (lr 0.1 is the peak, warm-up 20%); "
+                      "batch 128; 2 epochs; augmentation rotate ±7°, shift ±2 px, scale ±10%; validation 102 images "
+                      "held out (best epoch by val)")
+
+
+def test_recipe_line_names_what_differs() -> None:
+    from convladder.train.progress import recipe_text
+
+    line = recipe_text(TrainConfig(optimizer="adam", lr=0.001, schedule="step", gamma=0.5, augment=False,
+                                   weight_decay=5e-4, label_smoothing=0.1, val_size=0), 0)
+    assert "\n" not in line and line.startswith("recipe: Adam lr 0.001, beta1 0.9, weight decay 0.0005; ")
+    assert "step (lr x0.5 every 1 epoch(s))" in line and "label smoothing 0.1" in line
+    assert "no augmentation" in line and line.endswith("no validation split")
+
+
+# -- examples/cell_class.ipynb: a class from a cell, used from the command line after its kernel is gone ------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PUBLIC = {"torch", "torch.nn", "torch.nn.functional", "convladder", "IPython.display", "json"}
+
+
+def _public_api_only(nb) -> None:
+    """The notebook imports only torch, convladder and IPython.display, and calls only convladder's public API."""
+    import ast
+
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert {a.name for a in node.names} <= PUBLIC, cell.source
+            elif isinstance(node, ast.ImportFrom):
+                assert node.module in PUBLIC, cell.source
+            elif isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "convladder":
+                assert node.attr in ("train", "summarize", "create_model"), node.attr
+
+
+@pytest.mark.slow
+def test_cell_class_notebook_outlives_its_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import subprocess
+
+    nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[dev]' (nbclient, ipykernel)")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.read(EXAMPLES / "cell_class.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "store the notebook without outputs"
+    _public_api_only(nb)
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("CONVLADDER_RUNS", str(runs))  # the kernel inherits it: the notebook writes to ./runs otherwise
+    monkeypatch.delenv("CONVLADDER_OWN_SOURCE", raising=False)
+    client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError (with the cell and traceback) if any cell fails
+    assert client.kc is None  # the kernel, and every cell it kept, is gone
+    text = "\n".join(str(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                     + "".join(o.get("data", {}).get("text/html", "")) for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+    assert "recipe: SGD lr" in text and "'rebuild': 'recorded'" in text and "Net (4, 10)" in text
+    assert "<iframe srcdoc=" in text and "cannot be rebuilt" not in text and "cannot rebuild" not in text
+    (run,) = [p.name for p in runs.iterdir() if p.is_dir()]
+
+    from PIL import Image
+
+    Image.fromarray(((torch.rand(28, 28) > 0.8) * 255).to(torch.uint8).numpy()).save(tmp_path / "digit.png")
+    env = {k: v for k, v in os.environ.items() if k != "CONVLADDER_OWN_SOURCE"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "convladder", *args, "--runs", str(runs)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout + done.stderr
+
+    report = cli("report", run, "-o", str(tmp_path / "report.html"))
+    page = (tmp_path / "report.html").read_text()
+    assert "wrote" in report and 'id="fig-misclassified"' in page and 'id="fig-feature_maps"' in page
+    assert "cannot be rebuilt" not in page
+    predicted = json.loads(cli("predict", run, str(tmp_path / "digit.png"), "--json"))
+    assert len(predicted["images"]) == 1 and abs(sum(predicted["images"][0]["probs"]) - 1) < 1e-4
+    pytest.importorskip("onnx")
+    exported = cli("export", run, "--format", "onnx", "-o", str(tmp_path / "net.onnx"))
+    assert (tmp_path / "net.onnx").stat().st_size > 1000 and "max |onnxruntime - torch|" in exported

@@ -319,7 +319,7 @@ def test_python_api_class_instance_and_resnet(tmp_path, capsys):
     assert not torch.equal(before, net.stem[0].weight) and isinstance(net, ResNet)
     own = json.loads((runs / result.run_id / "own_model.json").read_text())
     assert own["initial_weights"] == "instance" and own["rebuild"] == "python" and own["args"] is None
-    with pytest.raises(UserError, match="cannot rebuild"):
+    with pytest.raises(UserError, match="cannot be rebuilt here: .*instance.* model=ResNet"):
         convladder.create_model(result.run_id, runs=runs)
     back = convladder.create_model(result.run_id, runs=runs, model=ResNet(width=4))
     x = torch.randn(2, 1, 28, 28)
@@ -419,3 +419,177 @@ def test_lr_find_on_an_own_class(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "suggested lr" in out
     assert os.path.isdir(tmp_path / "runs" / "lrfind") and run_folders(tmp_path / "runs") == [tmp_path / "runs" / "lrfind"]
+
+
+# -- a class defined in a notebook cell (issue 28) -------------------------------------------------------------
+
+# what a student's kernel ran, cell by cell: imports, a constant, a helper, the class, then training code
+CELLS = [
+    "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\nimport numpy as np\n",
+    "dropout_value = 0.05\nnp.random.seed(0)\nprint('setup done')\n\n\n"
+    "def block(cin, cout):\n    return nn.Sequential(nn.Conv2d(cin, cout, 3, bias=False), nn.ReLU(), "
+    "nn.BatchNorm2d(cout), nn.Dropout(dropout_value))\n",
+    "class Net(nn.Module):\n    def __init__(self, width=8):\n        super().__init__()\n"
+    "        self.c1 = block(1, width)\n        self.c2 = block(width, width)\n"
+    "        self.trans = nn.Conv2d(width, 8, 1, bias=False)\n        self.out = nn.Conv2d(8, 10, 1, bias=False)\n"
+    "        self.gap = nn.AvgPool2d(6)\n\n    def forward(self, x):\n"
+    "        x = F.max_pool2d(self.c2(self.c1(x)), 2)\n        x = F.max_pool2d(self.trans(x), 2)\n"
+    "        return F.log_softmax(self.gap(self.out(x)).view(-1, 10), dim=-1)\n\n\n"
+    "net = Net()\nraise_if_run_again = open('/nonexistent/data.bin')  if False else None\n",
+]
+CELL_KEYS = dict(dataset="synthetic", epochs=1, subset=1024, val_size=128, threads=1, clean_train_eval=256,
+                 batch_size=64)
+
+
+def run_cells(cells: list[str], monkeypatch) -> dict:
+    """Run cells the way IPython does: each compiled under its own cell file name, its text in linecache, the
+    history in the shell (In[1], In[2], ...), everything in one __main__ namespace."""
+    import linecache
+    import types
+
+    ns: dict = {"__name__": "__main__"}
+    hist, names = [""], {}
+    for number, text in enumerate(cells, 1):
+        name = f"/tmp/ipykernel_4242/{abs(hash(text))}.py"
+        monkeypatch.setitem(linecache.cache, name, (len(text), None, [ln + "\n" for ln in text.splitlines()], name))
+        hist.append(text)
+        names[name] = number
+        exec(compile(text, name, "exec"), ns)  # noqa: S102 - the test's own cells
+    shell = types.SimpleNamespace(history_manager=types.SimpleNamespace(input_hist_parsed=hist),
+                                  compile=types.SimpleNamespace(_filename_map=names))
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    return ns
+
+
+def test_a_notebook_class_is_recorded_and_rebuilt_without_the_kernel(tmp_path, monkeypatch, capsys):
+    ns = run_cells(CELLS, monkeypatch)
+    runs = tmp_path / "runs"
+    result = convladder.train(ns["Net"], model_args={"width": 4}, runs=runs, quiet=True, **CELL_KEYS)
+    folder = runs / result.run_id
+    own = json.loads((folder / "own_model.json").read_text())
+    source = (folder / "model_source.py").read_text()
+    assert own["rebuild"] == "recorded" and own["source_scope"] == "cells" and own["args"] == {"width": 4}
+    assert own["sha256"] == __import__("hashlib").sha256(source.encode()).hexdigest()
+    # what the class needs, in the order it ran; nothing that runs (print, seeding, building, reading data)
+    for kept in ("import torch.nn as nn", "import torch.nn.functional as F", "dropout_value = 0.05", "def block(",
+                 "class Net(nn.Module):"):
+        assert kept in source, kept
+    assert source.index("dropout_value =") < source.index("def block") < source.index("class Net(")
+    for left_out in ("print(", "np.random.seed", "net = Net()", "open(", "import numpy"):
+        assert left_out not in source, left_out
+    assert "In[1], In[2], In[3]" in source
+    assert "cannot rebuild" not in capsys.readouterr().err  # nothing to warn about
+
+    # the kernel is gone: no class in memory, no cells; the command line rebuilds it from the run
+    monkeypatch.delitem(sys.modules, "IPython")
+    del ns["Net"], ns["block"]
+    np.save(tmp_path / "x.npy", (np.random.default_rng(0).random((3, 28, 28)) * 255).astype(np.uint8))
+    code, out, err = cli("predict", result.run_id, str(tmp_path / "x.npy"), "--runs", str(runs), "--json",
+                         capsys=capsys)
+    assert code == 0, err
+    assert len(json.loads(out)["images"]) == 3
+    rebuilt = convladder.create_model(result.run_id, runs=runs)
+    assert set(rebuilt.state_dict()) == set(load_file(str(folder / "model.safetensors")))
+
+    # an edited copy is not run without asking; asking runs it (with a note)
+    (folder / "model_source.py").write_text(source + "\n# edited\n")
+    with pytest.raises(UserError, match="edited after .* CONVLADDER_OWN_SOURCE=recorded runs it"):
+        convladder.create_model(result.run_id, runs=runs)
+    monkeypatch.setenv("CONVLADDER_OWN_SOURCE", "recorded")
+    assert convladder.create_model(result.run_id, runs=runs) is not None
+
+
+def test_a_notebook_instance_with_default_arguments_is_rebuilt(tmp_path, monkeypatch):
+    """convladder.train(Net(), ...) (the notebook's usual form): Net() from the recovered source is the same network."""
+    ns = run_cells(CELLS, monkeypatch)
+    result = convladder.train(ns["Net"](), runs=tmp_path, quiet=True, **CELL_KEYS)
+    own = json.loads((tmp_path / result.run_id / "own_model.json").read_text())
+    assert own["rebuild"] == "recorded" and own["args"] == {} and own["initial_weights"] == "instance"
+    monkeypatch.delitem(sys.modules, "IPython")
+    assert type(convladder.create_model(result.run_id, runs=tmp_path)).__name__ == "Net"
+
+
+def test_a_class_whose_source_is_gone_says_so_at_train_time(tmp_path, capsys):
+    """A plain `python` REPL keeps no text: one notice at train time, and every later message names what works."""
+    ns: dict = {"__name__": "__main__"}
+    exec(compile(CELLS[0] + CELLS[1] + CELLS[2].split("net = Net()")[0], "<stdin>", "exec"), ns)  # noqa: S102
+    result = convladder.train(ns["Net"], runs=tmp_path, quiet=True, **CELL_KEYS)
+    err = capsys.readouterr().err
+    assert err.count("cannot be recovered") == 1 and "result.report(model=Net)" in err
+    assert "convladder.create_model(run_id, model=Net)" in err
+    folder = tmp_path / result.run_id
+    assert not (folder / "model_source.py").exists()
+    with pytest.raises(UserError) as caught:
+        convladder.create_model(result.run_id, runs=tmp_path)
+    message = str(caught.value)
+    assert "result.report(model=Net)" in message and f"convladder.create_model('{result.run_id}', model=Net)" in message
+    assert "CONVLADDER_OWN_SOURCE" not in message  # there is no recorded source to offer
+    report = result.report(runs_root=tmp_path).html  # a bare report: says what works, not cut mid-path
+    assert "result.report(model=Net)" in report
+    assert convladder.create_model(result.run_id, runs=tmp_path, model=ns["Net"]) is not None
+
+
+def test_recovered_source_that_does_not_rebuild_alone_is_not_claimed(tmp_path, monkeypatch, capsys):
+    """A class reading a global built by code (not a literal) in another cell: recorded, checked, refused."""
+    cells = CELLS[:2] + ["scale = torch.tensor(2.0)\n", CELLS[2].replace("self.gap(self.out(x)).view",
+                                                                         "(self.gap(self.out(x)) * scale).view")]
+    ns = run_cells(cells, monkeypatch)
+    result = convladder.train(ns["Net"], runs=tmp_path, quiet=True, **CELL_KEYS)
+    own = json.loads((tmp_path / result.run_id / "own_model.json").read_text())
+    assert own["rebuild"] == "python" and own["sha256"] and "NameError" in own["note"] and "scale" in own["note"]
+    err = capsys.readouterr().err
+    assert "does not run alone" in err and "result.report(model=Net)" in err
+
+
+# -- messages that point at the fix (issue 28) ---------------------------------------------------------------
+
+NO_SUPER = HEAD + "class Net(nn.Module):\n    def __init__(self):\n        self.c = nn.Conv2d(1, 10, 28)\n" \
+                  "    def forward(self, x):\n        return self.c(x).view(-1, 10)\n"
+
+
+def test_a_class_without_super_init_is_told_to_call_it(tmp_path, monkeypatch, capsys):
+    write(tmp_path, "net.py", NO_SUPER)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("train", "--model", "net.py:Net", *SYNTH, "--runs", "runs", capsys=capsys)
+    assert code == 2 and "super().__init__()" in err and "--model-args" not in err, err
+    Net = plain_import(tmp_path / "net.py", "Net")
+    with pytest.raises(UserError, match=r"does not call super\(\).__init__\(\)"):
+        convladder.train(Net, runs=False, **SYNTH_KEYS)
+    # from Python the arguments are model_args=, not a command-line flag
+    write(tmp_path, "raises.py", BAD["constructor raises"][0])
+    with pytest.raises(UserError, match="model_args=") as caught:
+        convladder.train(plain_import(tmp_path / "raises.py", "Net"), runs=False, **SYNTH_KEYS)
+    assert "--model-args" not in str(caught.value)
+
+
+def test_a_py_file_without_its_class_is_told_the_form(tmp_path, monkeypatch, capsys):
+    write(tmp_path, "student_net.py", RES_NET)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("train", "--model", "student_net.py", *SYNTH, "--runs", "runs", capsys=capsys)
+    assert code == 2 and "name the class in it: student_net.py:" in err, err
+    assert "its nn.Module classes: Block, ResNet, Probs" in err and "column" not in err
+    code, _, err = cli("summary", "nets/other.py", capsys=capsys)
+    assert code == 2 and "nets/other.py:Net" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize("key,expected", [("lr_rate", "'lr'"), ("runs_root", "'runs'"), ("run", "'runs'"),
+                                          ("learning_rate", "'lr'"), ("epoch", "'epochs'")])
+def test_misspelt_train_keywords_get_the_right_suggestion(key, expected):
+    with pytest.raises(UserError) as caught:
+        convladder.train("tiny8k", runs=False, **{key: 1})
+    message = str(caught.value)
+    assert f"did you mean {expected}" in message and "rotate" not in message
+    assert len(message) < 200 and "clean_train_eval" not in message  # a few close keys, never the whole list
+
+
+def test_potential_near_chance_is_not_meaningful():
+    from convladder.train.result import RunResult, potential_meaningful, potential_shown
+
+    assert not potential_meaningful(10.78) and potential_meaningful(99.0) and potential_meaningful(40.0)
+    assert not potential_meaningful(60.0, classes=2)
+    chance = RunResult(run_id="r", status="completed", params=1, epochs_done=1,
+                       final={"train_acc": 10.78, "test_acc": 9.82}, best={}, gap=0.96, potential=99.04,
+                       verdict="underfitting", train_acc_source="clean", wall_time_s=1.0, time_to_target_s=None)
+    for text in (str(chance), chance.summary(), chance._repr_html_()):
+        assert "not meaningful" in text and "99.04" not in text
+    assert potential_shown(99.25, 99.8) == "99.25" and potential_shown(None, 50.0) == "-"

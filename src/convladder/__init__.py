@@ -49,7 +49,7 @@ def _train(model_or_spec: Any = "tiny8k", /, *, runs: str | Path | bool | None =
     from torch import nn
 
     from convladder.errors import UserError
-    from convladder.train.config import TrainConfig
+    from convladder.train.config import TrainConfig, field_names, unknown_keys_message
     from convladder.train.loop import resume as resume_run
     from convladder.train.loop import train as train_one
     from convladder.train.loop import train_seeds
@@ -60,6 +60,10 @@ def _train(model_or_spec: Any = "tiny8k", /, *, runs: str | Path | bool | None =
 
     if "model" in config_keys:
         raise UserError("give the network as the first argument of convladder.train, not as model=")
+    unknown = set(config_keys) - set(field_names())
+    if unknown:  # the keywords of this function count too: runs_root= is runs=, not a config key
+        raise UserError(unknown_keys_message(unknown, field_names() + list(_TRAIN_KEYWORDS),
+                                             "keyword of convladder.train"))
     obj = model_or_spec
     python_object = isinstance(obj, nn.Module) or (isinstance(obj, type) and issubclass(obj, nn.Module))
     if isinstance(obj, nn.Module) and int(config_keys.get("seeds", 1)) > 1:
@@ -84,6 +88,9 @@ def _train(model_or_spec: Any = "tiny8k", /, *, runs: str | Path | bool | None =
         if config.seeds > 1:
             return SeedResults([_located(r, store) for r in train_seeds(config, store, progress, data=data)[0]])
         return _located(train_one(config, store, progress, data=data), store)
+
+
+_TRAIN_KEYWORDS = ("runs", "quiet", "progress", "data", "resume")  # _train's own keywords, beside config keys
 
 
 def _located(result: Any, store: Any) -> Any:

@@ -211,6 +211,7 @@ def check_epochs(p: Patient, splits: Any, epochs: int) -> Check:
     from convladder.train.loop import train
     from convladder.train.models import handing_over
     from convladder.train.recorder import TrainingDiverged
+    from convladder.train.result import potential_shown
 
     if epochs < 1:
         return Check("epoch", "one epoch", SKIP, "not run (--epochs 1 runs it)", "", "")
@@ -239,7 +240,7 @@ def check_epochs(p: Patient, splits: Any, epochs: int) -> Check:
         "epoch", f"{epochs} epoch(s) of training", status,
         f"train {f.get('train_acc') or 0:.2f} %, val {f.get('val_acc') or float('nan'):.2f} %, test "
         f"{f.get('test_acc') or 0:.2f} %; gap {gap if gap is not None else float('nan'):+.2f}, potential "
-        f"{result.potential if result.potential is not None else float('nan'):.2f}; verdict {result.verdict}",
+        f"{potential_shown(result.potential, f.get('train_acc'))}; verdict {result.verdict}",
         "the notes read a run by its train/test gap and its potential = test + (100 - train): a small gap is "
         "preferred, and a potential below the target is the disease to treat",
         reading,

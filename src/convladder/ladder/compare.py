@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_text
+from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_shown, potential_text
 from convladder.ladder.ladder import Ladder, Step
 from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
 from convladder.runs.store import RunStore
@@ -197,7 +197,8 @@ def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
     else:
         cmp = "<" if least["potential"] < target else ">="
         text = (f"train {least['train']:.2f} / test {least['test']:.2f}{which}: gap {least['gap']:.2f}, "
-                f"potential {potential_text(least['potential'])} {cmp} target {target:g} -> {least['verdict']}")
+                f"potential {potential_shown(least['potential'], least['train'])} {cmp} target {target:g} "
+                f"-> {least['verdict']}")
         advice = ADVICE.get(least["verdict"] or "", "")
         if least["verdict"] == "healthy":
             advice = "on target" if least["test"] >= target else "right direction: closing the gap reaches the target"
@@ -236,7 +237,7 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
                       _pct(r.get("test")) + (f" ({h['test']:.2f}" + (f"@{h['epoch']}" if h.get("epoch") else "") + ")"
                                              if h.get("test") else ""),
                       spread, best, _pct(r.get("gap")),
-                      "-" if r.get("potential") is None else potential_text(r["potential"], raw=False),
+                      potential_shown(r.get("potential"), r.get("train"), raw=False),
                       (r.get("verdict") or "-") + seeds))
     shifts = sorted({k for r in rows for k in (r.get("shifted") or {})}, key=int)
     if shifts:  # shift_eval ran: the median test accuracy with images shifted 0..N pixels

@@ -20,7 +20,8 @@ import torch
 
 from convladder.analysis.render import format_size
 from convladder.fileio import atomic_write_text
-from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_text, shifted_text
+from convladder.train.result import (POTENTIAL_CAP, POTENTIAL_NOTE, potential_meaningful, potential_shown,
+                                     potential_text, shifted_text)
 from convladder.report import assets, concepts, figures, netfigs
 from convladder.report.plot import Figure
 from convladder.report.rundata import (
@@ -142,7 +143,9 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
         (f"best epoch (selected by {E(sel)})",
          f"epoch {_num(n['best_epoch'])}: test {_num(n['best_test_acc'])} %, val {_num(n['best_val_acc'])} %"),
         ("gap = train − test", f"{_num(n['gap'])} points"),
-        ("potential = test + (100 − train)", f"{_potential(n['potential'])} % <small>(target {_num(n['target'])})</small>"
+        ("potential = test + (100 − train)", (f"{_potential(n['potential'])} %" if potential_meaningful(n["train_acc"])
+                                              else E(potential_shown(n["potential"], n["train_acc"])))
+         + f" <small>(target {_num(n['target'])})</small>"
          + (f"<br><small>{E(POTENTIAL_NOTE)}</small>" if _over_cap(n["potential"]) else "")),
         ("verdict", f"<strong>{E(str(n['verdict'] or '–'))}</strong>"),
         ("parameters", _num(n["params"])),
@@ -273,7 +276,9 @@ def ladder_body(name: str, runs: list[RunData]) -> str:
                      s["best_epoch"], s["best_test_acc"],
                      f"<td data-v='{sp['median']}'>{sp['min']:.2f} / {sp['median']:.2f} / {sp['max']:.2f}</td>" if sp else "–",
                      s["seeds"], s["gap"],
-                     f"<td data-v='{s['potential']}'>{_potential(s['potential'], raw=False)}</td>"
+                     "not meaningful (train near chance)" if s["potential"] is not None
+                     and not potential_meaningful(s["train_acc"])
+                     else f"<td data-v='{s['potential']}'>{_potential(s['potential'], raw=False)}</td>"
                      if _over_cap(s["potential"]) else s["potential"], s["verdict"], _handout(s["handout"])])
     if any(s["shifted"] for s in steps):  # shift_eval ran: test accuracy with the images shifted
         head.append("test, images shifted")

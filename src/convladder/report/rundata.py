@@ -112,7 +112,9 @@ class RunData:
                 model = model_from_folder(self.path, which)
             except Exception as exc:  # noqa: BLE001 - a damaged file or a failing own class: a note, not a crash
                 what = "the own model cannot be rebuilt" if self.own else f"{fname} cannot be loaded into the network"
-                self.notes.append(f"{what} ({type(exc).__name__}: {str(exc)[:300]})")
+                # a UserError is one line that ends in what to do: kept whole; anything else cut
+                text = str(exc) if isinstance(exc, UserError) else str(exc)[:300]
+                self.notes.append(f"{what} ({type(exc).__name__}: {text})")
         self._models[which] = model
         return model
 

@@ -122,7 +122,9 @@ def _own_line(folder: Path) -> str | None:
     if not (folder / OWN_JSON).is_file():
         return None
     own = read_json(folder / OWN_JSON)
-    rebuild = "the command line rebuilds it" if own.get("rebuild") == "file" else "rebuilt in Python only"
+    rebuild = {"file": "the command line rebuilds it",
+               "recorded": "the command line rebuilds it from model_source.py"}.get(own.get("rebuild"),
+                                                                                 "rebuilt in Python only")
     args = json.dumps(own["args"]) if own.get("args") is not None else "arguments unknown"
     return (f"own class {own.get('cls')}({args}) from {own.get('file') or own.get('module')}, output "
             f"{own.get('output')}, sha256 {str(own.get('sha256'))[:12]}; source recorded in "
@@ -184,6 +186,7 @@ def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="two or more 
                  runs: RunsOpt = None) -> None:
     """Side by side: results and the config keys that differ."""
     from convladder.runs.store import RunStore
+    from convladder.train.result import potential_shown
 
     store = RunStore(runs)
     records = [store.get(r) for r in run_ids]
@@ -205,7 +208,8 @@ def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="two or more 
         ("best-epoch test", [_fmt(part(x, "best").get("test_acc"), True) + f" (ep {part(x, 'best').get('epoch')},"
                              f" {part(x, 'best').get('selected_by')})" for x in results]),
         ("gap", [_pts(x.get("gap")) for x in results]),
-        ("potential", [_pts(x.get("potential")) for x in results]),
+        ("potential", [potential_shown(x.get("potential"), part(x, "final").get("train_acc"), raw=False)
+                       for x in results]),
         ("verdict", [_fmt(x.get("verdict")) for x in results]),
         ("wall time s", [_fmt(x.get("wall_time_s")) for x in results]),
     ]

@@ -12,6 +12,7 @@ person's, so saved weights load straight into their class.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -62,6 +63,43 @@ def parse_own_ref(text: str, base_dir: str | Path | None = None) -> OwnRef:
     if not path.is_absolute():
         path = Path(base_dir or Path.cwd()) / path
     return OwnRef(text.strip(), path.resolve(), match["cls"])
+
+
+def module_classes(path: Path) -> list[str] | None:
+    """The nn.Module classes a file defines, read with ast (nothing is imported or run); None if unreadable.
+
+    A class counts when a base is named `Module` (nn.Module, torch.nn.Module), a torch.nn container
+    (Sequential, ModuleList, ModuleDict) or another class of the file that counts.
+    """
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return None
+    found: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases}
+            if bases & {"Module", "Sequential", "ModuleList", "ModuleDict", *found}:
+                found.append(node.name)
+    return found
+
+
+def no_class_message(text: str, base_dir: str | Path | None = None) -> str:
+    """The message for `file.py` given without `:ClassName`, naming the form and the file's classes."""
+    given = text.strip()
+    path = Path(given).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir or Path.cwd()) / path
+    classes = module_classes(path) if path.is_file() else None
+    first = "Net" if not classes or "Net" in classes else classes[-1]  # blocks come first, the network last
+    if not path.is_file():
+        listed = f" ({path} does not exist either)"
+    elif classes is None:
+        listed = " (the file cannot be read as Python)"
+    else:
+        listed = f" (its nn.Module classes: {', '.join(classes)})" if classes else " (it defines no nn.Module class)"
+    return (f"{given!r} is a Python file, not a network — name the class in it: {given}:{first}{listed}; "
+            "importing it runs that file")
 
 
 @dataclass(frozen=True)
@@ -158,19 +196,35 @@ def find_class(module: types.ModuleType, name: str, where: str) -> type[nn.Modul
     return found
 
 
-def construct(cls: type[nn.Module], args: dict[str, Any] | None, where: str) -> nn.Module:
-    """cls(**args); UserError with the exception's last line when the constructor raises."""
+ARGS_CLI = "--model-args '{...}' (model_args= in Python)"
+ARGS_PYTHON = "model_args={...} in convladder.train (args= in create_model and summarize)"
+
+
+def construct(cls: type[nn.Module], args: dict[str, Any] | None, where: str, hint: str = ARGS_CLI) -> nn.Module:
+    """cls(**args); UserError with the exception's last line when the constructor raises.
+
+    `hint`: how the person passes constructor arguments where they are (a flag, or a keyword in Python).
+    """
     try:
         module = cls(**(args or {}))
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - the person's constructor may raise anything
+        if isinstance(exc, AttributeError) and "before Module.__init__() call" in str(exc):
+            raise UserError(_no_super(cls, where, last_line(exc))) from None
         shown = json.dumps(args or {}, default=str)
         raise UserError(f"{where}: {cls.__name__}(**{shown}) raised {last_line(exc)} — fix the constructor or "
-                        "pass its arguments as a JSON object with --model-args") from None
+                        f"pass its arguments with {hint}") from None
     if not isinstance(module, nn.Module):
         raise UserError(f"{where}: {cls.__name__}(...) returned a {type(module).__name__}, not an nn.Module")
+    if "_modules" not in vars(module):  # nothing assigned a layer, so nothing raised: still never initialised
+        raise UserError(_no_super(cls, where, "nn.Module.__init__ never ran"))
     return module
+
+
+def _no_super(cls: type, where: str, what: str) -> str:
+    return (f"{where}: {cls.__name__}.__init__ does not call super().__init__() ({what}) — add "
+            "super().__init__() as the first line of __init__, before any layer is assigned")
 
 
 def load_class(ref: OwnRef, source: OwnSource | None = None) -> tuple[type[nn.Module], OwnSource]:

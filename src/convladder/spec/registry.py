@@ -10,7 +10,7 @@ from convladder.errors import UserError
 from convladder.spec.build import check_size
 from convladder.spec.layers import NetworkSpec
 from convladder.spec.notation import SpecError, parse_spec
-from convladder.spec.own import is_own_ref
+from convladder.spec.own import is_own_ref, no_class_message
 from convladder.spec.yamlform import load_spec_file
 from convladder.spec.zoo import ZOO, ZooEntry
 
@@ -54,6 +54,8 @@ def resolve_spec(model: str | NetworkSpec, input_shape: tuple[int, int, int] | N
                         "convladder.create_model(...); importing it runs that file")
     elif model in ZOO:
         spec = get_spec(model)
+    elif model.strip().endswith(".py"):  # a class file without `:ClassName`: the parser would blame the dot
+        raise UserError(no_class_message(model))
     elif _looks_like_path(model):
         path = Path(model).expanduser()
         if not path.is_file():

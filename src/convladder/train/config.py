@@ -132,7 +132,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         unknown = set(data) - set(field_names())
         if unknown:
-            raise UserError("; ".join(unknown_key(k) for k in sorted(unknown)))
+            raise UserError(unknown_keys_message(unknown))  # a few named, never 10^6
         config = cls()
         for key, value in data.items():
             setattr(config, key, _coerce(key, value))
@@ -146,11 +146,46 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def unknown_key(key: str) -> str:
-    """'unknown config key 'epoch' — did you mean 'epochs'? (known: ...)'."""
-    close = difflib.get_close_matches(key, field_names(), n=1)
-    hint = f", did you mean {close[0]!r}?" if close else f"; known: {', '.join(field_names())}"
-    return f"unknown config key {key!r}{hint}"
+# other libraries' names for a key, which neither spelling nor words relate to ours
+_SYNONYMS = {"learning_rate": "lr", "learningrate": "lr", "wd": "weight_decay", "bs": "batch_size",
+             "scheduler": "schedule", "optim": "optimizer", "max_epochs": "epochs"}
+
+
+def close_names(key: str, names: list[str], n: int = 3) -> list[str]:
+    """The names closest to a mistyped `key`, best first, at most `n`: the same name in other case or with
+    '-' for '_'; a name that is a prefix of the key or the key of the name ('lr_rate' -> lr, 'run' -> runs,
+    'epoch' -> epochs); a shared word ('num_epochs' -> epochs); then difflib's similar spellings
+    ('rotation' -> rotate). Prefixes and words first, since difflib alone calls 'lr_rate' 'rotate'."""
+    k = key.strip().lower().replace("-", "_")
+    words = {w for w in k.split("_") if len(w) > 1}
+    ranked: list[str] = [m for m in names if m in (k, _SYNONYMS.get(k))]
+    ranked += [m for m in names if len(k) > 1 and (k.startswith(m) and (k[len(m):len(m) + 1] == "_"
+               or len(k) - len(m) <= 2) or m.startswith(k))]
+    ranked += [m for m in names if words & set(m.split("_"))]
+    ranked += difflib.get_close_matches(k, names, n=n, cutoff=0.7)
+    return list(dict.fromkeys(ranked))[:n]
+
+
+def unknown_key(key: str, names: list[str] | None = None, what: str = "config key") -> str:
+    """"unknown config key 'epoch' — did you mean 'epochs'?": a few close names, never the whole list."""
+    close = close_names(key[:100], names or field_names())
+    hint = (" — did you mean " + " or ".join(repr(c) for c in close) + "?" if close
+            else " — `convladder train --help` lists the keys (TrainConfig in Python)")
+    return f"unknown {what} {clip(key, 60)}{hint}"
+
+
+def unknown_keys_message(unknown: Any, names: list[str] | None = None, what: str = "config key",
+                         shown: int = 3) -> str:
+    """unknown_key for the first `shown` of several unknown keys, then how many more."""
+    keys = sorted(str(k) for k in unknown)
+    if len(keys) == 1:
+        return unknown_key(keys[0], names, what)
+    parts = []
+    for key in keys[:shown]:
+        close = close_names(key[:100], names or field_names())
+        parts.append(clip(key, 60) + (" (did you mean " + " or ".join(map(repr, close)) + "?)" if close else ""))
+    more = f" and {len(keys) - shown:,} more" if len(keys) > shown else ""
+    return f"unknown {what}s {', '.join(parts)}{more} — `convladder train --help` lists the keys (TrainConfig in Python)"
 
 
 def val_images(config: TrainConfig) -> int:

@@ -19,7 +19,7 @@ import torch
 
 from convladder.train.config import TrainConfig, crop_at
 from convladder.train.optim import schedule_tables
-from convladder.train.progress import Progress
+from convladder.train.progress import Progress, recipe_text
 from convladder.train.step import StepRunner, TrainStep, autocast_dtype, evaluate_copies, recalibrate_bn, step_mode
 
 PAUSE_ENV = "CONVLADDER_TEST_PAUSE_AFTER_EPOCH"  # test hook: after saving epoch N, touch $..._MARKER and sleep
@@ -210,7 +210,7 @@ def run_info(config: TrainConfig, run_id: str | None, params: int, device: torch
     return {"run_id": run_id, "model": config.model if len(config.model) < 40 else "custom spec", "params": params,
             "device": str(device) + (" (bf16 training step)" if autocast_dtype(device, config.precision) else ""),
             "n_train": data.n_train, "n_val": len(data.y_val), "n_test": len(data.y_test),
-            "seed": config.seed, "epochs": config.epochs}
+            "seed": config.seed, "epochs": config.epochs, "recipe": recipe_text(config, len(data.y_val))}
 
 
 def drive_steps(run: Callable[[], None], steps: int, shown: Any, batch: int, progress: Progress) -> None:

@@ -28,9 +28,10 @@ from torch import nn
 from convladder.errors import UserError
 from convladder.runs.reader import (OWN_JSON, SOURCE_ENV, SOURCE_FILE, read_config, read_json, read_weights,
                                     source_status)
+from convladder.spec.cellsource import cell_source, code_file, is_cell
 from convladder.spec.layers import NetworkSpec
-from convladder.spec.own import (OwnSource, adopt, construct, find_class, import_source, is_own_ref, load_class,
-                                 notice, parse_own_ref, person_class, read_source, sha256_text)
+from convladder.spec.own import (ARGS_PYTHON, OwnSource, adopt, construct, find_class, import_source, is_own_ref,
+                                 load_class, notice, parse_own_ref, person_class, read_source, sha256_text)
 
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 PYTHON_PREFIX = "python:"  # config.model of a class or instance handed over in Python
@@ -48,11 +49,16 @@ class OwnModel:
     file: str | None  # absolute path of the file the class came from, if any
     args: dict[str, Any] | None  # constructor arguments; None = unknown (an instance built elsewhere)
     output: str  # what forward returns: log_probs, probs, logits, or own_logits (the class has logits())
-    rebuild: str  # 'file': the command line rebuilds it from file + class + args; 'python': only in Python
+    # 'file': the command line rebuilds it from file + class + args; 'recorded': from the run's model_source.py
+    # (a notebook class, checked at train time to rebuild alone); 'python': only in Python (model=TheClass)
+    rebuild: str
     sha256: str | None = None  # of the recorded source
-    source_scope: str | None = None  # 'file' (the whole file) or 'class' (the class's source only)
+    # 'file' (the whole file), 'cells' (a notebook's imports and definitions the class uses, see
+    # spec/cellsource.py) or 'class' (the class's source only)
+    source_scope: str | None = None
     module: str | None = None  # the class's Python module (python objects)
     initial_weights: str = "seeded"  # 'seeded' (built with the run's seed) or 'instance' (the given instance's)
+    note: str | None = None  # why the command line cannot rebuild it (rebuild 'python'), said once at train time
     source: str | None = field(default=None, repr=False)
 
     @property
@@ -123,7 +129,14 @@ def _source_of(cls: type) -> tuple[str | None, str | None, str | None]:
     loaded: OwnSource | None = getattr(module, "_convladder_source", None)
     if loaded is not None:
         return str(loaded.path), loaded.text, "file"
+    if is_cell(code_file(cls)) or (code_file(cls) is None and cls.__module__ == "__main__"):
+        cells = cell_source(cls)  # a notebook cell or REPL: its imports and the definitions the class uses
+        if cells is not None:
+            return None, cells.text, "cells"
     path = getattr(module, "__file__", None) or _defining_file(cls)
+    compiled = code_file(cls)
+    if path and compiled and Path(compiled).resolve() != Path(path).resolve():
+        path = None  # compiled elsewhere (typed into `python -i script.py`, exec'd): that file is not its source
     if path and path.endswith(".py") and Path(path).is_file():  # a script's __main__ too: imports and helpers
         try:
             return str(Path(path).resolve()), Path(path).read_text(encoding="utf-8"), "file"
@@ -150,8 +163,10 @@ def _defining_file(cls: type) -> str | None:
     return None
 
 
-def python_record(cls: type, given: str, args: dict[str, Any] | None, output: str, initial: str) -> OwnModel:
-    """The record of a class handed over in Python ('file' rebuild: file, top-level class and args known)."""
+def python_record(cls: type, given: str, args: dict[str, Any] | None, output: str, initial: str,
+                  module: nn.Module | None = None, input_shape: tuple[int, ...] = DEFAULT_SHAPE) -> OwnModel:
+    """The record of a class handed over in Python: 'file' rebuild when file, top-level class and args are
+    known; 'recorded' for a notebook class whose recovered source rebuilds `module` alone; else 'python'."""
     file, source, scope = _source_of(cls)
     try:
         json.dumps(args)
@@ -160,9 +175,67 @@ def python_record(cls: type, given: str, args: dict[str, Any] | None, output: st
     # the command line imports the file again: not a script (__main__), and the class must be found by name
     importable = file is not None and cls.__module__ != "__main__" and cls.__qualname__ == cls.__name__
     rebuild = "file" if importable and args is not None else "python"
+    note = None
+    if scope == "cells" and source is not None and module is not None:
+        args, note = _check_recorded(cls, source, args, module, input_shape)
+        rebuild = "python" if note else "recorded"
+    elif rebuild == "python":
+        note = _why_python(cls, source, args, scope)
     return OwnModel(cls=cls.__name__, given=given, file=file, args=args, output=output, rebuild=rebuild,
                     sha256=sha256_text(source) if source is not None else None, source_scope=scope,
-                    module=cls.__module__, initial_weights=initial, source=source)
+                    module=cls.__module__, initial_weights=initial, note=note, source=source)
+
+
+def _why_python(cls: type, source: str | None, args: dict[str, Any] | None, scope: str | None) -> str:
+    """Why the command line cannot rebuild a class handed over in Python (the train-time notice's reason)."""
+    if source is None:
+        where = code_file(cls) or cls.__module__
+        return (f"the source of {cls.__name__} cannot be recovered (defined in {where}, which keeps no text), so "
+                "the run records no model_source.py")
+    if args is None:
+        return (f"{cls.__name__} was given as an instance whose constructor arguments convladder never saw (pass "
+                "the class with model_args= instead)")
+    if cls.__module__ == "__main__":
+        return f"{cls.__name__} is defined in a script's __main__, which the command line does not import again"
+    return f"{cls.__name__} is not a top-level class of an importable file ({scope or 'no'} source recorded)"
+
+
+def _check_recorded(cls: type, text: str, args: dict[str, Any] | None, module: nn.Module,
+                    shape: tuple[int, ...]) -> tuple[dict[str, Any] | None, str | None]:
+    """Import the recovered text alone, build the class (with `args`; an instance's unknown args: none) and compare
+    its layers and its output with `module`'s on two random images. (args to record, None) when it rebuilds
+    the same network, else (args, why not) — the command line may then not rebuild from it."""
+    tried = {} if args is None else args
+    name = cls.__name__
+    try:
+        with torch.random.fork_rng(devices=[]):
+            src = OwnSource(Path.cwd() / SOURCE_FILE, text, sha256_text(text))
+            rebuilt = construct(find_class(import_source(src), name, SOURCE_FILE), tried, name)
+        mine, theirs = module.state_dict(), rebuilt.state_dict()
+        if [(k, tuple(v.shape)) for k, v in mine.items()] != [(k, tuple(v.shape)) for k, v in theirs.items()]:
+            raise UserError(f"{name}(**{json.dumps(tried)}) built from it has other layers")
+        param = next(module.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        rebuilt.load_state_dict(mine)
+        x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+        was = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                same = torch.allclose(module(x), rebuilt.to(device).eval()(x), rtol=1e-4, atol=1e-5)
+        finally:
+            module.train(was)
+        if not same:
+            raise UserError("the rebuilt network computes other outputs from the same weights")
+    except UserError as exc:
+        if args is None:
+            return None, (f"{name} was given as an instance, and {name}() built from its recovered source is not "
+                          f"the same network ({str(exc).split(' — ')[0]}): pass the class with model_args= instead")
+        return args, (f"{name}'s source, recovered from the notebook into model_source.py, does not rebuild it "
+                      f"alone: {str(exc).split(' — ')[0]}")
+    except Exception as exc:  # noqa: BLE001 - the person's forward may raise anything
+        return args, f"{name}'s recovered source does not run alone ({type(exc).__name__}: {exc})"
+    return tried, None
 
 
 # -- building ----------------------------------------------------------------------------------------------
@@ -184,11 +257,11 @@ def build(model: Any, *, args: dict[str, Any] | None = None, input_shape: tuple[
     shape = tuple(input_shape or (model.input_shape if isinstance(model, NetworkSpec) else DEFAULT_SHAPE))
     if isinstance(model, type) and issubclass(model, nn.Module):
         with _seeded(seed):
-            module = _init(construct(model, args, model.__name__), init)
+            module = _init(construct(model, args, model.__name__, ARGS_PYTHON), init)
         kind = adopt(module, shape, classes, model.__name__)
         module._convladder_args = dict(args or {})  # type: ignore[assignment]  # plain attribute, not state
         ref = given or python_ref(model)
-        return Built(module, ref, python_record(model, ref, dict(args or {}), kind, "seeded"))
+        return Built(module, ref, python_record(model, ref, dict(args or {}), kind, "seeded", module, shape))
     if isinstance(model, nn.Module):
         if args:
             raise UserError("model_args apply when convladder constructs the class; this instance is built already "
@@ -198,7 +271,8 @@ def build(model: Any, *, args: dict[str, Any] | None = None, input_shape: tuple[
         cls = person_class(model)
         kind = adopt(model, shape, classes, cls.__name__)
         ref = given or python_ref(model)
-        return Built(model, ref, python_record(cls, ref, getattr(model, "_convladder_args", None), kind, "instance"))
+        return Built(model, ref, python_record(cls, ref, getattr(model, "_convladder_args", None), kind, "instance",
+                                               model, shape))
     if isinstance(model, str) and is_own_ref(model):
         ref = parse_own_ref(model)
         cls, src = load_class(ref)
@@ -268,6 +342,14 @@ def write_record(folder: Path, own: OwnModel) -> None:
     if own.source is not None:
         atomic_write_bytes(folder / SOURCE_FILE, own.source.encode("utf-8"))
     atomic_write_bytes(folder / OWN_JSON, (json.dumps(own.to_json(), indent=2) + "\n").encode())
+    if own.rebuild == "python":  # said once, when the run is made, not first when a command fails later
+        notice(f"{own.note or 'the command line cannot rebuild ' + own.cls}; report, predict, export and serve "
+               f"from the command line cannot rebuild this run — in Python: {_python_remedy(own.cls)}")
+
+
+def _python_remedy(cls: str, run: str = "run_id") -> str:
+    """What rebuilds a run of a class only Python can build: the person hands the class over."""
+    return f"result.report(model={cls}), convladder.create_model({run}, model={cls})"
 
 
 def read_record(folder: Path) -> OwnModel | None:
@@ -319,9 +401,11 @@ def model_from_folder(folder: Path, which: str = "final", *, model: Any = None, 
         own = read_record(folder)
         if own is None:
             raise UserError(f"run {folder.name}: weights do not fit the network in config.json ({first})") from None
+        fix = (f"{SOURCE_ENV}=recorded rebuilds it from the run's copy of the source"
+               if (folder / SOURCE_FILE).is_file() and own.rebuild != "recorded"
+               else f"in Python: {_python_remedy(own.cls, repr(folder.name))} with the class it trained")
         raise UserError(f"run {folder.name}: the weights do not fit {own.cls} as rebuilt now ({first}) — did the "
-                        f"class change since? {SOURCE_ENV}=recorded rebuilds it from the run's copy of the "
-                        "source") from None
+                        f"class change since? {fix}") from None
     return module.eval()
 
 
@@ -342,19 +426,8 @@ def _rebuild_own(folder: Path, own: OwnModel, shape: tuple[int, ...], model: Any
         else:
             raise UserError(f"model= takes the nn.Module class (or an instance) that {run} trained, not a "
                             f"{type(model).__name__}")
-    elif code == "recorded":
-        path = folder / SOURCE_FILE
-        if not path.is_file():
-            raise UserError(f"{run} recorded no source ({SOURCE_FILE} is missing): it cannot be rebuilt from it")
-        src = read_source(path, "recorded source")
-        if own.sha256 and src.sha256 != own.sha256:
-            notice(f"{path} was edited after the run recorded it (sha256 differs)")
-        extra = None
-        if own.source_scope == "class":  # a class's source alone: give it the usual imports
-            import torch.nn.functional as F
-
-            extra = {"torch": torch, "nn": nn, "F": F}
-        module = construct(find_class(import_source(src, extra), own.cls, str(path)), own.args or {}, where)
+    elif code == "recorded" or own.rebuild == "recorded":
+        module = _from_recorded(folder, own, explicit=code == "recorded")
     elif own.rebuild == "file" and own.file:
         path = Path(own.file)
         if not path.is_file():
@@ -366,8 +439,32 @@ def _rebuild_own(folder: Path, own: OwnModel, shape: tuple[int, ...], model: Any
             notice(source_status(folder) or f"{path} changed since {run}")
         module = construct(find_class(import_source(src), own.cls, str(path)), own.args, where)
     else:
-        raise UserError(f"{run} trained a Python object ({own.given or own.cls}) that the command line cannot "
-                        f"rebuild — in Python: convladder.create_model({folder.name!r}, model={own.cls}); or set "
-                        f"{SOURCE_ENV}=recorded to run the source the run recorded ({folder / SOURCE_FILE})")
+        why = own.note or f"it trained a Python object ({own.given or own.cls}) that the command line cannot rebuild"
+        recorded = (f"; or {SOURCE_ENV}=recorded runs the source it recorded ({SOURCE_FILE})"
+                    if (folder / SOURCE_FILE).is_file() and own.args is not None else "")
+        raise UserError(f"{run} cannot be rebuilt here: {why} — in Python: "
+                        f"{_python_remedy(own.cls, repr(folder.name))}{recorded}")
     adopt(module, shape, None, where)
     return module
+
+
+def _from_recorded(folder: Path, own: OwnModel, explicit: bool) -> nn.Module:
+    """The class built from the run's model_source.py. Without the explicit choice ($CONVLADDER_OWN_SOURCE=recorded,
+    code='recorded') only a copy whose sha256 is the one training recorded runs: an edited copy is refused."""
+    path, run = folder / SOURCE_FILE, f"run {folder.name}"
+    remedy = f"in Python: {_python_remedy(own.cls, repr(folder.name))}"
+    if not path.is_file():
+        raise UserError(f"{run} recorded no source ({SOURCE_FILE} is missing), so it cannot be rebuilt from it — "
+                        f"{remedy}")
+    src = read_source(path, "recorded source")
+    if own.sha256 and src.sha256 != own.sha256:
+        if not explicit:
+            raise UserError(f"{path} was edited after {run} recorded it (sha256 differs), so it is not run without "
+                            f"asking — {SOURCE_ENV}=recorded runs it as it is now; or {remedy}")
+        notice(f"{path} was edited after the run recorded it (sha256 differs)")
+    extra = None
+    if own.source_scope == "class":  # a class's source alone: give it the usual imports
+        import torch.nn.functional as F
+
+        extra = {"torch": torch, "nn": nn, "F": F}
+    return construct(find_class(import_source(src, extra), own.cls, str(path)), own.args or {}, own.where)

@@ -28,6 +28,51 @@ class Progress:
     def note(self, text: str) -> None: ...
 
 
+_OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adadelta": "Adadelta"}
+
+
+def recipe_text(config: Any, n_val: int | None = None) -> str:
+    """The training recipe in one line: optimizer and lr, schedule, batch, epochs, augmentation, validation.
+
+    `config` is a TrainConfig (read by attribute: keys another version lacks are left out); `n_val` the
+    validation images the run holds out.
+    """
+    get = lambda key, default=None: getattr(config, key, default)  # noqa: E731
+    opt = str(get("optimizer", "sgd"))
+    lr = get("lr")
+    lr_text = f"{lr:g}" if isinstance(lr, (int, float)) else str(lr)
+    optim = f"{_OPTIMIZER_NAMES.get(opt, opt)} lr {lr_text}"
+    if opt == "sgd":
+        optim += f", momentum {get('momentum'):g}" + (" Nesterov" if get("nesterov") else "")
+    elif opt in ("adam", "adamw"):
+        optim += f", beta1 {get('momentum'):g}"
+    if get("weight_decay"):
+        optim += f", weight decay {get('weight_decay'):g}"
+    sched = str(get("schedule", "none"))
+    schedule = {"none": "constant lr", "cosine": "cosine decay",
+                "step": f"step (lr x{get('gamma', 0):g} every {get('step_size')} epoch(s))",
+                "onecycle": f"onecycle (lr {lr_text} is the peak, warm-up {100 * get('pct_start', 0):.0f}%)"}
+    parts = [optim, schedule.get(sched, sched), f"batch {get('batch_size')}", f"{get('epochs')} epochs"]
+    if get("label_smoothing"):
+        parts.append(f"label smoothing {get('label_smoothing'):g}")
+    aug = []
+    if get("augment"):
+        aug += [f"rotate ±{get('rotate'):g}°", f"shift ±{get('translate'):g} px", f"scale ±{100 * get('scale'):g}%"]
+    if get("pad_crop"):
+        aug.append(f"pad {get('pad_crop')} + random crop")
+    if get("flip"):
+        aug.append("horizontal flip")
+    if get("erase"):
+        aug.append(f"random erasing p {get('erase'):g}")
+    if get("crop") and get("crop_epochs"):
+        aug.append(f"first {get('crop_epochs')} epoch(s) on a {get('crop')}x{get('crop')} centre crop")
+    parts.append("augmentation " + ", ".join(aug) if aug else "no augmentation")
+    val = get("val_size") if n_val is None else n_val
+    parts.append(f"validation {val:,} images held out (best epoch by {get('select_on')})" if val
+                 else "no validation split" + (" (best epoch by test)" if get("select_on") == "test" else ""))
+    return "recipe: " + "; ".join(parts)
+
+
 def _epoch_line(row: dict[str, Any], epochs: int | None = None) -> str:
     total = f"/{epochs}" if epochs else ""
     parts = [f"epoch {row['epoch']}{total}", f"lr {row['lr']:.4g}",
@@ -53,6 +98,8 @@ class PlainProgress(Progress):
     def start(self, info: dict[str, Any]) -> None:
         self._print(f"run {info['run_id']}: {info['model']} ({info['params']:,} params) on {info['device']}, "
                     f"{info['n_train']:,} train / {info['n_val']:,} val / {info['n_test']:,} test images, seed {info['seed']}")
+        if info.get("recipe"):
+            self._print(info["recipe"])
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         self.epochs = epochs
@@ -175,6 +222,7 @@ class _Run:
     seed: int | None
     rows: list[dict[str, Any]] = field(default_factory=list)
     result_line: str = ""
+    recipe: str = ""
 
 
 class NotebookProgress(Progress):
@@ -219,7 +267,7 @@ class NotebookProgress(Progress):
         header = (f"{run}: {info['model']} ({info['params']:,} params) on {info['device']}, "
                   f"{info['n_train']:,} train / {info['n_val']:,} val / {info['n_test']:,} test images, "
                   f"seed {info['seed']}")
-        self.runs.append(_Run(header, info.get("run_id"), info.get("seed")))
+        self.runs.append(_Run(header, info.get("run_id"), info.get("seed"), recipe=info.get("recipe") or ""))
         self.epochs = int(info.get("epochs") or 0)
         self._show()
 
@@ -282,7 +330,7 @@ class NotebookProgress(Progress):
     def text(self) -> str:
         lines = []
         for run in self.runs:
-            lines += [run.header] + [_epoch_line(r, self.epochs) for r in run.rows]
+            lines += [run.header] + [run.recipe] * bool(run.recipe) + [_epoch_line(r, self.epochs) for r in run.rows]
             lines += [run.result_line] if run.result_line else []
         if self._bar_shown():
             lines.append(f"epoch {self.epoch}/{self.epochs}: step {self.done}/{self.steps} {self.running} "
@@ -300,7 +348,8 @@ class NotebookProgress(Progress):
     def html(self) -> str:
         parts = []
         for run in self.runs:
-            parts.append(f"<div><b>{E(run.header)}</b></div>")
+            parts.append(f"<div><b>{E(run.header)}</b></div>"
+                         + (f'<div style="color:#555">{E(run.recipe)}</div>' if run.recipe else ""))
             if run.rows:
                 parts.append(self._table(run.rows))
             if run.result_line:

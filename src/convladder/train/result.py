@@ -40,6 +40,33 @@ def potential_text(value: float, raw: bool = True) -> str:
     return f"{POTENTIAL_CAP:.2f}*" + (f" (raw {value:.2f})" if raw else "")
 
 
+# The potential assumes a network that learned: with train accuracy near chance both accuracies sit near 100/K,
+# the gap is ~0 and test + (100 - train) is ~100 whatever the network (1,000 images, 1 epoch: test 9.82 %,
+# train 10.78 % -> "potential 99.04 %"). It is shown only once train accuracy has come LEARNED_FRACTION of the
+# way from chance to 100 % (10 classes: 32.5 %).
+LEARNED_FRACTION = 0.25
+
+
+def potential_meaningful(train_acc: float | None, classes: int | None = None) -> bool:
+    """Whether a potential computed from `train_acc` means anything (the rule above; classes None = 10; an
+    unknown train accuracy gives no potential, so nothing to judge: True)."""
+    if train_acc is None:
+        return True
+    chance = 100.0 / (classes or 10)
+    return train_acc >= chance + LEARNED_FRACTION * (100.0 - chance)
+
+
+def potential_shown(value: float | None, train_acc: float | None, classes: int | None = None, raw: bool = True,
+                    unit: str = "") -> str:
+    """The potential as printed everywhere: potential_text(value) + unit, '-' when there is none, or
+    'not meaningful (train 10.78% is near chance, 10%)' where train accuracy is near chance."""
+    if value is None:
+        return "-"
+    if train_acc is not None and not potential_meaningful(train_acc, classes):
+        return f"not meaningful (train {train_acc:.2f}% is near chance, {100.0 / (classes or 10):g}%)"
+    return potential_text(value, raw) + unit
+
+
 def shifted_text(shifted: dict[str, float]) -> str:
     """'0 px 99.41 · 1 px 99.30 · 2 px 98.72 ...' (mean over the 4 directions)."""
     return " · ".join(f"{k} px {v:.2f}" for k, v in sorted(shifted.items(), key=lambda kv: int(kv[0])))
@@ -108,7 +135,8 @@ class RunResult:
         if b.get("epoch"):
             parts.append(f"best-epoch ({b['selected_by']}) {b['epoch']}: test {_pct(b.get('test_acc'))}")
         if self.gap is not None:
-            parts.append(f"gap {self.gap:+.2f} potential {potential_text(self.potential)} ({self.train_acc_source} train acc)")
+            parts.append(f"gap {self.gap:+.2f} potential {potential_shown(self.potential, f.get('train_acc'))} "
+                         f"({self.train_acc_source} train acc)")
         if self.verdict:
             parts.append(self.verdict)
         return ", ".join(parts)
@@ -130,7 +158,8 @@ class RunResult:
                         + (f", val {_pct(b.get('val_acc'))}" if b.get("val_acc") is not None else "")))
         if self.gap is not None:
             out.append(("gap = train - test", f"{self.gap:+.2f} points; train accuracy {self.train_acc_source}"))
-            out.append(("potential = test + (100 - train)", f"{potential_text(self.potential)}% (target {self.target:g}%)"))
+            out.append(("potential = test + (100 - train)",
+                        f"{potential_shown(self.potential, f.get('train_acc'), unit='%')} (target {self.target:g}%)"))
         out.append(("verdict", self.verdict or "-"))
         if self.shifted_test:
             out.append(("test, images shifted", shifted_text(self.shifted_test)))
@@ -302,7 +331,7 @@ class SeedResults:
     def _per_seed(self) -> list[list[str]]:
         return [[str(r.seed), r.run_id or "-", r.status, _pct(r.final.get("test_acc")),
                  f"{r.best.get('epoch') or '-'}: {_pct(r.best.get('test_acc'))}",
-                 "-" if r.gap is None else f"{r.gap:+.2f}", "-" if r.potential is None else f"{r.potential:.2f}",
+                 "-" if r.gap is None else f"{r.gap:+.2f}", potential_shown(r.potential, r.final.get("train_acc"), raw=False),
                  r.verdict or "-", f"{r.wall_time_s:.1f}"] for r in self.results]
 
     _HEAD = ["seed", "run", "status", "final test", "best epoch: test", "gap", "potential", "verdict", "time s"]
