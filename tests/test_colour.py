@@ -86,6 +86,16 @@ def test_import_in_three_layouts_gives_one_canonical_form(tmp_path, monkeypatch)
         import_dataset("four", tmp_path / "four.npz", log=lambda _: None)
 
 
+def test_keras_labels_and_gaps_in_the_labels(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVLADDER_HOME", str(tmp_path / "home"))
+    (xtr, ytr), (xte, yte) = colour_images(30, 0), colour_images(6, 1)
+    np.savez(tmp_path / "keras.npz", x_train=xtr, y_train=ytr[:, None] + 1, x_test=xte, y_test=yte[:, None] + 1)
+    said: list[str] = []
+    splits = import_dataset("keras", tmp_path / "keras.npz", log=said.append)[0]  # old code: (30, 1) refused
+    assert splits.y_train.tolist() == (ytr + 1).tolist() and splits.classes == 4
+    assert any("labels should be 0..K-1" in line and "class(es) 0 " in line for line in said), said
+
+
 def test_per_channel_statistics_and_normalisation(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVLADDER_HOME", str(tmp_path / "home"))
     arrays = save_npz(tmp_path / "c.npz", n=200)
@@ -204,3 +214,36 @@ def test_bn_ladder_is_one_change_on_any_data():
         for step in ladder.steps:
             net = create_model(step.spec_text, input_shape=shape)
             assert net(torch.zeros(2, *shape)).flatten(1).shape == (2, 10), (step.name, shape)
+
+
+@pytest.mark.browser
+def test_page_opens_a_colour_picture(colour_run, tmp_path):
+    import browser_util
+
+    reason = browser_util.chrome_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from convladder.serve.predict import load_run
+    from convladder.serve.server import make_server, serve_in_thread
+
+    root, run_id, _ = colour_run
+    server = make_server(load_run(run_id, root), "127.0.0.1", 0)  # old code: refused (1-channel digits only)
+    serve_in_thread(server)
+    path = tmp_path / "blue.png"
+    Image.fromarray(picture(2)).save(path)
+    driver = browser_util.make_chrome_driver(1200, 700)
+    try:
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        wait = WebDriverWait(driver, 20)
+        wait.until(lambda d: d.find_element(By.ID, "form").get_attribute("textContent").endswith("12×12, colour)"))
+        assert driver.find_element(By.TAG_NAME, "h1").text == "Draw or open a picture"
+        driver.find_element(By.ID, "file").send_keys(str(path))  # laid on the pad and sent like a drawing
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-predictions") == "1")
+        assert driver.find_element(By.ID, "label").text == "2"
+        assert not browser_util.broken_images(driver) and not browser_util.console_errors(driver)
+    finally:
+        driver.quit()
+        server.shutdown()

@@ -368,3 +368,29 @@ def test_html_ladder_report_picks_the_runs_the_terminal_table_picks(tmp_path: Pa
     assert "33.33" not in page and "44.44" not in page
     assert "1 run(s) tagged with the ladder but without a `ladder run` job tag" in page
     assert "1 run(s) made with other `ladder run` options" in page
+
+
+def test_runs_of_a_ladder_file_record_it_and_a_moved_file_keeps_its_finished_jobs(tmp_path: Path, capsys) -> None:
+    """`source:<file>` lets a report find the ladder file from the runs (issue 28); where the file lives is not
+    what a job trains, so a copy elsewhere finds the same jobs finished."""
+    from cli_util import run_cli
+    from convladder.ladder.ladder import load_ladder
+
+    first = tmp_path / "a" / "small.yaml"
+    first.parent.mkdir()
+    first.write_text(SMALL)
+    root = tmp_path / "runs"
+    done = run_ladder(load_ladder(first), root, steps="1", echo=lambda line: None)
+    (run,) = RunStore(root).list_runs(tag="ladder:small")
+    assert f"source:{first.resolve()}" in run.tags
+    from convladder.ladder.ladder import load_ladder_of
+
+    assert load_ladder_of("small", [run]).file == first.resolve()  # the ladder's name finds its file
+    moved = tmp_path / "b" / "small.yaml"
+    moved.parent.mkdir()
+    moved.write_text(SMALL)
+    again = run_ladder(load_ladder(moved), root, steps="1", echo=lambda line: None)
+    assert again[0]["status"] == "skipped" and again[0]["run_id"] == done[0]["run_id"]
+    code, out, err = run_cli(capsys, "ladder", "report", "small", "--runs", str(root))
+    assert code == 0, err  # by name: was "no ladder 'small': not a file and not a built-in ladder"
+    assert "1  first" in out and "2  bn" in out

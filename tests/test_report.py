@@ -378,3 +378,111 @@ def test_hand_made_ladder_report_shows_one_completed_run_per_seed_of_the_current
     for left_out in (two, old, killed):
         assert left_out.name not in page
     assert "1 stale run" in page and "1 repeated run" in page and "1 seed(s) with no completed run" in page
+
+
+# -- a ladder of one's own class reads like a built-in one (issue 28, item 3) ----------------------------------
+
+STUDENT_NET = '''
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(dropout))
+        self.c2 = nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(dropout))
+        self.out = nn.Conv2d(8, 10, 1, bias=False)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(F.max_pool2d(self.c2(self.c1(x)), 2), 1)
+        return F.log_softmax(self.out(x).view(-1, 10), dim=1)
+'''
+MY_LADDER = """\
+name: my-dropout
+base:
+  model: student_net.py:Net
+  config: {dataset: synthetic, epochs: 1, subset: 256, val_size: 0, augment: false, batch_size: 64,
+           clean_train_eval: 128, threads: 1}
+steps:
+  - name: no-dropout
+    change: the starting point
+    config: {model_args: {dropout: 0.0}}
+  - name: dropout-0.05
+    change: dropout 0.05 after every block
+    config: {model_args: {dropout: 0.05}}
+"""
+
+
+@pytest.fixture(scope="module")
+def own_ladder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-step ladder file of a person's own class (dropout 0 vs 0.05), run once: <folder>/runs."""
+    from convladder.ladder.ladder import load_ladder
+    from convladder.ladder.run import run_ladder
+
+    folder = tmp_path_factory.mktemp("own-ladder")
+    (folder / "student_net.py").write_text(STUDENT_NET)
+    (folder / "my-ladder.yaml").write_text(MY_LADDER)
+    results = run_ladder(load_ladder(folder / "my-ladder.yaml"), folder / "runs", echo=lambda line: None)
+    assert [r["status"] for r in results] == ["completed", "completed"]
+    return folder
+
+
+def _ladder_table(page: str) -> str:
+    """The ladder page's step table (up to the figures)."""
+    return page[page.index("<section><h2>Ladder"):page.index("<h3>Across steps")]
+
+
+def _assert_named_by_the_ladder_file(page: str) -> None:
+    table = _ladder_table(page)
+    assert "Ladder my-dropout: 2 steps, 2 runs" in table
+    assert "<td>no-dropout</td>" in table and "<td>dropout-0.05</td>" in table  # the step names, not the file
+    assert "<td>dropout 0.05 after every block</td>" in table  # the change column is filled
+    assert "student_net.py" not in table
+    assert "<summary>step 2: dropout-0.05 — " in page
+
+
+def test_report_of_an_own_ladder_by_file_and_by_name(own_ladder: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from cli_util import run_cli
+
+    runs = own_ladder / "runs"
+    monkeypatch.chdir(own_ladder)  # `convladder report my-ladder.yaml`, as typed beside the file
+    code, out, err = run_cli(capsys, "report", "my-ladder.yaml", "--runs", str(runs), "-o", str(tmp_path / "a.html"))
+    assert code == 0, err  # was: no run or ladder 'my-ladder.yaml'
+    _assert_named_by_the_ladder_file((tmp_path / "a.html").read_text())
+    monkeypatch.chdir(tmp_path)  # by name, elsewhere: the runs record their ladder file
+    page = write_report("my-dropout", tmp_path / "b.html", runs).read_text()
+    assert "not found here" not in page  # was: the ladder file of 'my-dropout' is not found here
+    _assert_named_by_the_ladder_file(page)
+    code, out, err = run_cli(capsys, "ladder", "report", "my-dropout", "--runs", str(runs))
+    assert code == 0, err
+    assert "no-dropout" in out and "dropout 0.05 after every block" in out and "student_net.py" not in out
+    code, out, err = run_cli(capsys, "runs", "list", "--runs", str(runs))
+    assert code == 0, err
+    header, *rows = out.splitlines()[:3]
+    assert header.split()[2] == "model" and header.endswith("step/name")
+    assert sorted(row.split()[2] for row in rows) == ["student_net.py:Net"] * 2  # was "/tmp/.../stud..."
+    assert sorted(row.split(None, 9)[9] for row in rows) == ["my-dropout 1. no-dropout", "my-dropout 2. dropout-0.05"]
+
+
+def test_own_ladder_runs_without_a_recorded_file_still_read_by_step(own_ladder: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """Runs of an older convladder record no ladder file: the file given as the target names their steps, and
+    by name alone the step names come from the runs' own names, never the model's path."""
+    from convladder.runs.store import RunStore
+
+    runs = tmp_path / "runs"
+    shutil.copytree(own_ladder / "runs", runs)
+    for config in runs.glob("*/config.json"):
+        cfg = json.loads(config.read_text())
+        config.write_text(json.dumps({**cfg, "tags": [t for t in cfg["tags"] if not t.startswith("source:")]}))
+    RunStore(runs).reindex()
+    monkeypatch.chdir(tmp_path)
+    _assert_named_by_the_ladder_file(write_report(str(own_ladder / "my-ladder.yaml"), tmp_path / "a.html", runs)
+                                     .read_text())
+    table = _ladder_table(write_report("my-dropout", tmp_path / "b.html", runs).read_text())
+    assert "<td>no-dropout</td>" in table and "student_net.py" not in table and "not found here" in table
+    with pytest.raises(UserError, match="give the file instead"):
+        from convladder.ladder.ladder import load_ladder_of
+
+        load_ladder_of("my-dropout", RunStore(runs).list_runs(tag="ladder:my-dropout"))

@@ -188,6 +188,11 @@ def import_dataset(name: str, path: Path, *, log: Log | None = None) -> tuple[Da
     arrays, hashes = _validated(name, fetched)
     pinned = "verified (sha256)" if name in catalog.PINNED_SHA256 else "not hash-pinned (custom)"
     log(f"[data] import {path} : ok, {pinned}")
+    missing = sorted(set(range(int(arrays["y_train"].max()) + 1)) - set(np.unique(arrays["y_train"]).tolist()))
+    if missing:  # classes are counted as the largest label + 1, so a gap is a class the network never sees
+        shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        log(f"[data] note: labels should be 0..K-1; class(es) {shown} have no training image (labels 1..K? "
+            "subtract 1 before saving)")
     splits, meta = store(name, fetched, arrays, hashes, f"imported from {Path(path).resolve()}")
     log(f"[data] stored {name} in {cache_dir(name)}")
     return splits, meta

@@ -71,7 +71,9 @@ def check_arrays(arrays: Mapping[str, np.ndarray], where: Mapping[str, str]) -> 
             raise UserError(f"{where[key]}: {key} values outside 0..255")
         if key.startswith("x"):
             arr = channels_first(arr, f"{where[key]}: {key}")
-        elif arr.ndim != 1 or len(arr) == 0:
+        elif arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]  # (N, 1) labels, as Keras' cifar10.load_data() gives them
+        if key.startswith("y") and (arr.ndim != 1 or len(arr) == 0):
             raise UserError(f"{where[key]}: {key} has shape {arr.shape}; expected non-empty (N,)")
         out[key] = np.ascontiguousarray(arr.astype(np.uint8, copy=False))
     for split in ("train", "test"):

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 JOB_TAG = "job:"  # TrainConfig.tags entry `job:<key>` marks the run a job produced (used to skip reruns)
+# `source:<file>`: the file that defined the job (a ladder's YAML), so a report finds it again; where the file
+# lives is not what the job trains, so it is not part of the key (a moved ladder file keeps its finished jobs)
+SOURCE_TAG = "source:"
 
 OnDone = Callable[[dict[str, Any]], None]
 
@@ -43,7 +46,7 @@ def job_key(config: dict[str, Any]) -> str:
     """A stable 16-hex hash of a resolved config (keys sorted; the `job:` tag and KEY_EXCLUDED left out)."""
     # keys added later, at their default, are left out so that jobs keyed before they existed keep their key
     core = {k: v for k, v in config.items() if k not in KEY_EXCLUDED and not (k in ADDED_LATER and v == ADDED_LATER[k])}
-    core["tags"] = sorted(t for t in config.get("tags") or [] if not t.startswith(JOB_TAG))
+    core["tags"] = sorted(t for t in config.get("tags") or [] if not t.startswith((JOB_TAG, SOURCE_TAG)))
     blob = json.dumps(core, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

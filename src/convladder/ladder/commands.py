@@ -99,16 +99,18 @@ ladder_app.command("run")(with_config_options(run_cmd, RUN_KEYS, defaults=False)
 
 @ladder_app.command("report")
 def report_cmd(
-    ladder: str = typer.Argument("eip4-s2", help="built-in ladder name or ladder YAML file"),
+    ladder: str = typer.Argument("eip4-s2", help="built-in ladder name, ladder YAML file, or the name of a ladder "
+                                 "whose runs are in the store (its file is found from them)"),
     runs: RunsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """One table of the ladder's steps with the handout's figures beside ours, and a reading per step."""
     from convladder.ladder.compare import format_table, ladder_summary
-    from convladder.ladder.ladder import load_ladder
+    from convladder.ladder.ladder import load_ladder_of
 
-    lad = load_ladder(ladder)
-    rows = ladder_summary(lad, _store(runs))
+    store = _store(runs)
+    lad = load_ladder_of(ladder, store.list_runs(tag=f"ladder:{ladder}"))
+    rows = ladder_summary(lad, store)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:

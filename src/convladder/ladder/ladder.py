@@ -35,6 +35,7 @@ Matching: a kind ("conv", "relu"), a sized kind ("conv3x3", "maxpool2x2") or a f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -109,9 +110,17 @@ class Ladder:
     steps: list[Step]
     target: float = 99.4
     key_lines: dict[tuple[int, str | None], int] = field(default_factory=dict)
+    file: Path | None = None  # the ladder file's absolute path (None: built-in, or text parsed without a file)
 
     def step(self, index: int) -> Step:
         return self.steps[index - 1]
+
+    @property
+    def source_tags(self) -> tuple[str, ...]:
+        """The tag its runs carry so a report finds the ladder file again (`source:<file>`; none when built in)."""
+        from convladder.executors.base import SOURCE_TAG
+
+        return (f"{SOURCE_TAG}{self.file}",) if self.file is not None else ()
 
 
 # -- loading ------------------------------------------------------------------------------------------
@@ -131,6 +140,37 @@ def load_ladder(name_or_path: str | Path) -> Ladder:
         text = resources.files(BUILTIN_PACKAGE).joinpath(f"{text_id}.yaml").read_text()
         return parse_ladder(text, source=f"{text_id}.yaml")
     raise UserError(f"no ladder {text_id!r}: not a file and not a built-in ladder ({', '.join(builtin_names())})")
+
+
+def recorded_file(runs: Iterable[Any]) -> Path | None:
+    """The ladder file the newest of `runs` (newest first, each with `.tags`) was run from, where it still is."""
+    from convladder.executors.base import SOURCE_TAG
+
+    for run in runs:
+        for tag in run.tags:
+            if tag.startswith(SOURCE_TAG) and Path(tag[len(SOURCE_TAG):]).is_file():
+                return Path(tag[len(SOURCE_TAG):])
+    return None
+
+
+def load_ladder_of(name_or_path: str | Path, runs: Iterable[Any] = ()) -> Ladder:
+    """A ladder file, a built-in name, or the name of a ladder whose runs (`runs`, newest first, with `.tags`)
+    record their ladder file: `report my-dropout` finds my-ladder.yaml wherever it was run from."""
+    text_id = str(name_or_path)
+    if Path(text_id).expanduser().is_file() or text_id in builtin_names():
+        return load_ladder(text_id)
+    runs = list(runs)
+    recorded = recorded_file(runs)
+    if recorded is not None:
+        ladder = load_ladder(recorded)
+        if ladder.name == text_id:  # (a file renamed to another ladder since: not this one)
+            return ladder
+    if runs:
+        raise UserError(f"ladder {text_id!r} has runs but its ladder file is not found: "
+                        + ("they record no ladder file (made by an older convladder)" if recorded is None else
+                           f"{recorded} now names another ladder")
+                        + f" — give the file instead, e.g. `convladder ladder report path/to/{text_id}.yaml`")
+    return load_ladder(text_id)
 
 
 def _lines(text: str, source: str) -> tuple[Any, dict[tuple[int, str | None], int], int]:
@@ -178,6 +218,7 @@ def parse_ladder(text: str, source: str = "<ladder>") -> Ladder:
                     target=float(data.get("target", base_config.get("target", 99.4))), key_lines=lines)
     _check_config(ladder, base_config, f"ladder {source} base config")
     base_dir = Path(source).parent if Path(source).is_file() else None  # own classes: relative to the file
+    ladder.file = Path(source).resolve() if base_dir is not None else None
     network = _resolve_model(str(base["model"]), f"ladder {source} base model", base_dir)
     if isinstance(network, str):
         ladder.base_model = network

@@ -82,7 +82,8 @@ def ladder_jobs(ladder: Ladder, steps: list[int] | None = None, seeds: int = 1, 
         for s in range(seeds):
             cfg = step_config(ladder, step, s, **options)
             jobs.append(make_job(cfg, label=f"step {i} {step.name} seed {cfg['seed']}",
-                                 tags=(f"ladder:{ladder.name}", f"step:{i}", opts), step=i, seed=cfg["seed"]))
+                                 tags=(f"ladder:{ladder.name}", f"step:{i}", opts, *ladder.source_tags),
+                                 step=i, seed=cfg["seed"]))
     return jobs
 
 

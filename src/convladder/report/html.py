@@ -28,6 +28,7 @@ from convladder.report.rundata import (
     RunData,
     final_numbers,
     is_path_like,
+    ladder_file_of,
     ladder_selection,
     ladder_steps,
     load_run,
@@ -247,7 +248,10 @@ def run_section(run: RunData, detailed: bool = True, with_concepts: bool = True)
         parts.append("<h3>Design checks</h3>" + checks_block(run, table))
     if detailed:
         parts.append("<h3>Figures</h3>" + run_figures(run, notes, with_concepts))
-        if c.get("model_spec"):
+        if c.get("model_spec") and run.own:  # a class, not a spec: say which, with the arguments it was built with
+            args = json.dumps(c.get("model_args") or {})
+            parts.append(f"<h3>Network: your own class</h3><pre>{E(str(c['model_spec']))}  arguments {E(args)}</pre>")
+        elif c.get("model_spec"):
             parts.append(f"<h3>Network spec</h3><pre>{E(str(c['model_spec']))}</pre>")
         parts.append("<details><summary>config.json and env.json</summary><pre>"
                      + E(json.dumps({"config": c, "env": run.env}, indent=1, default=str)) + "</pre></details>")
@@ -263,9 +267,10 @@ def _handout(value: Any) -> str:
     return str(value)
 
 
-def ladder_body(name: str, runs: list[RunData]) -> str:
-    """`runs`: every run of the ladder, newest first; the ones shown are those `ladder report` shows."""
-    runs, left_out = ladder_selection(name, runs)
+def ladder_body(name: str, runs: list[RunData], source: str | Path | None = None) -> str:
+    """`runs`: every run of the ladder, newest first; the ones shown are those `ladder report` shows. `source`:
+    the ladder file when the report was asked for by it (else the one the runs record, or the built-in)."""
+    runs, left_out = ladder_selection(name, runs, source)
     steps = ladder_steps(runs)
     head = ["step", "name", "change", "params", "RF", "train final %", "test final %", "best epoch", "best-epoch test %",
             "final test min / median / max", "seeds", "gap", "potential", "verdict", "handout"]
@@ -333,12 +338,13 @@ def sweep_body(summary: dict[str, Any]) -> str:
             + table_html(head, rows) + iso + _notes_html(notes) + "</section>")
 
 
-def render(kind: str, name: str, runs: list[RunData], summary: dict[str, Any] | None = None) -> str:
+def render(kind: str, name: str, runs: list[RunData], summary: dict[str, Any] | None = None,
+           source: str | Path | None = None) -> str:
     from convladder.report.frontierreport import frontier_body
 
     body = (frontier_body(summary) if kind == "frontier" and summary is not None else
             sweep_body(summary) if kind == "sweep" and summary is not None else
-            ladder_body(name, runs) if kind == "ladder" else run_section(runs[0]))
+            ladder_body(name, runs, source) if kind == "ladder" else run_section(runs[0]))
     css, js = assets.CSS, assets.JS
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -382,9 +388,10 @@ def write_report(target: str, out: str | Path | None = None, runs_root: str | Pa
         kind, runs, name = "sweep", [], str(summary.get("name") or summary_path.stem)
     else:
         summary = None
-        name = runs[0].id if kind == "run" else target
+        # a ladder is named by its name, also when asked for by its file (`report my-ladder.yaml`)
+        name = runs[0].id if kind == "run" else str(runs[0].config.get("ladder") or target)
     out = Path(out) if out else Path(f"report-{name}.html")
-    text = render(kind, name, runs, summary)
+    text = render(kind, name, runs, summary, ladder_file_of(target) if kind == "ladder" else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     return out

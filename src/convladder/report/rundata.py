@@ -43,8 +43,8 @@ class RunData:
         model = c.get("model")
         # a spec typed on the command line is long text: name the run by its id instead
         model = model if isinstance(model, str) and len(model) <= 40 else None
-        if c.get("ladder") is not None and c.get("step") is not None:
-            return f"step {c['step']}: {c.get('step_name') or model or self.id}"
+        if c.get("ladder") is not None and c.get("step") is not None:  # by the ladder file's step name, never a path
+            return f"step {c['step']}: {c.get('step_name') or self.id}"
         return str(c.get("name") or model or f"run {self.id}")
 
     @property
@@ -171,32 +171,61 @@ def _tag(config: dict[str, Any], prefix: str) -> str | None:
     return next((t[len(prefix):] for t in config.get("tags") or [] if isinstance(t, str) and t.startswith(prefix)), None)
 
 
-@functools.lru_cache(maxsize=8)
-def _ladder_steps_by_index(name: str) -> dict[int, Any]:
-    try:
-        from convladder.ladder.ladder import load_ladder
+def _ladder_source(config: dict[str, Any], name: str) -> str:
+    """Where ladder `name` of a run is read from: the ladder file the run records (`source:` tag), else the name."""
+    from convladder.executors.base import SOURCE_TAG
 
-        return {step.index: step for step in load_ladder(name).steps}
+    recorded = _tag(config, SOURCE_TAG)
+    return recorded if recorded and Path(recorded).is_file() else name
+
+
+def _ladder(source: str) -> Any:
+    """The ladder of a built-in name or file; read again when the file changes."""
+    path = Path(source)
+    return _ladder_cached(source, path.stat().st_mtime_ns if path.is_file() else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _ladder_cached(source: str, stamp: int | None) -> Any:
+    from convladder.ladder.ladder import load_ladder
+
+    return load_ladder(source)
+
+
+def _ladder_steps_by_index(source: str) -> dict[int, Any]:
+    try:
+        return {step.index: step for step in _ladder(source).steps}
     except Exception:  # noqa: BLE001 - a ladder file that moved or changed: the report shows what the runs say
         return {}
 
 
 def _with_ladder_step(config: dict[str, Any]) -> dict[str, Any]:
-    """A `convladder ladder run` run says its ladder and step in tags (ladder:NAME, step:I); the report reads
-    `ladder`, `step`, `step_name`, `change`, `handout` keys, filled here from the tags and the ladder file."""
+    """A `convladder ladder run` run says its ladder and step in tags (ladder:NAME, step:I, source:FILE); the report
+    reads `ladder`, `step`, `step_name`, `change`, `handout` keys, filled here from the tags and the ladder file
+    (the one the run records, else the built-in of that name)."""
     name, step = _tag(config, "ladder:"), _tag(config, "step:")
     if config.get("ladder") is not None or name is None or step is None or not step.isdigit():
         return config
     out = {**config, "ladder": name, "step": int(step)}
-    known = _ladder_steps_by_index(name).get(int(step))
+    known = _ladder_steps_by_index(_ladder_source(config, name)).get(int(step))
     if known is not None:
-        out.setdefault("step_name", known.name)
-        out.setdefault("change", known.change)
-        out.setdefault("handout", known.handout)
+        _fill_step(out, known)
+    else:  # no ladder file here: the step's name is in the run's name, "<ladder> <i>. <step name>"
+        prefix = f"{name} {step}. "
+        if isinstance(config.get("name"), str) and config["name"].startswith(prefix):
+            out.setdefault("step_name", config["name"][len(prefix):])
     return out
 
 
-_NOT_THE_EXPERIMENT = ("seed", "seeds", "name", "tags", "threads", "device")
+def _fill_step(config: dict[str, Any], step: Any) -> None:
+    """The ladder file's words for a step: its name, change and the handout's figures."""
+    config.setdefault("step_name", step.name)
+    config.setdefault("change", step.change)
+    config.setdefault("handout", step.handout)
+
+
+# (step_name, change, handout: the ladder file's words for a step, filled in when read, not what the run did)
+_NOT_THE_EXPERIMENT = ("seed", "seeds", "name", "tags", "threads", "device", "step_name", "change", "handout")
 
 
 def experiment_key(config: dict[str, Any]) -> dict[str, Any]:
@@ -218,13 +247,25 @@ def _ladder_name(config: dict[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
+def ladder_file_of(target: str) -> Path | None:
+    """The ladder YAML file a report target names (`my-ladder.yaml`), or None."""
+    path = Path(target).expanduser()
+    return path if path.suffix.lower() in (".yaml", ".yml") and path.is_file() else None
+
+
+def _ladder_file_name(target: str) -> str | None:
+    """The name of the ladder in the YAML file `target`, or None when `target` is no ladder file."""
+    path = ladder_file_of(target)
+    return None if path is None else _ladder(str(path)).name  # (a broken ladder file: its UserError says where)
+
+
 def is_path_like(target: str) -> bool:
     """Whether a report target is written as a path ('/etc', './x', '~/runs/x'), not a name or run id."""
     return "/" in target or "\\" in target or target.startswith(("~", "."))
 
 
 def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, list[RunData]]:
-    """('run', [run]) or ('ladder', every run of that ladder, newest first) for a run folder, ladder name, or a run id, prefix,
+    """('run', [run]) or ('ladder', every run of that ladder, newest first) for a run folder, ladder name or file, or a run id, prefix,
     'latest' or 'latest:<model/name/tag>' (looked up by the run store, the one run lookup).
 
     Raises UserError naming what to do when nothing matches.
@@ -234,16 +275,20 @@ def resolve_target(target: str, root: str | Path | None = None) -> tuple[str, li
     direct = Path(target).expanduser()
     if target.strip() and direct.is_dir() and any((direct / f).exists() for f in RUN_FILES):
         return "run", [load_run(direct)]
-    if target.strip() and is_path_like(target):
+    name = _ladder_file_name(target)  # `report my-ladder.yaml`: the runs of the ladder that file names
+    if target.strip() and is_path_like(target) and name is None:
         what = "is a folder but not a run folder" if direct.is_dir() else (
             "is a file, not a run folder" if direct.exists() else "does not exist")
         raise UserError(f"{direct} {what} (a run folder holds {', '.join(RUN_FILES[:3])}, ...) — give a run "
                         f"folder, a run id or prefix, 'latest', or a ladder name (see `convladder runs list --runs {root}`)")
     folders = _run_folders(root)
     configs = {f: _config(f) for f in folders}
-    ladder = [f for f, c in configs.items() if _ladder_name(c) == target]
+    ladder = [f for f, c in configs.items() if _ladder_name(c) == (name or target)]
     if ladder:  # every run of the ladder, newest first; ladder_selection picks the ones that stand for the steps
         return "ladder", [load_run(f) for f in sorted(ladder, key=lambda f: f.name, reverse=True)]
+    if name is not None:
+        raise UserError(f"ladder {name!r} ({target}) has no runs in {root} — run it first: "
+                        f"`convladder ladder run {target} --runs {root}`")
     try:
         record = store.get(target)
     except UserError as err:
@@ -290,10 +335,11 @@ def spread(values: list[float | None]) -> dict[str, float] | None:
     return s and {**s, "n": sum(v is not None for v in values)}
 
 
-def ladder_selection(name: str, runs: list[RunData]) -> tuple[list[RunData], list[str]]:
+def ladder_selection(name: str, runs: list[RunData], source: str | Path | None = None) -> tuple[list[RunData], list[str]]:
     """The runs that stand for the steps of ladder `name`, chosen as `convladder ladder report` chooses them
     (convladder.ladder.compare.select_runs: the newest `ladder run` options, not stale, one completed run per
-    seed), and notes saying what was left out. `runs` are newest first.
+    seed), and notes saying what was left out. `runs` are newest first. The ladder file is `source` (the report's
+    target), else the one the runs record, else the built-in of that name; its step names and changes label the runs.
 
     Runs without job tags (made by hand) or of a ladder file that cannot be found here: the newest options'
     runs; of each step the runs of its newest run's config (the others are stale), one completed run per seed.
@@ -304,14 +350,20 @@ def ladder_selection(name: str, runs: list[RunData]) -> tuple[list[RunData], lis
     opts = campaign_tag(runs)
     tagged = [r for r in runs if any(t.startswith("job:") for t in r.tags)]
     ladder = None
-    if tagged:
-        try:
-            from convladder.ladder.ladder import load_ladder
+    try:
+        from convladder.ladder.ladder import load_ladder_of
 
-            ladder = load_ladder(name)
-        except Exception as exc:  # noqa: BLE001 - a ladder file that is not here: the runs still make a report
-            notes.append(f"the ladder file of {name!r} is not found here ({str(exc)[:160]}): a step's current "
+        ladder = _ladder(str(source)) if source is not None else load_ladder_of(name, runs)
+    except Exception as exc:  # noqa: BLE001 - a ladder file that is not here: the runs still make a report
+        if tagged:
+            notes.append(f"the ladder file of {name!r} is not found here ({str(exc)[:200]}): a step's current "
                          "config is taken to be its newest run's")
+    if ladder is not None:
+        for run in runs:  # runs that do not record their ladder file: the file found here names their steps
+            if isinstance(run.config.get("step"), int) and 1 <= run.config["step"] <= len(ladder.steps):
+                _fill_step(run.config, ladder.step(run.config["step"]))
+    if not tagged:
+        ladder = None  # hand-made runs: no job keys to ask the ladder file about
     if ladder is not None:
         steps = [(f"step {s.step.index}", s.completed, len(s.chosen), s.stale, len(s.fresh))
                  for s in select_runs(ladder, tagged, opts)]
@@ -360,7 +412,7 @@ def ladder_steps(runs: list[RunData]) -> list[dict[str, Any]]:
         verdicts = sorted({n["verdict"] for n in nums if n["verdict"]})
         c = members[0].config
         rows.append({
-            "step": step, "step_name": c.get("step_name") or c.get("model"), "change": c.get("change") or "",
+            "step": step, "step_name": c.get("step_name") or f"step {step}", "change": c.get("change") or "",
             "handout": c.get("handout"), "runs": members, "median_run": med[1], "seeds": len(members),
             "params": med[0]["params"], "rf": med[0]["rf"], "train_acc": med[0]["train_acc"],
             "test_acc": med[0]["test_acc"], "best_epoch": med[0]["best_epoch"], "best_test_acc": med[0]["best_test_acc"],

@@ -74,17 +74,37 @@ def runs_list(
         typer.echo("no runs")
         return
     shown = [(r, _progress(store.root / r.id, r)) for r in records]
-    typer.echo(f"{'id':24} {'status':11} {'model':16} {'seed':>4} {'params':>8} {'ep':>7} {'final test':>10} "
-               f"{'best on split':>13} {'best ep':>7}")
+    # step/name last and whole: a ladder run's name says its ladder, step and step name ("my-dropout 2. dropout-0.05")
+    typer.echo(f"{'id':24} {'status':11} {'model':{MODEL_WIDTH}} {'seed':>4} {'params':>8} {'ep':>7} "
+               f"{'final test':>10} {'best on split':>13} {'best ep':>7} step/name")
     for r, (ep, best) in shown:
-        model_name = (r.model or "-") if len(r.model or "") <= 16 else (r.model or "")[:13] + "..."
-        typer.echo(f"{r.id:24} {r.status:11} {model_name:16} {_fmt(r.seed):>4} {_fmt(r.params):>8} {ep:>7} "
-                   f"{_fmt(r.final_test_acc, True):>10} {best:>13} {_fmt(r.best_epoch):>7}")
+        typer.echo(f"{r.id:24} {r.status:11} {model_cell(r.model):{MODEL_WIDTH}} {_fmt(r.seed):>4} "
+                   f"{_fmt(r.params):>8} {ep:>7} {_fmt(r.final_test_acc, True):>10} {best:>13} "
+                   f"{_fmt(r.best_epoch):>7} {r.name or '-'}")
     typer.echo("ep: done/configured for a run that did not finish; final test: the last epoch's; "
-               "best on split: the best epoch's accuracy on the split that picked it")
+               "best on split: the best epoch's accuracy on the split that picked it; model: an own class as "
+               "file.py:Class (`runs show` gives its folder), a long spec with its middle left out")
     if any(best.endswith("test*") for _, (_, best) in shown):
         typer.echo("* best epoch picked on the test set (select_on: test): an optimistic figure, not a held-out "
                    "estimate — the final test accuracy is the honest one")
+
+
+MODEL_WIDTH = 22
+
+
+def model_cell(model: str | None, width: int = MODEL_WIDTH) -> str:
+    """A run's model in `width` characters: an own class as `file.py:Class` (its folder left out), anything
+    longer with its middle left out, so the end that names the class or the head stays."""
+    from convladder.spec.own import OWN_REF
+
+    text = (model or "-").strip()
+    own = OWN_REF.match(text)
+    if own:
+        text = f"{Path(own['file']).name}:{own['cls']}"
+    if len(text) <= width:
+        return text
+    keep = width - 3
+    return f"{text[:keep - keep // 2]}...{text[len(text) - keep // 2:]}"
 
 
 def _progress(folder: Path, r: Any) -> tuple[str, str]:

@@ -26,7 +26,8 @@ def predict_cmd(
     which: str = typer.Option("final", "--which", help=WHICH_HELP),
     threads: int = typer.Option(0, "--threads", min=0, help="Torch threads (0: torch's default, all cores)."),
 ) -> None:
-    """Classify digit images with a trained run (photos/scans are put into MNIST form first)."""
+    """Classify images with a trained run (photos/scans of digits are put into MNIST form first; a colour run keeps
+    pictures in colour, resized to its input)."""
     import torch
 
     from convladder.serve.predict import Predictor, check_finite, load_run, top_k
