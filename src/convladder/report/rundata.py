@@ -256,7 +256,12 @@ def ladder_file_of(target: str) -> Path | None:
 def _ladder_file_name(target: str) -> str | None:
     """The name of the ladder in the YAML file `target`, or None when `target` is no ladder file."""
     path = ladder_file_of(target)
-    return None if path is None else _ladder(str(path)).name  # (a broken ladder file: its UserError says where)
+    if path is None:
+        return None
+    try:
+        return _ladder(str(path)).name
+    except UserError as exc:  # a sweep's or frontier's YAML, or a broken ladder: say which target it was taken for
+        raise UserError(f"{target} was read as a ladder file: {exc}") from None
 
 
 def is_path_like(target: str) -> bool:
