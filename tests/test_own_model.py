@@ -509,6 +509,34 @@ def test_a_notebook_instance_with_default_arguments_is_rebuilt(tmp_path, monkeyp
     assert type(convladder.create_model(result.run_id, runs=tmp_path)).__name__ == "Net"
 
 
+def test_helpers_defined_after_the_class_and_a_later_class_of_the_same_name(tmp_path, monkeypatch):
+    """The kernel looks helpers up when they are called (a later cell's block() counts); the class is the one
+    from its own cell even when a later cell defines another Net."""
+    first_net = CELLS[2].split("net = Net()")[0]
+    later = "First = Net\n\n\nclass Net(nn.Module):\n    def forward(self, x):\n        return x\n"
+    ns = run_cells([CELLS[0], first_net, CELLS[1], later], monkeypatch)
+    result = convladder.train(ns["First"], runs=tmp_path, quiet=True, **CELL_KEYS)
+    source = (tmp_path / result.run_id / "model_source.py").read_text()
+    own = json.loads((tmp_path / result.run_id / "own_model.json").read_text())
+    assert own["rebuild"] == "recorded" and "def block(" in source and "self.c1 = block(1, width)" in source
+    assert "return x\n" not in source and "First" not in source
+
+
+def test_python_repl_inputs_are_read_in_order(tmp_path, monkeypatch):
+    """Python's own REPL (3.13+) keeps each input as '<python-input-N>' in linecache; no IPython needed."""
+    import linecache
+
+    ns: dict = {"__name__": "__main__"}
+    for number, text in enumerate([CELLS[0], CELLS[1], CELLS[2].split("net = Net()")[0]]):
+        name = f"<python-input-{number}>"
+        monkeypatch.setitem(linecache.cache, name, (len(text), None, [ln + "\n" for ln in text.splitlines()], name))
+        exec(compile(text, name, "exec"), ns)  # noqa: S102 - the test's own inputs
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    result = convladder.train(ns["Net"], runs=tmp_path, quiet=True, **CELL_KEYS)
+    own = json.loads((tmp_path / result.run_id / "own_model.json").read_text())
+    assert own["rebuild"] == "recorded" and "<python-input-0>" in (tmp_path / result.run_id / "model_source.py").read_text()
+
+
 def test_a_class_whose_source_is_gone_says_so_at_train_time(tmp_path, capsys):
     """A plain `python` REPL keeps no text: one notice at train time, and every later message names what works."""
     ns: dict = {"__name__": "__main__"}

@@ -2,12 +2,12 @@
 
 IPython keeps every cell it ran: the code objects of a cell's functions name it in `co_filename`
 ('/tmp/ipykernel_<pid>/<hash>.py' in Jupyter, '<ipython-input-N-...>' in a terminal IPython), `linecache`
-holds its text, and the shell's history lists the cells in the order they ran. From the cells up to and
-including the one that defined the class, this module keeps only what the class needs to be built again:
+holds its text, and the shell's history lists the cells in the order they ran. From the cells run so far
+(the class from the cell that defined it), this module keeps only what the class needs to be built again:
 
 - the top-level `import` / `from ... import` statements that bind a name the class (or a kept helper) reads;
 - the top-level `def` and `class` statements of those names (helper functions, blocks, base classes), the
-  last definition before the class winning, as in the kernel;
+  latest definition winning, as in the kernel, which looks a global up when it is used;
 - top-level constants those names read (`dropout_value = 0.05`: a literal assigned to a name).
 
 Everything else — expressions, calls, loops, `model = Net()`, `convladder.train(...)`, data loading, magics —
@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import builtins
 import linecache
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,23 +67,37 @@ def _shell() -> Any:
     return get() if callable(get) else None
 
 
-def _history(filename: str, cell: str) -> list[tuple[str, str]]:
-    """(label, text) of the cells that ran up to and including the defining one, oldest first.
+def _history(filename: str, cell: str) -> tuple[list[tuple[str, str]], int]:
+    """(label, text) of every cell run so far, oldest first, and the index of the one that defined the class.
 
-    The cell's number comes from IPython's own map of cell file names to execution counts, else from
-    matching its text in the history; without a shell (a plain REPL) the defining cell alone.
+    All of them, not only those before the class: a function the class calls is looked up when it is called,
+    so the kernel runs its latest definition — a helper defined in a later cell included. The cell's number
+    comes from IPython's map of cell file names to execution counts, else from matching its text in the
+    history. Without IPython: the inputs Python's own REPL keeps (3.13+: '<python-input-N>'), else the cell alone.
     """
     shell = _shell()
     hist = getattr(getattr(shell, "history_manager", None), "input_hist_parsed", None)
     if not isinstance(hist, list) or not hist:
-        return [(Path(filename).name, cell)]
+        return _repl_inputs(filename, cell)
     number = getattr(getattr(shell, "compile", None), "_filename_map", {}).get(filename)
     wanted = cell.splitlines()
     if not (isinstance(number, int) and 0 < number < len(hist) and hist[number].splitlines() == wanted):
         number = next((i for i in range(len(hist) - 1, 0, -1) if hist[i].splitlines() == wanted), None)
     if number is None:
-        return [(Path(filename).name, cell)]
-    return [(f"In[{i}]", hist[i]) for i in range(1, number + 1) if hist[i].strip()]
+        return [(Path(filename).name, cell)], 0
+    return [(f"In[{i}]", hist[i]) for i in range(1, len(hist))], number - 1
+
+
+_REPL_INPUT = re.compile(r"^<python-input-(\d+)>$")
+
+
+def _repl_inputs(filename: str, cell: str) -> tuple[list[tuple[str, str]], int]:
+    """Python's REPL (3.13+) keeps each input in linecache as '<python-input-N>': all of them, in order."""
+    if not _REPL_INPUT.match(filename):
+        return [(Path(filename).name, cell)], 0
+    found = sorted((int(m[1]), name) for name in list(linecache.cache) if (m := _REPL_INPUT.match(str(name))))
+    cells = [(name, "".join(linecache.cache[name][2])) for _, name in found]
+    return cells, [name for _, name in found].index(filename)
 
 
 def _segment(text_lines: list[str], node: ast.stmt) -> str:
@@ -139,12 +154,14 @@ class _Stmt:
     node: ast.stmt
 
 
-def compose(name: str, cells: list[tuple[str, str]]) -> CellSource | None:
+def compose(name: str, cells: list[tuple[str, str]], pin: int | None = None) -> CellSource | None:
     """The importable source of class `name` from cells (label, text) run in this order; None when no cell
-    defines it."""
+    defines it. `pin`: the index of the cell whose definition of `name` is the class (a later cell may define
+    another class of that name); every other name takes its latest definition."""
     defs: dict[str, _Stmt] = {}
     imports: dict[str, _Stmt] = {}
     stars: list[_Stmt] = []
+    pinned: list[_Stmt] = []
     for ci, (label, text) in enumerate(cells):
         try:
             tree = ast.parse(text)
@@ -153,6 +170,8 @@ def compose(name: str, cells: list[tuple[str, str]]) -> CellSource | None:
         lines = text.splitlines(keepends=True)
         for pos, node in enumerate(tree.body):
             stmt = _Stmt((ci, pos), label, _segment(lines, node), node)
+            if ci == pin and isinstance(node, ast.ClassDef) and node.name == name:
+                pinned.append(stmt)
             for bound in _binds(node):
                 if bound == "*":
                     stars.append(stmt)
@@ -162,6 +181,10 @@ def compose(name: str, cells: list[tuple[str, str]]) -> CellSource | None:
                 else:
                     defs[bound] = stmt
                     imports.pop(bound, None)
+    if pin is not None:  # the class is the definition in its own cell, whatever came after
+        defs.pop(name, None)
+        for stmt in pinned:
+            defs[name] = stmt
     if name not in defs or not isinstance(defs[name].node, ast.ClassDef):
         return None
     kept: dict[tuple[int, int], _Stmt] = {}
@@ -201,7 +224,8 @@ def cell_source(cls: type) -> CellSource | None:
     if not is_cell(filename):
         return _by_history(cls) if filename is None else None
     cell = "".join(linecache.cache[filename][2])  # type: ignore[index]
-    return compose(cls.__name__, _history(filename, cell))
+    cells, pin = _history(filename, cell)
+    return compose(cls.__name__, cells, pin)
 
 
 def _by_history(cls: type) -> CellSource | None:
@@ -216,5 +240,5 @@ def _by_history(cls: type) -> CellSource | None:
         except SyntaxError:
             continue
         if any(isinstance(n, ast.ClassDef) and n.name == cls.__name__ for n in tree.body):
-            return compose(cls.__name__, [(f"In[{i}]", hist[i]) for i in range(1, number + 1) if hist[i].strip()])
+            return compose(cls.__name__, [(f"In[{i}]", hist[i]) for i in range(1, len(hist))], number - 1)
     return None
