@@ -6,10 +6,12 @@ bench/results/gpu-<device>.md (and to $OUT when set).
     CONVLADDER_HOME=.cache/convladder PYTHONPATH=src python bench/bench_gpu.py            # on the GPU machine
     PYTHONPATH=src python bench/bench_gpu.py --device cpu --dry-run                       # check it here (tiny)
 
-Times: "to 99.0/99.4" = training + evaluation time from the first step to the end of the first epoch whose
-test accuracy reached it, with the one-time warm-up (first step, or warm-up steps + graph capture) taken out
-and reported in its own column. images/s = training images per second summed over copies (the median epoch,
-from epoch 2 when there is one). Configurations run in order until --budget seconds are spent; the rest are
+Times: "to 99.0/99.4" = train.result.TIME_TO_TARGET, the definition the trainer's result and bench_train.py
+use: training + evaluation time from the first step to the end of the first epoch whose test accuracy reached
+it, with the one-time warm-up (first step, or warm-up steps + graph capture) taken out and reported in its own
+column. images/s = training images per second summed over copies (the median epoch, from epoch 2 when there is
+one). Medians: train.result.MEDIAN_RULE. --seeds takes a seed list (6-15) as bench_train.py does; a configuration
+of k seeds trains the first k of it. Configurations run in order until --budget seconds are spent; the rest are
 listed as skipped. A configuration that raises is one row with its error; the others still run.
 """
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -29,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from convladder.train.config import TrainConfig
-from convladder.train.loop import resolve_device, train_batched, train_epochs
+from convladder.train.loop import parse_seed_list, resolve_device, train_batched, train_epochs
 from convladder.train.progress import Progress
+from convladder.train.result import MEDIAN_RULE, TIME_TO_TARGET, median_value, min_median_max, time_to
 from convladder.train.runenv import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,39 +58,42 @@ class Rows(Progress):
         print("  note:", text, flush=True)
 
 
-def _times_to(rows: list[dict[str, Any]], level: float, warmup: float) -> float | None:
-    total = 0.0
-    for r in rows:
-        total += r["epoch_time_s"]
-        if r.get("test_acc") is not None and r["test_acc"] >= level:
-            return total - warmup
-    return None
-
-
 def _mmm(values: list[float | None], fmt: str = "{:.2f}") -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) == 1 and len(values) == 1:
-        return fmt.format(vals[0])
-    text = " / ".join(fmt.format(v) for v in (min(vals), statistics.median(vals), max(vals)))
-    return text + (f" ({len(vals)}/{len(values)})" if len(vals) < len(values) else "")
+    s = min_median_max(values)
+    if s is None:
+        return f"- (0/{len(values)})" if values else "-"
+    have = sum(v is not None for v in values)
+    if have == 1 and len(values) == 1:
+        return fmt.format(s["min"])
+    text = " / ".join(fmt.format(s[k]) for k in ("min", "median", "max"))
+    return text + (f" ({have}/{len(values)})" if have < len(values) else "")
 
 
-def run_trainer(name: str, base: dict[str, Any], seeds: int, batched: str | None, cut: int | None) -> dict[str, Any]:
+def _median(values: list[float | None]) -> float:
+    value = median_value(values)
+    assert value is not None
+    return value
+
+
+def contiguous(seeds: list[int]) -> bool:
+    return seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+
+
+def run_trainer(name: str, base: dict[str, Any], seeds: list[int], batched: str | None,
+                cut: int | None) -> dict[str, Any]:
     """One configuration of the convladder trainer; seeds one after another, or at once (batched: grouped/streams)."""
     rows = Rows()
     t0 = time.perf_counter()
     warmups: list[float] = []
-    if batched:
-        cfg = TrainConfig.from_dict({**base, "seeds": seeds, "batched": batched})
+    if batched:  # the batched trainer takes seeds seed .. seed + seeds - 1 (main checks the list is a range)
+        cfg = TrainConfig.from_dict({**base, "seed": seeds[0], "seeds": len(seeds), "batched": batched})
         results = train_batched(cfg, None, rows)
         warmups = [results[0].warmup_s] * len(results)
         per_run = rows.runs
     else:
         per_run = []
-        for s in range(seeds):
-            cfg = TrainConfig.from_dict({**base, "seed": 1 + s})
+        for seed in seeds:
+            cfg = TrainConfig.from_dict({**base, "seed": seed})
             sub = Rows()
             gen = train_epochs(cfg, None, sub)
             done = 0
@@ -108,16 +113,16 @@ def run_trainer(name: str, base: dict[str, Any], seeds: int, batched: str | None
     wall = time.perf_counter() - t0
     epoch_rows = [r for run in per_run for r in run]
     later = [r for r in epoch_rows if r["epoch"] > 1] or epoch_rows
-    copies = seeds if batched else 1
-    ips = statistics.median(r["train_images_per_s"] for r in later) * copies
-    s_epoch = statistics.median(r["epoch_time_s"] for r in later)
+    copies = len(seeds) if batched else 1
+    ips = _median([r["train_images_per_s"] for r in later]) * copies
+    s_epoch = _median([r["epoch_time_s"] for r in later])
     finals = [run[-1].get("test_acc") if run else None for run in per_run]
     full = cut is None
     return {
-        "name": name, "seeds": seeds, "batch": base.get("batch_size", 128), "ips": ips, "s_epoch": s_epoch,
-        "warmup": statistics.median(warmups) if warmups else None,
-        "t990": [_times_to(run, 99.0, w) for run, w in zip(per_run, warmups)] if full else None,
-        "t994": [_times_to(run, 99.4, w) for run, w in zip(per_run, warmups)] if full else None,
+        "name": name, "seeds": len(seeds), "seed_list": seeds, "batch": base.get("batch_size", 128), "ips": ips,
+        "s_epoch": s_epoch, "warmup": median_value(warmups),
+        "t990": [time_to(run, 99.0, w) for run, w in zip(per_run, warmups)] if full else None,
+        "t994": [time_to(run, 99.4, w) for run, w in zip(per_run, warmups)] if full else None,
         "finals": finals if full else None, "epochs": len(per_run[0]) if per_run else 0,
         "wall": wall, "notes": rows.notes, "cut": cut,
     }
@@ -129,7 +134,7 @@ def _warmup_of(run_rows: list[dict[str, Any]]) -> float:
     if len(run_rows) < 2:
         return 0.0
     first = run_rows[0]["epoch_time_s"]
-    rest = statistics.median(r["epoch_time_s"] for r in run_rows[1:])
+    rest = _median([r["epoch_time_s"] for r in run_rows[1:]])
     return max(0.0, first - rest)
 
 
@@ -178,12 +183,12 @@ def _test_acc(model, xt, yt, batch=1000):
     return 100.0 * correct / len(yt)
 
 
-def fast_recipe(x, y, xt, yt, device, seeds: int, steps_cap: int | None) -> dict[str, Any]:
+def fast_recipe(x, y, xt, yt, device, seeds: list[int], steps_cap: int | None) -> dict[str, Any]:
     """One epoch, batch 128, Adam + OneCycle (max lr 0.01), data on the device; the first (warm-up) run untimed."""
     times, accs = [], []
     bs = 128
     steps = len(y) // bs if steps_cap is None else min(steps_cap, len(y) // bs)
-    for seed in range(seeds + 1):
+    for run, seed in enumerate([0, *seeds]):  # seed 0: the untimed warm-up run
         torch.manual_seed(seed)
         model = FastNet().to(device)
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -200,11 +205,11 @@ def fast_recipe(x, y, xt, yt, device, seeds: int, steps_cap: int | None) -> dict
             sched.step()
         acc = _test_acc(model, xt, yt)  # includes the test pass, as the trainer's times do
         _sync(device)
-        if seed > 0:
+        if run > 0:
             times.append(time.perf_counter() - t)
             accs.append(acc)
     params = sum(p.numel() for p in FastNet().parameters())
-    return {"name": f"fast recipe re-created ({params:,} params, 1 epoch, b128, Adam onecycle)", "seeds": seeds,
+    return {"name": f"fast recipe re-created ({params:,} params, 1 epoch, b128, Adam onecycle)", "seeds": len(seeds),
             "batch": bs, "t": times, "finals": accs, "epochs": 1}
 
 
@@ -231,7 +236,7 @@ def examples_recipe(x, y, xt, yt, device, epochs: int, full_epochs: int, steps_c
         accs.append(_test_acc(model, xt, yt))
         _sync(device)
         epoch_times.append(time.perf_counter() - t)
-    per_epoch = statistics.median(epoch_times[1:] or epoch_times)
+    per_epoch = _median(epoch_times[1:] or epoch_times)
     est = sum(epoch_times) + per_epoch * (full_epochs - epochs)
     cum, t99 = 0.0, None
     for t, a in zip(epoch_times, accs):
@@ -263,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes (subset, 2 epochs, 2 seeds): checks the script")
     ap.add_argument("--budget", type=float, default=230.0, help="seconds; configurations after it are skipped")
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", default="1-10", help="seed list: 6-15, 1,3,7 (default 1-10; a range where seeds "
+                    "train at once)")
     ap.add_argument("--examples-epochs", type=int, default=3, help="pytorch/examples epochs run (of 14; rest extrapolated)")
     ap.add_argument("--long", action="store_true", help="also: pytorch/examples full 14 epochs, more variants")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="also write the table here")
@@ -274,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True  # for the reference recipes too (the trainer turns it on for CUDA)
     dev_name = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     dry = args.dry_run
-    seeds = 2 if dry else args.seeds
+    seed_list = parse_seed_list(args.seeds)[:2] if dry else parse_seed_list(args.seeds)
+    if not contiguous(seed_list):  # the batched configurations train seeds seed .. seed + N - 1
+        sys.exit(f"error: --seeds {args.seeds}: the batched configurations need a range of seeds (e.g. 6-15)")
+    seeds = len(seed_list)
     common: dict[str, Any] = {"device": args.device, "model": "tiny8k", "clean_train_eval": 0}
     if dry:
         common.update(subset=3000, val_size=500, epochs=2, threads=0)
@@ -310,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     out = folder / (f"gpu-{device.type}{'-dry' if dry else ''}.md")
 
     def write() -> str:  # after every configuration: a hard timeout still leaves what finished
-        text = render(results, refs, dev_name, dry, time.perf_counter() - t_start)
+        text = render(results, refs, dev_name, dry, time.perf_counter() - t_start, seed_list)
         out.write_text(text)
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -321,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y, xt, yt = _load_tensors(device, 3000 if dry else 0)
     refs: list[dict[str, Any]] = []
     try:  # the reference recipes first: they are the yardstick, and cheap
-        refs.append(fast_recipe(x, y, xt, yt, device, seeds, 5 if dry else None))
+        refs.append(fast_recipe(x, y, xt, yt, device, seed_list, 5 if dry else None))
         print("  ", refs[-1]["name"], [f"{t:.3f}s" for t in refs[-1]["t"]], refs[-1]["finals"], flush=True)
     except Exception as exc:  # noqa: BLE001 - a row with the error instead
         refs.append({"name": "fast recipe", "error": f"{type(exc).__name__}: {exc}"})
@@ -340,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{spent:6.1f}s] {name}: {n_seeds} seed(s){' at once: ' + batched if batched else ''}", flush=True)
         try:
-            res = run_trainer(name, {**common, **overrides}, n_seeds, batched, cut)
+            res = run_trainer(name, {**common, **overrides}, seed_list[:n_seeds], batched, cut)
             res["cut"] = cut
         except Exception as exc:  # noqa: BLE001 - one row with the error; the others still run
             traceback.print_exc()
@@ -356,15 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(results, refs, dev_name, dry, total_s) -> str:
+def render(results, refs, dev_name, dry, total_s, seed_list: list[int]) -> str:
     head = [f"# GPU benchmark — {dev_name}" + (" — DRY RUN (tiny sizes, not a measurement)" if dry else ""), "",
             f"- machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, python "
             f"{sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}; whole benchmark {total_s:.0f} s",
             "- tiny8k (7,944 params), MNIST, 5,000 validation images held out, augmentation on, bf16 autocast on CUDA, "
-            "SGD Nesterov OneCycle, 12 epochs unless said; seeds 1..N",
-            "- to 99.0 / 99.4: training + evaluation seconds until the first epoch at that test accuracy, warm-up "
-            "(first step, or 3 warm-up steps + CUDA graph capture) excluded and shown apart; min / median / max "
-            "over seeds, (k/N) when only k seeds reached it",
+            f"SGD Nesterov OneCycle, 12 epochs unless said; seeds {seed_list[0]}-{seed_list[-1]} (a configuration of "
+            "k seeds: the first k)",
+            f"- to 99.0 / 99.4: {TIME_TO_TARGET} (the trainer's and bench_train.py's clock); min / median / max "
+            "over seeds, (k/N) when only k seeds reached it, the spread over those k",
+            f"- {MEDIAN_RULE}",
             "- images/s: training images per second summed over copies, median epoch after the first; "
             "'cut': only the first epochs of the 12-epoch schedule ran (speed only)", "",
             "| configuration | seeds | images/s | s/epoch | warm-up s | to 99.0 % s | to 99.4 % s | final test % (min/med/max) | seeds >= 99.4 | wall s |",
@@ -392,7 +402,8 @@ def render(results, refs, dev_name, dry, total_s) -> str:
             t99 = "-" if r["t990"] is None else f"{r['t990']:.1f} s"
             ref_lines.append(f"- {r['name']}: {r['s_epoch']:.2f} s/epoch ({r['ips']:,.0f} images/s), test after "
                              f"{r['epochs']} epoch(s) {r['finals'][-1]:.2f} %, to 99.0 % {t99}, "
-                             f"14 epochs ~{r['wall_full']:.1f} s")
+                             f"14 epochs ~{r['wall_full']:.1f} s (training + evaluation; its first epoch's warm-up "
+                             "included)")
     ratio_lines = ["", "Ratios (same process):", ""]
     fast = next((r for r in refs if "t" in r and r["t"]), None)
     ex = next((r for r in refs if "wall_full" in r), None)
@@ -403,11 +414,11 @@ def render(results, refs, dev_name, dry, total_s) -> str:
         t90 = [t for t in (r["t990"] or []) if t is not None]
         parts = []
         if fast and t90:
-            parts.append(f"to 99.0 % median {statistics.median(t90):.2f} s vs fast recipe {statistics.median(fast['t']):.2f} s "
-                         f"({statistics.median(t90) / statistics.median(fast['t']):.2f}x)")
+            parts.append(f"to 99.0 % median {_median(t90):.2f} s vs fast recipe {_median(fast['t']):.2f} s "
+                         f"({_median(t90) / _median(fast['t']):.2f}x)")
         if ex and t94:
-            parts.append(f"to 99.4 % median {statistics.median(t94):.2f} s vs pytorch/examples 14 epochs ~{ex['wall_full']:.0f} s "
-                         f"({ex['wall_full'] / statistics.median(t94):.0f}x faster)")
+            parts.append(f"to 99.4 % median {_median(t94):.2f} s vs pytorch/examples 14 epochs ~{ex['wall_full']:.0f} s "
+                         f"({ex['wall_full'] / _median(t94):.0f}x faster)")
         if parts:
             lines_name = r["name"]
             ratio_lines.append(f"- {lines_name}: " + "; ".join(parts))

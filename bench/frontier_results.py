@@ -5,8 +5,9 @@
 
 Reads only what `convladder frontier` wrote: its summary (<runs>/frontiers/<name>-*.json, the newest of that
 name) and each re-trained run's result.json. Per budget: the network, its parameters, every seed's final-epoch
-test accuracy, their min / median / max, the best-epoch figures (the epoch the validation split picked), each
-seed's wall time, and the search's cost; machine, device, torch version and seeds at the top.
+test accuracy, their min / median / max (train.result.MEDIAN_RULE), the best-epoch figures (the epoch the split
+in each result.json picked), each seed's wall time, the torch threads each run used (its env.json), and the
+search's cost; machine, device, torch version and seeds at the top.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
 from convladder.fileio import atomic_write_text
 from convladder.runs.store import RunStore
+from convladder.train.result import MEDIAN_RULE, median_value, min_median_max
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,9 +33,24 @@ def newest_summary(runs: Path, name: str | None) -> Path:
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
-    if not values:
-        return "-"
-    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+    s = min_median_max(values)
+    return "-" if s is None else " / ".join(fmt.format(s[k]) for k in ("min", "median", "max"))
+
+
+def threads_of(store: RunStore, run_ids: list[str]) -> str:
+    """The torch threads the runs trained with (env.json), e.g. '1' or '1, 2'; '?' where a run does not say."""
+    used = set()
+    for run_id in run_ids:
+        try:
+            used.add(store.read_env(run_id).get("torch_threads"))
+        except Exception:  # noqa: BLE001 - a run without a readable env.json: said as '?'
+            used.add(None)
+    return ", ".join(sorted("?" if t is None else str(t) for t in used)) or "-"
+
+
+def picked_by(results: list[dict]) -> str:
+    """The split that picked the best epoch in these results ('val', 'test', ...), as result.json says."""
+    return ", ".join(sorted({str((r.get("best") or {}).get("selected_by") or "?") for r in results})) or "-"
 
 
 def widths(spec_text: str) -> str:
@@ -58,15 +74,18 @@ def table(summary: dict, store: RunStore) -> str:
              f"{env.get('cuda') or 'CPU only'}; torch {env.get('torch')}, python {env.get('python')}",
              f"- file: `{summary.get('file')}`; executor {summary.get('executor')}; started {summary.get('started')}",
              f"- each budget's network trained over {summary['seeds']} seeds; selection: " + selection(summary),
-             "- accuracy: final-epoch test accuracy (the number reported); best-epoch = the epoch the validation "
-             "split picked, its test accuracy shown; min / median / max over seeds", ""]
+             "- accuracy: final-epoch test accuracy (the number reported); best-epoch = the epoch the split in the "
+             "'picked by' column picked, its test accuracy shown; min / median / max over seeds",
+             f"- {MEDIAN_RULE}; threads: the torch threads of each run (env.json)", ""]
     head = ("| budget | params | widths | epochs | seeds | final test % min / median / max | seeds >= 99.4 | "
-            "each seed's final test % | best-epoch test % min / median / max | wall s per seed (median) |")
+            "each seed's final test % | best-epoch test % min / median / max | picked by | "
+            "wall s per seed (median) | threads |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     total = 0.0
     for b in summary["budgets"]:
         w, f = b.get("winner") or {}, b.get("final") or {}
-        results = [store.read_result(r) for r in f.get("runs") or [] if r]
+        run_ids = [r for r in f.get("runs") or [] if r]
+        results = [store.read_result(r) for r in run_ids]
         finals = [float(r["final"]["test_acc"]) for r in results if (r.get("final") or {}).get("test_acc") is not None]
         bests = [float(r["best"]["test_acc"]) for r in results if (r.get("best") or {}).get("test_acc") is not None]
         walls = [float(r["wall_time_s"]) for r in results if r.get("wall_time_s")]
@@ -74,9 +93,9 @@ def table(summary: dict, store: RunStore) -> str:
         epochs = (w.get("config") or {}).get("epochs", "-")
         lines.append(f"| {b['budget']:,} | {w.get('params') or 0:,} | {widths(w.get('model') or '')} | {epochs} | "
                      f"{len(finals)} | {spread(finals)} | {sum(v >= 99.4 for v in finals)}/{len(finals)} | "
-                     f"{', '.join(f'{v:.2f}' for v in finals) or '-'} | {spread(bests)} | "
-                     f"{statistics.median(walls):.0f} |" if walls else
-                     f"| {b['budget']:,} | - | - | - | 0 | - | - | - | - | - |")
+                     f"{', '.join(f'{v:.2f}' for v in finals) or '-'} | {spread(bests)} | {picked_by(results)} | "
+                     f"{median_value(walls):.0f} | {threads_of(store, run_ids)} |" if walls else
+                     f"| {b['budget']:,} | - | - | - | 0 | - | - | - | - | - | - | - |")
     lines += ["", f"Training time summed over every run: {total / 3600:.2f} h of one process's wall time "
               f"(runs of several processes overlap)."]
     lines += ["", "Networks (spec text):", ""]

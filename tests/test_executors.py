@@ -93,15 +93,15 @@ def test_sweep_ranks_and_isolates_on_validation_not_test(tmp_path):
     assert summary["ranked_on"] == "val" and summary["ranked_on_why"] is None
     assert [(r["trial"], r["rank"]) for r in summary["trials"]] == [("t001", 1), ("t000", 2)]
     top = summary["trials"][0]
-    assert top["val_acc"] == {"min": 80.0, "median": 80.5, "max": 81.0}
-    assert top["test_acc"] == {"min": 70.0, "median": 70.5, "max": 71.0}  # reported, not used to choose
+    assert top["val_acc"] == {"min": 80.0, "median": 80.0, "max": 81.0}
+    assert top["test_acc"] == {"min": 70.0, "median": 70.0, "max": 71.0}  # reported, not used to choose
     iso = summary["isolation"][0]
     assert iso["best_trial"] == "t001" and iso["nuisance"] == {"drop": 0.1} and iso["val_acc"]["min"] == 80.0
     table = format_table(summary)
     ranking = [line for line in table.splitlines() if "ranked on" in line]
     assert ranking == [summary["ranking"]] and ranking[0].startswith("ranked on VAL") and "TEST" not in table
     assert "min final val" in table and "min final test" in table
-    assert "c1=4: t001 min final val 80.00, test min/median/max 70.00/70.50/71.00" in table
+    assert "c1=4: t001 min final val 80.00, test min/median/max 70.00/70.00/71.00" in table
     head, rows = sweep_rows(summary)
     assert "min val % (ranks)" in head and rows[0][head.index("min val % (ranks)")] == 80.0
     assert isolation_rows(summary)[0][1] == "t001 (chosen on val, min val 80.00 %)"

@@ -8,7 +8,6 @@ Potential passes 100 when train is below test; it is then printed capped, with a
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from convladder.ladder.ladder import Ladder, Step
 from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
 from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
-from convladder.train.result import gap, min_median_max, potential, verdict
+from convladder.train.result import MEDIAN_RULE, gap, median_item, min_median_max, potential, verdict
 
 ADVICE = {
     "overfitting": "regularise (dropout, augmentation)",
@@ -147,13 +146,14 @@ def _seed_row(store: RunStore, record: Any) -> dict[str, Any]:
 
 
 def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """Median train/test over seeds with the gap/potential of the medians; min/median/max over seeds of the final
-    and of each seed's best-epoch test accuracy; the verdict of the least seed (the lowest final test accuracy),
-    which the target is judged on."""
+    """The median seed's train/test/gap/potential (train.result.median_item on final test accuracy: one run's
+    numbers, as the HTML ladder page shows them); min/median/max over seeds of the final and of each seed's
+    best-epoch test accuracy; the verdict of the least seed (the lowest final test accuracy), which the target
+    is judged on."""
     if not done:
         return {"train": None, "test": None, "gap": None, "potential": None, "verdict": None, "least": None}
-    train = statistics.median(s["train"] for s in done if s["train"] is not None) if any(s["train"] is not None for s in done) else None
-    test = statistics.median(s["test"] for s in done)
+    median = median_item(done, lambda s: s["test"])  # `done` is in seed order, as the HTML page's runs
+    train, test = median["train"], median["test"]
     bests = [s for s in done if s.get("best_test") is not None]
     least = min(done, key=lambda s: s["test"])  # `done` is in seed order: a tie goes to the lowest seed
     judged: dict[str, Any] = {"seed": least["seed"], "run_id": least["run_id"], "train": least["train"],
@@ -166,18 +166,10 @@ def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
            "best_epochs": sorted({s["best_epoch"] for s in bests if s.get("best_epoch") is not None}),
            "selected_by": ", ".join(sorted({str(s["selected_by"]) for s in bests if s.get("selected_by")})) or None,
            "params_trained": done[0].get("params"), "least": judged, "verdict": judged["verdict"],
-           "shifted": _median_shifted([s["shifted"] for s in done if s.get("shifted")])}
+           "median_seed": median["seed"], "shifted": median.get("shifted")}
     if train is None:
         return {**out, "gap": None, "potential": None}
     return {**out, "gap": gap(train, test), "potential": potential(train, test)}
-
-
-def _median_shifted(per_seed: list[dict[str, float]]) -> dict[str, float] | None:
-    """Median over seeds of the shifted-test accuracy per shift (the shifts every seed measured)."""
-    if not per_seed:
-        return None
-    shifts = set.intersection(*(set(d) for d in per_seed))
-    return {k: statistics.median(d[k] for d in per_seed) for k in sorted(shifts, key=int)}
 
 
 def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
@@ -191,7 +183,7 @@ def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
     n = row.get("n_completed") or 1
     which = f" (the least of {n} seeds: seed {least.get('seed')})" if n > 1 else ""
     medians = ("; median " + (f"train {row['train']:.2f} / " if row.get("train") is not None else "")
-               + f"test {row['test']:.2f}") if n > 1 else ""
+               + f"test {row['test']:.2f} (seed {row.get('median_seed')})") if n > 1 else ""
     if least.get("train") is None:
         text = f"test {least['test']:.2f}{which} (no train accuracy recorded){medians}"
     else:
@@ -216,7 +208,8 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
     """The plain-text comparison table plus one reading line per step."""
     datasets = sorted({str(r["dataset"]) for r in rows if r.get("dataset")})
     head = (f"ladder {ladder.name} on {', '.join(datasets) or 'mnist'} (target {ladder.target:g} %; "
-            "train/test/gap/potential = final epoch, median over seeds; min/med/max = final test over seeds; "
+            "train/test/gap/potential = final epoch of the median seed (by final test); min/med/max = final "
+            "test over seeds; "
             "best-epoch test = each seed's best epoch, min/med/max over seeds, and the split that picked it; "
             "verdict and 'on target' judged on the least seed)")
     cols = ("#", "step", "params (handout)", "RF", "ep", "train (h)", "test (h)", "min/med/max",
@@ -240,13 +233,13 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
                       potential_shown(r.get("potential"), r.get("train"), raw=False),
                       (r.get("verdict") or "-") + seeds))
     shifts = sorted({k for r in rows for k in (r.get("shifted") or {})}, key=int)
-    if shifts:  # shift_eval ran: the median test accuracy with images shifted 0..N pixels
+    if shifts:  # shift_eval ran: the median seed's test accuracy with images shifted 0..N pixels
         cols = (*cols, f"test shifted {'/'.join(shifts)} px")
         lines = [(*line, "/".join(f"{r['shifted'][k]:.1f}" if k in (r.get("shifted") or {}) else "-" for k in shifts))
                  for line, r in zip(lines, rows)]
     widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    out = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, lines), "", "readings:"]
+    out = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, lines), MEDIAN_RULE, "", "readings:"]
     others = sum(r.get("other_options") or 0 for r in rows)
     if others:  # runs of another `ladder run` invocation: never mixed in, never dropped without a word
         shown = " ".join(f"{k}={v}" for k, v in sorted((rows[0].get("options") or {}).items())) or "the defaults"

@@ -74,29 +74,55 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+_SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}  # the same on every axis
+
+
 def curves(run: RunData) -> Figure:
     """Accuracy, loss and learning rate per epoch for one run (full report width, whole-epoch ticks)."""
     # 12×4.2 in across the whole figure grid: text stays >= ~11 px on screen (3 panels at 10×2.8 in one
     # grid cell shrank 9 pt text to ~7 px)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    smoothing = float(run.config.get("label_smoothing") or 0.0)
+    # with label smoothing the train loss holds the smoothing term and val/test loss do not: on one axis the
+    # difference would read as a train/test gap, so the train loss gets its own scale (right axis), named
+    train_loss_ax = axes[1].twinx() if smoothing else axes[1]
     for key, style in (("train", "-o"), ("val", "--s"), ("test", "-^")):
         for ax, metric in ((axes[0], "acc"), (axes[1], "loss")):
             xs, ys = _series(run.metrics, f"{key}_{metric}")
             if xs:
                 label = f"{key} (seen, with augmentation/dropout)" if key == "train" and metric == "acc" else key
-                ax.plot(xs, ys, style, ms=3, label=label)
+                if key == "train" and metric == "loss" and smoothing:
+                    ax, label = train_loss_ax, f"train, with label smoothing {smoothing:g} (right scale)"
+                    style = ":o"
+                ax.plot(xs, ys, style, ms=3, label=label, color=_SPLIT_COLOURS[key])
     axes[0].set(title="accuracy (%)", xlabel="epoch")
-    axes[1].set(title="loss", xlabel="epoch")
+    axes[1].set(title="loss (val/test: cross-entropy; train: own scale)" if smoothing else "loss", xlabel="epoch")
+    if smoothing:
+        train_loss_ax.set_ylabel(f"train loss incl. smoothing {smoothing:g}", color="tab:blue", fontsize=8)
     xs, ys = _series(run.metrics, "lr")
-    axes[2].plot(xs, ys, "-o", ms=3, color="tab:purple")
-    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    axes[2].plot(xs, ys, "-o", ms=3, color="tab:purple", label="first step")
+    last_x, last_y = _series(run.metrics, "lr_last")
+    if last_x and last_y != ys:  # the rate moves within an epoch (onecycle, cosine): its last step too
+        axes[2].plot(last_x, last_y, "--", ms=3, color="tab:purple", alpha=0.6, label="last step")
+        axes[2].legend(fontsize=8)
+    # rows without lr_last are of an older convladder, which recorded the rate after the epoch's last step
+    axes[2].set(title="learning rate (each epoch's first step)" if last_x else "learning rate (after the epoch)",
+                xlabel="epoch")
     for ax in axes[:2]:
-        if ax.lines:
-            ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        if ax is axes[1] and smoothing:
+            more = train_loss_ax.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        if handles:
+            ax.legend(handles, labels, fontsize=8)
     for ax in axes:
         epoch_axis(ax)
     fig.tight_layout()
-    return Figure("curves", "Training curves: accuracy and loss per epoch, learning rate", fig, vector=True, wide=True)
+    caption = "Training curves: accuracy and loss per epoch, learning rate"
+    if smoothing:
+        caption += (f" (the train loss includes the label-smoothing term ({smoothing:g}) and val/test loss do not: "
+                    "they are on separate scales, and their difference is no train/test gap)")
+    return Figure("curves", caption, fig, vector=True, wide=True)
 
 
 def gap_per_epoch(runs: list[RunData], name: str = "gap") -> Figure:

@@ -20,7 +20,7 @@ import torch
 
 from convladder.analysis.render import format_size
 from convladder.fileio import atomic_write_text
-from convladder.train.result import (POTENTIAL_CAP, POTENTIAL_NOTE, potential_meaningful, potential_shown,
+from convladder.train.result import (MEDIAN_RULE, POTENTIAL_CAP, POTENTIAL_NOTE, potential_meaningful, potential_shown,
                                      potential_text, shifted_text)
 from convladder.report import assets, concepts, figures, netfigs
 from convladder.report.plot import Figure
@@ -161,7 +161,7 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
         skipped = "" if run.status == "completed" else f"; this run ({E(run.status)}) is not counted"
         rows.append(("final test over seeds (min / median / max)",
                      f"{s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f} % <small>({s['n']} seed(s), "
-                     f"completed runs, one per seed{skipped})</small>"))
+                     f"completed runs, one per seed{skipped}; {E(MEDIAN_RULE)})</small>"))
     body = "".join(f"<tr><th scope='row'>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<div class="scroll"><table class="kv">{body}</table></div>'
 
@@ -267,6 +267,30 @@ def _handout(value: Any) -> str:
     return str(value)
 
 
+_PICKED = {"val": "the epoch the validation split picked",
+           "test": "the epoch the test set picked (optimistic: that epoch is then scored on the set that picked it)"}
+
+
+def _picked_by(steps: list[dict[str, Any]]) -> str:
+    """Which split picked each step's best epoch, from the runs' result.json (`best.selected_by`): 'the epoch
+    the validation split picked', or per step where the steps differ (eip4-s2 steps 1-8 select on test)."""
+    by_split: dict[str, list[str]] = {}
+    for s in steps:
+        picked = sorted({str((r.result.get("best") or {}).get("selected_by") or "?") for r in s["runs"]})
+        for split in picked:
+            by_split.setdefault(split, []).append(str(s["step"]))
+
+    def name(split: str) -> str:
+        if split in _PICKED:
+            return _PICKED[split]
+        return "not picked: the final epoch" if split.startswith("final epoch") else f"picked by {split}"
+
+    if len(by_split) <= 1:
+        return name(next(iter(by_split), "?"))
+    return "; ".join(f"step{'s' if len(st) > 1 else ''} {', '.join(st)}: {name(split)}"
+                     for split, st in by_split.items())
+
+
 def ladder_body(name: str, runs: list[RunData], source: str | Path | None = None) -> str:
     """`runs`: every run of the ladder, newest first; the ones shown are those `ladder report` shows. `source`:
     the ladder file when the report was asked for by it (else the one the runs record, or the built-in)."""
@@ -303,7 +327,8 @@ def ladder_body(name: str, runs: list[RunData], source: str | Path | None = None
             "<p>Each row is one step (one change); numbers are the median-seed run's, the spread is over seeds "
             "(completed runs of the current ladder file, one per seed, as <code>convladder ladder report</code> "
             "picks them); a target is judged on the min, the least seed. "
-            "<em>final</em> = last epoch, <em>best epoch</em> = the epoch the selection split picked.</p>"
+            f"<em>final</em> = last epoch, <em>best epoch</em> = {E(_picked_by(steps))}.</p>"
+            f"<p class='meta'>{E(MEDIAN_RULE)}</p>"
             + table_html(head, rows)
             + (f"<p class='meta'>{E(POTENTIAL_NOTE)}</p>" if any(_over_cap(s["potential"]) for s in steps) else "")
             + _notes_html(notes) + "<h3>Across steps</h3>" + figs

@@ -37,7 +37,7 @@ from torch import nn
 
 from convladder.spec.build import ClassProbs, SpecNet, run_without_output_layer
 from convladder.train.config import TrainConfig, crop_at
-from convladder.train.epochs import EpochRunner, drive_steps, epoch_rows, finish_rows
+from convladder.train.epochs import EpochRunner, drive_steps, epoch_lrs, epoch_rows, finish_rows
 from convladder.train.progress import Progress
 from convladder.train.step import WARMUP_STEPS, StepRunner, TrainStep, step_mode
 
@@ -335,7 +335,7 @@ class StreamsEpochRunner:
         reads = [r.step.read_epoch() for r in self.runners]  # each copy's one read of the epoch
         for r in self.runners:
             r.recalibrate_bn(epoch)
-        return epoch_rows(epoch, first.lr_at(epoch * self.steps), [x[0][0] for x in reads],
+        return epoch_rows(epoch, epoch_lrs(first, epoch, self.steps), [x[0][0] for x in reads],
                           [x[1][0] for x in reads], reads[0][2], te)
 
     def evaluate_into(self, rows: list[dict[str, Any]], epoch: int, te: float) -> None:

@@ -81,7 +81,7 @@ class EpochRunner:
         drive_steps(run, self.steps, step, self.config.batch_size, progress)
         losses, accs, seen = step.read_epoch()  # the epoch's one read from the device
         self.recalibrate_bn(epoch)
-        return epoch_rows(epoch, step.lr_at(epoch * self.steps), losses, accs, seen, te)
+        return epoch_rows(epoch, epoch_lrs(step, epoch, self.steps), losses, accs, seen, te)
 
     def recalibrate_bn(self, epoch: int) -> None:
         """Precise BN after the last epoch's steps, on the first `precise_bn` training images (before evaluation,
@@ -186,12 +186,25 @@ class EpochRunner:
         self.step.set_position(epoch * self.steps)
 
 
-def epoch_rows(epoch: int, lr: float, losses: list[float], accs: list[float], seen: int,
+def epoch_lrs(step: Any, epoch: int, steps: int) -> tuple[float, float]:
+    """The rates epoch `epoch` (1-based) trained at: its first step's and its last step's.
+
+    Step t of the run (0-based) trains at lr_at(t); epoch e is steps (e-1)*steps .. e*steps - 1. (lr_at(e*steps),
+    recorded before, is the next epoch's first rate: under a step schedule epoch 1 showed the halved rate.)
+    """
+    return step.lr_at((epoch - 1) * steps), step.lr_at(epoch * steps - 1)
+
+
+def epoch_rows(epoch: int, lrs: tuple[float, float], losses: list[float], accs: list[float], seen: int,
                te: float) -> tuple[list[dict[str, Any]], list[bool], float]:
-    """Per-copy rows of a trained epoch (started at `te`), whether each copy's loss is finite, and `te`."""
+    """Per-copy rows of a trained epoch (started at `te`), whether each copy's loss is finite, and `te`.
+
+    lr = the rate of the epoch's first step, lr_last = that of its last (equal unless the schedule moves the
+    rate within an epoch: onecycle, cosine).
+    """
     train_time = time.perf_counter() - te
-    rows = [{"epoch": epoch, "lr": lr, "train_loss": loss, "train_acc": acc, "train_time_s": train_time,
-             "train_images_per_s": seen / train_time} for loss, acc in zip(losses, accs)]
+    rows = [{"epoch": epoch, "lr": lrs[0], "lr_last": lrs[1], "train_loss": loss, "train_acc": acc,
+             "train_time_s": train_time, "train_images_per_s": seen / train_time} for loss, acc in zip(losses, accs)]
     return rows, [math.isfinite(v) for v in losses], te
 
 

@@ -31,7 +31,7 @@ from convladder.train.result import RunResult, seed_stats
 from convladder.train.step import autocast, evaluate
 
 __all__ = ["PAUSE_ENV", "TrainingDiverged", "evaluate", "autocast", "resolve_device", "train", "train_epochs",
-           "run_to_end", "resume", "train_seeds", "train_batched", "batched_mode"]
+           "run_to_end", "resume", "train_seeds", "train_batched", "batched_mode", "parse_seed_list"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,6 +199,25 @@ def resume(run: str, store: RunStore, progress: Progress | None = None, *, data=
         raise UserError(f"run {record.id} already completed; nothing to resume")
     config = TrainConfig.from_dict(store.read_config(record.id))
     return train(config, store, progress, data=data, resume_run=record.id)
+
+
+def parse_seed_list(text: str) -> list[int]:
+    """'6-10' / '1,3,7' / '1-3,9' / '5' -> the seeds in the order written, each once (benchmarks' --seeds).
+
+    A seed list, not a count: a recipe chosen on seeds 1-5 is reported on fresh seeds (e.g. 6-10).
+    """
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            lo, dash, hi = part.partition("-")
+            chunk = list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+        except ValueError:
+            chunk = []
+        if not chunk or any(s < 0 for s in chunk):
+            raise UserError(f"seeds {text!r}: {part!r} is not a seed or a range — write e.g. 6-10 or 1,3,7")
+        seeds += [s for s in chunk if s not in seeds]
+    return seeds
 
 
 def batched_mode(config: TrainConfig, device: torch.device) -> str | None:

@@ -24,7 +24,7 @@ from convladder.errors import UserError
 from convladder.runs.store import RunHandle, RunStore, notice
 from convladder.train.config import TrainConfig
 from convladder.train.models import write_record
-from convladder.train.result import RunResult, gap, potential, verdict
+from convladder.train.result import RunResult, gap, median_value, potential, time_to, verdict
 
 
 class TrainingDiverged(UserError):
@@ -121,7 +121,11 @@ class Recorder:
 
     # -- each epoch ---------------------------------------------------------------------------------------
     def epoch_done(self, row: dict[str, Any], weights: dict[str, torch.Tensor] | None, resume: dict[str, Any] | None) -> bool:
-        """Add the epoch's row, update best and time to target, save; returns whether the epoch is the new best."""
+        """Add the epoch's row, update best and time to target, save; returns whether the epoch is the new best.
+
+        state.time_to_target_s is the process's wall clock (from the start of training, data loading included);
+        the time to target reported (TIME_TO_TARGET: training + evaluation, warm-up apart) is made from the rows.
+        """
         state = self.state
         if state.time_to_target_s is None and row.get("test_acc") is not None and row["test_acc"] >= self.config.target:
             state.time_to_target_s = self.clock()
@@ -205,5 +209,7 @@ def make_result(config: TrainConfig, state: RunState, run_id: str | None, params
         train_acc_source=(f"clean (no dropout/augmentation, first {clean_n} training images)"
                           if clean_train is not None else "seen while training (dropout/augmentation on)"),
         wall_time_s=wall, time_to_target_s=state.time_to_target_s, warmup_s=state.warmup_s,
+        train_time_to_target_s=time_to(rows, config.target, state.warmup_s),
         message=message, seed=config.seed, target=config.target,
-        extra={"train_images_per_s": sorted(r["train_images_per_s"] for r in rows)[len(rows) // 2] if rows else None})
+        # the median epoch's throughput, by the one median rule (the lower of the middle two)
+        extra={"train_images_per_s": median_value([r.get("train_images_per_s") for r in rows])})
