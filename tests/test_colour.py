@@ -168,6 +168,13 @@ def test_predict_on_colour_pictures(colour_run, tmp_path, capsys):
 
     fitted = fit_image(decode_colour(Path(files[0])), (12, 12))
     assert fitted.shape == (3, 12, 12) and fitted[0].mean() > fitted[1].mean() + 30  # still red
+    batch = np.stack([picture(k, (12, 12)) for k in range(3)])  # (N, H, W, C), as PIL/numpy hold pictures
+    np.save(tmp_path / "nhwc.npy", batch)
+    np.save(tmp_path / "nchw.npy", batch.transpose(0, 3, 1, 2))
+    code, out, err = run_cli(capsys, "predict", run_id, str(tmp_path / "nhwc.npy"), str(tmp_path / "nchw.npy"), "--json",
+                             "--runs", str(root))
+    rows = json.loads(out)["images"]
+    assert code == 0 and [r["label"] for r in rows] == [0, 1, 2, 0, 1, 2] and rows[0]["probs"] == rows[3]["probs"]
 
 
 def test_export_onnx_agrees_on_colour(colour_run, tmp_path):

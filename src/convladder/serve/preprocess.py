@@ -294,7 +294,8 @@ def shape_text(input_shape: tuple[int, int, int]) -> str:
 
 def as_batch(arr: np.ndarray, name: str, input_shape: tuple[int, int, int] = (1, FIELD, FIELD)) -> np.ndarray:
     """Check an array is images in the network's input form and return uint8 or float32 pixels in 0..255 or
-    0..1: (N, H, W) for one channel, (N, C, H, W) for more (`input_shape` is (C, H, W))."""
+    0..1: (N, H, W) for one channel, (N, C, H, W) for more (`input_shape` is (C, H, W); (N, H, W, C) batches
+    are turned to that)."""
     c, h, w = input_shape
     a = np.asarray(arr)
     if c == 1:
@@ -306,6 +307,8 @@ def as_batch(arr: np.ndarray, name: str, input_shape: tuple[int, int, int] = (1,
     else:
         if a.ndim == 3:
             a = a[None]
+        if a.ndim == 4 and a.shape[3] == c and a.shape[1] != c:
+            a = a.transpose(0, 3, 1, 2)  # (N, H, W, C), as image libraries hold colour pictures
         want = (c, h, w)
     if a.ndim != len(want) + 1 or a.shape[1:] != want:
         form = " MNIST-form" if tuple(input_shape) == (1, FIELD, FIELD) else ""

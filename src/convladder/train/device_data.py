@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 
 from convladder.data.datasets import DataSplits
-from convladder.data.normalise import as_stat, channel_tensor, normalise, stat_channels, stat_ok, stat_text
+from convladder.data.normalise import as_stat, channel_tensor, normalise, stat_channels, stat_ok
 from convladder.errors import UserError
 from convladder.train.config import TrainConfig, val_images
 
@@ -118,8 +118,4 @@ class DeviceData:
     def normalise(self, x01: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> zero mean, unit std (the data set's statistics)."""
         return normalise(x01, self._mean, self._std)
-
-    def stats_text(self) -> str:
-        """'mean 0.1307 std 0.3081', per channel for colour data."""
-        return f"mean {stat_text(self.mean)} std {stat_text(self.std)}"
 
