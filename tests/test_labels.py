@@ -284,3 +284,12 @@ def test_frontier_results_record_threads(tmp_path: Path) -> None:
                             "final": {"runs": [r.run_id for r in runs]}, "selected_on": "val"}]}
     text = bench.table(summary, store)
     assert "threads" in text and "| 1 |" in text
+
+
+def test_the_sweep_and_frontier_tables_name_the_median_rule() -> None:
+    """The frontier's terminal table printed medians without saying which (now lower-middle, named)."""
+    from convladder.executors.frontier import format_table
+
+    summary = {"name": "f", "dataset": "mnist", "selected_on": "val", "seeds": 2,
+               "budgets": [{"budget": 2000, "candidates": {}, "winner": None, "final": None, "trials": []}]}
+    assert format_table(summary).splitlines()[-1] == f"({MEDIAN_RULE})"

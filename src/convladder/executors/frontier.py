@@ -25,7 +25,7 @@ from convladder.executors.base import Executor, InProcessExecutor
 from convladder.executors.frontierspec import FrontierSpec, spec_params
 from convladder.executors.sweep import Param, SweepSpec, Trial, make_trials, run_sweep
 from convladder.executors.sweep import write_summary as write_sweep_summary
-from convladder.train.result import min_median_max
+from convladder.train.result import MEDIAN_RULE, min_median_max
 
 
 @dataclass
@@ -283,7 +283,7 @@ def format_table(summary: dict[str, Any]) -> str:
         if w:
             recipe = ", ".join(f"{k}={v}" for k, v in w["recipe"].items())
             lines.append(f"        {w['model']}" + (f"  [{recipe}]" if recipe else ""))
-    return "\n".join(lines)
+    return "\n".join(lines + [f"({MEDIAN_RULE})"])
 
 
 def _fmt(v: Any, kind: str = ".2f") -> str:

@@ -41,7 +41,7 @@ from convladder.errors import UserError
 from convladder.executors.base import Executor, InProcessExecutor, Job, make_job
 from convladder.executors.scheduled import stopped_summary
 from convladder.executors.sweepspec import Param, SweepSpec, param_count, placeholders
-from convladder.train.result import min_median_max
+from convladder.train.result import MEDIAN_RULE, min_median_max
 
 
 @dataclass
@@ -327,7 +327,7 @@ def format_table(summary: dict[str, Any]) -> str:
                             + f"{test} params {_short(row['params'])} with {json.dumps(row['nuisance'])}"
                             if row["best_trial"] else "no completed trial")
                          + f"  ({row['completed']}/{row['trials']} completed, {row['rejected']} over budget)")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"({MEDIAN_RULE})"])
 
 
 def _short(v: Any) -> str:

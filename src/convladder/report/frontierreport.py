@@ -15,6 +15,7 @@ from matplotlib.ticker import NullFormatter
 
 from convladder.errors import UserError
 from convladder.report.plot import Figure
+from convladder.train.result import MEDIAN_RULE
 
 FRONTIER_PREFIX = "frontier:"
 
@@ -158,4 +159,5 @@ def frontier_body(summary: dict[str, Any]) -> str:
              + (f" + {E(str(env['cuda']))}" if env.get("cuda") else "") + f", torch {E(str(env.get('torch')))}")
     head, rows = frontier_rows(summary)
     return (f"<section><h2>Frontier {E(str(summary.get('name')))}: {len(summary['budgets'])} budget(s)</h2>"
-            f"<p>{facts}.</p>" + figs + table_html(head, rows) + _notes_html(notes) + "</section>")
+            f"<p>{facts}.</p>" + figs + table_html(head, rows) + f"<p class='meta'>{E(MEDIAN_RULE)}</p>"
+            + _notes_html(notes) + "</section>")

@@ -360,7 +360,8 @@ def sweep_body(summary: dict[str, Any]) -> str:
             "stopped, failed and over-budget trials follow unranked.</p>"
             + (f"<p class='meta'>model template: <code>{E(summary['model_template'])}</code></p>"
                if summary.get("model_template") else "")
-            + table_html(head, rows) + iso + _notes_html(notes) + "</section>")
+            + table_html(head, rows) + f"<p class='meta'>{E(MEDIAN_RULE)}</p>" + iso + _notes_html(notes)
+            + "</section>")
 
 
 def render(kind: str, name: str, runs: list[RunData], summary: dict[str, Any] | None = None,

@@ -183,6 +183,9 @@ def _print_seed_stats(stats: dict[str, Any], quiet: bool, json_lines: bool, pick
                            f"min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}{note}")
         typer.echo(f"every seed's final test acc >= {stats['target']:g}: "
                    f"{'yes' if stats['all_seeds_reach_target'] else 'no'}")
+        from convladder.train.result import MEDIAN_RULE
+
+        typer.echo(f"({MEDIAN_RULE})")
 
 
 def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: bool, json_lines: bool) -> None:
