@@ -130,6 +130,13 @@ def _binds(node: ast.stmt) -> list[str]:
     return []
 
 
+def _assigned(node: ast.stmt) -> list[str]:
+    """Names a top-level assignment binds (`x = ...`, `x: T = ...`, `x += ...`, `a, b = ...`)."""
+    targets = node.targets if isinstance(node, ast.Assign) else \
+        [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+    return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+
+
 def free_names(node: ast.AST) -> set[str]:
     """Names a statement reads that it does not bind itself (parameters, locals, nested defs): a superset of
     the globals it needs, close enough to pick the helpers to keep."""
@@ -172,7 +179,12 @@ def compose(name: str, cells: list[tuple[str, str]], pin: int | None = None) -> 
             stmt = _Stmt((ci, pos), label, _segment(lines, node), node)
             if ci == pin and isinstance(node, ast.ClassDef) and node.name == name:
                 pinned.append(stmt)
-            for bound in _binds(node):
+            kept = _binds(node)
+            if not kept:  # `block = make_block()` rebinds a name to what we cannot keep: the old def is not it
+                for gone in _assigned(node):
+                    defs.pop(gone, None)
+                    imports.pop(gone, None)
+            for bound in kept:
                 if bound == "*":
                     stars.append(stmt)
                 elif isinstance(node, (ast.Import, ast.ImportFrom)):
