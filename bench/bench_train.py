@@ -36,7 +36,7 @@ from convladder.train.result import (
     RunResult,
     median_value,
     min_median_max,
-    potential_text,
+    potential_shown,
 )
 from convladder.train.runenv import cpu_model
 
@@ -61,8 +61,8 @@ def spread(values: list[float | None], digits: int = 2) -> str:
     return text + (f" ({have}/{len(values)})" if have < len(values) else "")
 
 
-def _potential(value: float | None) -> str:
-    return "-" if value is None else potential_text(value, raw=False)  # capped at 100 with '*', as the trainer prints
+def _potential(value: float | None, train: float | None) -> str:
+    return potential_shown(value, train, raw=False)  # capped at 100 with '*', near chance "not meaningful", as the trainer prints
 
 
 def _split_sizes(store: RunStore, results: list[RunResult]) -> str:
@@ -198,7 +198,7 @@ def render(args, cfg: TrainConfig, device: torch.device, results: list[RunResult
         "to target s (training + evaluation) |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *[f"| {r.seed} | {r.run_id} | {_fmt(r.final.get('test_acc'))} | {r.best.get('epoch')} | "
-          f"{_fmt(r.best.get('test_acc'))} | {_fmt(r.gap)} | {_potential(r.potential)} | {r.verdict} | "
+          f"{_fmt(r.best.get('test_acc'))} | {_fmt(r.gap)} | {_potential(r.potential, r.final.get('train_acc'))} | {r.verdict} | "
           f"{r.wall_time_s:.1f} | {_fmt(r.train_time_to_target_s)} |" for r in results],
     ]
     if over:

@@ -238,6 +238,7 @@ def test_bench_train_table_reads_the_runs_it_made(tmp_path: Path, monkeypatch: p
     results = [train(tiny(seed=s, epochs=1, val_size=5000, subset=1000, target=t), store)
                for s, t in ((6, 10.0), (7, 100.0))]  # seed 6 reaches its target, seed 7 cannot
     results[1].potential = 100.75  # train below test: the formula passes 100
+    results[1].final["train_acc"] = 98.0  # (a 1-epoch run's own train accuracy may sit near chance: not meaningful)
 
     class Args:
         seeds, chosen_on = "6-7", "seeds 1-5"
