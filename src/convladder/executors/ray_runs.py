@@ -119,7 +119,7 @@ class Collected:
             self.results[key] = result
         return result
 
-    def retry_note(self, key: str, causes: list[str] | None = None) -> str | None:
+    def retry_note(self, key: str, causes: list[str | None] | None = None) -> str | None:
         """Why each earlier attempt of a retried job was lost (`retry_note`); None when it ran once."""
         tries = self.attempts.get(key) or []
         return retry_note(tries, self._alive(), causes) if len(tries) > 1 else None
@@ -152,13 +152,13 @@ class Collected:
             pass
 
 
-def retry_note(tries: list[Attempt], alive: dict[str, bool], causes: list[str] | None = None) -> str | None:
+def retry_note(tries: list[Attempt], alive: dict[str, bool], causes: list[str | None] | None = None) -> str | None:
     """'attempt 1 on HOST (node 0123abcd) lost: its node died' for each attempt but the last; `causes[n]`
     (Tune's error of attempt n+1) where known, else whether the attempt's node is still alive."""
     notes = []
     for n, attempt in enumerate(tries[:-1]):
         node = attempt.get("node_id") or ""
-        why = causes[n] if causes and len(causes) > n else (
+        why = (causes[n] if causes and len(causes) > n else None) or (
             "its node died" if alive.get(node) is False else "its worker process died")
         notes.append(f"attempt {n + 1} on {attempt.get('host')} (node {node[:8]}) lost: {why}")
     return "; ".join(notes) or None

@@ -158,10 +158,14 @@ def _trainable_class():
                 import torch
 
                 torch.set_num_threads(threads)
-            job = jobs[config["job"]]
-            self.store = PrivateStore(collector, token, job.key, prefix="convladder-tune-")
+            self.jobs, self.collector, self.token = jobs, collector, token
+            self._start(config)
+
+        def _start(self, config: dict[str, Any]) -> None:
+            job = self.jobs[config["job"]]
+            self.store = PrivateStore(self.collector, self.token, job.key, prefix="convladder-tune-")
             try:
-                self.runner = EpochRunner(job, self.store.path, self.store.ship, self.store.shipped)
+                self.runner: EpochRunner | None = EpochRunner(job, self.store.path, self.store.ship, self.store.shipped)
             except BaseException:
                 self.store.remove()
                 raise
@@ -169,10 +173,20 @@ def _trainable_class():
         def step(self) -> dict[str, Any]:
             return self.runner.step()
 
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            """Tune reuses this actor for the next trial (reuse_actors): finish this job, start that one. Saves a
+            worker process start (torch import) per trial."""
+            self.cleanup()
+            self._start(new_config)
+            return True
+
         def cleanup(self) -> None:
+            if self.runner is None:
+                return
             try:
                 self.runner.close()
             finally:
+                self.runner = None
                 self.store.remove()
 
     return EpochTrainable
@@ -186,6 +200,17 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
     or skipped (already in the store). Runs are imported into the store at `runs_root` as they arrive.
     A trial whose worker or node is lost is restarted up to `executor.max_retries` times (`retried` says why).
     """
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    todo = []
+    for i, job in enumerate(jobs):
+        if find_completed(runs_root, job.key):
+            results[i] = run_job(job, runs_root)  # 'skipped': the store has it
+            if on_done:
+                on_done(results[i])
+        else:
+            todo.append(i)
+    if not todo:  # a rerun with nothing left to train does not start or join Ray
+        return [r for r in results if r is not None]
     ray = executor.connect()
     # Tune's new console output prints tables and tracebacks of trials it stops; the legacy one at verbose=0
     # is silent, and convladder prints its own progress line per job.
@@ -196,20 +221,9 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
     from convladder.executors.ray_runs import Collected, job_base
 
     executor.log.route_loggers()  # Tune's loggers exist now
-    results: list[dict[str, Any] | None] = [None] * len(jobs)
-    todo = []
-    for i, job in enumerate(jobs):
-        if find_completed(runs_root, job.key):
-            results[i] = run_job(job, runs_root)  # 'skipped': the store has it
-            if on_done:
-                on_done(results[i])
-        else:
-            todo.append(i)
-    if not todo:
-        return [r for r in results if r is not None]
     index = {jobs[i].key: i for i in todo}
     collected = Collected(ray, runs_root)
-    causes: dict[int, list[str]] = {}  # job index -> why each failed attempt of its trial failed (Tune's error)
+    causes: dict[int, list[str | None]] = {}  # job index -> Tune's error of each failed attempt (None: not known)
 
     def collect() -> None:
         for result in collected.drain():
@@ -246,7 +260,7 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space={"job": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(scheduler=asha, reuse_actors=False),
+            tune_config=tune.TuneConfig(scheduler=asha, reuse_actors=True),
             run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=1 if executor.log.verbose else 0,
                                       callbacks=[Poll()],
                                       failure_config=tune.FailureConfig(max_failures=executor.max_retries),
@@ -271,7 +285,7 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
                 on_done(results[i])
     for i in todo:
         if results[i] is None:  # the trial's worker was lost before it shipped its run
-            why = "; ".join(causes.get(i, [])) or collected.loss_cause(jobs[i].key)
+            why = "; ".join(c for c in causes.get(i, []) if c) or collected.loss_cause(jobs[i].key)
             results[i] = _with_retry({**job_base(jobs[i]), "run_id": None, "status": "failed", "executor": "ray",
                                       "error": f"tune trial ended without a run: {why}{executor.log.note()}"},
                                      collected, causes.get(i))
@@ -280,19 +294,19 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
     return [r for r in results if r is not None]
 
 
-def _with_retry(result: dict[str, Any], collected, causes: list[str] | None) -> dict[str, Any]:
+def _with_retry(result: dict[str, Any], collected, causes: list[str | None] | None) -> dict[str, Any]:
     note = collected.retry_note(result["key"], causes)
     return {**result, "retried": note} if note else result
 
 
-def _error_line(trial) -> str:
+def _error_line(trial) -> str | None:
     """The last line of a failed Tune trial's error (e.g. 'ray.exceptions.ActorDiedError: ... node died')."""
     try:
         text = trial.get_error() or ""
     except Exception:  # noqa: BLE001 - the error file may be gone with its node
         text = ""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "the trial's worker failed"
+    return lines[-1][:300] if lines else None
 
 
 def stopped_summary(runs: list[dict[str, Any]]) -> str:
