@@ -602,12 +602,15 @@ def test_a_py_file_without_its_class_is_told_the_form(tmp_path, monkeypatch, cap
 
 @pytest.mark.parametrize("key,expected", [("lr_rate", "'lr'"), ("runs_root", "'runs'"), ("run", "'runs'"),
                                           ("learning_rate", "'lr'"), ("epoch", "'epochs'")])
-def test_misspelt_train_keywords_get_the_right_suggestion(key, expected):
+def test_misspelt_train_keywords_get_the_right_suggestion(key, expected, capsys):
     with pytest.raises(UserError) as caught:
         convladder.train("tiny8k", runs=False, **{key: 1})
     message = str(caught.value)
     assert f"did you mean {expected}" in message and "rotate" not in message
     assert len(message) < 200 and "clean_train_eval" not in message  # a few close keys, never the whole list
+    option = "--" + key.replace("_", "-")  # the command line's options: the same matcher
+    code, _, err = cli("train", option, "1", capsys=capsys)
+    assert code == 2 and f"No such option {option}, did you mean --{expected.strip(chr(39))}?" in err, err
 
 
 def test_potential_near_chance_is_not_meaningful():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import json
@@ -17,9 +16,9 @@ import yaml
 from convladder.errors import UserError
 # commands.py modules are the CLI layer (docs/ARCHITECTURE.md): the executor options are declared once there
 from convladder.executors.base import Executor, make_executor
-from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, RayAddressOpt
+from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt, RayVerboseOpt
 from convladder.runs.commands import RunsOpt
-from convladder.train.config import TrainConfig, build_config
+from convladder.train.config import TrainConfig, build_config, close_names
 
 Opt = typer.Option
 
@@ -84,8 +83,10 @@ def reject_stray_args(ctx: typer.Context) -> list[str]:
             name = arg.split("=", 1)[0]
             known = [o for p in ctx.command.params if not getattr(p, "hidden", False)
                      for o in [*p.opts, *getattr(p, "secondary_opts", [])] if o.startswith("--")]
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f", did you mean {close[0]}?" if close else f" (see `{ctx.command_path} --help`)"
+            # the same matcher as config keys: prefixes and words before spellings (--lr-rate is --lr, not --rotate)
+            close = close_names(name.lstrip("-").replace("-", "_"), [o[2:].replace("-", "_") for o in known], n=1)
+            hint = (f", did you mean --{close[0].replace('_', '-')}?" if close
+                    else f" (see `{ctx.command_path} --help`)")
             raise UserError(f"No such option {name}{hint}")
     bad = [a for a in extra if "=" not in a]
     if bad:
@@ -114,6 +115,8 @@ def train_command(
     ray_address: RayAddressOpt = None,
     cpus_per_trial: CpusOpt = 1.0,
     gpus_per_trial: GpusOpt = 0.0,
+    max_retries: MaxRetriesOpt = None,
+    ray_verbose: RayVerboseOpt = False,
     data: DataAliasOpt = None,
     **options: Any,
 ) -> None:
@@ -142,9 +145,9 @@ def train_command(
         if print_config:
             typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
             return
-        if executor != "inprocess" or ray_address or gpus_per_trial:
-            _train_seeds_on_executor(cfg, store, make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial),
-                                     quiet, json_lines)
+        if executor != "inprocess" or ray_address or gpus_per_trial or max_retries is not None or ray_verbose:
+            _train_seeds_on_executor(cfg, store, make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial,
+                                                               max_retries, ray_verbose), quiet, json_lines)
             return
         if cfg.seeds == 1:
             result = train(cfg, store, progress)

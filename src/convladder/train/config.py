@@ -169,7 +169,7 @@ def close_names(key: str, names: list[str], n: int = 3) -> list[str]:
 def unknown_key(key: str, names: list[str] | None = None, what: str = "config key") -> str:
     """"unknown config key 'epoch' — did you mean 'epochs'?": a few close names, never the whole list."""
     close = close_names(key[:100], names or field_names())
-    hint = (" — did you mean " + " or ".join(repr(c) for c in close) + "?" if close
+    hint = (", did you mean " + " or ".join(repr(c) for c in close) + "?" if close
             else " — `convladder train --help` lists the keys (TrainConfig in Python)")
     return f"unknown {what} {clip(key, 60)}{hint}"
 
