@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, RayAddressOpt
+from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt, RayVerboseOpt
 from convladder.runs.commands import RunsOpt
 from convladder.train.commands import DataAliasOpt, dataset_alias, with_config_options
 
@@ -66,6 +66,8 @@ def run_cmd(
     ray_address: RayAddressOpt = None,
     cpus_per_trial: CpusOpt = 1.0,
     gpus_per_trial: GpusOpt = 0.0,
+    max_retries: MaxRetriesOpt = None,
+    ray_verbose: RayVerboseOpt = False,
     data: DataAliasOpt = None,
     **options: Any,
 ) -> None:
@@ -77,7 +79,7 @@ def run_cmd(
 
     lad = load_ladder(ladder)
     store = _store(runs)
-    runner = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial)
+    runner = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial, max_retries, ray_verbose)
     options["dataset"] = dataset_alias(options.get("dataset"), data)
     results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=runner, **options)
     failed = [r for r in results if r["status"] == "failed"]
