@@ -273,3 +273,47 @@ def test_a_fifo_given_to_predict_is_refused_at_once(tmp_path: Path) -> None:
         os.close(os.open(fifo, os.O_WRONLY))
         worker.join(5)
     assert outcome and isinstance(outcome[0], UserError) and "not a regular file" in str(outcome[0])
+
+
+# -- damaged run folders ------------------------------------------------------------------------------------
+def test_ladder_report_notes_a_missing_or_damaged_result_json(tmp_path: Path, capsys) -> None:
+    from cli_util import run_cli
+    from test_ladder import SMALL
+
+    from convladder.ladder.ladder import load_ladder
+    from convladder.ladder.run import run_ladder
+    from convladder.runs.store import RunStore
+
+    torch.set_num_threads(1)
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    root = tmp_path / "runs"
+    run_ladder(load_ladder(str(path)), root, steps="1-2", seeds=1, epochs=1, subset=256, dataset="synthetic",
+               echo=lambda line: None)
+    step1 = next(r.id for r in RunStore(root).list_runs() if "step:1" in r.tags)
+    result = root / step1 / "result.json"
+    saved = json.loads(result.read_text())
+    for damage, note in [(None, "result.json is missing"), ({**saved, "final": [1, 2]}, "result.json: `final` holds a JSON list")]:
+        if damage is None:
+            result.unlink()
+        else:
+            result.write_text(json.dumps(damage))
+        code, out, err = run_cli(capsys, "ladder", "report", str(path), "--runs", str(root))
+        assert code == 0 and "Traceback" not in err, err
+        assert f"no final numbers: run {step1}: {note}" in out, out
+
+
+def test_weights_of_another_dtype_or_shape_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from convladder.train.models import create_model
+
+    root = tmp_path / "runs"
+    rid = net_run(root)
+    path = root / rid / "model.safetensors"
+    weights = load_file(path)
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    save_file({k: v.to(torch.int8) if v.is_floating_point() else v for k, v in weights.items()}, path)
+    refused(create_model, root / rid, match=f"tensor {first} is int8, the network's is float32", seconds=10)
+    save_file({**weights, first: weights[first][:1]}, path)
+    refused(create_model, root / rid, match=rf"tensor {first} has shape \(1,", seconds=10)

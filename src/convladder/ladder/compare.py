@@ -15,6 +15,7 @@ from typing import Any
 from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_shown, potential_text
 from convladder.ladder.ladder import Ladder, Step
 from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
+from convladder.runs.reader import read_result
 from convladder.runs.store import RunStore
 from convladder.train.config import TrainConfig
 from convladder.train.result import MEDIAN_RULE, gap, median_item, min_median_max, potential, verdict
@@ -133,15 +134,16 @@ def _max_seeds(runs: list) -> int:
 
 def _seed_row(store: RunStore, record: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"run_id": record.id, "seed": record.seed, "status": record.status, "dataset": record.dataset}
-    try:
-        res = store.read_result(record.id)
-    except Exception:  # noqa: BLE001 - a run without result.json (crashed early) is shown as such
-        return {**out, "error": "no result.json"}
+    notes: list[str] = []  # the tolerant reader: a missing or damaged result.json is a note, never a traceback
+    res = read_result(store.root / record.id, notes)
     final, best = res.get("final") or {}, res.get("best") or {}
+    if not res or (res.get("status", record.status) == "completed" and final.get("test_acc") is None):
+        # no final numbers to compare: shown with the note, left out of the medians
+        return {**out, "status": "incomplete", "error": "; ".join(notes) or "result.json has no final test accuracy"}
     history = [m["test_acc"] for m in store.read_metrics(record.id) if m.get("test_acc") is not None]
     return {**out, "status": res.get("status", record.status), "train": final.get("train_acc"), "test": final.get("test_acc"),
             "best_test": best.get("test_acc"), "best_epoch": best.get("epoch"), "selected_by": best.get("selected_by"),
-            "params": res.get("params"), "history": history, "error": res.get("message") or None,
+            "params": res.get("params"), "history": history, "error": res.get("message") or "; ".join(notes) or None,
             "wall_time_s": res.get("wall_time_s"), "shifted": res.get("shifted_test")}
 
 
@@ -177,6 +179,9 @@ def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
     -> overfitting: regularise'. Over several seeds the verdict and 'on target' are the least seed's (the
     lowest final test accuracy), and the reading names it beside the medians."""
     if row.get("test") is None:
+        broken = [s for s in row.get("seeds") or [] if s.get("status") == "incomplete" and s.get("error")]
+        if broken and not row.get("n_failed"):  # a run whose folder lost its numbers is not 'not run yet'
+            return f"no final numbers: run {broken[0]['run_id']}: {broken[0]['error']}"
         return "failed: " + (row["seeds"][0].get("error") or "see the run") if row.get("n_failed") else "not run yet"
     target = row["target"]
     least = row.get("least") or {key: row.get(key) for key in ("train", "test", "gap", "potential", "verdict")}

@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
 
             name = Path(target).stem if target.endswith((".yaml", ".yml", ".json")) else target.replace(":", "-")
             default = f"report-{Path(name).name or 'report'}.html"
-            for store in [runs or runs_dir()] + ([Path(target).parent] if Path(target).is_dir() else []):
-                output = check_output(output, default, store)  # a run folder given as target: its store too
+            run_folder = (Path(target) / "config.json").is_file()  # a run folder given as target: its store too
+            for store in [runs or runs_dir()] + ([Path(target).resolve().parent] if run_folder else []):
+                output = check_output(output, default, store)
         out = write_report(target, output, runs)
         size = out.stat().st_size / 1e6
         typer.echo(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.1f} s")

@@ -45,7 +45,7 @@ def read_json(path: Path, notes: list[str] | None = None) -> dict[str, Any]:
             raise UserError(f"{path} does not exist (run not finished, or the folder was changed)")
         try:
             data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the stack
             raise UserError(f"{path} cannot be read (half-written or damaged: {type(exc).__name__}: {exc}) — "
                             "restore it, or remove the run's folder and run `convladder runs reindex`") from None
         if not isinstance(data, dict):
@@ -58,6 +58,25 @@ def read_json(path: Path, notes: list[str] | None = None) -> dict[str, Any]:
             raise
         notes.append(_short(path, err))
         return {}
+
+
+def read_result(folder: Path, notes: list[str]) -> dict[str, Any]:
+    """result.json of a run folder in noting mode: {} when missing or damaged; otherwise `final` and `best` are
+    always mappings and their accuracies (`*_acc`) numbers or absent — each problem one line in `notes`."""
+    result = read_json(Path(folder) / "result.json", notes)
+    for part in ("final", "best") if result else ():
+        value = result.get(part)
+        if not isinstance(value, dict):
+            if value is not None:
+                notes.append(f"result.json: `{part}` holds {_kind(value)}, not a mapping")
+            result[part] = {}
+            continue
+        bad = [k for k, v in value.items() if str(k).endswith("_acc") and v is not None
+               and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100)]
+        if bad:
+            notes.append(f"result.json: {part}.{bad[0]} is {json.dumps(value[bad[0]])[:40]}, not a percentage")
+            result[part] = {k: v for k, v in value.items() if k not in bad}
+    return result
 
 
 def _short(path: Path, err: UserError) -> str:
@@ -240,3 +259,23 @@ def check_output(out: str | Path, default_name: str, store_root: str | Path | No
         raise UserError(f"-o {target}: cannot write in {resolved.parent} ({exc.strerror or exc}) — give a folder you "
                         "may write") from None
     return target
+
+
+def weights_mismatch(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str | None:
+    """What stops `saved` from loading into a network whose state_dict is `expected`, naming the tensor; None
+    when it fits. torch's load_state_dict casts silently (int8 weights become float 0/1/-1 ... and every
+    prediction one class) and names no tensor for a missing key, so this is checked first."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")]
+                 if missing else []) + ([f"unexpected {', '.join(extra[:3])}"
+                                          + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")] if extra else [])
+        return "; ".join(parts)
+    for key, want in expected.items():
+        got = saved[key]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"tensor {key} has shape {tuple(got.shape)}, the network's is {tuple(want.shape)}"
+        if got.dtype != want.dtype and not (got.dtype.is_floating_point and want.dtype.is_floating_point):
+            return f"tensor {key} is {str(got.dtype)[6:]}, the network's is {str(want.dtype)[6:]}"
+    return None

@@ -25,6 +25,7 @@ from torch import nn
 from convladder.errors import UserError
 from convladder.runs.reader import (OWN_JSON, SOURCE_ENV, SOURCE_FILE, read_config, read_json, read_weights,
                                     source_status)
+from convladder.runs.reader import weights_mismatch, weights_path
 from convladder.spec.layers import NetworkSpec
 from convladder.spec.own import (ARGS_PYTHON, adopt, construct, find_class, import_source, is_own_ref, load_class,
                                  notice, parse_own_ref, person_class, read_source, sha256_text)
@@ -209,7 +210,11 @@ def model_from_folder(folder: Path, which: str = "final", *, model: Any = None, 
     folder = Path(folder)
     module = run_network(folder, model=model, code=code)
     try:
-        module.load_state_dict(read_weights(folder, which))
+        weights = read_weights(folder, which)
+        problem = weights_mismatch(module.state_dict(), weights)  # names the tensor; refuses int8 weights
+        if problem:
+            raise RuntimeError(f"{weights_path(folder, which).name}: {problem}")
+        module.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         own = read_record(folder)
