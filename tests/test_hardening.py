@@ -3,8 +3,10 @@ folders. Each is refused with one UserError (or a note) quickly; none needs real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -276,8 +278,8 @@ def test_a_fifo_given_to_predict_is_refused_at_once(tmp_path: Path) -> None:
 
 
 # -- damaged run folders ------------------------------------------------------------------------------------
-def test_ladder_report_notes_a_missing_or_damaged_result_json(tmp_path: Path, capsys) -> None:
-    from cli_util import run_cli
+def ladder_runs(tmp_path: Path) -> tuple[Path, Path, str]:
+    """(ladder file, run store, run id of step 1): test_ladder's SMALL, steps 1-2 trained (synthetic, 1 epoch)."""
     from test_ladder import SMALL
 
     from convladder.ladder.ladder import load_ladder
@@ -290,7 +292,13 @@ def test_ladder_report_notes_a_missing_or_damaged_result_json(tmp_path: Path, ca
     root = tmp_path / "runs"
     run_ladder(load_ladder(str(path)), root, steps="1-2", seeds=1, epochs=1, subset=256, dataset="synthetic",
                echo=lambda line: None)
-    step1 = next(r.id for r in RunStore(root).list_runs() if "step:1" in r.tags)
+    return path, root, next(r.id for r in RunStore(root).list_runs() if "step:1" in r.tags)
+
+
+def test_ladder_report_notes_a_missing_or_damaged_result_json(tmp_path: Path, capsys) -> None:
+    from cli_util import run_cli
+
+    path, root, step1 = ladder_runs(tmp_path)
     result = root / step1 / "result.json"
     saved = json.loads(result.read_text())
     for damage, note in [(None, "result.json is missing"), ({**saved, "final": [1, 2]}, "result.json: `final` holds a JSON list")]:
@@ -317,3 +325,66 @@ def test_weights_of_another_dtype_or_shape_are_refused_naming_the_tensor(tmp_pat
     refused(create_model, root / rid, match=f"tensor {first} is int8, the network's is float32", seconds=10)
     save_file({**weights, first: weights[first][:1]}, path)
     refused(create_model, root / rid, match=rf"tensor {first} has shape \(1,", seconds=10)
+
+
+# -- the server ---------------------------------------------------------------------------------------------
+from test_server import loaded, run_dir, start  # noqa: E402, F401 - the page server's fixtures, reused
+
+
+def raw(port: int, data: bytes) -> bytes:
+    """Send `data`, read the answer until the server closes or 5 s pass."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(1 << 16):  # every request here asks the server to close
+                out += chunk
+        except TimeoutError:
+            pass
+    return out
+
+
+def test_server_answers_head_and_options_and_refuses_two_content_lengths(start) -> None:
+    port = start()
+    head = raw(port, b"HEAD /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")  # headers, no body
+    options = raw(port, b"OPTIONS / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert options.startswith(b"HTTP/1.1 204") and b"Allow: GET, HEAD, POST, OPTIONS" in options
+    two = raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 4\r\n"
+                    b"Content-Length: 40\r\n\r\nabcd")
+    assert two.startswith(b"HTTP/1.1 400") and b"2 different Content-Length headers" in two
+    huge = raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 30 + b"\r\n\r\n")
+    assert huge.startswith(b"HTTP/1.1 413") and b"a 30-digit number of bytes" in huge
+    junk = raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 4\r\n"
+                     b"Connection: close\r\n\r\nabcd")
+    assert junk.startswith(b"HTTP/1.1 400") and b"object at 0x" not in junk
+
+
+def test_slow_drip_clients_cannot_hold_every_worker(start) -> None:
+    import socket
+
+    port = start(workers=2, timeout=3.0)  # each drip byte comes well within the per-read timeout
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            for byte in b"GET /api/info HTTP/1.1\r\nHost: x\r\n" * 10:
+                if stop.is_set():
+                    return
+                s.sendall(bytes([byte]))
+                time.sleep(1.0)
+
+    drippers = [threading.Thread(target=drip, daemon=True) for _ in range(2)]
+    for t in drippers:
+        t.start()
+    time.sleep(0.5)
+    start = time.perf_counter()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+            s.sendall(b"GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = s.recv(1 << 16)
+    finally:
+        stop.set()
+    assert answer.startswith(b"HTTP/1.1 200") and time.perf_counter() - start < 10

@@ -144,7 +144,7 @@ def _seed_row(store: RunStore, record: Any) -> dict[str, Any]:
     return {**out, "status": res.get("status", record.status), "train": final.get("train_acc"), "test": final.get("test_acc"),
             "best_test": best.get("test_acc"), "best_epoch": best.get("epoch"), "selected_by": best.get("selected_by"),
             "params": res.get("params"), "history": history, "error": res.get("message") or "; ".join(notes) or None,
-            "wall_time_s": res.get("wall_time_s"), "shifted": res.get("shifted_test")}
+            "wall_time_s": res.get("wall_time_s"), "shifted": res.get("shifted_test"), "notes": notes}
 
 
 def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -253,6 +253,7 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
     for r in rows:
         out.append(f"  {r['step']}. {r['name']} -- {r['change']}")
         out.append(f"     {r['reading']}" + (f"  [{r['stale']} stale run(s) of an older ladder file ignored]" if r["stale"] else ""))
+        out += [f"     note: run {s['run_id']}: {n}" for s in r.get("seeds") or [] for n in s.get("notes") or []]
     if any((v or 0) > POTENTIAL_CAP for r in rows for v in (r.get("potential"), (r.get("least") or {}).get("potential"))):
         out += ["", POTENTIAL_NOTE]
     return "\n".join(out)

@@ -64,6 +64,9 @@ def read_result(folder: Path, notes: list[str]) -> dict[str, Any]:
     """result.json of a run folder in noting mode: {} when missing or damaged; otherwise `final` and `best` are
     always mappings and their accuracies (`*_acc`) numbers or absent — each problem one line in `notes`."""
     result = read_json(Path(folder) / "result.json", notes)
+    if result and not isinstance(result.get("status"), str):
+        notes.append(f"result.json: status is {json.dumps(result.get('status'))[:40]}, not text (the index's is used)")
+        result.pop("status", None)
     for part in ("final", "best") if result else ():
         value = result.get(part)
         if not isinstance(value, dict):

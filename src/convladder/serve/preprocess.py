@@ -88,7 +88,8 @@ def open_image(data: bytes | Path, *, name: str = "image", max_side: int | None 
         raise ImageTooLarge(f"{name} {size}; the limit is {max_pixels or MAX_PIXELS:,} pixels — scale it down "
                             "first (a digit needs no more than a few hundred pixels per side)") from None
     except Exception as exc:  # Pillow raises several types for bad data (UnidentifiedImageError, OSError, ...)
-        raise UserError(f"{name} is not a readable image ({exc.__class__.__name__}: {exc}) — give a PNG or JPEG") from None
+        said = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", str(exc))  # Pillow names its buffer
+        raise UserError(f"{name} is not a readable image ({exc.__class__.__name__}: {said}) — give a PNG or JPEG") from None
     check_image_size(*img.size, name=name, max_side=max_side, max_pixels=max_pixels)
     return img
 

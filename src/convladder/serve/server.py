@@ -9,8 +9,11 @@ POST /predict     body: PNG/JPEG bytes (Content-Type image/png, image/jpeg, ...)
 Errors are JSON {"error": "..."} with a 4xx status; the server keeps serving.
 
 Careless or hostile clients are bounded: at most `workers` connection threads (more clients wait in a deep
-listen backlog instead of being reset), a read timeout per connection, bodies refused by Content-Length before
-they are read, and only DECODE_SLOTS images decoded at once (decode_image reduces big ones first).
+listen backlog instead of being reset), a read timeout per connection and a deadline per request in all
+(headers within HEADER_S of its first byte, the body within REQUEST_S: a client dripping a byte every few
+seconds cannot hold a thread), bodies refused by Content-Length before they are read (two different
+Content-Length headers: 400), and only DECODE_SLOTS images decoded at once (decode_image reduces big ones first).
+HEAD and OPTIONS are answered.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ DECODE_SLOTS = 2  # images decoded at once (a 4096x4096 PNG still needs ~100 MB 
 WORKERS = 64  # connection threads; further clients wait in the listen backlog
 BACKLOG = 1024  # listen backlog (the kernel caps it at net.core.somaxconn); the stdlib's 5 reset clients
 TIMEOUT = 10.0  # seconds a client may stay silent mid-request or between keep-alive requests
+HEADER_S = 5.0  # from a request's first byte to the end of its headers, in all (not per read: see DeadlineReader)
+REQUEST_S = 30.0  # from a request's first byte to the end of its body, in all
 LINGER_S = 5.0  # after refusing a body: how long to read and drop it so that our answer is not reset away
 FEATURE_LAYERS = 2
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
@@ -189,6 +194,35 @@ def linger_close(sock: socket.socket, seconds: float = LINGER_S) -> None:
         pass
 
 
+class DeadlineReader(io.RawIOBase):
+    """The connection's bytes, each read bounded by the handler's deadline for the whole request.
+
+    A per-read timeout alone lets a client that sends one byte every 9 s keep a thread for ever (64 such
+    clients held every worker and a normal GET waited past 20 s)."""
+
+    def __init__(self, sock: socket.socket, handler: Handler):
+        super().__init__()
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        h = self.handler
+        if h.deadline is None:  # between requests: the idle timeout per read
+            self.sock.settimeout(h.timeout)
+        else:
+            left = h.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the request did not arrive within {h.deadline - h.started:g} s")
+            self.sock.settimeout(min(h.timeout, left))
+        n = self.sock.recv_into(buffer)
+        if h.deadline is None and n:  # a request's first byte: its headers must follow within HEADER_S
+            h.started = time.monotonic()
+            h.deadline = h.started + HEADER_S
+        return n
+
+
 class Handler(BaseHTTPRequestHandler):
     """Routes requests to the DigitApp stored on the server."""
 
@@ -202,7 +236,18 @@ class Handler(BaseHTTPRequestHandler):
     server: DigitServer
     quiet = True
     _linger = False  # close gently after the answer: the client may still be sending a body we refused
+    _head = False  # answering HEAD: headers only
     _expecting = False  # inside handle_expect_100: the client sends no body until we say so
+    deadline: float | None = None  # monotonic time the current request must have arrived by (None: idle)
+    started = 0.0  # monotonic time of the current request's first byte
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, self), 1 << 16)
+
+    def handle_one_request(self) -> None:
+        self.deadline, self._head = None, False  # the next request's clock starts at its first byte
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         if not self.quiet:
@@ -223,10 +268,21 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body)
+        if not self._head:
+            self.wfile.write(body)
 
     def _json(self, status: int, obj: Any, close: bool = False) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json", close)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - stdlib name
+        self._head = True  # GET's status and headers, no body
+        self.do_GET()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 - stdlib name
+        self.send_response(HTTPStatus.NO_CONTENT)
+        self.send_header("Allow", "GET, HEAD, POST, OPTIONS")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.split("?")[0]
@@ -242,11 +298,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         try:
             length = self._check_post()
+            self.deadline = self.started + REQUEST_S  # the body too, in all (not per read)
             try:
                 body = self.rfile.read(length)
             except TimeoutError:
                 self.close_connection = True
-                raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body stopped arriving for {self.timeout:g} s") from None
+                raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive in time (silent for "
+                               f"{self.timeout:g} s, or {REQUEST_S:g} s for the whole request)") from None
             if len(body) < length:  # the client closed mid-body: nobody to answer
                 self.close_connection = True
                 return
@@ -279,7 +337,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding"):
             self._skip_body(None)
             raise ApiError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not accepted: send a Content-Length header")
-        value = (self.headers.get("Content-Length") or "").strip()
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if len(values) > 1:  # which one frames the body? a proxy and we could disagree (request smuggling)
+            self._skip_body(None)
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{len(values)} different Content-Length headers; send one")
+        value = values.pop() if values else ""
         if not value:
             self._skip_body(None)
             raise ApiError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header")
@@ -292,8 +354,9 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(HTTPStatus.NOT_FOUND, "POST to /predict")
         if length > self.app.max_bytes:
             self._skip_body(length)
+            size = f"{length:,} bytes" if len(value) <= 18 else f"a {len(value)}-digit number of bytes"
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"request body is {length} bytes; the limit is {self.app.max_bytes} — send a smaller image")
+                           f"request body is {size}; the limit is {self.app.max_bytes:,} bytes — send a smaller image")
         return length
 
     def _skip_body(self, length: int | None) -> None:
