@@ -183,7 +183,7 @@ def test_retry_notes_name_the_lost_attempts():
              {"host": "h1", "node_id": "cccccccc33"}]
     note = retry_note(tries, {"aaaaaaaa11": False, "bbbbbbbb22": True})
     assert note == ("attempt 1 on h1 (node aaaaaaaa) lost: its node died; "
-                    "attempt 2 on h2 (node bbbbbbbb) lost: its worker process died")
+                    "attempt 2 on h2 (node bbbbbbbb) lost: its worker process died (its node not reported dead)")
     assert retry_note(tries[:2], {}, ["ActorDiedError: node died"]) == \
         "attempt 1 on h1 (node aaaaaaaa) lost: ActorDiedError: node died"
     assert retry_note(tries[:1], {}) is None

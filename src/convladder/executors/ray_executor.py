@@ -25,7 +25,7 @@ from typing import Any
 from convladder.errors import UserError
 from convladder.executors.base import EXECUTORS, Job, OnDone, find_completed, run_job
 from convladder.executors.ray_connect import RayLog, check_reachable, parse_address  # noqa: F401 - check_reachable re-exported
-from convladder.executors.ray_runs import Collected, PrivateStore, job_base
+from convladder.executors.ray_runs import Collected, PrivateStore, first_sentence, job_base
 
 INSTALL_HINT = "Ray is not installed: pip install 'convladder[ray]' (or use --executor inprocess)"
 JOIN_TIMEOUT_S = 45.0  # ray.init against something that accepts TCP but is not Ray retries for minutes
@@ -122,7 +122,7 @@ class RayExecutor:
                 hint = ("pip install 'ray[client]' for ray:// addresses" if "ray[client]" in str(exc) else
                         "check the address (`ray status` on the head node) or drop --ray-address to start a local Ray")
                 raise UserError(f"cannot join the Ray cluster at {self.address!r} "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}{self.log.note()}") from None
+                                f"({first_sentence(exc)}); {hint}{self.log.note()}") from None
         else:
             num_gpus = self.num_gpus if self.num_gpus is not None else _local_gpus()
             if self.gpus > 0 and num_gpus == 0:
@@ -205,7 +205,7 @@ class RayExecutor:
         try:
             ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - worker died, node lost, retries used up: record and go on
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            error = first_sentence(exc)
         shipped = collected.results.get(job.key)
         result = {**job_base(job), "run_id": None, "status": "failed", **(shipped or {}), "executor": "ray"}
         if shipped is None:

@@ -59,6 +59,14 @@ def _collector_class():
     return RunCollector
 
 
+def first_sentence(exc: BaseException) -> str:
+    """'NodeDiedError: Task failed because the node it was running on is dead or unavailable.' (Ray's messages
+    go on for lines with commands to try)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    end = text.find(". ")
+    return f"{type(exc).__name__}: {text[:end + 1] if end > 0 else text}"[:300]
+
+
 def job_base(job: Job) -> dict[str, Any]:
     """The fields every result of `job` starts with."""
     return {"key": job.key, "label": job.label, **job.meta}
@@ -130,7 +138,8 @@ class Collected:
         if not tries:
             return "it never started on a worker"
         node = tries[-1].get("node_id") or ""
-        state = "its node died" if self._alive().get(node) is False else "its worker ended without shipping the run"
+        state = ("its node died" if self._alive().get(node) is False else
+                 "its worker ended without shipping the run (its node not reported dead)")
         return f"attempt {len(tries)} on {tries[-1].get('host')} (node {node[:8]}): {state}"
 
     def _alive(self) -> dict[str, bool]:
@@ -159,7 +168,7 @@ def retry_note(tries: list[Attempt], alive: dict[str, bool], causes: list[str | 
     for n, attempt in enumerate(tries[:-1]):
         node = attempt.get("node_id") or ""
         why = (causes[n] if causes and len(causes) > n else None) or (
-            "its node died" if alive.get(node) is False else "its worker process died")
+            "its node died" if alive.get(node) is False else "its worker process died (its node not reported dead)")
         notes.append(f"attempt {n + 1} on {attempt.get('host')} (node {node[:8]}) lost: {why}")
     return "; ".join(notes) or None
 

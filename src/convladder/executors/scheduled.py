@@ -218,7 +218,7 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from convladder.executors.ray_runs import Collected, job_base
+    from convladder.executors.ray_runs import Collected, first_sentence, job_base
 
     executor.log.route_loggers()  # Tune's loggers exist now
     index = {jobs[i].key: i for i in todo}
@@ -269,8 +269,7 @@ def map_scheduled(executor, jobs: list[Job], runs_root: str | Path, scheduler: S
             tuner.fit()
         except Exception as exc:  # noqa: BLE001 - Tune's own failure (not a trial's): one line, finished runs kept
             collect()
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise UserError(f"Ray Tune stopped the sweep ({type(exc).__name__}: {first}); runs that finished are "
+            raise UserError(f"Ray Tune stopped the sweep ({first_sentence(exc)}); runs that finished are "
                             f"in the store and a rerun skips them{executor.log.note()}") from None
         collect()
         recovered, executor.left_elsewhere = collected.recover_leftovers()
