@@ -243,6 +243,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()  # the stdlib's reader (a makefile: closing it leaves the socket open)
         self.rfile = io.BufferedReader(DeadlineReader(self.connection, self), 1 << 16)
 
     def handle_one_request(self) -> None:
