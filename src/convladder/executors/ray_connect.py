@@ -57,7 +57,8 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     try:
         conn = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise UserError(f"Ray cluster at {address!r} is unreachable ({exc}) after {timeout:g}s; check the address "
+        waited = f" after {timeout:g}s" if isinstance(exc, TimeoutError) else ""
+        raise UserError(f"Ray cluster at {address!r} is unreachable ({exc}){waited}; check the address "
                         "and that the head node runs (`ray start --head`), or drop --ray-address for a local Ray") from None
     # Ray's head (GCS) and client server speak gRPC: an HTTP/2 server answers our preface with a SETTINGS frame.
     # Anything else (a web server, a closed proxy) would make ray.init retry for minutes.
@@ -82,23 +83,42 @@ def probe_gcs(address: str, scheme: str, host: str, port: int, timeout: float = 
     metadata, source = ray_token()
     with grpc.insecure_channel(f"{host}:{port}") as channel:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-        try:
-            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
-            code = grpc.StatusCode.OK
-        except grpc.RpcError as exc:
-            code = exc.code()
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        if source:
-            raise UserError(f"the Ray cluster at {address!r} rejected the token from {source} (token authentication, "
-                            f"RAY_AUTH_MODE=token on the head): give the head's token — {TOKEN_HELP}")
-        raise UserError(f"the Ray cluster at {address!r} requires an authentication token (its head runs with "
-                        f"RAY_AUTH_MODE=token) and this machine has none — {TOKEN_HELP}")
+
+        def call(meta: tuple[tuple[str, str], ...]):
+            try:
+                stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=meta)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                return exc.code()
+
+        code = call(())
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            if not source:
+                raise UserError(f"the Ray cluster at {address!r} requires an authentication token (its head runs with "
+                                f"RAY_AUTH_MODE=token) and this machine has none — {TOKEN_HELP}")
+            code = call(metadata)
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                raise UserError(f"the Ray cluster at {address!r} rejected the token from {source} (token "
+                                f"authentication, RAY_AUTH_MODE=token on the head): give the head's token — {TOKEN_HELP}")
+            _token_mode()  # ray.init sends the token only in token mode, which a token alone does not turn on
     if code == grpc.StatusCode.OK and scheme == "ray":
         raise UserError(f"{address!r} is a Ray head's GCS port, not a Ray Client server: give it as "
                         f"{host}:{port} (without ray://); ray:// is for the Ray Client port (default 10001)")
     if code == grpc.StatusCode.UNIMPLEMENTED and scheme == "":
         raise UserError(f"{address!r} speaks gRPC but is not a Ray head's GCS port (`ray start --head --port`, "
                         f"default 6379); if it is a Ray Client server (default port 10001) give ray://{host}:{port}")
+
+
+def _token_mode() -> None:
+    """Token mode for this process and the workers it starts (as `ray start` does when a token exists)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()  # sets RAY_AUTH_MODE=token and refreshes Ray's cached config
+    except ImportError:
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def ray_token() -> tuple[tuple[tuple[str, str], ...], str | None]:
