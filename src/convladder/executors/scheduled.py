@@ -9,7 +9,8 @@ Runs reach the driver's store the same way as with the plain Ray executor (`ray_
 trains into a private temporary store and hands the packed run to a collector actor on the driver's node;
 the driver imports it (`runs.pack.import_run`). No shared file system is needed. A completed (or failed)
 run is handed over in the step that ends it, before Tune hears "done"; a trial the scheduler stops ships
-from `cleanup()`, which closes the epoch generator (status 'stopped' and a result.json). A trial whose
+from `cleanup()` (or `reset_config()`, when Tune reuses the actor for the next trial), which closes the epoch
+generator (status 'stopped' and a result.json). A trial whose
 worker or node is lost is restarted (`max_failures` = the executor's `max_retries`).
 Tune and Ray are imported inside functions only.
 """
