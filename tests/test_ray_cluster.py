@@ -110,6 +110,32 @@ def test_auth_and_wrong_ports_are_named_in_one_line_within_seconds(monkeypatch, 
         server.stop(0)
 
 
+def test_cli_says_auth_is_required_in_one_line_within_seconds(tmp_path):
+    """The command itself against a token-protected GCS: one line on stderr, exit 2, no Ray log line, no log file
+    left (ray.init retried for 20 s printing a C++ warning a second, then named another address)."""
+    pytest.importorskip("ray", reason="Ray not installed: pip install 'convladder[ray]'")
+    server, port = _fake_gcs("s3cret")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f'name: auth\nmodel: "{SPEC}"\nbase: {json.dumps({**TINY, "epochs": 1})}\n'
+                     "params:\n  c1: {role: studied, values: [4]}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(HOME=str(tmp_path), RAY_TMPDIR=str(tmp_path / "raytmp"),
+               PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "convladder", "sweep", str(sweep), "--executor", "ray",
+                               "--ray-address", f"127.0.0.1:{port}", "--runs", str(tmp_path / "runs")],
+                              env=env, capture_output=True, text=True, timeout=60)
+        seconds = time.perf_counter() - t0
+    finally:
+        server.stop(0)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr.count("\n") == 1 and "requires an authentication token" in proc.stderr, proc.stderr
+    assert "RAY_AUTH_MODE=token" in proc.stderr and "RAY_AUTH_TOKEN" in proc.stderr
+    assert seconds < 30  # the command's own start (imports, trial checks) is most of it: ~7 s on a busy 2-core VM
+    assert not list((tmp_path / "raytmp").rglob("*.log"))
+
+
 def test_cli_help_says_what_the_ray_options_take():
     from typer.testing import CliRunner
 

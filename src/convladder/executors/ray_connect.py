@@ -151,6 +151,7 @@ class RayLog:
     """
 
     _redirected: Path | None = None  # process-wide: fd 2 is redirected once
+    _terminal: int | None = None  # a duplicate of the original fd 2 while it is redirected
 
     def __init__(self, verbose: bool = False) -> None:
         self.verbose = verbose
@@ -173,7 +174,7 @@ class RayLog:
             os.close(fd)
             sys.stderr = io.TextIOWrapper(io.FileIO(saved, "w"), encoding=sys.__stderr__.encoding or "utf-8",
                                           errors="backslashreplace", line_buffering=True)
-            RayLog._redirected = self.path
+            RayLog._redirected, RayLog._terminal = self.path, saved
 
     def settle(self, ray) -> None:
         """After ray.init: move the file into Ray's session log folder; route Ray's Python-level output to it."""
@@ -183,7 +184,8 @@ class RayLog:
             logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
             target = logs / self.path.name
             if target != self.path:
-                os.replace(self.path, target)  # the open fd 2 follows the file
+                if self.path.exists():
+                    os.replace(self.path, target)  # the open fd 2 follows the file
                 if RayLog._redirected == self.path:
                     RayLog._redirected = target
                 self.path = target
@@ -215,6 +217,22 @@ class RayLog:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             root.addHandler(handler)
         root.propagate = False
+
+    def discard_if_empty(self) -> None:
+        """After a failed start: fd 2 back on the terminal, and no empty log file left in Ray's temporary folder."""
+        if self.path is None:
+            return
+        if RayLog._redirected == self.path and RayLog._terminal is not None:
+            sys.stderr.flush()
+            os.dup2(RayLog._terminal, 2)
+            sys.stderr = sys.__stderr__  # the wrapper over the duplicate is dropped (and closes it)
+            RayLog._redirected = RayLog._terminal = None
+        try:
+            if self.path.stat().st_size == 0:
+                self.path.unlink()
+                self.path = None
+        except OSError:
+            pass
 
     def note(self) -> str:
         """' (Ray's own log lines: PATH)' when they were kept out of the output, else ''."""

@@ -110,6 +110,17 @@ class RayExecutor:
             return ray
         t0 = time.perf_counter()
         self.log.start()
+        try:
+            self._init(ray)
+        except BaseException:
+            self.log.discard_if_empty()
+            raise
+        self.log.settle(ray)
+        self.init_time_s = time.perf_counter() - t0
+        return ray
+
+    def _init(self, ray) -> None:
+        """ray.init for this executor: join `address` (checked first) or start a local Ray."""
         level = "INFO" if self.log.verbose else "WARNING"  # quiet: warnings go to the log file, not the terminal
         opts = {"include_dashboard": False, "log_to_driver": self.log.verbose, "configure_logging": True,
                 "logging_level": level}
@@ -131,9 +142,6 @@ class RayExecutor:
             # a small object store: results are a few hundred KB per run; Ray's default takes 30 % of RAM
             ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
                      object_store_memory=100 * 1024 * 1024, **opts)
-        self.log.settle(ray)
-        self.init_time_s = time.perf_counter() - t0
-        return ray
 
     def map(self, jobs: list[Job], runs_root: str | Path, on_done: OnDone | None = None) -> list[dict[str, Any]]:
         """Submit all jobs, import each finished run into the store as it arrives; results in the jobs' order.
