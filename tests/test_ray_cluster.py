@@ -4,13 +4,12 @@ Fast tests (no cluster): address forms, a token-protected or wrong gRPC server a
 seconds, a Tune trial's run shipped before it reports done, completed runs found in a lost worker's
 temporary folder imported once, retry notes, --strict, a local-Ray task whose worker is killed is retried.
 
-The node-loss tests start a real two-node Ray cluster on this machine (`ray start --head` plus `ray start
---address`, 1 CPU each, loopback address, a private --temp-dir, each node its own TMPDIR), run a sweep
-through the CLI in a subprocess, kill the second node's raylet once it has finished one job and trained an
-epoch of the next, and
-check: every job completed (the one lost retried, the summary says why; the run the node finished before
-it died imported), each run imported once, no Ray log
-lines in the output, no temporary folders left, and a rerun trains nothing; with and without ASHA.
+The node-loss tests start a real Ray cluster on this machine (`ray start --head --num-cpus 0` plus two
+`ray start --address ... --num-cpus 1` nodes, loopback address, a private --temp-dir, each node its own
+TMPDIR), run a sweep through the CLI in a subprocess, kill the raylet of the first node that has finished
+one job and trained an epoch of the next, and check: every job completed (the one lost retried, the summary
+says why; the run the node finished before it died imported), each run imported once, no Ray log line in
+the output, no temporary folder left, and a rerun trains nothing; with and without ASHA.
 Only processes these tests started are killed (by their process groups). Skipped where Ray is missing, and
 while the machine is busier than its cores (CONVLADDER_CLUSTER_TESTS=1 runs them anyway): ~2 min idle.
 """
@@ -275,6 +274,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow  # ~25 s: a local Ray, and the job trained twice
 def test_a_task_whose_worker_dies_is_retried_and_its_run_imported_once(tmp_path, monkeypatch):
     """Local Ray: the worker training a job is killed after its first epoch. With --max-retries 1 the job is
     trained again and imported once, its result says which attempt was lost; the killed attempt's temporary
