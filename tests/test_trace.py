@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from unittest import mock
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,53 +11,14 @@ from convladder.analysis.checks import run_checks
 from convladder.analysis.table import summarize
 from convladder.analysis.trace import capture, trace_model
 from nets import ConcatNet, CourseNet, DataDependentNet, ExamplesNet, GatedNet, MisalignedNet, ResNet18
-
-
-def _avg_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    return F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode)
-
-
-class _Reached(Exception):
-    pass
+from rf_oracle import centre_field
 
 
 def measured_rf(model: nn.Module, module_name: str | None, size: int, channels: int = 1) -> tuple[int, int]:
-    """(height, width) of the input region the centre output of `module_name` depends on, by gradients.
-
-    Positive weights and a positive input make every path count; max-pooling (module or functional)
-    becomes average pooling so that every position of a window does.
-    """
-    model = model.eval()
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.MaxPool2d):
-                setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.rand_like(p) * 0.5 + 0.1)
-    seen = []
-
-    def stop(module, inputs, output):
-        seen.append(output)
-        raise _Reached  # what comes after (e.g. a dense layer sized for 28x28) does not matter
-
-    target = model if module_name is None else model.get_submodule(module_name)
-    handle = target.register_forward_hook(stop)
-    x = torch.ones(1, channels, size, size, requires_grad=True)
-    try:
-        with mock.patch.object(F, "max_pool2d", _avg_pool):
-            model(x)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    out = seen[0]
-    h, w = out.shape[2], out.shape[3]
-    out[0, :, h // 2, w // 2].sum().backward()
-    grad = x.grad[0].abs().sum(0)
-    rows = (grad.sum(1) > 0).nonzero().flatten()
-    cols = (grad.sum(0) > 0).nonzero().flatten()
-    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+    """(height, width) of the input region the centre output of `module_name` depends on: the gradient
+    oracle (tests/rf_oracle.py: max-pools averaged, weights 1, float64)."""
+    (h, _), (w, _) = centre_field(model, (channels, size, size), module_name)
+    return h, w
 
 
 def row(table, name):
@@ -123,12 +82,27 @@ def test_concat_takes_the_larger_field_and_names_its_inputs():
     assert head.rf == measured_rf(ConcatNet(), "head", 40)[0] == 12 and head.jump == 2
 
 
-def test_merge_of_misaligned_jumps_is_unknown_with_a_reason():
+def test_an_upsampled_branch_lines_up_and_its_field_varies_by_position():
     table = summarize(MisalignedNet(), (1, 28, 28))
     interp = row(table, "interpolate")
-    assert interp.rf is None and "interpolate" in interp.note
+    assert (interp.rf, interp.jump) == (3, 1)  # nearest x2 of a 3x3/2 conv: each output reads one input
+    add = table.layers[-1]  # even and odd positions see 3 and 4 (issue 29: was '?')
+    assert add.rf is None and add.rf_text == "3-4" and "varies by position" in add.note
+    assert {grad_box(MisalignedNet(), 28, pick=lambda y, i=i: y[0, :, i, i].sum())[0] for i in (14, 15)} == {3, 4}
+
+
+def test_merge_of_misaligned_jumps_is_unknown_with_a_reason():
+    class Misaligned(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.a(x)[:, :, :14, :14] + self.b(x)  # 14x14 both, jumps 1 and 2: the fields drift apart
+
+    table = summarize(Misaligned(), (1, 28, 28))
     add = table.layers[-1]
-    assert add.rf is None and table.rf_out is None and table.rf_note
+    assert add.rf is None and "different jumps" in add.note and table.rf_out is None
     assert "?" in repr(table)
 
 

@@ -3,7 +3,7 @@
 The tracer (`analysis.trace`) records nodes; this module names them. Functions and tensor methods are known
 by name, because fx records some functional calls (F.max_pool2d) through dispatch wrappers.
 Categories, read by `analysis.field`: window (conv, pool), adaptive, reduce, pointwise, merge, reshape,
-dense, softmax, select, pad, unknown.
+dense, softmax, select, pad, upsample (transposed convolutions, interpolation), unknown.
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def _conv_geometry(weight_shape: list[int] | tuple[int, ...], stride: Any, paddi
             "groups": int(groups), "in_per_group": int(weight_shape[1]), "out_channels": int(weight_shape[0])}
 
 
+def _transposed_geometry(weight_shape: Any, stride: Any, padding: Any, dilation: Any) -> dict[str, Any]:
+    """A transposed convolution (weight (in, out/groups, kh, kw)): input i adds into outputs i*s - p + t*d."""
+    return {"transposed": True, "kernel": (int(weight_shape[2]), int(weight_shape[3])), "stride": _pair(stride),
+            "padding": _pair(padding), "dilation": _pair(dilation)}
+
+
 def _pool_geometry(kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool) -> dict[str, Any]:
     k = _pair(kernel)
     return {"kernel": k, "stride": _pair(stride) if stride not in (None, (), []) else k, "padding": _pair(padding),
@@ -133,6 +139,17 @@ def describe_module(module: nn.Module, node: TraceNode) -> None:
         node.kind, node.category = _window_kind("conv", k), "window"
         node.op = f"({k[0]}x{k[1]}x{g['in_per_group']})x{module.out_channels}"
         node.bias = module.bias is not None
+    elif isinstance(module, nn.ConvTranspose2d):  # kind stays 'convtranspose2d'; the field reads the geometry
+        node.kind = node.op = "convtranspose2d"
+        node.category = "upsample"
+        g.update(_transposed_geometry(module.weight.shape, module.stride, module.padding, module.dilation))
+        node.bias = module.bias is not None
+    elif isinstance(module, nn.Upsample):
+        node.kind = node.op = type(module).__name__.lower()
+        node.category = "upsample"
+        g.update({"mode": module.mode, "scale_factor": module.scale_factor, "align_corners": module.align_corners})
+    elif isinstance(module, nn.ChannelShuffle):  # moves channels, never positions
+        node.kind, node.category, node.op = "channelshuffle", "pointwise", f"channel shuffle {module.groups}"
     elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
         is_max = isinstance(module, nn.MaxPool2d)
         g.update(_pool_geometry(module.kernel_size, module.stride, module.padding,
@@ -194,11 +211,36 @@ def describe_function(node: TraceNode, fxnode: fx.Node, name: str, values: dict[
     elif name in ("max_pool2d", "avg_pool2d"):
         ceil = _arg(fxnode, 5 if name == "max_pool2d" else 4, "ceil_mode", False)
         dilation = _arg(fxnode, 4, "dilation", 1) if name == "max_pool2d" else 1
-        g.update(_pool_geometry(_arg(fxnode, 1, "kernel_size"), _arg(fxnode, 2, "stride"), _arg(fxnode, 3, "padding", 0),
-                                dilation, ceil))
+        # sizes computed in forward (F.avg_pool2d(x, x.shape[2:])) are fx nodes: use the values they had
+        args = [fx.node.map_arg(a, lambda v: values.get(v)) for a in
+                (_arg(fxnode, 1, "kernel_size"), _arg(fxnode, 2, "stride"), _arg(fxnode, 3, "padding", 0), dilation, ceil)]
+        g.update(_pool_geometry(*args))
         prefix = "maxpool" if name == "max_pool2d" else "avgpool"
         node.kind, node.category = _window_kind(prefix, g["kernel"]), "window"
         node.op = f"{prefix} {g['kernel'][0]}x{g['kernel'][1]}/{g['stride'][0]}"
+        return
+    elif name == "conv_transpose2d":
+        weight = values.get(_arg(fxnode, 1, "weight"))
+        if isinstance(weight, torch.Tensor):
+            node.kind = node.op = name
+            node.category, node.bias = "upsample", _arg(fxnode, 2, "bias") is not None
+            g.update(_transposed_geometry(weight.shape, _arg(fxnode, 3, "stride", 1), _arg(fxnode, 4, "padding", 0),
+                                          _arg(fxnode, 7, "dilation", 1)))
+            return
+    elif name in ("interpolate", "upsample"):
+        node.kind = node.op = "interpolate"
+        node.category = "upsample"
+        g.update({"mode": _arg(fxnode, 3, "mode", "nearest"), "scale_factor": _arg(fxnode, 2, "scale_factor"),
+                  "align_corners": _arg(fxnode, 4, "align_corners")})
+        return
+    elif name in ("transpose", "swapaxes", "permute"):
+        node.kind = node.op = name
+        node.category = "reshape"
+        dims = list(fxnode.args[1:]) + [v for k, v in fxnode.kwargs.items() if k in ("dim0", "dim1", "dims")]
+        g["dims"] = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        return
+    elif name in ("channel_shuffle", "native_channel_shuffle"):
+        node.kind, node.category, node.op = "channelshuffle", "pointwise", "channel shuffle"
         return
     elif name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
         node.kind = "gap" if "avg" in name else "gmp"

@@ -54,18 +54,25 @@ class LayerRow:
     rf_hw: list[int] | None = None  # receptive field (height, width)
     jump_hw: list[int] | None = None
     macs_known: bool = True  # False: the layer computes in a way convladder does not count (shown as '?')
+    rf_range: list[list[int]] | None = None  # per axis [smallest, largest] where the field varies by position
+    jump_ratio: list[str] | None = None  # per axis, a jump that is a fraction of a pixel ('1/2' after upsampling)
 
     @property
     def rf_text(self) -> str:
-        """'28', '28x32' for a field that differs per axis, or '?'."""
+        """'28', '28x32' for a field that differs per axis, '44-48' where it varies by position, or '?'."""
         if self.rf is not None:
             return str(self.rf)
+        if self.rf_range:
+            parts = [f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in self.rf_range]
+            return parts[0] if parts[0] == parts[1] else f"{parts[0]}x{parts[1]}"
         return f"{self.rf_hw[0]}x{self.rf_hw[1]}" if self.rf_hw else "?"
 
     @property
     def jump_text(self) -> str:
         if self.jump is not None:
             return str(self.jump)
+        if self.jump_ratio:
+            return self.jump_ratio[0] if self.jump_ratio[0] == self.jump_ratio[1] else "x".join(self.jump_ratio)
         return f"{self.jump_hw[0]}x{self.jump_hw[1]}" if self.jump_hw else "?"
 
 
@@ -238,6 +245,8 @@ def _output_field(trace: ModelTrace, fields: dict[str, Field], rows: list[LayerR
         return None, trace.output_note or "the output is not one traced tensor"
     row = next((r for r in rows if r.name == trace.output_name), None)
     if row is not None:
+        if row.rf is None and row.rf_range:  # a UNet's output map: the range, not a bare '?'
+            return None, f"field varies by position: {row.rf_text}"
         return row.rf, row.note if row.rf is None else ""
     f = fields[trace.output_name]  # a hidden node (a cast, an index) or the input itself
     return _pair_value(f.r), "" if _pair_value(f.r) is not None else (
@@ -280,6 +289,9 @@ def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
                                                     "where values come from, as for BN")
         if f.r is not None and f.r[0] != f.r[1]:
             note = (note + "; " if note else "") + f"field differs per axis: {f.r[0]} high, {f.r[1]} wide"
+        extents = f.extents() if f.r is None else None  # upsampling: neighbouring positions see different sizes
+        if extents is not None:
+            note = (note + "; " if note else "") + "field varies by position (smallest-largest)"
         block = node.name.split(".")[0] if node.module is not None or node.scope else ""
         rows.append(LayerRow(
             index=len(rows), name=node.name, block=block, kind=node.kind, op=node.op, input=node.input,
@@ -288,6 +300,8 @@ def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
             reads_from=[] if sources == [previous] else sources, note=note,
             rf_hw=list(f.r) if f.r is not None else None, jump_hw=list(f.j) if f.j is not None else None,
             macs_known=node.macs_known,
+            rf_range=[list(e) for e in extents] if extents is not None else None,
+            jump_ratio=[str(s) for s in f.step] if f.j is None and f.step is not None and f.known else None,
         ))
         previous = node.name
     return rows

@@ -171,8 +171,8 @@ def _trace_fx(model: nn.Module, x: torch.Tensor) -> ModelTrace:
         fname = _fn_name(fxnode) if fxnode.op != "call_module" else ""
         if fname in NON_TENSOR_NAMES:
             continue
-        if not isinstance(value, (torch.Tensor, tuple, list)):
-            continue  # sizes, flags: not a layer
+        if not isinstance(value, (torch.Tensor, tuple, list)) or isinstance(value, torch.Size):
+            continue  # sizes (x.shape[2:] too), flags: not a layer
         tensor_inputs = [a for a in fxnode.all_input_nodes if a in by_fx]
         first = next((values[a] for a in tensor_inputs if isinstance(values.get(a), torch.Tensor)), None)
         scope = _scope(fxnode)
