@@ -327,6 +327,38 @@ def test_a_task_whose_worker_dies_is_retried_and_its_run_imported_once(tmp_path,
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.slow  # ~20 s: two local Rays, one after the other
+def test_a_second_local_ray_without_tokens_keeps_the_collector(tmp_path, monkeypatch):
+    """A process whose first local Ray turned token mode on by itself (RAY_AUTH_MODE unset), then starts one
+    with RAY_AUTH_MODE=disabled (as the full suite does: test_executors.py, then this file): the driver kept
+    Ray's cached token mode, the GCS took it for dead and cancelled its collector ('never ran')."""
+    ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'convladder[ray]'")
+    from convladder.executors.ray_executor import RayExecutor
+    from convladder.executors.ray_runs import Collected
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray_tmp = tempfile.mkdtemp(prefix="cla-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the token Ray generates lands here, not in ~/.ray
+    monkeypatch.setenv("RAY_AUTH_MODE", "unset")  # recorded, so that Ray's own setting is undone afterwards
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    try:
+        RayExecutor(num_cpus=1).connect()
+        assert os.environ.get("RAY_AUTH_MODE") == "token"  # Ray's default for a new local cluster
+        ray.shutdown()
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        RayExecutor(num_cpus=1).connect()
+        collected = Collected(ray, tmp_path / "runs")
+        try:
+            assert collected.drain() == []  # ActorDiedError before the fix
+        finally:
+            collected.close()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 # -- a real two-node cluster that loses a node ------------------------------------------------------------------
 class Cluster:
     """`ray start` nodes on this machine (loopback address, 1 CPU each, a private --temp-dir, each node its own

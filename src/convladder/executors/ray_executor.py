@@ -121,6 +121,7 @@ class RayExecutor:
 
     def _init(self, ray) -> None:
         """ray.init for this executor: join `address` (checked first) or start a local Ray."""
+        _reread_auth_mode()
         level = "INFO" if self.log.verbose else "WARNING"  # quiet: warnings go to the log file, not the terminal
         opts = {"include_dashboard": False, "log_to_driver": self.log.verbose, "configure_logging": True,
                 "logging_level": level}
@@ -244,6 +245,22 @@ def _init_within(ray, timeout: float, **kwargs: Any) -> None:
         raise TimeoutError(f"no answer from a Ray head within {timeout:g}s")
     if "error" in box:
         raise box["error"]
+
+
+def _reread_auth_mode() -> None:
+    """Make this process's Ray auth mode the one RAY_AUTH_MODE says now, before a (second) ray.init.
+
+    Ray caches the mode of its first init (a local Ray turns token mode on by itself) in the process. A later
+    init with RAY_AUTH_MODE=disabled then starts a Ray without tokens while this driver's own server still
+    demands one: the GCS's calls to the driver are refused, so it takes the driver for dead and cancels the
+    actors it owns (the collector died 'never started', measured: a second local init in one process).
+    """
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication caches no mode
+        return
+    Config.initialize("")  # re-reads RAY_* settings (RAY_AUTH_MODE) from the environment
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _local_gpus() -> int:
