@@ -266,9 +266,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
         if not sep or not key:
-            raise UserError(f"override {item!r} must look like key=value (e.g. lr=0.1)")
+            raise UserError(f"override {clip(item)} must look like key=value (e.g. lr=0.1)")
         if key not in field_names():
-            raise UserError(f"override {item!r}: {unknown_key(key)}")
+            raise UserError(f"override {clip(item)}: {unknown_key(key[:100])}")
         out[key] = value
     return out
 
