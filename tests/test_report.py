@@ -486,3 +486,19 @@ def test_own_ladder_runs_without_a_recorded_file_still_read_by_step(own_ladder: 
         from convladder.ladder.ladder import load_ladder_of
 
         load_ladder_of("my-dropout", RunStore(runs).list_runs(tag="ladder:my-dropout"))
+
+
+def test_the_html_network_table_shows_a_field_that_varies_by_position() -> None:
+    """A row whose field is a range ('3-4' after an upsampled branch) shows it in the report's table, as the
+    terminal does; it was an empty cell (the HTML read row.rf, which is None for a range)."""
+    import re
+
+    from convladder.analysis.table import summarize
+    from convladder.report.html import network_table
+    from nets import MisalignedNet
+
+    table = summarize(MisalignedNet(), (1, 28, 28))
+    last = table.layers[-1]
+    assert last.rf is None and last.rf_text == "3-4"
+    cells = re.findall(r"<tr>(.*?)</tr>", network_table(table))[-1]
+    assert ">3-4<" in cells

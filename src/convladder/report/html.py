@@ -167,7 +167,7 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
 
 
 def network_table(table: Any) -> str:
-    rows = [[r.index, r.name, r.kind, r.op, _size(r.input), _size(r.output), r.rf, r.jump,
+    rows = [[r.index, r.name, r.kind, r.op, _size(r.input), _size(r.output), r.rf_text, r.jump_text,
              r.params, round(100 * r.share, 2), r.macs if getattr(r, "macs_known", True) else "?"]
             for r in table.layers]
     head = ["#", "layer", "kind", "op", "input (H×W×C)", "output (H×W×C)", "RF", "jump", "params", "share %", "MACs"]
