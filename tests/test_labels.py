@@ -247,6 +247,8 @@ def test_bench_train_table_reads_the_runs_it_made(tmp_path: Path, monkeypatch: p
                         tmp_path / "runs", 0.0, (results[0], 1.0, "x", None))
     assert "val split 100 (images held out" in text  # --subset 1000 keeps 1000 // 10
     assert "(1/2)" in text  # the time column says one of two seeds reached the target
+    # ...and apart from it, how many ended at the table's target (a seed can pass it at one epoch and end below)
+    assert "final >= 99.4 % |" in text and "| 0/2 |" in text and "seeds that reached it at some epoch" in text
     assert "100.75" not in text and "100.00*" in text
     assert "seeds: 6-7 (recipe chosen on seeds 1-5" in text and str(tmp_path / "runs") in text
     assert all(r.run_id in text for r in results)  # each row names its run in the store
