@@ -405,8 +405,13 @@ class Cluster:
     def kill_raylet(self, group: int) -> None:
         raylets = [pid for pid in _group(group) if _comm(pid) == "raylet"]
         assert raylets, "the node's raylet is not running"
-        for pid in raylets:
-            os.kill(pid, signal.SIGKILL)
+        # the whole node at once, its workers too: with the raylet alone, a worker a second from the end of its
+        # job could still hand its run in before it noticed (a CI run saw 4 completed and no retry)
+        for pid in [*raylets, *(d for r in raylets for d in _descendants(r))]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.alive.pop(group, None)
 
     def stop(self) -> None:
