@@ -48,13 +48,32 @@ def clip(value: Any, limit: int = 80) -> str:
     return f"{text[:limit]}… ({size})"
 
 
+_SYNONYMS = {"learning_rate": "lr", "learningrate": "lr", "wd": "weight_decay", "bs": "batch_size",
+             "scheduler": "schedule", "optim": "optimizer", "max_epochs": "epochs"}
+
+
+def close_names(key: str, names: list[str], n: int = 3) -> list[str]:
+    """The names closest to a mistyped `key`, best first, at most `n`: the same name in other case or with
+    '-' for '_'; a name that is a prefix of the key or the key of the name ('lr_rate' -> lr, 'run' -> runs,
+    'epoch' -> epochs); a shared word ('num_epochs' -> epochs); then difflib's similar spellings
+    ('rotation' -> rotate). Prefixes and words first, since difflib alone calls 'lr_rate' 'rotate'."""
+    k = key.strip().lower().replace("-", "_")
+    words = {w for w in k.split("_") if len(w) > 1}
+    ranked: list[str] = [m for m in names if m in (k, _SYNONYMS.get(k))]
+    ranked += [m for m in names if len(k) > 1 and (k.startswith(m) and (k[len(m):len(m) + 1] == "_"
+               or len(k) - len(m) <= 2) or m.startswith(k))]
+    ranked += [m for m in names if words & set(m.split("_"))]
+    ranked += difflib.get_close_matches(k, names, n=n, cutoff=0.7)
+    return list(dict.fromkeys(ranked))[:n]
+
+
 def unknown_keys(unknown: Iterable[Any], known: Iterable[str], what: str = "key", shown: int = 3) -> str:
     """"unknown key(s) 'epoch' (did you mean 'epochs'?), 'x' and 7 more; known: ..." — at most `shown` named."""
     names = sorted(str(k) for k in unknown)
     known = sorted(known)
     parts = []
     for name in names[:shown]:
-        close = difflib.get_close_matches(name, known, n=1) if len(name) <= 100 else []
+        close = close_names(name, known, n=1) if len(name) <= 100 else []
         parts.append(clip(name, 60) + (f" (did you mean {close[0]!r}?)" if close else ""))
     more = f" and {len(names) - shown:,} more" if len(names) > shown else ""
     listing = ", ".join(known) if len(known) <= 15 else f"{', '.join(known[:8])}, … ({len(known)} in all)"

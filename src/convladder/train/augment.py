@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,10 @@ class AugmentParams:
         return bool(self.rotate or self.translate or self.scale)
 
     @classmethod
-    def from_config(cls, config) -> AugmentParams | None:
+    def from_config(cls, config: Any) -> AugmentParams | None:
         """The augmentation a TrainConfig asks for; None when it asks for none (augment off, or every amount 0)."""
         params = cls(config.rotate, config.translate, config.scale, config.erase,
-                     pad_crop=getattr(config, "pad_crop", 0), flip=getattr(config, "flip", False))
+                     pad_crop=config.pad_crop, flip=config.flip)
         return params if config.augment and noise_rows(params) else None
 
 

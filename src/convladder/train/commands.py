@@ -18,7 +18,8 @@ from convladder.errors import UserError
 from convladder.executors.base import Executor, make_executor
 from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt, RayVerboseOpt
 from convladder.runs.commands import RunsOpt
-from convladder.train.config import TrainConfig, build_config, close_names
+from convladder.safeparse import close_names
+from convladder.train.config import TrainConfig, build_config
 
 Opt = typer.Option
 

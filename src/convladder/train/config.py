@@ -8,7 +8,6 @@ generated from these fields (train/commands.py), so a new field is a new option 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 
 from convladder.errors import UserError
 from convladder.safeparse import load as load_yaml
-from convladder.safeparse import clip, read_text
+from convladder.safeparse import clip, close_names, read_text
 from convladder.train.init import INITS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
@@ -147,25 +146,6 @@ def field_names() -> list[str]:
 
 
 # other libraries' names for a key, which neither spelling nor words relate to ours
-_SYNONYMS = {"learning_rate": "lr", "learningrate": "lr", "wd": "weight_decay", "bs": "batch_size",
-             "scheduler": "schedule", "optim": "optimizer", "max_epochs": "epochs"}
-
-
-def close_names(key: str, names: list[str], n: int = 3) -> list[str]:
-    """The names closest to a mistyped `key`, best first, at most `n`: the same name in other case or with
-    '-' for '_'; a name that is a prefix of the key or the key of the name ('lr_rate' -> lr, 'run' -> runs,
-    'epoch' -> epochs); a shared word ('num_epochs' -> epochs); then difflib's similar spellings
-    ('rotation' -> rotate). Prefixes and words first, since difflib alone calls 'lr_rate' 'rotate'."""
-    k = key.strip().lower().replace("-", "_")
-    words = {w for w in k.split("_") if len(w) > 1}
-    ranked: list[str] = [m for m in names if m in (k, _SYNONYMS.get(k))]
-    ranked += [m for m in names if len(k) > 1 and (k.startswith(m) and (k[len(m):len(m) + 1] == "_"
-               or len(k) - len(m) <= 2) or m.startswith(k))]
-    ranked += [m for m in names if words & set(m.split("_"))]
-    ranked += difflib.get_close_matches(k, names, n=n, cutoff=0.7)
-    return list(dict.fromkeys(ranked))[:n]
-
-
 def unknown_key(key: str, names: list[str] | None = None, what: str = "config key") -> str:
     """"unknown config key 'epoch' — did you mean 'epochs'?": a few close names, never the whole list."""
     close = close_names(key[:100], names or field_names())
