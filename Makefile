@@ -21,8 +21,8 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/convladder data fetch mnist
-	$(BIN)/convladder summary tiny8k --budget 8k
-	$(BIN)/convladder train --model tiny8k
+	$(BIN)/convladder summary frontier15k --budget 15k
+	$(BIN)/convladder train --model frontier15k
 	$(BIN)/convladder runs list --limit 1
 
 test: $(STAMP)

@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _train(model_or_spec: Any = "tiny8k", /, *, runs: str | Path | bool | None = None, quiet: bool = False,
+def _train(model_or_spec: Any = "frontier15k", /, *, runs: str | Path | bool | None = None, quiet: bool = False,
           progress: Any = None, data: Any = None, resume: str | None = None,
           **config_keys: Any) -> RunResult | list[RunResult]:
     """convladder.train(...): train a network and return its RunResult (a list of them when seeds > 1).
