@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements-torch.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q -r requirements-torch.txt
-	$(BIN)/python -m pip install -q -e '.[dev,report,export,serve,ray]'
+	$(BIN)/python -m pip install -q -e '.[dev,report,export,serve,ray,tensorboard,mlflow]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

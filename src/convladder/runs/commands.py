@@ -1,4 +1,4 @@
-"""CLI: `convladder runs list|show|compare|reindex`."""
+"""CLI: `convladder runs list|show|compare|reindex|export`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
     runs.command("show")(runs_show)
     runs.command("compare")(runs_compare)
     runs.command("reindex")(runs_reindex)
+    runs.command("export")(runs_export)
     app.add_typer(runs, name="runs")
 
 
@@ -239,6 +240,26 @@ def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="two or more 
     typer.echo(f"{'':18}" + "".join(f"{r.id:<{width}}" for r in records))
     for label, values in rows:
         typer.echo(f"{label:18}" + "".join(f"{v[:width - 1]:<{width}}" for v in values))
+
+
+def runs_export(
+    targets: Annotated[Optional[list[str]], typer.Argument(help="run ids/prefixes/latest, ladder:NAME (or a "
+                                                            "ladder's name), sweep:NAME; none: every run")] = None,
+    tensorboard: Annotated[Optional[Path], Opt("--tensorboard", help="write TensorBoard event files under DIR "
+                                                                     "(pip install 'convladder[tensorboard]')")] = None,
+    mlflow: Annotated[Optional[str], Opt("--mlflow", help="log to this MLflow tracking URI, e.g. file:./mlruns or "
+                                                         "sqlite:///mlflow.db (pip install 'convladder[mlflow]')")] = None,
+    experiment: Annotated[Optional[str], Opt("--experiment", help="MLflow experiment (default: the ladder's or "
+                                                                  "sweep's name, else convladder)")] = None,
+    runs: RunsOpt = None,
+) -> None:
+    """Write stored runs, ladders and sweeps to TensorBoard and/or MLflow (a ladder's steps side by side)."""
+    from convladder.report.exporters import export_runs, require, select_runs
+    from convladder.runs.store import RunStore
+
+    require(tensorboard, mlflow)
+    for line in export_runs(select_runs(RunStore(runs), targets or []), tensorboard, mlflow, experiment):
+        typer.echo(line)
 
 
 def runs_reindex(runs: RunsOpt = None) -> None:

@@ -119,6 +119,10 @@ def train_command(
     max_retries: MaxRetriesOpt = None,
     ray_verbose: RayVerboseOpt = False,
     data: DataAliasOpt = None,
+    tensorboard: Annotated[Optional[Path], Opt("--tensorboard", help="also write the run to TensorBoard under DIR",
+                                               rich_help_panel="Run")] = None,
+    mlflow: Annotated[Optional[str], Opt("--mlflow", help="also log the run to this MLflow tracking URI",
+                                         rich_help_panel="Run")] = None,
     **options: Any,
 ) -> None:
     """Train; print per-epoch metrics and an honest result (final, best-epoch, gap, potential, verdict)."""
@@ -129,9 +133,14 @@ def train_command(
 
     store = RunStore(runs)
     progress = make_progress(quiet, json_lines)
+    exported = functools.partial(_export, store, tensorboard, mlflow, quiet or json_lines)
+    if tensorboard or mlflow:
+        from convladder.report.exporters import require
+
+        require(tensorboard, mlflow)  # a missing extra is said before training, not after it
     try:
         if resume:
-            resume_run(resume, store, progress)
+            exported([resume_run(resume, store, progress).run_id])
             return
         options["dataset"] = dataset_alias(options.get("dataset"), data)
         options["tags"] = tag or None
@@ -148,20 +157,34 @@ def train_command(
             return
         if executor != "inprocess" or ray_address or gpus_per_trial or max_retries is not None or ray_verbose:
             _train_seeds_on_executor(cfg, store, make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial,
-                                                               max_retries, ray_verbose), quiet, json_lines)
+                                                               max_retries, ray_verbose), quiet, json_lines, exported)
             return
         if cfg.seeds == 1:
             result = train(cfg, store, progress)
             if not (quiet or json_lines) and result.run_id:
                 typer.echo(f"run folder: {store.root / result.run_id}  (convladder runs show {result.run_id}; "
                            f"convladder report {result.run_id})")
+            exported([result.run_id])
             return
         results, stats = train_seeds(cfg, store, progress)
         _print_seed_stats(stats, quiet, json_lines, _picked_by(results))
+        exported([r.run_id for r in results])
     except KeyboardInterrupt:
         typer.secho("interrupted: the last finished epoch is saved; continue with `convladder train --resume <run id>` "
                     "(see `convladder runs list`)", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(130)
+
+
+def _export(store: Any, tensorboard: Path | None, mlflow: str | None, quiet: bool, run_ids: list[str | None]) -> None:
+    """--tensorboard/--mlflow: the finished runs, read back from the store (report/exporters.py)."""
+    if not (tensorboard or mlflow) or not any(run_ids):
+        return
+    from convladder.report.exporters import export_runs
+    from convladder.report.rundata import load_run
+
+    for line in export_runs([load_run(store.root / rid) for rid in run_ids if rid], tensorboard, mlflow):
+        if not quiet:
+            typer.echo(line)
 
 
 def _picked_by(results: Iterable[Any]) -> str:
@@ -192,7 +215,8 @@ def _print_seed_stats(stats: dict[str, Any], quiet: bool, json_lines: bool, pick
         typer.echo(f"({MEDIAN_RULE})")
 
 
-def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: bool, json_lines: bool) -> None:
+def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: bool, json_lines: bool,
+                             exported: Callable[[list[str | None]], None] = lambda ids: None) -> None:
     """Each seed is a job on the executor (e.g. Ray, side by side); the driver writes the store as they end."""
     from convladder.executors.base import job_line, make_job
     from convladder.train.result import RunResult, seed_stats
@@ -209,6 +233,7 @@ def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: b
             if r["status"] in ("completed", "skipped") and r.get("run_id")]
     if done:
         _print_seed_stats(seed_stats(done), quiet, json_lines, _picked_by(done))
+        exported([r.run_id for r in done])
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         raise UserError(f"{len(failed)} of {len(results)} seed(s) failed: {failed[0]['label']}: {failed[0]['error']}")

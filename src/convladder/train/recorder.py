@@ -212,4 +212,6 @@ def make_result(config: TrainConfig, state: RunState, run_id: str | None, params
         train_time_to_target_s=time_to(rows, config.target, state.warmup_s),
         message=message, seed=config.seed, target=config.target,
         # the median epoch's throughput, by the one median rule (the lower of the middle two)
-        extra={"train_images_per_s": median_value([r.get("train_images_per_s") for r in rows])})
+        extra={"train_images_per_s": median_value([r.get("train_images_per_s") for r in rows]),
+               # config ema: every accuracy above is the weight average's (train/ema.py); the labels say so
+               **({"weights": f"EMA weights (decay {config.ema:g} per step)"} if config.ema else {})})
