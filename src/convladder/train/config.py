@@ -89,21 +89,7 @@ class TrainConfig:
                          "without augmentation or dropout (0 = off; docs/training.md)", OPTIM)
     ema: float = _f(0.0, "weight EMA: decay per optimiser step, e.g. 0.999 (0 = off); the average is evaluated beside "
                     "the live weights each epoch, and selected, saved, exported and predicted with (docs/training.md)",
-                    OPTIM, older=0.0)
-    augment: bool = _f(True, "rotation/translation/scale on the device", AUG)
-    rotate: float = _f(7.0, "degrees, uniform in [-rotate, rotate]", AUG)
-    translate: float = _f(2.0, "pixels, uniform in [-translate, translate]", AUG)
-    scale: float = _f(0.1, "uniform in [1 - scale, 1 + scale]", AUG)
-    erase: float = _f(0.0, "random-erasing probability per image", AUG)
-    crop: int = _f(0, "train the first crop_epochs epochs on the central crop x crop pixels of each (augmented) "
-                   "image, a faster step on the CPU; needs a network that runs at that size (GAP); evaluation "
-                   "always sees whole images (0 = off; docs/training.md)", AUG)
-    crop_epochs: int = _f(0, "epochs trained on the crop (with crop > 0); later epochs train on whole images", AUG)
-    pad_crop: int = _f(0, "natural images: pad each side with N black pixels, then crop a random image-sized "
-                       "window (a shift of up to N pixels; CIFAR-10: 4); 0 = off (docs/data.md)", AUG, older=0)
-    flip: bool = _f(False, "natural images: mirror half the training images left-right (not for digits or text)", AUG, older=False)
-    init: str = _f("torch", "weight init: torch (PyTorch defaults), glorot (Keras' defaults), kaiming (He normal)",
-                   OPTIM)
+                    OPTIM)
     augment: bool = _f(True, "rotation/translation/scale on the device", AUG)
     rotate: float = _f(7.0, "degrees, uniform in [-rotate, rotate]", AUG)
     translate: float = _f(2.0, "pixels, uniform in [-translate, translate]", AUG)

@@ -65,6 +65,14 @@ class EpochRunner:
             self.step = TrainStep(model, data, config, device, self.generators, lrs, moms, forward=forward,
                                   channels_last=self.channels_last)
         self.runner = StepRunner(self.step, step_mode(config, device), notice)
+        # config.ema: the weights' average (train/ema.py), updated by the step; evaluated beside the live model,
+        # and the model that is selected, saved and reported (data parallel: replica 0's step keeps it)
+        self.ema = getattr(self.step, "main", self.step).ema
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model whose accuracies are reported and whose weights are saved: the EMA's when config.ema is on."""
+        return self.ema.model if self.ema is not None else self.model
 
     @property
     def warmup_s(self) -> float:
@@ -89,8 +97,9 @@ class EpochRunner:
         n = min(self.config.precise_bn, self.data.n_train)
         if n and epoch == self.config.epochs:
             with self.all_cores():
-                recalibrate_bn(self.model, self.data.x_train[:n], self.data, self.config.eval_batch_size,
-                               self.channels_last, self.copies, self.config.precision)
+                for model in [self.model] + ([self.ema.model] if self.ema is not None else []):
+                    recalibrate_bn(model, self.data.x_train[:n], self.data, self.config.eval_batch_size,
+                                   self.channels_last, self.copies, self.config.precision)
 
     def evaluate_into(self, rows: list[dict[str, Any]], epoch: int, te: float) -> None:
         """Add val/test loss and accuracy (on evaluation epochs) and the epoch's time to each copy's row."""
@@ -101,15 +110,22 @@ class EpochRunner:
         """Add val/test loss and accuracy to each copy's row on evaluation epochs."""
         c, d = self.config, self.data
         if epoch % c.eval_every == 0 or epoch == c.epochs:
-            if len(d.y_val):
-                for row, (loss, acc) in zip(rows, self._evaluate(d.x_val, d.y_val)):
-                    row["val_loss"], row["val_acc"] = loss, acc
-            for row, (loss, acc) in zip(rows, self._evaluate(d.x_test, d.y_test)):
-                row["test_loss"], row["test_acc"] = loss, acc
+            # with ema: val_*/test_* are the EMA weights' (what selection, saving and the result read), live_* the
+            # live weights'; without, the keys and numbers are as before
+            models = [("", self.eval_model)] + ([("live_", self.model)] if self.ema is not None else [])
+            for prefix, model in models:
+                if len(d.y_val):
+                    for row, (loss, acc) in zip(rows, self._evaluate(d.x_val, d.y_val, model)):
+                        row[prefix + "val_loss"], row[prefix + "val_acc"] = loss, acc
+                for row, (loss, acc) in zip(rows, self._evaluate(d.x_test, d.y_test, model)):
+                    row[prefix + "test_loss"], row[prefix + "test_acc"] = loss, acc
 
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module | None = None
+                  ) -> list[tuple[float, float]]:
+        """(loss, accuracy %) per copy of `model` (default: eval_model, the EMA's when config.ema is on)."""
         with self.all_cores():
-            return evaluate_copies(self.model, x, y, self.data, self.config.eval_batch_size, self.channels_last,
+            return evaluate_copies(self.eval_model if model is None else model, x, y, self.data,
+                                   self.config.eval_batch_size, self.channels_last,
                                    self.copies, self.config.precision)
 
     def all_cores(self):
@@ -151,7 +167,11 @@ class EpochRunner:
 
     # -- state per copy ------------------------------------------------------------------------------------
     def weights(self, i: int) -> dict[str, torch.Tensor]:
-        state = self.model.state_dict()
+        """Copy i's weights to save (model/best.safetensors): the EMA's when config.ema is on."""
+        return self._copy_state(self.eval_model, i)
+
+    def _copy_state(self, model: torch.nn.Module, i: int) -> dict[str, torch.Tensor]:
+        state = model.state_dict()
         if not self.batched:
             return state
         from convladder.train.batched import unpack_state
@@ -159,7 +179,13 @@ class EpochRunner:
         return unpack_state(state, i, self.copies)
 
     def resume_state(self, i: int, weights: dict[str, torch.Tensor], epoch: int) -> dict[str, Any]:
-        """What resume.pt holds for copy i (single-model format, so any copy resumes as an ordinary run)."""
+        """What resume.pt holds for copy i (single-model format, so any copy resumes as an ordinary run).
+
+        `weights`: what weights(i) gave; with config.ema those are the average's, saved under "ema", and the live
+        weights, which training continues from, under "model"."""
+        ema = None
+        if self.ema is not None:
+            ema, weights = weights, self._copy_state(self.model, i)
         optimizer = self.step.state()
         if self.batched:
             from convladder.train.batched import unpack_optimizer_state
@@ -168,13 +194,20 @@ class EpochRunner:
         rng = {"gen": self.generators[i].get_state(), "cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"model": {k: v.detach().cpu().contiguous() for k, v in weights.items()}, "optimizer": optimizer,
-                "scheduler": {"step": epoch * self.steps}, "rng": rng}
+        cpu = lambda state: {k: v.detach().cpu().contiguous() for k, v in state.items()}  # noqa: E731
+        out = {"model": cpu(weights), "optimizer": optimizer, "scheduler": {"step": epoch * self.steps}, "rng": rng}
+        if ema is not None:
+            out["ema"] = cpu(ema)
+        return out
 
     def load_resume(self, saved: dict[str, Any], epoch: int) -> None:
         """Continue a single run from its resume.pt after `epoch` epochs."""
         assert not self.batched
         self.model.load_state_dict(saved["model"])
+        if self.ema is not None:
+            # a resume.pt without "ema" (damaged: rebuilt from model.safetensors, which holds the EMA weights then)
+            # starts the average from the weights loaded
+            self.ema.load_state_dict(saved.get("ema") or saved["model"])
         if "optimizer" in saved:  # absent when resume.pt was damaged: the optimiser starts afresh
             self.step.load_state(saved["optimizer"])
         rng = saved.get("rng") or {}

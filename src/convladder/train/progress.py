@@ -55,6 +55,8 @@ def recipe_text(config: Any, n_val: int | None = None) -> str:
     parts = [optim, schedule.get(sched, sched), f"batch {get('batch_size')}", f"{get('epochs')} epochs"]
     if get("label_smoothing"):
         parts.append(f"label smoothing {get('label_smoothing'):g}")
+    if get("ema"):
+        parts.append(f"EMA weights (decay {get('ema'):g} per step) evaluated, selected and saved")
     aug = []
     if get("augment"):
         aug += [f"rotate ±{get('rotate'):g}°", f"shift ±{get('translate'):g} px", f"scale ±{100 * get('scale'):g}%"]
@@ -81,6 +83,9 @@ def _epoch_line(row: dict[str, Any], epochs: int | None = None) -> str:
         parts.append(f"val {row['val_loss']:.4f} {row['val_acc']:.2f}%")
     if row.get("test_acc") is not None:
         parts.append(f"test {row['test_loss']:.4f} {row['test_acc']:.2f}%")
+    if row.get("live_test_acc") is not None:  # config ema: val/test above are the EMA weights'
+        live = f"val {row['live_val_acc']:.2f}% " if row.get("live_val_acc") is not None else ""
+        parts[-1] += f" (EMA weights; live weights {live}test {row['live_test_acc']:.2f}%)"
     parts.append(f"{row['epoch_time_s']:.1f}s")
     return "  ".join(parts)
 

@@ -132,7 +132,7 @@ class RunResult:
     def summary(self) -> str:
         """One line: final test, best-epoch, gap, potential, verdict."""
         f, b = self.final, self.best
-        parts = [f"{self.status}", f"final test {_pct(f.get('test_acc'))}"
+        parts = [f"{self.status}", f"final test{self._weights()} {_pct(f.get('test_acc'))}"
                  + (f" (epoch {f['epoch']} of {self.epochs_done} trained)"
                     if f.get("epoch") and f["epoch"] != self.epochs_done else "")]
         if b.get("epoch"):
@@ -152,12 +152,13 @@ class RunResult:
         val = f", val {_pct(f.get('val_acc'))}" if f.get("val_acc") is not None else ""
         evaluated = f.get("epoch") or self.epochs_done  # results written before the key existed: the last epoch
         label = "final (last epoch)" if evaluated == self.epochs_done else "final (last evaluated epoch)"
-        out = [(label, f"epoch {evaluated}: test {_pct(f.get('test_acc'))}, train {_pct(f.get('train_acc'))}{val}"
+        out = [(label + self._weights(),
+                f"epoch {evaluated}: test {_pct(f.get('test_acc'))}, train {_pct(f.get('train_acc'))}{val}"
                 + (f" (training stopped after epoch {self.epochs_done})" if evaluated != self.epochs_done else ""))]
         if b.get("epoch"):
             sel = str(b.get("selected_by") or "?")
             label = f"best epoch (by {sel})" if sel in ("val", "test") else f"best epoch ({sel})"
-            out.append((label, f"epoch {b['epoch']}: test {_pct(b.get('test_acc'))}"
+            out.append((label + self._weights(), f"epoch {b['epoch']}: test {_pct(b.get('test_acc'))}"
                         + (f", val {_pct(b.get('val_acc'))}" if b.get("val_acc") is not None else "")))
         if self.gap is not None:
             out.append(("gap = train - test", f"{self.gap:+.2f} points; train accuracy {self.train_acc_source}"))
@@ -172,6 +173,10 @@ class RunResult:
         if self.message:
             out.append(("note", self.message))
         return out
+
+    def _weights(self) -> str:
+        """' (EMA weights)' when the accuracies are a weight average's (config ema), else ''."""
+        return " (EMA weights)" if self.extra.get("weights") else ""
 
     def _title(self) -> str:
         run = f"run {self.run_id}" if self.run_id else "run (not stored)"

@@ -34,6 +34,7 @@ from convladder.train.augment import AugmentParams, augment_from, centre_crop, d
 from convladder.train.config import TrainConfig
 from convladder.data.normalise import to_unit
 from convladder.train.device_data import DeviceData
+from convladder.train.ema import WeightEMA
 from convladder.train.optim import make_optimizer
 
 CUDA_EVAL_BATCH = 10000  # on CUDA, evaluation batches are at least this large (one launch per batch matters there)
@@ -93,6 +94,8 @@ class TrainStep:
         self.lr = self.lr_table[0].clone()
         self.momentum = self.momentum_table[0].clone()
         self.optimizer = make_optimizer(model, config, self.lr, self.momentum, capturable=device.type == "cuda")
+        # config.ema: the weights' moving average, updated in `update` (data-parallel: replica 0's step only)
+        self.ema = WeightEMA(model, config.ema) if config.ema and shard[0] == 0 else None
         n, s, b = self.copies, self.steps, self.batch_size
         self.order = torch.zeros(n, s, b, **i64)  # this epoch's batches, per copy
         self.noise = torch.zeros(n, s, noise_rows(self.aug), b, **f32) if self.aug is not None else None
@@ -193,6 +196,8 @@ class TrainStep:
     def update(self) -> None:
         """The optimiser's step from the gradients, then the schedule's next lr and momentum; the next batch."""
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.t)  # self.t: optimiser steps before this one (the EMA's warm-up reads it)
         # the schedule: the next step's lr and momentum, read on the device from the table
         self.t += 1
         self.lr.copy_(self.lr_table.index_select(0, self.t.view(1)).view(()))
