@@ -154,3 +154,18 @@ def test_epoch_lines_and_recipe_say_which_weights():
     assert "test 1.0000 61.00% (EMA weights; live weights val 55.00% test 56.00%)" in _epoch_line(row)
     assert "EMA weights (decay 0.999 per step)" in recipe_text(tiny_config(ema=0.999))
     assert "EMA" not in recipe_text(tiny_config())
+
+
+def test_runs_show_predict_and_export_say_ema_weights(tmp_path, capsys):
+    from PIL import Image
+
+    store = RunStore(tmp_path / "runs")
+    result = train(tiny_config(ema=0.9, epochs=1), store)
+    code, out, _ = run_cli(capsys, "runs", "show", result.run_id, "--runs", str(store.root))
+    assert code == 0 and "val acc, test acc: EMA weights (decay 0.9 per step)" in out
+    assert "final test (EMA weights)" in out
+    digit = Image.new("L", (28, 28))
+    digit.paste(255, (12, 4, 16, 24))  # a white stroke on black: a "1"
+    digit.save(tmp_path / "digit.png")
+    code, _, err = run_cli(capsys, "predict", result.run_id, str(tmp_path / "digit.png"), "--runs", str(store.root))
+    assert code == 0 and f"run {result.run_id} (EMA weights)" in err, err

@@ -192,6 +192,9 @@ def runs_show(run: Annotated[str, typer.Argument(help=RUN_HELP)], runs: RunsOpt 
                    f"{_pts(m.get('train_acc')):>10} {_pts(m.get('val_acc')):>8} {_pts(m.get('test_acc')):>8} "
                    f"{_num(m.get('epoch_time_s'), '>5.1f')}s")
     typer.echo("* train acc as seen while training (dropout/augmentation on)")
+    if config.get("ema"):  # train/ema.py: evaluated, selected and saved in place of the live weights
+        typer.echo(f"val acc, test acc: EMA weights (decay {config['ema']:g} per step); the live weights' are "
+                   "live_val_acc / live_test_acc in metrics.jsonl")
     if result:
         from convladder.train.result import RunResult  # the one place the result line is worded (CLI glue only)
 

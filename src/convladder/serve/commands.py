@@ -53,7 +53,7 @@ def predict_cmd(
         others = "  ".join(f"{c}:{p:.3f}" for c, p in t)
         typer.echo(f"{name:<{width}}  {t[0][0]}  ({t[0][1] * 100:5.1f}%)  top-{len(t)}: {others}")
     rate = f", {len(probs) / elapsed:,.0f} images/s" if elapsed > 0 and len(probs) >= 1000 else ""
-    typer.echo(f"{len(probs)} image(s), run {loaded.run_id}{rate}", err=True)
+    typer.echo(f"{len(probs)} image(s), run {loaded.run_id}{loaded.weights_label}{rate}", err=True)
 
 
 def export_cmd(
@@ -80,6 +80,7 @@ def export_cmd(
         typer.echo(f"checked on {report.images} images ({report.source}): max |onnxruntime - torch| = {report.max_abs_diff:.1e}")
     if report.onnx_acc is not None:
         recorded = f", run recorded {report.run_acc:.2f}%" if report.run_acc is not None else ""
+        recorded += loaded.weights_label  # config ema: the exported weights are the average
         typer.echo(f"{report.dataset} test accuracy: onnx {report.onnx_acc:.2f}%, torch {report.torch_acc:.2f}%{recorded}")
     elif check:
         dataset = str(loaded.config.get("dataset") or "mnist")
@@ -118,7 +119,7 @@ def serve_cmd(
             typer.secho(f"warning: listening on {bound_host}: other machines can reach this page", fg=typer.colors.YELLOW, err=True)
     except ValueError:
         pass
-    typer.echo(f"run {loaded.run_id}: open http://{'127.0.0.1' if bound_host in ('0.0.0.0', '') else bound_host}:{bound_port}/  (Ctrl-C stops)")
+    typer.echo(f"run {loaded.run_id}{loaded.weights_label}: open http://{'127.0.0.1' if bound_host in ('0.0.0.0', '') else bound_host}:{bound_port}/  (Ctrl-C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -72,6 +72,11 @@ class LoadedRun:
         return "model.safetensors" if self.which == "final" else "best.safetensors"
 
     @property
+    def weights_label(self) -> str:
+        """' (EMA weights)' for a run trained with config ema (its saved weights are the average), else ''."""
+        return " (EMA weights)" if self.config.get("ema") else ""
+
+    @property
     def test_acc(self) -> float | None:
         """The test accuracy (percent) the run recorded for these weights (final or best), if it finished."""
         acc = (self.result.get(self.which) or {}).get("test_acc")
