@@ -109,6 +109,9 @@ def test_saved_selected_and_reported_weights_are_the_ema_ones(tmp_path):
     rows = store.read_metrics(result.run_id)
     assert {"live_val_acc", "live_test_acc", "live_val_loss", "live_test_loss"} <= set(rows[-1])
     assert rows[-1]["test_acc"] == acc and rows[-1]["live_test_acc"] != rows[-1]["test_acc"]
+    # the average never feeds back into training: the live weights' figures are the ema=0 run's, bit for bit
+    assert [(r["train_loss"], r["live_val_acc"], r["live_test_loss"]) for r in rows] == \
+        [(r["train_loss"], r["val_acc"], r["test_loss"]) for r in BEFORE_EMA]
     # the best epoch is picked on the EMA's val accuracy, and its weights are the EMA's of that epoch
     best = max(rows, key=lambda r: r["val_acc"])
     assert result.best["epoch"] == best["epoch"] and result.best["test_acc"] == best["test_acc"]
