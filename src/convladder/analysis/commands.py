@@ -52,6 +52,21 @@ def table_for(model: str, input: str | None, model_args: str | None, *, classes:
     return network_verdict(spec, classes=classes, budget=budget), spec.name or None
 
 
+SUMMARY_FORMATS = ("text", "markdown", "csv", "json")
+
+
+def summary_format(fmt: str, as_json: bool = False) -> str:
+    """The `summary --format` asked for (`--json` is the same as `--format json`), checked before any work."""
+    fmt = fmt.strip().lower()
+    if fmt == "md":
+        fmt = "markdown"
+    if fmt not in SUMMARY_FORMATS:
+        raise UserError(f"--format {fmt!r} is not a format of summary — use one of {', '.join(SUMMARY_FORMATS)}")
+    if as_json and fmt not in ("text", "json"):
+        raise UserError(f"--json and --format {fmt} ask for two formats — give one of them")
+    return "json" if as_json else fmt
+
+
 def register(app: typer.Typer) -> None:
     """Add summary, check and models."""
 
@@ -63,14 +78,18 @@ def register(app: typer.Typer) -> None:
         model_args: str = typer.Option(None, "--model-args", help="JSON constructor arguments of your class"),
         budget: str = typer.Option(None, help="parameter budget for the checks, e.g. 20k"),
         classes: int = typer.Option(10, help="number of classes the output must give"),
-        as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
+        as_json: bool = typer.Option(False, "--json", help="print the table as JSON (the same as --format json)"),
+        fmt: str = typer.Option("text", "--format", "-f", help="text, markdown (a GitHub pipe table), csv (one row "
+                                "per layer, plain numbers) or json"),
     ) -> None:
         """The network table: sizes, receptive field, jump, parameters, MACs; design checks below it."""
         from convladder.analysis.render import make_console, print_findings, print_table
 
+        fmt = summary_format(fmt, as_json)
         table, title = table_for(model, input, model_args, classes=classes, budget=parse_budget(budget))
-        if as_json:
-            typer.echo(json.dumps(table.to_dict(), indent=2))  # the table and its findings
+        if fmt != "text":
+            typer.echo({"json": lambda: json.dumps(table.to_dict(), indent=2),  # the table and its findings
+                        "markdown": table.to_markdown, "csv": table.to_csv}[fmt]().rstrip("\n"))
             return
         console = make_console()
         print_table(table, console, title=title)

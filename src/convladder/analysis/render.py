@@ -7,8 +7,12 @@ node other than the row above names it in `row.reads_from` (both optional: read 
 
 from __future__ import annotations
 
+import csv
 import html
 import io
+import json
+import re
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -106,6 +110,11 @@ def network_table(table: NetworkTable, title: str | None = None) -> Table:
 
 
 def totals_line(table: NetworkTable) -> str:
+    return " | ".join(totals_parts(table))
+
+
+def totals_parts(table: NetworkTable) -> list[str]:
+    """The totals under the table, one text per quantity (params, BN buffers, MACs, RF at the output)."""
     frozen = table.total_params - table.trainable_params
     parts = [
         f"params {table.total_params:,} (trainable {table.trainable_params:,}"
@@ -115,7 +124,7 @@ def totals_line(table: NetworkTable) -> str:
         f"RF at output {table.rf_out if table.rf_out is not None else '?'}"
         + (f" ({table.rf_note})" if table.rf_out is None and getattr(table, "rf_note", "") else ""),
     ]
-    return " | ".join(parts)
+    return parts
 
 
 def _macs_total(table: NetworkTable) -> str:
@@ -220,3 +229,78 @@ def table_html(table: NetworkTable, findings: list[Finding] | None = None) -> st
         "</div>",
     ]
     return "".join(parts)
+
+
+# -- Markdown and CSV (a hand-in that renders on GitHub; a spreadsheet) --------------------------------------
+
+_MD_PUNCT = re.compile(r"([\\|*_`\[\]])")
+
+
+def md_text(value: Any) -> str:
+    """Text that shows as itself in GitHub Markdown, on one line: characters that would format (| * _ ` [ ] \\)
+    are backslash-escaped and a `<` that could open an HTML tag is written &lt; (a `|` would split a table cell)."""
+    text = " ".join(str(value).split())
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", _MD_PUNCT.sub(r"\\\1", text))
+
+
+def pipe_table(headers: list[str], rows: list[list[Any]], right: list[bool] | None = None) -> str:
+    """A GitHub pipe table: header, alignment row, one line per row, every cell escaped by `md_text` (so each line
+    has exactly len(headers) cells); `right` marks right-aligned columns."""
+    right = right or [False] * len(headers)
+    lines = [[md_text(h) for h in headers], ["---:" if r else "---" for r in right]]
+    for row in rows:
+        if len(row) != len(headers):  # a row with a missing cell would shift every cell after it
+            raise ValueError(f"pipe_table: a row has {len(row)} cells for {len(headers)} columns")
+        lines.append(["" if c is None else md_text(c) for c in row])
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def findings_markdown(findings: list[Finding]) -> str:
+    """The design checks as a Markdown list: severity, rule, layer, message, the notes' why and what to try."""
+    if not findings:
+        return "**design checks: no findings**"
+    out = [f"**design checks: {len(findings)} finding(s)**", ""]
+    for f in findings:
+        where = f" at {md_text(f.layer)}" if f.layer else ""
+        out += [f"- **{md_text(f.severity)}** {md_text(f.rule)}{where}: {md_text(f.message)}",
+                f"  - why: {md_text(f.why)}", f"  - try: {md_text(f.suggestion)}"]
+    return "\n".join(out)
+
+
+def table_markdown(table: NetworkTable, findings: list[Finding] | None = None, title: str | None = None) -> str:
+    """The network table as GitHub Markdown: the text table's columns and cells (`_columns`, `_cells`) as a pipe
+    table, the totals and notes as a list below it, then (if given) the design checks."""
+    cols, _, _ = _columns(table)
+    out = [f"**{md_text(title)}**", ""] if title else []
+    out += [pipe_table([name for name, _ in cols], _cells(table), [right for _, right in cols]), ""]
+    out += [f"- {md_text(part)}" for part in totals_parts(table)]
+    out += [f"- note: {md_text(text)}" for text in (getattr(table, "notice", ""), getattr(table, "input_note", ""))
+            if text]
+    if findings is not None:
+        out += ["", findings_markdown(findings)]
+    return "\n".join(out) + "\n"
+
+
+def _csv_value(value: Any) -> str:
+    """A machine-readable cell: numbers as Python writes them (no thousands separators), None empty, booleans
+    true/false, lists as compact JSON (a shape [1,28,28] is C,H,W)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def table_csv(table: NetworkTable) -> str:
+    """One header row and one row per layer, the columns being the fields of the table's rows as `to_dict()` gives
+    them (so a field added to the rows is a column here too)."""
+    layers = table.to_dict()["layers"]
+    columns = list(dict.fromkeys(key for row in layers for key in row))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in layers:
+        writer.writerow([_csv_value(row.get(key)) for key in columns])
+    return buf.getvalue()

@@ -106,6 +106,18 @@ class NetworkTable:
 
         return table_html(self, self.findings)
 
+    def to_markdown(self) -> str:
+        """The table as GitHub Markdown (a pipe table, the totals and the design checks below it)."""
+        from convladder.analysis.render import table_markdown
+
+        return table_markdown(self, self.findings)
+
+    def to_csv(self) -> str:
+        """One CSV header row and one row per layer, numbers without thousands separators (as `to_dict`)."""
+        from convladder.analysis.render import table_csv
+
+        return table_csv(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "input": self.input,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -105,13 +106,31 @@ def report_cmd(
                                  "whose runs are in the store (its file is found from them)"),
     runs: RunsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    markdown: bool = typer.Option(False, "--markdown", help="write the hand-in: README.md with a section per step "
+                                  "and the curves as PNG files beside it (renders on GitHub)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="with --markdown: the folder to write "
+                                          "(default handin-<ladder>), or the .md file"),
 ) -> None:
     """One table of the ladder's steps with the handout's figures beside ours, and a reading per step."""
     from convladder.ladder.compare import format_table, ladder_summary
     from convladder.ladder.ladder import load_ladder_of
 
+    from convladder.errors import UserError
+
+    if markdown and as_json:
+        raise UserError("--markdown and --json ask for two outputs — give one of them")
+    if output is not None and not markdown:
+        raise UserError(f"-o {output}: ladder report writes a file only with --markdown — add --markdown, or use "
+                        f"`convladder report {ladder} -o page.html` for the HTML page")
     store = _store(runs)
     lad = load_ladder_of(ladder, store.list_runs(tag=f"ladder:{ladder}"))
+    if markdown:
+        from convladder.report.markdown import handin_path, write_ladder_handin
+
+        readme = handin_path(output, lad.name, [store.root])  # checked before the work
+        out = write_ladder_handin(lad, store, readme)
+        typer.echo(f"wrote {out} and its figures")
+        return
     rows = ladder_summary(lad, store)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))

@@ -17,20 +17,32 @@ def register(app: typer.Typer) -> None:
     def report(
         target: str = typer.Argument(..., help="run id (or unique prefix, 'latest', a run folder), ladder name, sweep (sweep:NAME or its summary .json) or frontier (frontier:NAME or its summary .json)"),
         runs: RunsOpt = None,
-        output: Path = typer.Option(None, "--output", "-o", help="HTML file to write (default report-<target>.html)"),
+        output: Path = typer.Option(None, "--output", "-o", help="HTML file to write (default report-<target>.html); "
+                                    "with --markdown the folder (default handin-<target>) or the .md file"),
+        markdown: bool = typer.Option(False, "--markdown", help="write the hand-in of a run or ladder instead: "
+                                      "README.md with the curves as PNG files beside it (renders on GitHub)"),
     ) -> None:
         """Write one self-contained HTML report (tables, checks, result, figures) of a run, a ladder or a sweep."""
-        from convladder.report.html import write_report  # matplotlib loads only when this command runs
+        from convladder.paths import runs_dir
 
         t0 = time.perf_counter()
+        name = Path(target).stem if target.endswith((".yaml", ".yml", ".json")) else target.replace(":", "-")
+        run_folder = (Path(target) / "config.json").is_file()  # a run folder given as target: its store too
+        stores = [runs or runs_dir()] + ([Path(target).resolve().parent] if run_folder else [])
+        if markdown:
+            from convladder.report.markdown import handin_path, write_handin
+
+            readme = handin_path(output, Path(name).name, stores)  # checked before the work, as -o below
+            out = write_handin(target, readme, runs)
+            typer.echo(f"wrote {out} and its figures in {time.perf_counter() - t0:.1f} s")
+            return
+        from convladder.report.html import write_report  # matplotlib loads only when this command runs
+
         if output is not None:  # checked before the work: not into the run store; a folder takes a default name
-            from convladder.paths import runs_dir
             from convladder.runs.reader import check_output
 
-            name = Path(target).stem if target.endswith((".yaml", ".yml", ".json")) else target.replace(":", "-")
             default = f"report-{Path(name).name or 'report'}.html"
-            run_folder = (Path(target) / "config.json").is_file()  # a run folder given as target: its store too
-            for store in [runs or runs_dir()] + ([Path(target).resolve().parent] if run_folder else []):
+            for store in stores:
                 output = check_output(output, default, store)
         out = write_report(target, output, runs)
         size = out.stat().st_size / 1e6

@@ -46,9 +46,10 @@ class Figure:
     vector: bool = False  # line charts: inline SVG (crisp, small); images: PNG
     wide: bool = False  # spans the whole width of the report's figure grid
 
-    def png(self) -> bytes:
+    def png(self, dpi: float | None = None) -> bytes:
+        """PNG bytes at `dpi` (default: the report's screen resolution, savefig.dpi)."""
         buf = io.BytesIO()
-        self.fig.savefig(buf, format="png", bbox_inches="tight")
+        self.fig.savefig(buf, format="png", bbox_inches="tight", **({"dpi": dpi} if dpi else {}))
         return buf.getvalue()
 
     def svg(self) -> str:
