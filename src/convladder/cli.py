@@ -82,6 +82,9 @@ def _show_flags_as_flags(command: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and `python -m convladder`."""
+    from convladder import interrupts
+
+    interrupts.install()  # SIGTERM raises like Ctrl-C: runs are marked interrupted, exit 143 (Ctrl-C: 130)
     command = build_command()
     try:
         # standalone mode: typer prints usage errors itself and exits 2; only our errors reach here.
@@ -89,3 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(err.exit_code)
+    except SystemExit as done:
+        # typer turns a KeyboardInterrupt no command caught into a silent exit 130: say what was saved, and
+        # give SIGTERM its own code (a command that caught it printed its line and chose the code itself)
+        stop = getattr(done.__context__, "__cause__", None)
+        if not isinstance(stop, KeyboardInterrupt):
+            raise
+        typer.secho(interrupts.resume_line(stop), err=True, fg=typer.colors.YELLOW)
+        sys.exit(interrupts.exit_code(stop))

@@ -79,10 +79,12 @@ def sweep_command(
 
     try:
         result = run_sweep(spec, root, ex, on_done=progress)
-    except KeyboardInterrupt:
-        typer.secho("interrupted: finished trials are in the store; rerunning the sweep skips them",
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
+        from convladder import interrupts
+
+        typer.secho(interrupts.resume_line(stop, "finished trials are in the store; rerunning the sweep skips them"),
                     err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(130)
+        raise typer.Exit(interrupts.exit_code(stop))
     summary = sweep_summary(result)
     path = write_summary(summary, root)
     c = summary["counts"]
@@ -211,10 +213,12 @@ def frontier_command(
 
     try:
         summary = run_frontier(spec, root, ex, on_done=progress, on_budget=save)
-    except KeyboardInterrupt:
-        typer.secho("interrupted: finished runs are in the store; rerunning the frontier skips them",
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
+        from convladder import interrupts
+
+        typer.secho(interrupts.resume_line(stop, "finished runs are in the store; rerunning the frontier skips them"),
                     err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(130)
+        raise typer.Exit(interrupts.exit_code(stop))
     save(summary)
     typer.echo(format_table(summary))
     typer.echo(f"\n{summary['wall_time_s']:.1f}s on {summary['executor']}; summary: {path[0]}\n"

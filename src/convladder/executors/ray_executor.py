@@ -35,6 +35,7 @@ JOIN_TIMEOUT_S = 45.0  # ray.init against something that accepts TCP but is not 
 # worker every time (out of memory) costs at most 2 runs. Application errors are never retried.
 DEFAULT_MAX_RETRIES = 1
 POLL_S = 1.0  # how often the driver imports shipped runs while jobs run
+STOP_WAIT_S = 10.0  # on Ctrl-C/SIGTERM: how long to wait for cancelled tasks' workers to be gone
 
 
 def import_ray():
@@ -116,6 +117,11 @@ class RayExecutor:
             self.log.discard_if_empty()
             raise
         self.log.settle(ray)
+        # ray.init replaced the SIGTERM handler (a Python sys.exit and a C++ one that dumps `*** SIGTERM received
+        # ... PC:` and aborts): take it back, so SIGTERM runs the same cleanup as Ctrl-C (`_stop`)
+        from convladder.interrupts import reinstall
+
+        reinstall()
         self.init_time_s = time.perf_counter() - t0
         return ray
 
@@ -184,8 +190,11 @@ class RayExecutor:
                 results[i] = self._finish({**(results[i] or {}), **job_base(jobs[i]), **res, "executor": "ray"},
                                           on_done)
         except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            if collected is not None:
+                from convladder.interrupts import deferred
+
+                with deferred():  # a second Ctrl-C must not leave workers and their temporary stores behind
+                    self._stop(ray, pending, collected)
             raise
         finally:
             if collected:
@@ -193,6 +202,25 @@ class RayExecutor:
             if self.shutdown:
                 ray.shutdown()
         return [r for r in results if r is not None]
+
+    def _stop(self, ray, pending: dict[Any, int], collected: Collected) -> None:
+        """Ctrl-C or SIGTERM: cancel the running tasks (their workers are killed), wait until they are gone, then
+        import what finished meanwhile and remove the killed workers' temporary stores on this machine."""
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished or its node gone
+                pass
+        deadline = time.monotonic() + STOP_WAIT_S
+        left = list(pending)
+        while left and time.monotonic() < deadline:  # a killed worker's task ends with TaskCancelledError
+            _, left = ray.wait(left, num_returns=len(left), timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            _, self.left_elsewhere = collected.recover_leftovers()
+        except Exception:  # noqa: BLE001 - the collector went with the cluster: nothing more to import
+            pass
+        if not self.address:  # a Ray this process started: its workers stop with it now, not at exit
+            ray.shutdown()
 
     def _slots(self, ray) -> int:
         """Jobs the cluster can run at once now (its CPUs and GPUs over a job's share); at least 1."""

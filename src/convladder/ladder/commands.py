@@ -82,7 +82,14 @@ def run_cmd(
     store = _store(runs)
     runner = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial, max_retries, ray_verbose)
     options["dataset"] = dataset_alias(options.get("dataset"), data)
-    results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=runner, **options)
+    try:
+        results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=runner, **options)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the cut run is marked interrupted already
+        from convladder import interrupts
+
+        typer.secho(interrupts.resume_line(stop, "rerun the same `ladder run`: finished steps are skipped, "
+                                                 "a cut step trains again"), err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(interrupts.exit_code(stop))
     failed = [r for r in results if r["status"] == "failed"]
     typer.echo(f"{len(results)} job(s): {sum(r['status'] == 'completed' for r in results)} trained, "
                f"{sum(r['status'] == 'skipped' for r in results)} skipped, {len(failed)} failed; "

@@ -119,11 +119,14 @@ def serve_cmd(
             typer.secho(f"warning: listening on {bound_host}: other machines can reach this page", fg=typer.colors.YELLOW, err=True)
     except ValueError:
         pass
-    typer.echo(f"run {loaded.run_id}{loaded.weights_label}: open http://{'127.0.0.1' if bound_host in ('0.0.0.0', '') else bound_host}:{bound_port}/  (Ctrl-C stops)")
-    try:
+    try:  # the address is printed inside: a signal right after it is still the stop below
+        typer.echo(f"run {loaded.run_id}{loaded.weights_label}: open http://{'127.0.0.1' if bound_host in ('0.0.0.0', '') else bound_host}:{bound_port}/  (Ctrl-C stops)")
         server.serve_forever()
-    except KeyboardInterrupt:
-        typer.echo("stopped")
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (a service manager's stop): 130 / 143
+        from convladder import interrupts
+
+        typer.echo(f"stopped ({interrupts.what(stop)})")
+        raise typer.Exit(interrupts.exit_code(stop))
     finally:
         server.server_close()
 

@@ -169,10 +169,11 @@ def train_command(
         results, stats = train_seeds(cfg, store, progress)
         _print_seed_stats(stats, quiet, json_lines, _picked_by(results))
         exported([r.run_id for r in results])
-    except KeyboardInterrupt:
-        typer.secho("interrupted: the last finished epoch is saved; continue with `convladder train --resume <run id>` "
-                    "(see `convladder runs list`)", err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(130)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the runs it cut are marked interrupted already
+        from convladder import interrupts
+
+        typer.secho(interrupts.resume_line(stop), err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(interrupts.exit_code(stop))
 
 
 def _export(store: Any, tensorboard: Path | None, mlflow: str | None, quiet: bool, run_ids: list[str | None]) -> None:

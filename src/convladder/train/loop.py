@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from convladder.errors import UserError
+from convladder.interrupts import installed as interrupts_installed
 from convladder.runs.store import RunStore
 from convladder.spec.registry import check_model
 from convladder.train import runenv
@@ -176,9 +177,11 @@ def train_epochs(config: TrainConfig, store: RunStore | None = None, progress: P
         if rec.handle is not None:
             rec.stopped()
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the CLI (interrupts.Terminated)
         if rec.handle is not None:
-            progress.note(rec.interrupted().message)
+            message = rec.interrupted().message
+            if not interrupts_installed():  # the CLI says it in its one line
+                progress.note(message)
         raise
     except TrainingDiverged:
         raise  # already recorded as failed
@@ -333,7 +336,9 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
     except KeyboardInterrupt:
         for i in alive:
             if recs[i].handle is not None:
-                progress.note(recs[i].interrupted().message)
+                message = recs[i].interrupted().message
+                if not interrupts_installed():
+                    progress.note(message)
         raise
     except Exception as exc:
         for i in alive:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from convladder.interrupts import deferred, record
 from convladder.errors import UserError
 from convladder.runs.store import RunHandle, RunStore, notice
 from convladder.train.config import TrainConfig
@@ -137,12 +138,13 @@ class Recorder:
             state.best = {"epoch": row["epoch"], "val_acc": row.get("val_acc"), "test_acc": row.get("test_acc")}
         state.elapsed_s = self.clock()
         if self.handle is not None and weights is not None:
-            self.handle.save_weights("model", weights, state.epoch)
-            if improved:
-                self.handle.save_weights("best", weights, state.epoch)
-            self.handle.write_metrics(state.rows)
-            if resume is not None:  # written last: a resume.pt always matches the files beside it
-                self.handle.save_resume({**resume, "state": dict(state.__dict__)})
+            with deferred():  # a SIGTERM/Ctrl-C here waits: the epoch's files are saved together
+                self.handle.save_weights("model", weights, state.epoch)
+                if improved:
+                    self.handle.save_weights("best", weights, state.epoch)
+                self.handle.write_metrics(state.rows)
+                if resume is not None:  # written last: a resume.pt always matches the files beside it
+                    self.handle.save_resume({**resume, "state": dict(state.__dict__)})
         return improved
 
     # -- outcomes -----------------------------------------------------------------------------------------
@@ -154,8 +156,11 @@ class Recorder:
                                           f"continue with: convladder train --resume {self.run_id}")
 
     def interrupted(self) -> RunResult:
-        return self._end("interrupted", None, f"interrupted after epoch {self.state.epoch}; "
-                                              f"resume with: convladder train --resume {self.run_id}")
+        result = self._end("interrupted", None, f"interrupted after epoch {self.state.epoch}; "
+                                                f"resume with: convladder train --resume {self.run_id}")
+        if self.run_id:
+            record(self.run_id, self.state.epoch)  # the command's one line names it
+        return result
 
     def failed(self, exc: BaseException) -> RunResult:
         return self._end("failed", None, f"{type(exc).__name__}: {exc}")
@@ -174,9 +179,10 @@ class Recorder:
                              self.select, clean, message)
         result.shifted_test = shifted
         if self.handle is not None:
-            self.handle.write_json("result.json", result.to_dict())
-            self.handle.update(status=result.status, final_test_acc=result.final.get("test_acc"),
-                               best_val_acc=result.best.get("val_acc"), best_epoch=result.best.get("epoch"))
+            with deferred():  # a second signal must not leave result.json and the index disagreeing
+                self.handle.write_json("result.json", result.to_dict())
+                self.handle.update(status=result.status, final_test_acc=result.final.get("test_acc"),
+                                   best_val_acc=result.best.get("val_acc"), best_epoch=result.best.get("epoch"))
         return result
 
 
