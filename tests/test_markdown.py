@@ -249,3 +249,24 @@ def test_handin_output_is_checked_before_the_work(small, tmp_path: Path) -> None
         res = _invoke(*args, "--runs", str(runs))
         assert res.exit_code != 0 and isinstance(res.exception, UserError) and words in str(res.exception), res.output
     assert not (runs / run_id / "x").exists() and not (tmp_path / "x").exists()
+
+
+def test_unfinished_run_handin_says_so(small, tmp_path: Path) -> None:
+    """A run without result.json (still going, or killed): its numbers are the last recorded epoch's, labelled so,
+    and there is no verdict -- not 'final' numbers and not '-> None'."""
+    import shutil
+
+    _, runs = small
+    [result] = [r for r in _step_results(runs, 1) if r["seed"] == 2]
+    folder = tmp_path / "store" / result["run_id"]
+    shutil.copytree(runs / result["run_id"], folder)
+    (folder / "result.json").unlink()
+    res = _invoke("report", str(folder), "--markdown", "-o", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    text, tables = check_renders(tmp_path / "out" / "README.md")
+    values = {row[0]: row[1] for row in tables[0][1:]}
+    last = result["metrics"][-1]
+    assert values["status"] == "running or incomplete"
+    assert values[f"last recorded epoch ({last['epoch']}) test accuracy %"] == f"{last['test_acc']:.2f}"
+    assert not any(k.startswith("final") for k in values) and "None" not in text
+    assert "no verdict" in text and "result.json is missing" in text.split("## Notes")[1]

@@ -266,6 +266,18 @@ def write_ladder_handin(ladder: Ladder, store: RunStore, readme: Path, rows: lis
 
 # -- one run -------------------------------------------------------------------------------------------------
 
+def _run_reading(n: dict[str, Any], done: bool, target: float) -> str:
+    """The reading `ladder report` gives a step, for one run; an unfinished run or one without a verdict says so."""
+    train, test = n["train_acc"], n["test_acc"]
+    if not done:
+        return f"status {n['status']}: no verdict (the numbers are those of the last recorded epoch)"
+    if test is None or train is None or not n["verdict"]:
+        return f"train {_fmt(train)} / test {_fmt(test)}: no verdict recorded"
+    return reading({"train": train, "test": test, "target": target, "n_completed": 1, "verdict": n["verdict"],
+                    "gap": gap(train, test) if n["gap"] is None else n["gap"],
+                    "potential": potential(train, test) if n["potential"] is None else n["potential"]})
+
+
 def run_markdown(run: RunData, folder: Path) -> str:
     """The hand-in text of one run; its figures are written into `folder` on the way."""
     from convladder.report.html import seed_siblings  # the HTML result block's seeds: the same runs here
@@ -277,8 +289,10 @@ def run_markdown(run: RunData, folder: Path) -> str:
     best_row = next((m for m in run.metrics if m["epoch"] == n["best_epoch"]), {})
     facts = " · ".join(md_text(f"{k} {c[k]}") for k in ("dataset", "epochs", "optimizer", "lr", "schedule", "seed")
                        if c.get(k) is not None)
-    final = "final (last epoch)" if n["final_epoch"] == n["epochs"] else f"final (epoch {n['final_epoch']})"
-    rows = [[f"{final} train accuracy %, {n['train_acc_source']}", _fmt(train)],
+    done = run.status == "completed"
+    final = ("final (last epoch)" if n["final_epoch"] == n["epochs"] else f"final (epoch {n['final_epoch']})") if done \
+        else f"last recorded epoch ({n['final_epoch'] or '-'})"  # an unfinished run has no final numbers yet
+    rows = [["status", str(n["status"])], [f"{final} train accuracy %, {n['train_acc_source']}", _fmt(train)],
             [f"{final} test accuracy %", _fmt(test)], [f"{final} validation accuracy %", _fmt(n["val_acc"])],
             [f"best epoch (picked by {n['selected_by'] or '?'})", str(n["best_epoch"] or "-")],
             ["best-epoch test accuracy %", _fmt(n["best_test_acc"])],
@@ -293,17 +307,18 @@ def run_markdown(run: RunData, folder: Path) -> str:
     if s:
         rows.append([f"final test accuracy % over seeds, min / median / max ({s['n']} seed(s), completed runs, one "
                      "per seed)", f"{s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f}"])
-    read = "not finished: no final numbers" if test is None else reading(
-        {"train": train, "test": test, "target": target, "n_completed": 1, "verdict": n["verdict"],
-         "gap": n["gap"] if n["gap"] is not None or train is None else gap(train, test),
-         "potential": n["potential"] if n["potential"] is not None or train is None else potential(train, test)})
+    read = _run_reading(n, done, target)
     notes: list[str] = []
     out = [f"# {md_text(run.label)}", "", f"Run `{run.id}` · {facts}. Written {time.strftime('%Y-%m-%d')}.", "",
-           "## Result", "", pipe_table(["quantity", "value"], rows, [False, True]), "",
-           f"({md_text(MEDIAN_RULE)})", ""]
+           "## Result", "", pipe_table(["quantity", "value"], rows, [False, True]), ""]
+    if s:
+        out += [f"({md_text(MEDIAN_RULE)})", ""]
+    if (n["potential"] or 0) > 100 and potential_meaningful(train):
+        out += [md_text(POTENTIAL_NOTE), ""]
     diag = run_diagnostics(run) if test is not None else None
+    whose = "the final network" if done else "the weights the unfinished run saved (model.safetensors)"
     table = run.table()
-    out += [f"**Analysis.** {md_text(analysis_text(read, diag, table, 'the final network', None, run.notes))}", ""]
+    out += [f"**Analysis.** {md_text(analysis_text(read, diag, table, whose, None, run.notes))}", ""]
     out += ["## Figures", ""]
     if run.metrics:
         out += _write_figures([("curves.png", lambda: figures.curves(run)),
