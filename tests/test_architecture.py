@@ -13,14 +13,14 @@ DOC = SRC.parent.parent / "docs" / "ARCHITECTURE.md"
 
 # Lowest first; a module may import its own layer and the ones before it, never a later one.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fileio", "interrupts", "paths", "safeparse"),
+    ("errors", "fileio", "paths", "safeparse"),
     ("data", "spec"),
     ("analysis",),
     ("runs",),
     ("train",),
     ("ladder", "executors"),
     ("report", "serve", "doctor"),
-    ("cli", "__main__"),
+    ("cli", "__main__", "api"),
 ]
 CLI = len(LAYERS) - 1
 

@@ -1,15 +1,24 @@
 """convladder: design compact CNNs under a parameter budget, one change at a time.
 
-The Python API (imported lazily, so `import convladder` stays fast):
+The Python API, every name of `__all__` (imported lazily, so `import convladder` stays fast and loads no torch;
+docs/python.md):
 
     import convladder
+    table = convladder.summarize(Net(), (1, 28, 28))                     # the network table + design checks
+    convladder.check(Net(), budget="20k")                                 # the design checks alone
     result = convladder.train(Net, epochs=2, model_args={"width": 16})   # a class, instance, spec or name
-    table = convladder.summarize(Net(), (1, 28, 28))
-    model = convladder.create_model(result.run_id, model=Net)           # the trained network back
+    run = convladder.load(result)                                         # or an id, 'latest', a run folder
+    run.curves(); run.misclassified(16); run.confusion(); run.model(); run.report()
+    convladder.runs(tag="ladder:eip4-s2")                                 # stored runs, as `runs list`
+    convladder.compare(a, b); convladder.ladder(...); convladder.sweep(...); convladder.frontier(...)
+    convladder.doctor(Net); convladder.lr_find("tiny8k"); convladder.predict(run, ["digit.png"])
+    convladder.export(run)                                                # a verified ONNX file
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,17 +28,65 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "create_model", "summarize", "__version__"]
+__all__ = ["summarize", "check", "train", "runs", "load", "compare", "ladder", "sweep", "frontier", "doctor",
+           "lr_find", "predict", "export", "create_model", "Run", "__version__"]
+
+# name -> the module that defines it (convladder/api/: the CLI layer's Python face, docs/ARCHITECTURE.md)
+_LAZY = {"runs": "convladder.api.run", "load": "convladder.api.run", "compare": "convladder.api.run",
+         "Run": "convladder.api.run", "check": "convladder.api.tasks", "ladder": "convladder.api.tasks",
+         "sweep": "convladder.api.tasks", "frontier": "convladder.api.tasks", "doctor": "convladder.api.tasks",
+         "lr_find": "convladder.api.tasks", "predict": "convladder.api.tasks", "export": "convladder.api.tasks"}
+# API names that are also subpackages (convladder/runs/, ladder/, doctor/): Python sets a subpackage as an
+# attribute of its parent when it is imported, so the package itself is made callable (as convladder.train is):
+# `convladder.runs(...)` calls the API function, `import convladder.runs.store` still imports the module.
+_PACKAGES = ("runs", "ladder", "doctor")
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
     # `convladder.train` is the train package, made callable (see convladder/train/__init__.py): importing
     # it here, lazily, keeps `import convladder` fast and leaves one object under that name.
-    if name == "train":
-        import importlib
-
-        return importlib.import_module("convladder.train")
+    if name == "train" or name in _PACKAGES:
+        return importlib.import_module(f"convladder.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _CallablePackage(types.ModuleType):
+    """A subpackage that is also an API function: calling it calls `convladder.api...<its name>`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _api_function(self.__name__)(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> Any:  # inspect.signature(convladder.runs) shows the function's parameters
+        import inspect
+
+        return inspect.signature(_api_function(self.__name__))
+
+
+def _api_function(module_name: str) -> Any:
+    import importlib
+
+    name = module_name.rsplit(".", 1)[-1]
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+class _Root(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # the import system stores each imported subpackage here: the API's ones become callable on the way
+        if name in _PACKAGES and isinstance(value, types.ModuleType) and type(value) is types.ModuleType:
+            value.__class__ = _CallablePackage
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Root
 
 
 def _train(model_or_spec: Any = "frontier15k", /, *, runs: str | Path | bool | None = None, quiet: bool = False,

@@ -71,23 +71,28 @@ def runs_list(
     if json_out:
         typer.echo(json.dumps([asdict(r) for r in records], indent=1))
         return
+    typer.echo(list_text(store, records))
+
+
+def list_text(store: Any, records: list[Any]) -> str:
+    """`runs list`'s table of these records (also `convladder.runs()` in Python)."""
     if not records:
-        typer.echo("no runs")
-        return
+        return "no runs"
     shown = [(r, _progress(store.root / r.id, r)) for r in records]
     # step/name last and whole: a ladder run's name says its ladder, step and step name ("my-dropout 2. dropout-0.05")
-    typer.echo(f"{'id':24} {'status':11} {'model':{MODEL_WIDTH}} {'seed':>4} {'params':>8} {'ep':>7} "
-               f"{'final test':>10} {'best on split':>13} {'best ep':>7} step/name")
+    lines = [f"{'id':24} {'status':11} {'model':{MODEL_WIDTH}} {'seed':>4} {'params':>8} {'ep':>7} "
+             f"{'final test':>10} {'best on split':>13} {'best ep':>7} step/name"]
     for r, (ep, best) in shown:
-        typer.echo(f"{r.id:24} {r.status:11} {model_cell(r.model):{MODEL_WIDTH}} {_fmt(r.seed):>4} "
-                   f"{_fmt(r.params):>8} {ep:>7} {_fmt(r.final_test_acc, True):>10} {best:>13} "
-                   f"{_fmt(r.best_epoch):>7} {r.name or '-'}")
-    typer.echo("ep: done/configured for a run that did not finish; final test: the last epoch's; "
-               "best on split: the best epoch's accuracy on the split that picked it; model: an own class as "
-               "file.py:Class (`runs show` gives its folder), a long spec with its middle left out")
+        lines.append(f"{r.id:24} {r.status:11} {model_cell(r.model):{MODEL_WIDTH}} {_fmt(r.seed):>4} "
+                     f"{_fmt(r.params):>8} {ep:>7} {_fmt(r.final_test_acc, True):>10} {best:>13} "
+                     f"{_fmt(r.best_epoch):>7} {r.name or '-'}")
+    lines.append("ep: done/configured for a run that did not finish; final test: the last epoch's; "
+                 "best on split: the best epoch's accuracy on the split that picked it; model: an own class as "
+                 "file.py:Class (`runs show` gives its folder), a long spec with its middle left out")
     if any(best.endswith("test*") for _, (_, best) in shown):
-        typer.echo("* best epoch picked on the test set (select_on: test): an optimistic figure, not a held-out "
-                   "estimate — the final test accuracy is the honest one")
+        lines.append("* best epoch picked on the test set (select_on: test): an optimistic figure, not a held-out "
+                     "estimate — the final test accuracy is the honest one")
+    return "\n".join(lines)
 
 
 MODEL_WIDTH = 22
@@ -174,45 +179,59 @@ def runs_show(run: Annotated[str, typer.Argument(help=RUN_HELP)], runs: RunsOpt 
                                "env": env, "metrics": metrics, "result": result}, indent=1))
         return
     folder = store.root / record.id
-    typer.echo(f"run {record.id} ({record.status})  {record.path}")
-    typer.echo(f"model: {config.get('model_spec')}")
+    changed = source_status(folder) if _own_line(folder) else None
+    if changed:
+        typer.secho(f"warning: {changed}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(show_text(record, folder, config, metrics, result))
+
+
+def show_text(record: Any, folder: Path, config: dict[str, Any], metrics: list[dict[str, Any]],
+              result: dict[str, Any] | None) -> str:
+    """`runs show`'s text of one run (also a loaded run's text in Python: `convladder.load(run)`)."""
+    lines = [f"run {record.id} ({record.status})  {record.path}", f"model: {config.get('model_spec')}"]
     own = _own_line(folder)
     if own:
-        typer.echo(own)
-        changed = source_status(folder)
-        if changed:
-            typer.secho(f"warning: {changed}", fg=typer.colors.YELLOW, err=True)
+        lines.append(own)
     c = {k: _fmt(config.get(k)) for k in ("dataset", "seed", "epochs", "batch_size", "optimizer", "lr", "schedule",
                                           "augment")}
-    typer.echo(f"params {_fmt(record.params)}  dataset {c['dataset']}  seed {c['seed']}  epochs {c['epochs']}  "
-               f"batch {c['batch_size']}  {c['optimizer']} lr {c['lr']} {c['schedule']}  augment {c['augment']}")
-    typer.echo(f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train acc*':>10} {'val acc':>8} {'test acc':>8} {'time':>6}")
+    lines.append(f"params {_fmt(record.params)}  dataset {c['dataset']}  seed {c['seed']}  epochs {c['epochs']}  "
+                 f"batch {c['batch_size']}  {c['optimizer']} lr {c['lr']} {c['schedule']}  augment {c['augment']}")
+    lines.append(f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train acc*':>10} {'val acc':>8} {'test acc':>8} "
+                 f"{'time':>6}")
     for m in metrics:
-        typer.echo(f"{m['epoch']:>5} {_num(m.get('lr'), '>9.4g')} {_num(m.get('train_loss'), '>10.4f')} "
-                   f"{_pts(m.get('train_acc')):>10} {_pts(m.get('val_acc')):>8} {_pts(m.get('test_acc')):>8} "
-                   f"{_num(m.get('epoch_time_s'), '>5.1f')}s")
-    typer.echo("* train acc as seen while training (dropout/augmentation on)")
+        lines.append(f"{m['epoch']:>5} {_num(m.get('lr'), '>9.4g')} {_num(m.get('train_loss'), '>10.4f')} "
+                     f"{_pts(m.get('train_acc')):>10} {_pts(m.get('val_acc')):>8} {_pts(m.get('test_acc')):>8} "
+                     f"{_num(m.get('epoch_time_s'), '>5.1f')}s")
+    lines.append("* train acc as seen while training (dropout/augmentation on)")
     if config.get("ema"):  # train/ema.py: evaluated, selected and saved in place of the live weights
-        typer.echo(f"val acc, test acc: EMA weights (decay {config['ema']:g} per step); the live weights' are "
-                   "live_val_acc / live_test_acc in metrics.jsonl")
+        lines.append(f"val acc, test acc: EMA weights (decay {config['ema']:g} per step); the live weights' are "
+                     "live_val_acc / live_test_acc in metrics.jsonl")
     if result:
         from convladder.train.result import RunResult  # the one place the result line is worded (CLI glue only)
 
         try:
-            typer.echo(RunResult.from_dict(result).summary())
+            lines.append(RunResult.from_dict(result).summary())
         except (TypeError, KeyError, ValueError, AttributeError):
-            typer.echo(f"result.json of run {record.id} has an unexpected shape; status {result.get('status')}")
+            lines.append(f"result.json of run {record.id} has an unexpected shape; status {result.get('status')}")
         if result.get("message"):
-            typer.echo(result["message"])
+            lines.append(str(result["message"]))
+    return "\n".join(lines)
 
 
 def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="two or more run ids or prefixes")],
                  runs: RunsOpt = None) -> None:
     """Side by side: results and the config keys that differ."""
     from convladder.runs.store import RunStore
+
+    typer.echo(compare_text(RunStore(runs), run_ids))
+
+
+def compare_text(store: Any, run_ids: list[str]) -> str:
+    """`runs compare`'s table (also `convladder.compare(...)` in Python)."""
     from convladder.train.result import potential_shown
 
-    store = RunStore(runs)
+    if len(run_ids) < 2:
+        raise UserError(f"compare needs two or more runs (got {len(run_ids)}) — give run ids, prefixes or 'latest'")
     records = [store.get(r) for r in run_ids]
     configs = [store.read_config(r.id) for r in records]
     results = []
@@ -240,9 +259,9 @@ def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="two or more 
     keys = [k for k in configs[0] if k not in ("name",) and len({json.dumps(c.get(k)) for c in configs}) > 1]
     rows += [(k, [_fmt(c.get(k)) for c in configs]) for k in keys]
     width = max(len(r.id) for r in records) + 2
-    typer.echo(f"{'':18}" + "".join(f"{r.id:<{width}}" for r in records))
-    for label, values in rows:
-        typer.echo(f"{label:18}" + "".join(f"{v[:width - 1]:<{width}}" for v in values))
+    lines = [f"{'':18}" + "".join(f"{r.id:<{width}}" for r in records)]
+    lines += [f"{label:18}" + "".join(f"{v[:width - 1]:<{width}}" for v in values) for label, values in rows]
+    return "\n".join(lines)
 
 
 def runs_export(
