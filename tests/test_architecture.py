@@ -13,7 +13,7 @@ DOC = SRC.parent.parent / "docs" / "ARCHITECTURE.md"
 
 # Lowest first; a module may import its own layer and the ones before it, never a later one.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fileio", "paths", "safeparse"),
+    ("errors", "fileio", "interrupts", "paths", "safeparse"),
     ("data", "spec"),
     ("analysis",),
     ("runs",),
