@@ -158,6 +158,7 @@ def test_cells_that_would_break_a_table_are_escaped() -> None:
     text = pipe_table(["a", "b"], [["x | y", "*bold* _it_ <b>"], [None, 3]])
     [table] = md_tables("\n" + text + "\n")
     assert table[1] == ["x \\| y", md_text("*bold* _it_ <b>")] and "&lt;b>" in table[1][1]
+    assert md_text("a &amp; b & c") == "a &amp;amp; b & c"  # an entity would show as the character it names
     with pytest.raises(ValueError):
         pipe_table(["a", "b"], [["only one"]])
 
@@ -230,9 +231,11 @@ def test_ladder_handin_renders_and_its_numbers_are_the_stores(small, tmp_path: P
 def test_run_handin_renders_and_its_numbers_are_the_stores(small, tmp_path: Path) -> None:
     _, runs = small
     [result] = [r for r in _step_results(runs, 2) if r["seed"] == 1]
-    res = _invoke("report", result["run_id"], "--runs", str(runs), "--markdown", "-o", str(tmp_path / "run"))
+    out = tmp_path / "run" / "hand-in.md"  # -o naming the .md file: the figures go beside it
+    res = _invoke("report", result["run_id"], "--runs", str(runs), "--markdown", "-o", str(out))
     assert res.exit_code == 0, res.output
-    text, tables = check_renders(tmp_path / "run" / "README.md")
+    text, tables = check_renders(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["curves.png", "gap.png", "hand-in.md"]
     values = {row[0]: row[1] for row in tables[0][1:]}
     assert values["final (last epoch) test accuracy %"] == f"{result['final']['test_acc']:.2f}"
     assert values["best-epoch test accuracy %"] == f"{result['best']['test_acc']:.2f}"

@@ -238,8 +238,9 @@ _MD_PUNCT = re.compile(r"([\\|*_`\[\]])")
 
 def md_text(value: Any) -> str:
     """Text that shows as itself in GitHub Markdown, on one line: characters that would format (| * _ ` [ ] \\)
-    are backslash-escaped and a `<` that could open an HTML tag is written &lt; (a `|` would split a table cell)."""
-    text = " ".join(str(value).split())
+    are backslash-escaped, a `<` that could open an HTML tag is written &lt; and an `&` that starts an entity
+    &amp; (a `|` would split a table cell)."""
+    text = re.sub(r"&(?=#?\w+;)", "&amp;", " ".join(str(value).split()))  # '&amp;' shows as itself, not '&'
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", _MD_PUNCT.sub(r"\\\1", text))
 
 
