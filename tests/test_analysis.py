@@ -147,7 +147,8 @@ def test_each_rule_fires_where_it_should():
     assert "sigmoid" in _rules_fired("conv3x3(8) sigmoid gap conv1x1(10) softmax")
     assert {rule.id for rule in RULES} == {
         "maxpool-near-output", "fc-2d-to-1d", "last-layer-extras", "bias-before-bn", "budget",
-        "rf-smaller-than-input", "pooled-features-see-part", "pool-3x3", "output-classes", "sigmoid"}
+        "rf-smaller-than-input", "pooled-features-see-part", "pool-3x3", "output-classes", "sigmoid",
+        "flash-budget", "ram-budget"}  # the byte budgets: tests/test_memory.py
 
 
 def test_a_good_course_network_has_no_findings():

@@ -35,6 +35,8 @@ class CheckContext:
     table: NetworkTable
     budget: int | None
     classes: int
+    flash: int | None = None  # bytes for the int8 weights (analysis.memory)
+    ram: int | None = None  # bytes for the peak int8 activation memory
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,21 @@ def _budget(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
         yield None, f"{ctx.table.total_params:,} parameters, over the budget of {ctx.budget:,}"
 
 
+def _flash_budget(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    plan = ctx.table.memory
+    if ctx.flash is not None and plan is not None and plan.weights_int8 > ctx.flash:
+        yield None, (f"int8 weights take {plan.weights_int8:,} bytes, over the flash budget of {ctx.flash:,} "
+                     f"(fp32: {plan.weights_fp32:,})")
+
+
+def _ram_budget(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
+    plan = ctx.table.memory
+    if ctx.ram is not None and plan is not None and plan.peak_int8 > ctx.ram:
+        lower = " at least" if plan.note else ""
+        yield ctx.table.peak_row, (f"peak int8 activation memory is{lower} {plan.peak_int8:,} bytes, over the RAM "
+                                   f"budget of {ctx.ram:,} (fp32: {plan.peak_fp32:,})")
+
+
 def _rf_smaller_than_input(ctx: CheckContext) -> Iterator[tuple[str | None, str]]:
     rf, size = ctx.table.rf_out, max(ctx.table.input[1], ctx.table.input[2])
     if rf is not None and rf < size:
@@ -230,6 +247,12 @@ RULES: list[Rule] = [
     Rule("budget", "error", "\"Target is under 20K parameters\"",
          "use fewer channels (e.g. 16/32 -> 10/20), 1x1 merges after pooling, and gap instead of a big last kernel",
          _budget),
+    Rule("flash-budget", "error", "a network for a small device must fit its flash: the weights, stored as int8",
+         "use fewer channels, or 1x1 merges after pooling, where most weights sit (the table's 'weights int8' column)",
+         _flash_budget),
+    Rule("ram-budget", "error", "the activations alive at once must fit the device's RAM (the peak, int8)",
+         "use fewer channels in the early, large layers, or pool earlier: the peak sits where the maps are big",
+         _ram_budget),
     Rule("rf-smaller-than-input", "warning",
          "every output should see the whole object: the receptive field at the output should reach the input size",
          "add a 3x3 convolution, or a max-pool earlier, so the last map's receptive field covers the image",
@@ -249,9 +272,9 @@ RULES: list[Rule] = [
 
 
 def run_checks(table: NetworkTable, budget: int | None = None, classes: int = 10,
-               rules: list[Rule] | None = None) -> list[Finding]:
-    """Every finding of every rule, in rule order."""
-    ctx = CheckContext(table, budget, classes)
+               rules: list[Rule] | None = None, *, flash: int | None = None, ram: int | None = None) -> list[Finding]:
+    """Every finding of every rule, in rule order (flash, ram: byte budgets for int8 weights and peak RAM)."""
+    ctx = CheckContext(table, budget, classes, flash, ram)
     return [
         Finding(rule.id, rule.severity, layer, message, rule.why, rule.suggestion)
         for rule in (rules if rules is not None else RULES)

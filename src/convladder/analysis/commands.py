@@ -30,8 +30,21 @@ def parse_budget(text: str | None) -> int | None:
     return int(float(match.group(1)) * scale)
 
 
+BYTE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024 ** 2, "kb": 1000, "mb": 1000 ** 2, "k": 1024, "m": 1024 ** 2}
+
+
+def parse_bytes(text: str | None, option: str) -> int | None:
+    """'16KiB', '8KB', '16k', '32768' -> bytes (KiB and a bare k: 1024; KB: 1000)."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in BYTE_UNITS:
+        raise UserError(f"{option} {text!r}: write a size in bytes such as 16KiB, 8KB, 512k or 32768 (KiB = 1024 bytes)")
+    return int(float(match.group(1)) * BYTE_UNITS[match.group(2).lower()])
+
+
 def table_for(model: str, input: str | None, model_args: str | None, *, classes: int = 10,
-              budget: int | None = None):
+              budget: int | None = None, flash: int | None = None, ram: int | None = None):
     """(table with its design checks, title) for a name, spec text/file, or an own class `file.py:ClassName`
     (imports that file): `network_verdict`, the one verdict `convladder.summarize` gives too."""
     from convladder.analysis.table import DEFAULT_INPUT, network_verdict
@@ -43,13 +56,13 @@ def table_for(model: str, input: str | None, model_args: str | None, *, classes:
 
         args = parse_model_args(model_args) if model_args else None
         module, _, _ = load_own(model, args, shape or DEFAULT_INPUT)
-        return network_verdict(module, shape, classes=classes, budget=budget, where=model), model
+        return network_verdict(module, shape, classes=classes, budget=budget, where=model, flash=flash, ram=ram), model
     if model_args:
         raise UserError("--model-args applies to your own class (path/to/file.py:ClassName), not to a spec")
     from convladder.spec.registry import resolve_spec
 
     spec = resolve_spec(model, shape)
-    return network_verdict(spec, classes=classes, budget=budget), spec.name or None
+    return network_verdict(spec, classes=classes, budget=budget, flash=flash, ram=ram), spec.name or None
 
 
 SUMMARY_FORMATS = ("text", "markdown", "csv", "json")
@@ -77,6 +90,8 @@ def register(app: typer.Typer) -> None:
         input: str = typer.Option(None, "--input", "-i", help="input size HxWxC, e.g. 28x28x1 (default: the spec's)"),
         model_args: str = typer.Option(None, "--model-args", help="JSON constructor arguments of your class"),
         budget: str = typer.Option(None, help="parameter budget for the checks, e.g. 20k"),
+        flash: str = typer.Option(None, "--flash", help="flash budget for the int8 weights, e.g. 16KiB"),
+        ram: str = typer.Option(None, "--ram", help="RAM budget for the peak int8 activation memory, e.g. 8KiB"),
         classes: int = typer.Option(10, help="number of classes the output must give"),
         as_json: bool = typer.Option(False, "--json", help="print the table as JSON (the same as --format json)"),
         fmt: str = typer.Option("text", "--format", "-f", help="text, markdown (a GitHub pipe table), csv (one row "
@@ -86,7 +101,8 @@ def register(app: typer.Typer) -> None:
         from convladder.analysis.render import make_console, print_findings, print_table
 
         fmt = summary_format(fmt, as_json)
-        table, title = table_for(model, input, model_args, classes=classes, budget=parse_budget(budget))
+        table, title = table_for(model, input, model_args, classes=classes, budget=parse_budget(budget),
+                                 flash=parse_bytes(flash, "--flash"), ram=parse_bytes(ram, "--ram"))
         if fmt != "text":
             typer.echo({"json": lambda: json.dumps(table.to_dict(), indent=2),  # the table and its findings
                         "markdown": table.to_markdown, "csv": table.to_csv}[fmt]().rstrip("\n"))
@@ -99,6 +115,8 @@ def register(app: typer.Typer) -> None:
     def check(
         model: str = typer.Argument(..., help="registered name, spec file, spec text or path/to/file.py:ClassName"),
         budget: str = typer.Option("20k", help="parameter budget, e.g. 20k (the lesson's target)"),
+        flash: str = typer.Option(None, "--flash", help="flash budget for the int8 weights, e.g. 16KiB"),
+        ram: str = typer.Option(None, "--ram", help="RAM budget for the peak int8 activation memory, e.g. 8KiB"),
         input: str = typer.Option(None, "--input", "-i", help="input size HxWxC"),
         model_args: str = typer.Option(None, "--model-args", help="JSON constructor arguments of your class"),
         classes: int = typer.Option(10, help="number of classes"),
@@ -107,7 +125,8 @@ def register(app: typer.Typer) -> None:
         """Design checks from the notes. Exits 1 when a check finds an error (e.g. over budget)."""
         from convladder.analysis.render import make_console, print_findings
 
-        table, _ = table_for(model, input, model_args, classes=classes, budget=parse_budget(budget))
+        table, _ = table_for(model, input, model_args, classes=classes, budget=parse_budget(budget),
+                             flash=parse_bytes(flash, "--flash"), ram=parse_bytes(ram, "--ram"))
         findings = table.findings or []
         if as_json:
             typer.echo(json.dumps([f.__dict__ for f in findings], indent=2))

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from convladder.analysis.checks import Finding
+from convladder.analysis.memory import format_bytes
 from convladder.analysis.table import LayerRow, NetworkTable
 
 
@@ -32,7 +33,8 @@ SEVERITY_COLOUR = {"error": "#c62828", "warning": "#b26a00", "info": "#00838f"} 
 
 # (header, right-aligned); "from" and "note" are added only when some row has one
 COLUMNS = [("#", True), ("block", False), ("layer", False), ("input", True), ("operation", False), ("output", True),
-           ("RF", True), ("jump", True), ("params", True), ("MACs", True), ("share", True)]
+           ("RF", True), ("jump", True), ("params", True), ("MACs", True), ("share", True),
+           ("weights fp32", True), ("weights int8", True), ("live RAM fp32", True)]
 
 
 def format_size(shape: list[int]) -> str:
@@ -86,7 +88,9 @@ def _cells(table: NetworkTable) -> list[list[str]]:
         previous_block = row.block
         cells = [str(row.index + 1), block, row.kind, format_size(row.input), row.op, format_size(row.output),
                  row.rf_text, row.jump_text, format_count(row.params) if row.params else "",
-                 _macs_text(row), f"{row.share:.1%}" if row.params else ""]
+                 _macs_text(row), f"{row.share:.1%}" if row.params else "",
+                 format_bytes(row.weight_bytes) if row.weight_bytes else "",
+                 format_bytes(row.weight_bytes_int8) if row.weight_bytes_int8 else "", format_bytes(row.live_bytes)]
         if with_from:
             cells.append(_reads_from(row, numbers))
         if with_note:
@@ -124,7 +128,17 @@ def totals_parts(table: NetworkTable) -> list[str]:
         f"RF at output {table.rf_out if table.rf_out is not None else '?'}"
         + (f" ({table.rf_note})" if table.rf_out is None and getattr(table, "rf_note", "") else ""),
     ]
-    return parts
+    return parts + (bytes_parts(table) if getattr(table, "memory", None) is not None else [])
+
+
+def bytes_parts(table: NetworkTable) -> list[str]:
+    """['weights X KiB fp32 / Y KiB int8', 'peak RAM A KiB fp32 / B KiB int8 at layer N (kind)'] (analysis.memory)."""
+    plan = table.memory
+    at = next((row for row in table.layers if row.name == table.peak_row), None)
+    where = f" at layer {at.index + 1} ({at.kind})" if at is not None else ""
+    note = f" ({plan.note})" if plan.note else ""
+    return [f"weights {format_bytes(plan.weights_fp32)} fp32 / {format_bytes(plan.weights_int8)} int8",
+            f"peak RAM {format_bytes(plan.peak_fp32)} fp32 / {format_bytes(plan.peak_int8)} int8{where}{note}"]
 
 
 def _macs_total(table: NetworkTable) -> str:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from convladder.analysis.field import Field, propagate
+from convladder.analysis.memory import MemoryPlan, plan_memory
 from convladder.analysis.trace import INPUT, ModelTrace, trace_model
 from convladder.errors import UserError
 from convladder.spec.build import build_module
@@ -56,6 +57,9 @@ class LayerRow:
     macs_known: bool = True  # False: the layer computes in a way convladder does not count (shown as '?')
     rf_range: list[list[int]] | None = None  # per axis [smallest, largest] where the field varies by position
     jump_ratio: list[str] | None = None  # per axis, a jump that is a fraction of a pixel ('1/2' after upsampling)
+    weight_bytes: int = 0  # its parameters at fp32 (analysis.memory)
+    weight_bytes_int8: int = 0  # the same stored as static int8 export stores them
+    live_bytes: int | None = None  # activation bytes alive at fp32 while it runs (int8: a quarter)
 
     @property
     def rf_text(self) -> str:
@@ -95,6 +99,8 @@ class NetworkTable:
     output_row: str | None = None  # the row forward returns (None: not one traced tensor, or not known)
     findings: list[Any] | None = None  # design checks (analysis.checks.Finding) shown with the table; None: not run
     input_note: str = ""  # how the given input shape was read, e.g. torchinfo's (1, 1, 28, 28) as one 28x28x1 image
+    memory: MemoryPlan | None = field(default=None, repr=False)  # weight bytes and peak activation memory
+    peak_row: str | None = None  # the row during which peak activation memory is alive
 
     def __repr__(self) -> str:
         from convladder.analysis.render import table_text
@@ -134,6 +140,7 @@ class NetworkTable:
             "output": self.output_shape,
             "macs_uncounted": self.macs_uncounted,
             **({"input_note": self.input_note} if self.input_note else {}),
+            **({"memory": {**self.memory.to_dict(), "peak_row": self.peak_row}} if self.memory is not None else {}),
             **({"findings": [asdict(f) for f in self.findings]} if self.findings is not None else {}),
         }
 
@@ -231,6 +238,11 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
         for number, block in enumerate(spec.blocks):
             roles[block.name or f"block{number + 1}"] = block.resolved_role
     rf_out, rf_note = _output_field(trace, fields, rows)
+    plan = plan_memory(trace)
+    for row in rows:
+        found = plan.nodes.get(row.name)
+        if found is not None:
+            row.weight_bytes, row.weight_bytes_int8, row.live_bytes = found.weights_fp32, found.weights_int8, found.live_fp32
     uncounted = list(dict.fromkeys(row.kind for row in rows if not row.macs_known))
     return NetworkTable(
         input=list(input_shape),
@@ -248,7 +260,21 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
         output_shape=trace.output,
         macs_uncounted=uncounted,
         output_row=_output_row(trace, rows),
+        memory=plan,
+        peak_row=_peak_row(trace, rows, plan.peak_node),
     )
+
+
+def _peak_row(trace: ModelTrace, rows: list[LayerRow], node_name: str | None) -> str | None:
+    """The row standing for the node where the peak sits: itself, or the last row run before a hidden node."""
+    names = {row.name for row in rows}
+    found = None
+    for node in trace.nodes:
+        if node.name in names:
+            found = node.name
+        if node.name == node_name:
+            return found
+    return None
 
 
 def _output_field(trace: ModelTrace, fields: dict[str, Field], rows: list[LayerRow]) -> tuple[int | None, str]:
@@ -380,7 +406,8 @@ def check_module_output(module: nn.Module, input_shape: tuple[int, int, int], wh
 
 
 def network_verdict(model_or_spec: nn.Module | NetworkSpec, input_shape: Any = None, *, classes: int = 10,
-                    budget: int | None = None, checks: bool = True, where: str | None = None) -> NetworkTable:
+                    budget: int | None = None, checks: bool = True, where: str | None = None,
+                    flash: int | None = None, ram: int | None = None) -> NetworkTable:
     """The network table with the one verdict both the CLI (`summary`, `check`) and `convladder.summarize` give.
 
     The input is read by `image_shape`; a module (not a spec) is first run on 2 images and refused unless it
@@ -397,5 +424,5 @@ def network_verdict(model_or_spec: nn.Module | NetworkSpec, input_shape: Any = N
     if checks:
         from convladder.analysis.checks import run_checks  # (checks reads this module: imported when used)
 
-        table.findings = run_checks(table, budget=budget, classes=classes)
+        table.findings = run_checks(table, budget=budget, classes=classes, flash=flash, ram=ram)
     return table

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from convladder.analysis.render import format_size
+from convladder.analysis.render import bytes_parts, format_size
 from convladder.fileio import atomic_write_text
 from convladder.train.result import (MEDIAN_RULE, POTENTIAL_CAP, POTENTIAL_NOTE, potential_meaningful, potential_shown,
                                      potential_text, shifted_text)
@@ -168,15 +168,19 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
 
 def network_table(table: Any) -> str:
     rows = [[r.index, r.name, r.kind, r.op, _size(r.input), _size(r.output), r.rf_text, r.jump_text,
-             r.params, round(100 * r.share, 2), r.macs if getattr(r, "macs_known", True) else "?"]
+             r.params, round(100 * r.share, 2), r.macs if getattr(r, "macs_known", True) else "?",
+             getattr(r, "weight_bytes", None), getattr(r, "weight_bytes_int8", None), getattr(r, "live_bytes", None)]
             for r in table.layers]
-    head = ["#", "layer", "kind", "op", "input (H×W×C)", "output (H×W×C)", "RF", "jump", "params", "share %", "MACs"]
+    head = ["#", "layer", "kind", "op", "input (H×W×C)", "output (H×W×C)", "RF", "jump", "params", "share %", "MACs",
+            "weights fp32 (bytes)", "weights int8 (bytes)", "live RAM fp32 (bytes)"]
     uncounted = getattr(table, "macs_uncounted", None)
     macs = (f"at least {table.total_macs:,} MACs per image (not counted: {E(', '.join(uncounted))})" if uncounted
             else f"{table.total_macs:,} MACs per image")  # a partial sum is a lower bound, said as one
     rf = table.rf_out if table.rf_out is not None else "unknown"
     summary = (f"<p>{table.trainable_params:,} trainable parameters, {macs}, "
-               f"output receptive field {rf} on a {_size(table.input)} input.</p>")
+               f"output receptive field {rf} on a {_size(table.input)} input"
+               + (f"; {E('; '.join(bytes_parts(table)))} (docs/analysis.md: how bytes are counted)"
+                  if getattr(table, "memory", None) is not None else "") + ".</p>")
     return summary + table_html(head, rows)
 
 

@@ -199,8 +199,15 @@ def verify(data: bytes, run: LoadedRun, path: Path) -> ExportReport:
     return report
 
 
-def export_onnx(run: LoadedRun, out: Path, *, check: bool = True) -> ExportReport:
-    """Write `out` (one file) atomically after verifying it; nothing is written if a check fails."""
+def export_onnx(run: LoadedRun, out: Path, *, check: bool = True, int8: bool = False, **int8_options):
+    """Write `out` (one file) atomically after verifying it; nothing is written if a check fails.
+
+    int8=True: the statically quantised model instead, measured against fp32 (`serve.quantize.export_int8`, which
+    takes `int8_options`: calibration, quant_format, threads, drop_limit) -> its Int8Report."""
+    if int8:
+        from convladder.serve.quantize import export_int8
+
+        return export_int8(run, out, **int8_options)
     require_onnx()
     # before the work: not into a run folder or onto the index; a folder takes <run id>.onnx; writable
     out = check_output(out, f"{run.run_id}.onnx", run.path.parent)
