@@ -226,3 +226,48 @@ def test_examples_import_only_the_public_api(path: Path) -> None:
     cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
     bad = {i: private_uses("".join(c["source"])) for i, c in enumerate(cells)}
     assert not {i: b for i, b in bad.items() if b}, f"{path.name}: code cells reach private paths"
+
+
+# -- installing where torch already is ------------------------------------------------------------------------
+
+def test_pyproject_leaves_the_torch_version_open() -> None:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [d for d in deps if re.match(r"torch\b", d)] == ["torch>=2.2"]  # no pin, no upper bound: Colab's CUDA torch stays
+
+
+@pytest.mark.slow  # a fresh venv and a real pip install (~15-25 s on 2 shared cores)
+def test_pip_install_into_an_env_that_holds_torch_leaves_torch_as_it_is(tmp_path: Path) -> None:
+    import shutil
+
+    torch_dir = Path(torch.__file__).resolve().parents[1]  # the site-packages that holds this torch
+    venv = tmp_path / "venv"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)],
+                   check=True)
+    py = venv / "bin" / "python"
+    site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "holds_torch.pth").write_text(f"{torch_dir}\n")  # the fresh env holds this (pinned) torch already
+
+    def torch_in_venv() -> tuple[str, str]:
+        out = subprocess.run([py, "-c", "import torch; print(torch.__version__); print(torch.__file__)"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0], out[1]
+
+    before = torch_in_venv()
+    assert before[0] == torch.__version__
+    src = tmp_path / "src"  # a copy of the sources, so the build writes nothing into the checkout
+    shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    # `pip install .` with the extras, offline: pip may take nothing from an index, so a torch requirement the
+    # present torch does not meet fails here instead of pulling another torch
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-index",
+                           "--no-build-isolation", "--quiet", f"{src}[tensorboard,mlflow]"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch_in_venv() == before  # the same torch, from the same place
+    listed = subprocess.run([py, "-c", "import convladder, importlib.metadata as m; print(convladder.__file__); "
+                             "print(m.version('convladder'))"], capture_output=True, text=True, check=True).stdout
+    assert str(venv) in listed.splitlines()[0] and listed.splitlines()[1] == convladder.__version__

@@ -142,3 +142,15 @@ def test_a_missing_extra_is_one_line_before_training(monkeypatch, capsys, tmp_pa
                            "--runs", str(tmp_path / "runs"), "--mlflow", "file:x")
     assert code == 2 and "convladder[mlflow]" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not RunStore(tmp_path / "runs").list_runs()  # nothing trained
+
+
+def test_python_train_writes_tensorboard_too(tmp_path: Path) -> None:
+    import convladder
+
+    result = convladder.train("tiny8k", runs=tmp_path / "runs", quiet=True, tensorboard=tmp_path / "tb",
+                              dataset="synthetic", epochs=1, subset=256, val_size=64)
+    (folder,) = (tmp_path / "tb").iterdir()
+    assert folder.name.endswith(result.run_id)
+    assert _events(folder).Scalars("accuracy/test")[0].value == pytest.approx(result.final["test_acc"])
+    with pytest.raises(UserError, match="leave runs=False out"):
+        convladder.train("tiny8k", runs=False, tensorboard=tmp_path / "tb2", dataset="synthetic", epochs=1)

@@ -91,6 +91,7 @@ sys.modules[__name__].__class__ = _Root
 
 def _train(model_or_spec: Any = "frontier15k", /, *, runs: str | Path | bool | None = None, quiet: bool = False,
           progress: Any = None, data: Any = None, resume: str | None = None,
+          tensorboard: str | Path | None = None, mlflow: str | None = None,
           **config_keys: Any) -> RunResult | list[RunResult]:
     """convladder.train(...): train a network and return its RunResult (a list of them when seeds > 1).
 
@@ -100,6 +101,7 @@ def _train(model_or_spec: Any = "frontier15k", /, *, runs: str | Path | bool | N
     config_keys: any TrainConfig key, e.g. epochs=2, dataset="synthetic", lr=0.05, model_args={"width": 16}.
     runs: the run store folder (default $CONVLADDER_RUNS or ./runs); runs=False trains without writing a run.
     resume: continue that interrupted run (give the same class or instance it trained).
+    tensorboard, mlflow: also write the finished runs there (as `convladder train --tensorboard DIR --mlflow URI`).
     """
     import contextlib
 
@@ -135,19 +137,42 @@ def _train(model_or_spec: Any = "frontier15k", /, *, runs: str | Path | bool | N
                             f"nn.Module class/instance, not a {type(obj).__name__}")
         obj = format_spec(obj)
     store = None if runs is False else RunStore(None if runs in (None, True) else runs)
+    if tensorboard or mlflow:
+        from convladder.report.exporters import require
+
+        if store is None:
+            raise UserError("tensorboard= and mlflow= write a stored run: leave runs=False out")
+        require(tensorboard, mlflow)  # a missing extra is said before training, not after it
     progress = Progress() if quiet else resolve_progress(progress)
     with handing_over(obj) if python_object else contextlib.nullcontext(obj) as model:
         if resume is not None:
             if store is None:
                 raise UserError("resume needs the run store: leave runs=False out")
-            return _located(resume_run(resume, store, progress, data=data), store)
-        config = TrainConfig.from_dict({**config_keys, "model": model})
-        if config.seeds > 1:
-            return SeedResults([_located(r, store) for r in train_seeds(config, store, progress, data=data)[0]])
-        return _located(train_one(config, store, progress, data=data), store)
+            done: Any = _located(resume_run(resume, store, progress, data=data), store)
+        else:
+            config = TrainConfig.from_dict({**config_keys, "model": model})
+            if config.seeds > 1:
+                done = SeedResults([_located(r, store) for r in train_seeds(config, store, progress, data=data)[0]])
+            else:
+                done = _located(train_one(config, store, progress, data=data), store)
+        if tensorboard or mlflow:  # inside: a class from a notebook is still reachable for the network table
+            _export(done, store, tensorboard, mlflow, quiet)
+    return done
 
 
-_TRAIN_KEYWORDS = ("runs", "quiet", "progress", "data", "resume")  # _train's own keywords, beside config keys
+_TRAIN_KEYWORDS = ("runs", "quiet", "progress", "data", "resume", "tensorboard", "mlflow")  # beside config keys
+
+
+def _export(done: Any, store: Any, tensorboard: str | Path | None, mlflow: str | None, quiet: bool) -> None:
+    """The finished runs, read back from the store, to TensorBoard/MLflow (convladder.report.exporters)."""
+    from convladder.report.exporters import export_runs
+    from convladder.report.rundata import load_run
+
+    results = list(done) if hasattr(done, "results") else [done]
+    folders = [store.root / r.run_id for r in results if r.run_id]
+    for line in export_runs([load_run(f) for f in folders], tensorboard, mlflow):
+        if not quiet:
+            print(line)
 
 
 def _located(result: Any, store: Any) -> Any:
