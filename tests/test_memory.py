@@ -89,3 +89,29 @@ def test_summary_shows_bytes_in_text_and_json_and_check_takes_byte_budgets():
     assert CliRunner().invoke(app, ["check", "tiny8k", "--flash", "16KiB", "--ram", "16KiB"]).exit_code == 0
     bad = CliRunner().invoke(app, ["check", "tiny8k", "--ram", "lots"])
     assert bad.exit_code != 0 and "--ram 'lots'" in str(bad.exception or bad.output)
+
+
+def test_frontier_report_places_winners_by_int8_bytes_and_peak_ram():
+    from convladder.report.frontierreport import frontier_figure, frontier_rows, measured
+    from convladder.spec.registry import list_models, resolve_spec
+
+    def budget(b, name, lo):
+        return {"budget": b, "winner": {"params": list_models()[name].params, "model": name},
+                "final": {"test_acc": {"min": lo, "median": lo + 0.1, "max": lo + 0.2}, "test_accs": [lo] * 5}}
+
+    summary = {"name": "m", "dataset": "mnist", "budgets": [budget(2000, "frontier2k", 98.7),
+                                                            budget(5000, "frontier5k", 99.3)]}
+    plans = [summarize(resolve_spec(n)).memory for n in ("frontier2k", "frontier5k")]
+    points = measured(summary)
+    assert [p["int8_weights"] for p in points] == [p.weights_int8 for p in plans]
+    assert [p["peak_ram"] for p in points] == [p.peak_int8 for p in plans]
+    for x, key in (("int8_weights", "weights_int8"), ("peak_ram", "peak_int8")):
+        fig = frontier_figure(summary, x)
+        line = fig.fig.axes[0].get_lines()[0]  # the least-of-seeds line
+        assert list(line.get_xdata()) == [getattr(p, key) for p in plans] and "KiB" in fig.fig.axes[0].get_xlabel()
+        fig.close()
+    head, rows = frontier_rows(summary)
+    assert rows[0][head.index("int8 weights KiB")] == round(plans[0].weights_int8 / 1024, 1)
+    assert rows[1][head.index("peak RAM int8 KiB")] == round(plans[1].peak_int8 / 1024, 1)
+    other = {**summary, "dataset": "cifar10"}  # other images: the specs' 28x28x1 sizes would be wrong, so none
+    assert frontier_figure(other, "peak_ram") is None and frontier_rows(other)[1][0][2] == "–"

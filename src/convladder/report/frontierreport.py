@@ -66,20 +66,47 @@ def load_frontier_summary(path: Path) -> dict[str, Any]:
     return data
 
 
+# Where a network can be placed: its x in the frontier figure (bytes: analysis.memory, int8).
+PLACEMENTS = {"params": "parameters", "int8_weights": "int8 weight bytes (flash)",
+              "peak_ram": "peak int8 activation memory (RAM)"}
+GREY_28 = ("mnist", "fashion-mnist")  # data sets whose images are the specs' default 28x28x1
+
+
+def winner_bytes(winner: dict[str, Any], dataset: Any) -> tuple[int, int] | None:
+    """(int8 weight bytes, int8 peak RAM bytes) of a winner's network from its table; None where the network or its
+    input size is not known here (an own class, or a data set of other images)."""
+    from convladder.analysis.table import summarize
+    from convladder.spec.own import is_own_ref
+    from convladder.spec.registry import resolve_spec
+
+    text = (winner.get("config") or {}).get("model_spec") or winner.get("model")
+    if not text or str(dataset).lower() not in GREY_28 or is_own_ref(str(text)):
+        return None
+    try:
+        plan = summarize(resolve_spec(str(text))).memory
+    except (UserError, ValueError, KeyError):
+        return None
+    return (plan.weights_int8, plan.peak_int8) if plan is not None else None
+
+
 def measured(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The budgets with a re-trained winner: budget, params, and min/median/max final test accuracy."""
+    """The budgets with a re-trained winner: budget, params, int8 weight bytes and peak RAM (None where not known),
+    and min/median/max final test accuracy."""
     out = []
     for b in summary["budgets"]:
         acc = (b.get("final") or {}).get("test_acc")
         if acc and (b.get("winner") or {}).get("params"):
+            found = winner_bytes(b["winner"], summary.get("dataset"))
             out.append({"budget": b["budget"], "params": b["winner"]["params"], **acc,
+                        "int8_weights": found[0] if found else None, "peak_ram": found[1] if found else None,
                         "n": len((b["final"] or {}).get("test_accs") or [])})
     return out
 
 
-def frontier_figure(summary: dict[str, Any]) -> Figure | None:
-    """Least-of-seeds, median and max final test accuracy against parameters (log x); MNIST: references too."""
-    points = measured(summary)
+def frontier_figure(summary: dict[str, Any], x: str = "params") -> Figure | None:
+    """Least-of-seeds, median and max final test accuracy against parameters (log x; MNIST: references too), or
+    against int8 weight bytes or peak int8 RAM (x = 'int8_weights' / 'peak_ram': the winners whose bytes are known)."""
+    points = [dict(p, params=p[x]) for p in measured(summary) if p[x] is not None]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(9.5, 4.2))
@@ -92,17 +119,25 @@ def frontier_figure(summary: dict[str, Any]) -> Figure | None:
     for p in points:
         ax.annotate(f"<={p['budget'] / 1000:g}k", (p["params"], p["min"]), textcoords="offset points", xytext=(5, -9),
                     ha="left", fontsize=7, color="tab:red")
-    if str(summary.get("dataset", "")).lower() == "mnist":
+    if str(summary.get("dataset", "")).lower() == "mnist" and x == "params":  # the references are in parameters
         _references(ax)
     ax.set_xscale("log")
-    budgets = sorted({int(b["budget"]) for b in summary["budgets"]})
-    ax.set_xticks(budgets, [f"{b / 1000:g}k" for b in budgets])  # the budgets, not 2x10^3: read as counts
+    if x == "params":
+        budgets = sorted({int(b["budget"]) for b in summary["budgets"]})
+        ax.set_xticks(budgets, [f"{b / 1000:g}k" for b in budgets])  # the budgets, not 2x10^3: read as counts
+    else:
+        ax.set_xticks(xs, [f"{v / 1024:.1f}" for v in xs])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="parameters (log scale)", ylabel="final-epoch test accuracy (%)",
-           title=f"frontier {summary.get('name')}: accuracy each parameter budget buys")
+    unit = "" if x == "params" else ", KiB"
+    ax.set(xlabel=f"{PLACEMENTS[x]} (log scale{unit})", ylabel="final-epoch test accuracy (%)",
+           title=f"frontier {summary.get('name')}: accuracy against {PLACEMENTS[x]}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
+    if x != "params":
+        return Figure(f"frontier-{x.replace('_', '-')}", f"The same winners placed by {PLACEMENTS[x]} (int8: weights 1 "
+                      "byte + a scale per output channel; RAM: the largest set of activations alive at once, "
+                      "docs/analysis.md) — labels name the parameter budget", fig, vector=True, wide=True)
     return Figure("frontier", f"The frontier on {summary.get('dataset')}: each budget's winner (chosen on the validation "
                   f"split) re-trained over {n} seeds — red the least seed, with the median and max; grey and blue: "
                   "reference points with their seed counts (MNIST only); stars: the issue's goals", fig, vector=True,
@@ -125,15 +160,17 @@ def _references(ax: Any) -> None:
 
 def frontier_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """One row per budget: the winner, its selection score, its seeds' min/median/max test accuracy, its spec."""
-    head = ["budget", "params", "min test %", "median", "max", "seeds", "val % (selection)", "trials completed",
-            "over budget (never trained)", "recipe", "network"]
+    head = ["budget", "params", "int8 weights KiB", "peak RAM int8 KiB", "min test %", "median", "max", "seeds",
+            "val % (selection)", "trials completed", "over budget (never trained)", "recipe", "network"]
     rows = []
     for b in summary["budgets"]:
         w, f, c = b.get("winner") or {}, b.get("final") or {}, b.get("candidates") or {}
         acc = f.get("test_acc") or {}
         done = sum(t.get("status") == "completed" for t in b.get("trials") or [])
         tried = "no search (one trial)" if b.get("selected_on") else f"{done}/{len(b.get('trials') or [])}"
-        rows.append([b["budget"], w.get("params"), acc.get("min"), acc.get("median"), acc.get("max"),
+        found = winner_bytes(w, summary.get("dataset")) if w else None
+        kib = [round(v / 1024, 1) for v in found] if found else ["–", "–"]
+        rows.append([b["budget"], w.get("params"), *kib, acc.get("min"), acc.get("median"), acc.get("max"),
                      len(f.get("test_accs") or []), w.get("val_acc"), tried,
                      c.get("over_budget", 0) + len(c.get("rejected") or []),
                      ", ".join(f"{k}={v}" for k, v in (w.get("recipe") or {}).items()) or "–",
@@ -146,7 +183,9 @@ def frontier_body(summary: dict[str, Any]) -> str:
     from convladder.report.html import E, _figures, _notes_html, _num, table_html
 
     notes: list[str] = []
-    figs = _figures([("frontier", lambda: frontier_figure(summary))], notes)
+    figs = _figures([("frontier", lambda: frontier_figure(summary))]
+                    + [(f"frontier by {PLACEMENTS[x]}", lambda x=x: frontier_figure(summary, x))
+                       for x in ("int8_weights", "peak_ram")], notes)
     if not measured(summary):
         notes.append("no budget has a re-trained winner yet: nothing to plot")
     env = summary.get("environment") or {}
