@@ -214,7 +214,7 @@ def predict(run: Any, images: Any, *, top_k: int = 3, which: str = "final", runs
                                                   "  ".join(f"{c}:{p:.3f}" for c, p in r["top"])] for r in rows]))
 
 
-def export_lines(report: Any, dataset: str, check: bool) -> list[str]:
+def export_lines(report: Any, dataset: str, check: bool, weights_label: str = "") -> list[str]:
     """What `convladder export` prints about the file it wrote and how it was checked."""
     lines = [f"wrote {report.path} ({report.bytes / 1024:.1f} KiB, one file, dynamic batch)"]
     if check:
@@ -222,6 +222,7 @@ def export_lines(report: Any, dataset: str, check: bool) -> list[str]:
                      f"{report.max_abs_diff:.1e}")
     if report.onnx_acc is not None:
         recorded = f", run recorded {report.run_acc:.2f}%" if report.run_acc is not None else ""
+        recorded += weights_label  # config ema: the exported weights are the average
         lines.append(f"{report.dataset} test accuracy: onnx {report.onnx_acc:.2f}%, torch {report.torch_acc:.2f}%"
                      f"{recorded}")
     elif check:
@@ -240,5 +241,6 @@ def export(run: Any, *, format: str = "onnx", out: str | Path | None = None, whi
     require_onnx()  # before loading anything, so a missing extra is the first thing said
     loaded = _loaded(run, runs, which)
     report = export_onnx(loaded, Path(out) if out else Path(f"{loaded.run_id}.onnx"), check=check)
-    lines = export_lines(report, str(loaded.config.get("dataset") or "mnist"), check)
+    lines = export_lines(report, str(loaded.config.get("dataset") or "mnist"), check,
+                         getattr(loaded, "weights_label", ""))
     return Shown("\n".join(lines), report, title=f"export of run {loaded.run_id}")

@@ -30,7 +30,8 @@ def predict_cmd(
     pictures in colour, resized to its input)."""
     import torch
 
-    from convladder.serve.predict import Predictor, check_finite, load_run, top_k
+    from convladder.api.tasks import prediction_rows, prediction_text  # one wording for the CLI and Python
+    from convladder.serve.predict import Predictor, check_finite, load_run
     from convladder.serve.preprocess import load_inputs
 
     if threads:
@@ -41,17 +42,11 @@ def predict_cmd(
     probs = Predictor.from_run(loaded).probs(batch.pixels)
     elapsed = time.perf_counter() - start
     check_finite(probs, batch.names, loaded)  # NaN has no label, and NaN is not JSON
-    tops = top_k(probs, top)
+    rows = prediction_rows(batch.names, probs, top)
     if as_json:
-        rows = [{"source": name, "label": t[0][0], "probability": round(t[0][1], 6),
-                 "top": [[c, round(p, 6)] for c, p in t], "probs": [round(float(p), 6) for p in row]}
-                for name, t, row in zip(batch.names, tops, probs)]
         typer.echo(json.dumps({"run": loaded.run_id, "images": rows}, indent=1, allow_nan=False))
         return
-    width = max((len(n) for n in batch.names), default=0)
-    for name, t in zip(batch.names, tops):
-        others = "  ".join(f"{c}:{p:.3f}" for c, p in t)
-        typer.echo(f"{name:<{width}}  {t[0][0]}  ({t[0][1] * 100:5.1f}%)  top-{len(t)}: {others}")
+    typer.echo(prediction_text(rows))
     rate = f", {len(probs) / elapsed:,.0f} images/s" if elapsed > 0 and len(probs) >= 1000 else ""
     typer.echo(f"{len(probs)} image(s), run {loaded.run_id}{loaded.weights_label}{rate}", err=True)
 
@@ -75,24 +70,9 @@ def export_cmd(
         raise UserError(f"--format {fmt} is not supported; use --format onnx")
     if int8:
         return _export_int8(run, out, runs, which, calibration, quant_format, threads)
-    from convladder.serve.export import export_onnx, require_onnx
-    from convladder.serve.predict import load_run
+    from convladder.api.tasks import export  # the Python API's export: one wording for both
 
-    require_onnx()  # before loading anything, so a missing extra is the first thing said
-    loaded = load_run(run, runs, which)
-    target = out or Path(f"{loaded.run_id}.onnx")
-    report = export_onnx(loaded, target, check=check)
-    typer.echo(f"wrote {report.path} ({report.bytes / 1024:.1f} KiB, one file, dynamic batch)")
-    if check:
-        typer.echo(f"checked on {report.images} images ({report.source}): max |onnxruntime - torch| = {report.max_abs_diff:.1e}")
-    if report.onnx_acc is not None:
-        recorded = f", run recorded {report.run_acc:.2f}%" if report.run_acc is not None else ""
-        recorded += loaded.weights_label  # config ema: the exported weights are the average
-        typer.echo(f"{report.dataset} test accuracy: onnx {report.onnx_acc:.2f}%, torch {report.torch_acc:.2f}%{recorded}")
-    elif check:
-        dataset = str(loaded.config.get("dataset") or "mnist")
-        typer.echo(f"the {dataset} test set is not cached (or does not fit the network's input), so accuracy was not "
-                   f"compared (run `convladder data fetch {dataset}` to enable it)")
+    typer.echo(str(export(run, format=fmt, out=out, which=which, check=check, runs=runs)))
 
 
 def _export_int8(run: str, out: Optional[Path], runs: Optional[Path], which: str, calibration: int,
