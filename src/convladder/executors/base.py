@@ -73,6 +73,8 @@ def run_job(job: Job, runs_root: str | Path) -> dict[str, Any]:
 
     Idempotent: a job whose completed run is already in the store is not trained again (status 'skipped').
     """
+    from convladder.fileio import DiskFull
+
     base = {"key": job.key, "label": job.label, **job.meta}
     t0 = time.perf_counter()
     try:
@@ -90,6 +92,8 @@ def run_job(job: Job, runs_root: str | Path) -> dict[str, Any]:
                "best_test_acc": result.best.get("test_acc"), "params": result.params}
     except KeyboardInterrupt:
         raise  # the user stops the whole batch; the trainer marked the run interrupted
+    except DiskFull:
+        raise  # every job after it would fail the same way: the batch stops with the one line of the full disk
     except Exception as exc:  # noqa: BLE001 - a crashing job is recorded, the others go on
         out = {**base, "run_id": _failed_run_id(runs_root, job.key), "status": "failed",
                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
@@ -123,6 +127,8 @@ def run_seed_group(jobs: list[Job], runs_root: str | Path) -> list[dict[str, Any
     config turns it off), else one by one with `run_job`. One result dict per job, in order, either way; each
     seed is its own run with its own job tag, so reruns skip it as they skip any job.
     """
+    from convladder.fileio import DiskFull
+
     pending = [j for j in jobs if not find_completed(runs_root, j.key)]
     if len(pending) < 2 or pending != jobs[len(jobs) - len(pending):] or not _batches(pending):
         return [run_job(j, runs_root) for j in jobs]
@@ -138,7 +144,7 @@ def run_seed_group(jobs: list[Job], runs_root: str | Path) -> list[dict[str, Any
         if train_batched(first.replace(seeds=len(pending)), RunStore(runs_root),
                          tags_by_seed={int(j.config.get("seed", 1)): list(j.config["tags"]) for j in pending}) is None:
             return done + [run_job(j, runs_root) for j in pending]  # the trainer chose one by one after all
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, DiskFull):
         raise
     except Exception as exc:  # noqa: BLE001 - a diverged seed raises at the end; the others are stored
         error = f"{type(exc).__name__}: {exc}"

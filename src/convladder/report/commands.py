@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
             default = f"report-{Path(name).name or 'report'}.html"
             for store in stores:
                 output = check_output(output, default, store)
+            from convladder.fileio import check_space
+
+            check_space(output.parent, 2_000_000, "an HTML report (one run's measured 1.3 MB)")
         out = write_report(target, output, runs)
         size = out.stat().st_size / 1e6
         typer.echo(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.1f} s")

@@ -29,6 +29,7 @@ from urllib.parse import quote
 import torch
 
 from convladder.errors import UserError
+from convladder.fileio import DiskFull, disk_full, free_bytes, is_no_space
 from convladder.paths import runs_dir
 from convladder.runs import reader
 from convladder.runs.handle import OWNER_FILE, RunHandle
@@ -43,6 +44,8 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
   seed INTEGER, params INTEGER, epochs INTEGER, final_test_acc REAL, best_val_acc REAL, best_epoch INTEGER,
   path TEXT NOT NULL, tags TEXT NOT NULL DEFAULT '[]')"""
 LATEST = ("latest", "last")
+ENDED = ("completed", "interrupted", "stopped", "failed")  # statuses a run's result.json ends with
+LOW_SPACE = 1 << 20  # an SQLite I/O error with less than this free is taken for a full disk
 _SAID: set[str] = set()
 
 
@@ -64,6 +67,20 @@ def _damaged(exc: sqlite3.Error) -> bool:
     if code is not None:
         return code & 0xFF in (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
     return type(exc) is sqlite3.DatabaseError
+
+
+def _no_space(exc: BaseException, where: Path) -> bool:
+    """Whether a write failed for space: ENOSPC/EDQUOT, SQLITE_FULL, or an SQLite I/O error (its WAL or -shm
+    file could not grow) on a file system with less than LOW_SPACE free."""
+    if is_no_space(exc):
+        return True
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == 13 or "database or disk is full" in str(exc):  # SQLITE_FULL
+        return True
+    free = free_bytes(where)
+    return (code == 10 or "disk I/O error" in str(exc)) and free is not None and free < LOW_SPACE  # SQLITE_IOERR
 
 
 @dataclass
@@ -163,6 +180,8 @@ class RunStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if is_no_space(exc):
+                raise disk_full(self.root) from None
             raise UserError(f"cannot create the run store {self.root} ({exc.strerror or exc}); give --runs a "
                             "folder you may write") from None
 
@@ -188,6 +207,8 @@ class RunStore:
             conn = self._open(self.db_path)
             empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM runs)").fetchone()[0]
         except sqlite3.DatabaseError as exc:
+            if _no_space(exc, self.root):
+                raise disk_full(self.db_path) from None
             if not _damaged(exc):
                 raise
             self.reindex(reason=f"{self.db_path} is damaged ({exc})")
@@ -195,8 +216,10 @@ class RunStore:
         if empty and self.run_folders():  # zero-byte or lost index: the folders still say what ran
             try:
                 self._fill(conn, self.run_folders())
-            except BaseException:
+            except BaseException as exc:
                 conn.close()
+                if _no_space(exc, self.root):
+                    raise disk_full(self.db_path) from None
                 raise
             notice(f"{self.db_path} was empty: rebuilt the index from the {len(self.run_folders())} run folder(s)")
         return conn
@@ -206,7 +229,11 @@ class RunStore:
         if not self.db_path.is_file():
             return None
         if self.writable:
-            return self._connect()
+            try:
+                return self._connect()
+            except DiskFull:  # reading needs no space: the index is read as on a read-only store
+                notice(f"the disk of {self.root} is full ({free_bytes(self.root) or 0:,} bytes free): reading the "
+                       "index without writing it")
         uri = "file:" + quote(str(self.db_path.resolve()))
         # mode=ro still needs the WAL's -shm file; immutable reads the file alone (nobody can write it anyway)
         for flags in ("?mode=ro", "?immutable=1"):
@@ -227,7 +254,12 @@ class RunStore:
             fields["tags"] = json.dumps(fields["tags"])
         sets = ", ".join(f"{k} = ?" for k in fields)
         with closing(self._connect()) as conn:
-            conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*fields.values(), run_id))
+            try:
+                conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*fields.values(), run_id))
+            except sqlite3.OperationalError as exc:
+                if _no_space(exc, self.root):
+                    raise disk_full(self.db_path) from None
+                raise
 
     def _folder_row(self, folder: Path) -> dict[str, Any]:
         return reader.row_from_folder(folder, running=(folder / OWNER_FILE).is_file())
@@ -265,6 +297,10 @@ class RunStore:
             for suffix in ("-wal", "-shm"):  # the old file's journal must never be replayed onto the new one
                 Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
             os.replace(tmp, self.db_path)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if _no_space(exc, self.root):
+                raise disk_full(self.db_path) from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         if reason:
@@ -288,6 +324,10 @@ class RunStore:
                     break
                 except FileExistsError:
                     continue
+                except OSError as exc:
+                    if is_no_space(exc):
+                        raise disk_full(self.root / run_id) from None
+                    raise
             handle = RunHandle(self, run_id)
             try:
                 handle.write_json("config.json", config)
@@ -302,10 +342,12 @@ class RunStore:
                 # OR REPLACE: a reader that rebuilt the index meanwhile may have added this folder's row
                 conn.execute(f"INSERT OR REPLACE INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                              tuple(values.values()))
-            except BaseException:
+            except BaseException as exc:
                 import shutil
 
-                shutil.rmtree(handle.path, ignore_errors=True)
+                shutil.rmtree(handle.path, ignore_errors=True)  # no orphan folder, no half-made run
+                if _no_space(exc, self.root):
+                    raise disk_full(self.db_path) from None
                 raise
         if values["status"] == "running":
             handle.claim()
@@ -320,7 +362,10 @@ class RunStore:
         if not self.root.is_dir():
             return []
         if not self.db_path.is_file() and self.writable and self.run_folders():
-            self.reindex(reason=f"{self.db_path} is missing")
+            try:
+                self.reindex(reason=f"{self.db_path} is missing")
+            except DiskFull:
+                notice(f"{self.db_path} is missing and the disk is full: listing the run folders")
         rows: list[RunRecord] = []
         indexed = False
         try:
@@ -333,8 +378,11 @@ class RunStore:
             if not _damaged(exc):
                 raise
             if self.writable and retry:
-                self.reindex(reason=f"{self.db_path} is damaged ({exc})")
-                return self._all(retry=False)
+                try:
+                    self.reindex(reason=f"{self.db_path} is damaged ({exc})")
+                    return self._all(retry=False)
+                except DiskFull:
+                    notice(f"the index {self.db_path} is damaged and the disk is full: listing the run folders")
             notice(f"the index {self.db_path} is damaged and cannot be rebuilt here: listing the run folders")
         if not indexed or not self.writable:  # read-only: folders the index lacks (a lost WAL) count too
             known = {r.id for r in rows}
@@ -355,21 +403,33 @@ class RunStore:
         return records[:limit] if limit else records
 
     def _settle_orphan(self, record: RunRecord) -> RunRecord:
-        """A 'running' run whose process on this host is gone (SIGKILL, power loss) becomes 'interrupted'.
+        """A 'running' run whose process on this host is gone (SIGKILL, power loss, a full disk) is settled.
 
-        The trainer had no chance to say so itself; its last finished epoch is saved, so it can be resumed.
+        The folder is the truth: a result.json that says how the run ended (its index update failed, e.g. for
+        space) gives the row; else the run becomes 'interrupted' (its last finished epoch is saved, so it can be
+        resumed). A full disk keeps the settled row in memory only (a read never fails for space).
         """
         if record.status != "running":
             return record
+        folder = self.root / record.id
         try:
-            owner = json.loads((self.root / record.id / OWNER_FILE).read_text())
+            owner = json.loads((folder / OWNER_FILE).read_text())
             if owner.get("host") != socket.gethostname() or _alive(int(owner["pid"])):
                 return record
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return record  # no owner file (older run) or unreadable: leave the row as it is
+        row = self._folder_row(folder)
+        fields: dict[str, Any] = {"status": "interrupted"}
+        if row["status"] in ENDED:  # it ended on disk; only the index did not hear of it
+            fields = {k: row[k] for k in ("status", "params", "final_test_acc", "best_val_acc", "best_epoch")}
         if self.writable:
-            RunHandle(self, record.id).update(status="interrupted")  # also removes the owner file
-        record.status = "interrupted"
+            try:
+                RunHandle(self, record.id).update(**fields)  # also removes the owner file
+            except DiskFull:
+                notice(f"the disk of {self.root} is full: run {record.id} is shown as {fields['status']} "
+                       "(its folder says so) but the index cannot be updated now")
+        for key, value in fields.items():
+            setattr(record, key, value)
         return record
 
     def get(self, run_id_or_prefix: str) -> RunRecord:
