@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train",),
     ("ladder", "executors"),
     ("report", "serve", "doctor"),
-    ("cli", "__main__", "api"),
+    ("cli", "__main__", "api", "cliopts"),
 ]
 CLI = len(LAYERS) - 1
 

@@ -18,7 +18,7 @@ from convladder.doctor import checks, probes
 from convladder.doctor.result import Check, DoctorResult
 from convladder.errors import UserError
 from convladder.train import runenv
-from convladder.train.config import TrainConfig, validate
+from convladder.train.config import TrainConfig, resolve_words, validate
 from convladder.train.device_data import load_splits
 from convladder.train.loop import resolve_device, set_threads
 
@@ -71,6 +71,7 @@ def doctor(model: Any = None, splits: Any = None, config: TrainConfig | None = N
     if model is not None:
         config = config.replace(model=model, model_spec=None)
     validate(config)
+    config = resolve_words(config, say, data=splits)  # lr: auto is checked as the number it stands for
     device = resolve_device(config.device)
     set_threads(config, device)
     splits = splits if splits is not None else load_splits(config)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from convladder.train.config import ADDED_LATER, KEY_EXCLUDED
+
 JOB_TAG = "job:"  # TrainConfig.tags entry `job:<key>` marks the run a job produced (used to skip reruns)
 # `source:<file>`: the file that defined the job (a ladder's YAML), so a report finds it again; where the file
 # lives is not what the job trains, so it is not part of the key (a moved ladder file keeps its finished jobs)
@@ -36,10 +38,9 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)  # passed through to the result (e.g. step index)
 
 
-# Keys that say where/how fast a job runs, not what it learns: a job moved to another machine keeps its key.
-# how a run executes, not what it computes (cuda_graphs, batched: same metrics to float tolerance)
-KEY_EXCLUDED = ("name", "device", "threads", "eval_batch_size", "compile", "channels_last", "cuda_graphs", "batched")
-ADDED_LATER = {"model_args": None, "precision": "auto", "pad_crop": 0, "flip": False, "ema": 0.0}  # config keys newer than stored job keys: their defaults
+# Which keys say where/how fast a job runs rather than what it learns (a job moved to another machine keeps its
+# key), and which keys are newer than stored job keys (with the value those jobs had), is said by each field of
+# TrainConfig (train/config.py): KEY_EXCLUDED and ADDED_LATER are derived from it.
 
 
 def job_key(config: dict[str, Any]) -> str:

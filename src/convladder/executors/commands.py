@@ -1,6 +1,6 @@
 """CLI: `convladder sweep FILE`, `convladder frontier [FILE]` and `convladder lr-find`.
 
-The executor options are declared once in executors/options.py; `make_executor` is executors/base.py's.
+The executor and config options are declared once in cliopts.py; `make_executor` is executors/base.py's.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ from typing import Annotated, Any, Optional
 import typer
 
 from convladder.errors import UserError
-from convladder.executors.options import (CpusOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt,
-                                         RayVerboseOpt)
-from convladder.runs.commands import RunsOpt
-from convladder.train.commands import reject_stray_args, with_config_options
+from convladder.cliopts import (CpusOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt, RayVerboseOpt,
+                                RunsOpt, reject_stray_args, with_config_options)
+from convladder.train.config import LR_FIND
 
 Opt = typer.Option
-LR_FIND_KEYS = ("model", "model_args", "dataset", "subset", "batch_size", "optimizer", "seed", "device")
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +30,7 @@ def register(app: typer.Typer) -> None:
     app.command("lr-find", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
                 help="LR range test: ramp the lr over mini-batches and suggest one (weights are left unchanged); "
                      "trailing key=value args override the config.")(
-        with_config_options(lr_find_command, LR_FIND_KEYS))
+        with_config_options(lr_find_command, LR_FIND))  # the keys whose field says lr-find
     app.command("frontier", help="The frontier: the best network under each parameter budget, chosen on the "
                                  "validation split, re-trained over seeds (docs/frontier.md).")(frontier_command)
 

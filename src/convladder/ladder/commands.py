@@ -8,9 +8,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt, RayVerboseOpt
-from convladder.runs.commands import RunsOpt
-from convladder.train.commands import DataAliasOpt, dataset_alias, with_config_options
+from convladder.cliopts import (CpusOpt, DataAliasOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt,
+                                RayVerboseOpt, RunsOpt, dataset_alias, with_config_options)
+from convladder.train.config import LADDER_RUN
 
 ladder_app = typer.Typer(help="Ladders: a base network and ordered one-change steps, run and compared.",
                          no_args_is_help=True)
@@ -54,8 +54,6 @@ def check_cmd(ladder: str = LADDER_ARG) -> None:
     typer.echo(f"ok: {len(lad.steps)} steps, each changes one thing or says why")
 
 
-# TrainConfig keys `ladder run` overrides for every step (options generated from the config, as in `train`)
-RUN_KEYS = ("epochs", "subset", "dataset", "device")
 
 
 def run_cmd(
@@ -104,7 +102,8 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-ladder_app.command("run")(with_config_options(run_cmd, RUN_KEYS, defaults=False))
+# the TrainConfig keys whose field says `ladder run` (epochs, subset, ...) override every step
+ladder_app.command("run")(with_config_options(run_cmd, LADDER_RUN, defaults=False))
 
 
 @ladder_app.command("report")

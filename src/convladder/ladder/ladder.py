@@ -284,7 +284,7 @@ def _check_config(ladder: Ladder, config: dict[str, Any], where: str) -> None:
 
 def _resolve_model(model: str, where: str, base_dir: Path | None = None) -> NetworkSpec | str:
     """A spec, or (own class) the absolute `file.py:ClassName`, the file taken relative to `base_dir`."""
-    from convladder.spec.own import is_own_ref, parse_own_ref
+    from convladder.spec.ownref import is_own_ref, parse_own_ref
     from convladder.spec.registry import resolve_spec
 
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from convladder.runs.commands import RunsOpt
+from convladder.cliopts import RunsOpt
 
 
 def register(app: typer.Typer) -> None:

@@ -224,18 +224,18 @@ def _fill_step(config: dict[str, Any], step: Any) -> None:
     config.setdefault("handout", step.handout)
 
 
-# (step_name, change, handout: the ladder file's words for a step, filled in when read, not what the run did)
-_NOT_THE_EXPERIMENT = ("seed", "seeds", "name", "tags", "threads", "device", "step_name", "change", "handout")
+# the ladder file's words for a step (`_fill_step`), filled in when read: not what the run did
+_STEP_WORDS = ("step_name", "change", "handout")
 
 
 def experiment_key(config: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs the same experiment: the config (as load_run reads it) but for the seed, name, tags
     and where it ran."""
-    from convladder.executors.base import ADDED_LATER
+    from convladder.train.config import ADDED_LATER, NOT_THE_EXPERIMENT  # what each config key is: its field says
 
-    # a key newer than some runs, at its default, is what those runs did too (precision: auto)
-    return {k: v for k, v in config.items()
-            if k not in _NOT_THE_EXPERIMENT and not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    # a key newer than some runs, at the value those runs had, is what they did too (precision: auto)
+    return {k: v for k, v in config.items() if k not in NOT_THE_EXPERIMENT and k not in _STEP_WORDS
+            and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def _config(folder: Path) -> dict[str, Any]:

@@ -8,10 +8,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from convladder.cliopts import RunsOpt  # declared once for every command that reads the store
 from convladder.errors import UserError
 
 Opt = typer.Option
-RunsOpt = Annotated[Optional[Path], Opt("--runs", help="run store folder (default $CONVLADDER_RUNS or ./runs)")]
 RUN_HELP = "run id, unique prefix, 'latest', or 'latest:<model, name or tag>'"
 
 
@@ -101,7 +101,7 @@ MODEL_WIDTH = 22
 def model_cell(model: str | None, width: int = MODEL_WIDTH) -> str:
     """A run's model in `width` characters: an own class as `file.py:Class` (its folder left out), anything
     longer with its middle left out, so the end that names the class or the head stays."""
-    from convladder.spec.own import OWN_REF
+    from convladder.spec.ownref import OWN_REF
 
     text = (model or "-").strip()
     own = OWN_REF.match(text)

@@ -9,14 +9,13 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save as st_save
-
 from convladder.errors import UserError
 from convladder.fileio import atomic_write_bytes
 from convladder.runs import reader
 
 if TYPE_CHECKING:
+    import torch
+
     from convladder.runs.store import RunStore
 
 OWNER_FILE = "running.json"  # host and pid of the process training the run; removed when it stops running
@@ -42,11 +41,15 @@ class RunHandle:
 
     def save_weights(self, which: str, state_dict: dict[str, torch.Tensor], epoch: int | None = None) -> None:
         """which: 'model' (final) or 'best'; `epoch` is recorded in the file's metadata."""
+        from safetensors.torch import save as st_save  # torch loads only where weights are written or read
+
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         meta = {"epoch": str(epoch)} if epoch is not None else None
         atomic_write_bytes(self.path / f"{which}.safetensors", st_save(tensors, metadata=meta))
 
     def save_resume(self, state: dict[str, Any]) -> None:
+        import torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.path / "resume.pt", buf.getvalue())
@@ -61,6 +64,8 @@ class RunHandle:
             from convladder.spec.own import notice as own_notice
 
             own_notice(changed)
+        import torch
+
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from convladder.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: reading a run's JSON files never loads torch
+    import torch
 
 RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "result.json", "model.safetensors")
 OWN_JSON, SOURCE_FILE = "own_model.json", "model_source.py"  # an own-model run's record and source copy
@@ -166,7 +167,7 @@ def read_weights(folder: Path, which: str = "final") -> dict[str, torch.Tensor]:
 
 def source_status(folder: Path) -> str | None:
     """One line when the file an own-model run trained from has changed or gone since; None otherwise."""
-    from convladder.spec.own import sha256_text
+    from convladder.spec.ownref import sha256_text
 
     folder = Path(folder)
     if not (folder / OWN_JSON).is_file():

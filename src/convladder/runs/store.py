@@ -23,16 +23,17 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import torch
 
 from convladder.errors import UserError
 from convladder.fileio import DiskFull, disk_full, free_bytes, is_no_space
 from convladder.paths import runs_dir
 from convladder.runs import reader
 from convladder.runs.handle import OWNER_FILE, RunHandle
+
+if TYPE_CHECKING:  # annotations only: listing and showing runs never loads torch
+    import torch
 
 INDEX = "index.sqlite"
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")

@@ -10,7 +10,7 @@ from convladder.errors import UserError
 from convladder.spec.build import check_size
 from convladder.spec.layers import NetworkSpec
 from convladder.spec.notation import SpecError, parse_spec
-from convladder.spec.own import is_own_ref, no_class_message
+from convladder.spec.ownref import is_own_ref, no_class_message
 from convladder.spec.yamlform import load_spec_file
 from convladder.spec.zoo import ZOO, ZooEntry
 

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import inspect
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-import yaml
 
+# commands.py modules are the CLI layer (docs/ARCHITECTURE.md): the shared options are declared once, in cliopts
+from convladder.cliopts import (CpusOpt, DataAliasOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt,
+                                RayVerboseOpt, RunsOpt, dataset_alias, reject_stray_args, with_config_options)
 from convladder.errors import UserError
-# commands.py modules are the CLI layer (docs/ARCHITECTURE.md): the executor options are declared once there
 from convladder.executors.base import Executor, make_executor
-from convladder.executors.options import CpusOpt, ExecutorOpt, GpusOpt, MaxRetriesOpt, RayAddressOpt, RayVerboseOpt
-from convladder.runs.commands import RunsOpt
-from convladder.safeparse import close_names
-from convladder.train.config import TrainConfig, build_config
+from convladder.train.config import TrainConfig, build_config, resolve_words
 
 Opt = typer.Option
 
@@ -30,76 +26,6 @@ def register(app: typer.Typer) -> None:
                 help="Train a network (name, spec file, spec text or file.py:ClassName); trailing key=value args "
                      "override the config (any TrainConfig key, e.g. gamma=0.5).")(
         with_config_options(train_command))
-
-
-# `--data` was `ladder run`'s name for --dataset; kept working, not shown
-DataAliasOpt = Annotated[Optional[str], Opt("--data", hidden=True)]
-
-
-def config_options(names: Iterable[str] | None = None, defaults: bool = True) -> list[inspect.Parameter]:
-    """One typer option per TrainConfig field (all CLI fields, or `names`), generated from the dataclass:
-    the field's type, its help and panel from `metadata`, its default in the help. Every option defaults to
-    None (= not given), so a `--config` file or the defaults decide what the command line leaves out."""
-    chosen = None if names is None else set(names)
-    params = []
-    for f in dataclasses.fields(TrainConfig):
-        meta = f.metadata
-        if not meta.get("cli", True) or (chosen is not None and f.name not in chosen):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")  # 'int', 'str | None'
-        kind = {"bool": bool, "int": int, "float": float}.get(type_name.split(" ")[0], str)
-        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag, *meta.get("aliases", ())]
-        # the config's default in the help (the option's own default is None: "not given")
-        value = str(f.default).lower() if kind is bool else f.default
-        shown = "" if f.default is None or not defaults else f" (default {value})"
-        option = Opt(*decls, help=meta["help"] + shown, rich_help_panel=meta.get("panel"), show_default=False)
-        value_type = meta.get("cli_type") or kind
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[Optional[value_type], option]))
-    return params
-
-
-def with_config_options(func: Callable[..., None], names: Iterable[str] | None = None,
-                        defaults: bool = True) -> Callable[..., None]:
-    """`func(ctx, <its own options>, **config)` as typer sees it: ctx, the generated config options, its own."""
-    own = list(inspect.signature(func, eval_str=True).parameters.values())  # the real Annotated[...] objects
-    head = [p for p in own if p.name == "ctx"]
-    rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own
-            if p.name != "ctx" and p.kind is not inspect.Parameter.VAR_KEYWORD]
-
-    @functools.wraps(func)
-    def command(*args: Any, **kwargs: Any) -> None:
-        return func(*args, **kwargs)
-
-    command.__signature__ = inspect.Signature(head + config_options(names, defaults) + rest)  # type: ignore[attr-defined]
-    return command
-
-
-def reject_stray_args(ctx: typer.Context) -> list[str]:
-    """The trailing key=value overrides; a mistyped option gets 'No such option --epoch, did you mean --epochs?'."""
-    extra = list(ctx.args)
-    for arg in extra:
-        if arg.startswith("-"):
-            name = arg.split("=", 1)[0]
-            known = [o for p in ctx.command.params if not getattr(p, "hidden", False)
-                     for o in [*p.opts, *getattr(p, "secondary_opts", [])] if o.startswith("--")]
-            # the same matcher as config keys: prefixes and words before spellings (--lr-rate is --lr, not --rotate)
-            close = close_names(name.lstrip("-").replace("-", "_"), [o[2:].replace("-", "_") for o in known], n=1)
-            hint = (f", did you mean --{close[0].replace('_', '-')}?" if close
-                    else f" (see `{ctx.command_path} --help`)")
-            raise UserError(f"No such option {name}{hint}")
-    bad = [a for a in extra if "=" not in a]
-    if bad:
-        raise UserError(f"unexpected argument(s) {' '.join(bad)}: options start with --, overrides look like key=value")
-    return extra
-
-
-def dataset_alias(dataset: str | None, data: str | None) -> str | None:
-    """--dataset, or its old spelling --data (`ladder run`); both at once must agree."""
-    if data is not None and dataset is not None and data != dataset:
-        raise UserError(f"--data {data} and --dataset {dataset} disagree: give --dataset once")
-    return dataset if dataset is not None else data
 
 
 def train_command(
@@ -144,15 +70,13 @@ def train_command(
             return
         options["dataset"] = dataset_alias(options.get("dataset"), data)
         options["tags"] = tag or None
-        lr = options.get("lr")
-        lr_auto = isinstance(lr, str) and lr.strip().lower() == "auto"
-        if lr_auto:
-            options["lr"] = None
         extra = reject_stray_args(ctx)
         cfg = build_config(config, options, (set_ or []) + extra)
-        if lr_auto:
-            cfg = _with_found_lr(cfg, quiet or json_lines)
+        # lr: auto (option, --set or config file) found here, once, so --print-config shows the number
+        cfg = resolve_words(cfg, None if quiet or json_lines else typer.echo)
         if print_config:
+            import yaml
+
             typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
             return
         if executor != "inprocess" or ray_address or gpus_per_trial or max_retries is not None or ray_verbose:
@@ -238,15 +162,3 @@ def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: b
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         raise UserError(f"{len(failed)} of {len(results)} seed(s) failed: {failed[0]['label']}: {failed[0]['error']}")
-
-
-def _with_found_lr(cfg: TrainConfig, quiet: bool) -> TrainConfig:
-    """Run the LR range test on the training set (weights are restored) and take its suggestion."""
-    from convladder.train.lrfind import suggest_lr
-
-    found = suggest_lr(cfg)
-    if found.suggested_lr is None:
-        raise UserError(f"--lr auto: the LR range test found no suggestion ({found.suggestion}); give --lr explicitly")
-    if not quiet:
-        typer.echo(f"lr auto: the LR range test suggests {found.suggested_lr:.4g} ({found.suggestion})")
-    return cfg.replace(lr=found.suggested_lr)

@@ -1,8 +1,10 @@
 """The training configuration: one dataclass, YAML files, `key=value` overrides and validation.
 
 Precedence when the CLI builds a config: defaults < `--config FILE` < explicit options < `--set k=v`.
-Each field's `metadata` carries its help text (and how the CLI shows it): `convladder train`'s options are
-generated from these fields (train/commands.py), so a new field is a new option with no second list to keep.
+Each field's `metadata` describes the key once: its help and panel, which commands show it as an option
+(cliopts.py generates them), whether it is part of the experiment (the job key, the report's experiment key),
+its value for runs stored before it existed, and words it takes besides its type (`lr: auto`). Every key list
+elsewhere is derived from these fields, so a new key is one field here (+ its use) with no second list to keep.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import yaml
 from convladder.errors import UserError
 from convladder.safeparse import load as load_yaml
 from convladder.safeparse import clip, close_names, read_text
-from convladder.train.init import INITS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 SCHEDULES = ("none", "step", "onecycle", "cosine")
@@ -27,6 +28,7 @@ SELECT_ON = ("val", "test")
 TRISTATE = ("auto", "on", "off")
 BATCHED = ("auto", "on", "off", "grouped", "streams")
 PRECISIONS = ("auto", "fp32", "bf16")
+INITS = ("torch", "glorot", "kaiming")  # train/init.py implements them
 # choice-valued keys, compared in lower case (`optimizer: SGD` in a YAML file means sgd)
 CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
                                        "select_on": SELECT_ON, "channels_last": TRISTATE, "cuda_graphs": TRISTATE,
@@ -35,10 +37,25 @@ SUBSET_HELP = ("train on the first N training images only (0 = all); the validat
                "these N: val_size images, at most N/10 (--subset 10000: 9,000 train, 1,000 validate)")
 
 
-def _f(default: Any, help: str, panel: str, *, cli: bool = True, aliases: tuple[str, ...] = (),
-       cli_type: type | None = None) -> Any:
-    """A dataclass field with its CLI help (`panel` groups options in `--help`; cli=False: config key only)."""
-    meta = {"help": help, "panel": panel, "cli": cli, "aliases": aliases, "cli_type": cli_type}
+TRAIN, LR_FIND, LADDER_RUN = "train", "lr-find", "ladder run"  # commands whose options are generated from fields
+ALWAYS = "always"  # `older=`: the key is as old as stored runs, so there is no value to assume for them
+
+
+def _f(default: Any, help: str, panel: str, *, cli: bool = True, also: tuple[str, ...] = (),
+       aliases: tuple[str, ...] = (), cli_type: type | None = None, job_key: bool = True, experiment: bool = True,
+       older: Any = ALWAYS, words: dict[str, str] | None = None) -> Any:
+    """A dataclass field that describes its key.
+
+    help/panel: the option's help and its group in `--help`; cli=False: a config key only; the option is on
+    `train`, and on the commands in `also`. job_key=False: how or where a run executes, not what it computes
+    (left out of the job key, so a job moved to another machine keeps it). experiment=False: not what makes two
+    runs the same experiment in the report (seeds, names, where it ran). older: the value runs stored before the
+    key existed had (a job key leaves the key out at that value, so those jobs keep their key). words: text
+    values beside the field's type, each resolved before training (`resolve_words`).
+    """
+    meta = {"help": help, "panel": panel, "cli": cli, "commands": (TRAIN, *also) if cli else (), "aliases": aliases,
+            "cli_type": cli_type, "job_key": job_key, "experiment": experiment, "older": older,
+            "words": words or {}}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -57,23 +74,23 @@ class TrainConfig:
     """
 
     model: str = _f("frontier15k", "registered name, spec file, spec text, or path/to/file.py:ClassName (your "
-                    "nn.Module; importing it runs that file)", MODEL, aliases=("-m",))
+                    "nn.Module; importing it runs that file)", MODEL, aliases=("-m",), also=(LR_FIND,))
     model_spec: str | None = _f(None, "resolved spec text (filled in by the trainer; what a run rebuilds from)",
                                 MODEL, cli=False)
     model_args: dict | None = _f(None, """constructor arguments of your class as a JSON object, e.g. '{"width": 16}'""",
-                                 MODEL, cli_type=str)
+                                 MODEL, cli_type=str, also=(LR_FIND,), older=None)
     dataset: str = _f("mnist", "mnist, fashion-mnist, a name imported with `data fetch --from`, or synthetic "
-                      "(generated, for tests and smoke runs)", DATA)
+                      "(generated, for tests and smoke runs)", DATA, also=(LR_FIND, LADDER_RUN))
     data_root: str | None = _f(None, "folder with the data set's files", DATA)
-    subset: int = _f(0, SUBSET_HELP, DATA)
+    subset: int = _f(0, SUBSET_HELP, DATA, also=(LR_FIND, LADDER_RUN))
     val_size: int = _f(5000, "validation images held out of the training set for model selection (0 = no split)",
                        DATA)
     split_seed: int = _f(0, "seed of the validation split (fixed across seeds so seeds are comparable)", DATA)
-    epochs: int = _f(12, "passes over the training images", OPTIM)
-    batch_size: int = _f(128, "images per training step", OPTIM)
-    optimizer: str = _f("sgd", "sgd, adam, adamw, adadelta", OPTIM)
+    epochs: int = _f(12, "passes over the training images", OPTIM, also=(LADDER_RUN,))
+    batch_size: int = _f(128, "images per training step", OPTIM, also=(LR_FIND,))
+    optimizer: str = _f("sgd", "sgd, adam, adamw, adadelta", OPTIM, also=(LR_FIND,))
     lr: float = _f(0.1, "learning rate (max lr for onecycle), or 'auto' for the LR range test's suggestion", OPTIM,
-                   cli_type=str)
+                   cli_type=str, words={"auto": "the LR range test's suggestion"})
     momentum: float = _f(0.9, "momentum (sgd) or beta1 (adam, adamw); onecycle cycles it +-0.05 around this value",
                          OPTIM)
     nesterov: bool = _f(True, "Nesterov momentum (sgd)", OPTIM)
@@ -89,7 +106,7 @@ class TrainConfig:
                          "without augmentation or dropout (0 = off; docs/training.md)", OPTIM)
     ema: float = _f(0.0, "weight EMA: decay per optimiser step, e.g. 0.999 (0 = off); the average is evaluated beside "
                     "the live weights each epoch, and selected, saved, exported and predicted with (docs/training.md)",
-                    OPTIM)
+                    OPTIM, older=0.0)
     augment: bool = _f(True, "rotation/translation/scale on the device", AUG)
     rotate: float = _f(7.0, "degrees, uniform in [-rotate, rotate]", AUG)
     translate: float = _f(2.0, "pixels, uniform in [-translate, translate]", AUG)
@@ -100,34 +117,40 @@ class TrainConfig:
                    "always sees whole images (0 = off; docs/training.md)", AUG)
     crop_epochs: int = _f(0, "epochs trained on the crop (with crop > 0); later epochs train on whole images", AUG)
     pad_crop: int = _f(0, "natural images: pad each side with N black pixels, then crop a random image-sized "
-                       "window (a shift of up to N pixels; CIFAR-10: 4); 0 = off (docs/data.md)", AUG)
-    flip: bool = _f(False, "natural images: mirror half the training images left-right (not for digits or text)", AUG)
+                       "window (a shift of up to N pixels; CIFAR-10: 4); 0 = off (docs/data.md)", AUG, older=0)
+    flip: bool = _f(False, "natural images: mirror half the training images left-right (not for digits or text)", AUG, older=False)
     init: str = _f("torch", "weight init: torch (PyTorch defaults), glorot (Keras' defaults), kaiming (He normal)",
                    OPTIM)
-    seed: int = _f(1, "random seed of the run", RUN)
-    seeds: int = _f(1, "train seeds seed, seed+1, ... and report min/median/max", RUN)
-    device: str = _f("auto", "auto, cpu, cuda, mps", RUN)
-    threads: int = _f(0, "torch CPU threads (0 = the cores other work leaves free, at least 1)", RUN)
-    channels_last: str = _f("auto", "auto, on, off (auto: on for CUDA only; slower on a 2-core CPU)", RUN)
+    seed: int = _f(1, "random seed of the run", RUN, also=(LR_FIND,), experiment=False)
+    seeds: int = _f(1, "train seeds seed, seed+1, ... and report min/median/max", RUN, experiment=False)
+    device: str = _f("auto", "auto, cpu, cuda, mps", RUN, also=(LR_FIND, LADDER_RUN), job_key=False, experiment=False)
+    threads: int = _f(0, "torch CPU threads (0 = the cores other work leaves free, at least 1)", RUN, job_key=False,
+                      experiment=False)
+    channels_last: str = _f("auto", "auto, on, off (auto: on for CUDA only; slower on a 2-core CPU)", RUN,
+                            job_key=False)
     precision: str = _f("auto", "the training step's arithmetic: auto, fp32, bf16 (auto: bf16 autocast on CUDA, fp32 "
                         "on the CPU; bf16 on the CPU pays off with AMX, Intel Xeon 4th gen and later; evaluation on "
-                        "the CPU stays fp32; docs/training.md)", RUN)
+                        "the CPU stays fp32; docs/training.md)", RUN, older="auto")
     data_parallel: int = _f(1, "CPU: split each batch across N model replicas stepped on N threads, one core each "
                             "(as nn.DataParallel: gradients averaged, BatchNorm sees batch/N images); 1 = off "
                             "(docs/training.md)", RUN)
-    compile: bool = _f(False, "torch.compile the model", RUN)
-    cuda_graphs: str = _f("auto", "auto, on, off: capture the training step once as a CUDA graph (CUDA only)", RUN)
-    batched: str = _f("auto", "seeds > 1 at once: auto, on, off, grouped, streams (auto: streams on CUDA)", RUN)
+    # how a run executes, not what it computes (cuda_graphs, batched: the same metrics to float tolerance)
+    compile: bool = _f(False, "torch.compile the model", RUN, job_key=False)
+    cuda_graphs: str = _f("auto", "auto, on, off: capture the training step once as a CUDA graph (CUDA only)", RUN,
+                          job_key=False)
+    batched: str = _f("auto", "seeds > 1 at once: auto, on, off, grouped, streams (auto: streams on CUDA)", RUN,
+                      job_key=False)
     eval_every: int = _f(1, "evaluate val/test every N epochs (the last epoch always)", EVAL,
                          aliases=("--val-every",))
-    eval_batch_size: int = _f(500, "images per evaluation batch", EVAL)
+    eval_batch_size: int = _f(500, "images per evaluation batch", EVAL, job_key=False)
     clean_train_eval: int = _f(10000, "at the end, train accuracy without dropout/augmentation on N images", EVAL)
     shift_eval: int = _f(0, "at the end, test accuracy with the images shifted by 1..N pixels (up/down/left/right, "
                          "background fill; the notes' GAP vs non-GAP question); 0 = off", EVAL)
     select_on: str = _f("val", "val or test: which split picks the best epoch", EVAL)
     target: float = _f(99.4, "target test accuracy in percent, for the verdict", EVAL)
-    name: str | None = _f(None, "a name for the run", RUN)
-    tags: list[str] = _f([], "tag the run (repeatable)", RUN, cli=False)
+    name: str | None = _f(None, "a name for the run", RUN, job_key=False, experiment=False)
+    # tags are in the job key (but for the job:/source: tags the executor adds), not in the experiment
+    tags: list[str] = _f([], "tag the run (repeatable)", RUN, cli=False, experiment=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,6 +171,59 @@ class TrainConfig:
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def cli_keys(command: str = TRAIN) -> list[str]:
+    """The keys `command` (train, lr-find, ladder run) takes as options, in the fields' order."""
+    return [f.name for f in dataclasses.fields(TrainConfig) if command in f.metadata["commands"]]
+
+
+def _keys_where(flag: str, value: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata[flag] == value)
+
+
+# Derived from the fields' metadata; executors/base.py (job keys) and report/rundata.py (experiments) read these.
+KEY_EXCLUDED = _keys_where("job_key", False)  # where/how a run executes: not in the job key
+NOT_THE_EXPERIMENT = _keys_where("experiment", False)  # seeds, names, where it ran: not the report's experiment
+# keys newer than some stored runs, with the value those runs had: at that value a key is left out of job and
+# experiment keys, so the runs stored before it existed keep theirs
+ADDED_LATER = {f.name: f.metadata["older"] for f in dataclasses.fields(TrainConfig) if f.metadata["older"] != ALWAYS}
+
+
+def word_of(key: str, value: Any) -> str | None:
+    """The word (e.g. 'auto' for lr) `value` is, if the key takes words and it is one; else None."""
+    words = _field(key).metadata["words"]
+    if words and isinstance(value, str) and value.strip().lower() in words:
+        return value.strip().lower()
+    return None
+
+
+def resolve_words(config: TrainConfig, note: Any = None, *, data: Any = None) -> TrainConfig:
+    """The config with each word replaced by the value it stands for (lr: auto -> the LR range test's suggestion).
+
+    Every way into training calls this before it trains, so `lr: auto` works the same from the CLI, Python and
+    ladder/sweep files; a config without words comes back as it is. `note(text)` says what was found.
+    """
+    for f in dataclasses.fields(TrainConfig):
+        word = word_of(f.name, getattr(config, f.name))
+        if word is not None:
+            config = _RESOLVERS[(f.name, word)](config, note, data)
+    return config
+
+
+def _lr_from_range_test(config: TrainConfig, note: Any, data: Any) -> TrainConfig:
+    from convladder.train.lrfind import suggest_lr  # same layer, imported late: it needs torch
+
+    # the range test ramps its own lr; the field's default only stands in for 'auto' while it runs
+    found = suggest_lr(config.replace(lr=_field("lr").default), data=data)
+    if found.suggested_lr is None:
+        raise UserError(f"lr auto: the LR range test found no suggestion ({found.suggestion}); give lr explicitly")
+    if note is not None:
+        note(f"lr auto: the LR range test suggests {found.suggested_lr:.4g} ({found.suggestion})")
+    return config.replace(lr=found.suggested_lr)
+
+
+_RESOLVERS = {("lr", "auto"): _lr_from_range_test}  # (key, word) -> what finds its value
 
 
 # other libraries' names for a key, which neither spelling nor words relate to ours
@@ -183,8 +259,12 @@ def crop_at(config: TrainConfig, epoch: int) -> int:
     return config.crop if config.crop and epoch <= config.crop_epochs else 0
 
 
+def _field(key: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+
+
 def _field_type(key: str) -> str:
-    return str({f.name: f.type for f in dataclasses.fields(TrainConfig)}[key])
+    return str(_field(key).type)
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -196,6 +276,9 @@ def _coerce(key: str, value: Any) -> Any:
         raise UserError(f"config key {key!r} cannot be empty")
     if kind.startswith("dict"):
         return _coerce_dict(key, value)
+    word = word_of(key, value)
+    if word is not None:  # e.g. lr: auto, kept as the word until training resolves it (resolve_words)
+        return word
     try:
         if kind.startswith("list"):
             if isinstance(value, str):
@@ -218,7 +301,8 @@ def _coerce(key: str, value: Any) -> Any:
             return float(value)
         return str(value).lower() if key in CHOICES else str(value)
     except (TypeError, ValueError):
-        raise UserError(f"config key {key!r}: {clip(value)} is not a valid {kind.replace(' | None', '')}") from None
+        words = "".join(f" or {w!r}" for w in _field(key).metadata["words"])  # lr: a float or 'auto'
+        raise UserError(f"config key {key!r}: {clip(value)} is not a valid {kind.replace(' | None', '')}{words}") from None
 
 
 def _coerce_dict(key: str, value: Any) -> dict:
@@ -289,6 +373,8 @@ def validate(config: TrainConfig) -> None:
     for key in ("lr", "momentum", "weight_decay", "gamma", "div_factor", "final_div_factor", "rotate", "translate",
                 "scale", "target"):
         value = getattr(config, key)
+        if word_of(key, value) is not None:
+            continue
         if not math.isfinite(value) or value < 0:
             raise UserError(f"{key} must be a finite number >= 0 (got {value})")
     if config.lr == 0:

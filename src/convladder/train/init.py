@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INITS = ("torch", "glorot", "kaiming")
+from convladder.train.config import INITS  # the config owns its choices (config.py stays free of torch)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from convladder.interrupts import installed as interrupts_installed
 from convladder.runs.store import RunStore
 from convladder.spec.registry import check_model
 from convladder.train import runenv
-from convladder.train.config import TrainConfig, validate
+from convladder.train.config import TrainConfig, resolve_words, validate
 from convladder.train.device_data import load_splits
 from convladder.train.epochs import PAUSE_ENV, EpochRunner, pause_hook, run_info
 from convladder.train.progress import Progress
@@ -145,6 +145,7 @@ def train_epochs(config: TrainConfig, store: RunStore | None = None, progress: P
     t0 = time.perf_counter()
     validate(config)
     progress = progress or Progress()
+    config = resolve_words(config, progress.note, data=data)  # lr: auto -> the LR range test's suggestion
     device = resolve_device(config.device)
     set_threads(config, device)
     if data is None:
@@ -248,6 +249,7 @@ def train_seeds(config: TrainConfig, store: RunStore | None = None, progress: Pr
     or as one grouped-convolution model when the network allows it (`train/batched.py`); each seed is still
     stored as its own run.
     """
+    config = resolve_words(config, (progress or Progress()).note, data=data)  # once for all seeds (lr: auto)
     if batched_mode(config, resolve_device(config.device)) is not None:
         results = train_batched(config, store, progress, data=data)
         if results is not None:
@@ -277,6 +279,7 @@ def train_batched(config: TrainConfig, store: RunStore | None = None, progress: 
     mode = batched_mode(config, device)
     if mode is None:
         return None
+    config = resolve_words(config, progress.note, data=data)  # lr: auto, once for all seeds
     if config.data_parallel > 1:
         raise UserError(f"data_parallel={config.data_parallel} trains one seed at a time across the cores; "
                         f"use batched=off (or data_parallel=1 with batched={config.batched})")

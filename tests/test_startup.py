@@ -1,0 +1,83 @@
+"""An instant CLI (issue 31): the commands that compute nothing never import torch.
+
+Each command runs in a fresh interpreter; the check reads `sys.modules` after the command, so it is about the
+module list, not about time (bench/bench_startup.py measures the time).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from convladder.runs.store import RunStore
+from convladder.train.config import TrainConfig
+from convladder.train.loop import train
+
+ROOT = Path(__file__).resolve().parent.parent
+# runs the CLI's entry point as the console script does, then says whether torch was imported
+PROBE = """
+import sys
+from convladder.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+else:
+    code = 0
+sys.stderr.write("\\ntorch imported: %s\\n" % ("torch" in sys.modules))
+sys.exit(code)
+"""
+TINY = ("c1[conv3x3(8, bias=false) relu bn] t1[maxpool2x2 conv1x1(8, bias=false)] "
+        "out[gap conv1x1(10, bias=false) logsoftmax]")
+
+
+def run_probe(args: list[str], runs: Path, **env: str) -> tuple[int, str, bool]:
+    """(exit code, stdout, whether torch was imported) of `convladder ARGS` in a fresh interpreter."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env={**os.environ, "CONVLADDER_RUNS": str(runs), **env})
+    marker = proc.stderr.strip().splitlines()[-1]
+    assert marker.startswith("torch imported: "), proc.stderr
+    return proc.returncode, proc.stdout, marker.endswith("True")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A store with one real run (1 epoch on synthetic data), so `runs list|show` read real files."""
+    root = tmp_path_factory.mktemp("runs")
+    train(TrainConfig(model=TINY, dataset="synthetic", subset=640, epochs=1, batch_size=64, val_size=64, threads=1,
+                      clean_train_eval=64, name="startup-probe"), RunStore(root))
+    return root
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--version"], "convladder "),
+    (["--help"], "train"),
+    (["train", "--help"], "--lr"),
+    (["ladder", "run", "--help"], "--epochs"),
+    (["models"], "tiny8k"),
+    (["models", "--json"], '"params"'),
+    (["runs", "list"], "startup-probe"),
+    (["runs", "show", "latest"], "(completed)"),
+])
+def test_light_commands_do_not_import_torch(store: Path, args: list[str], expect: str) -> None:
+    code, out, torch_imported = run_probe(args, store)
+    assert code == 0 and expect in out
+    assert not torch_imported, f"convladder {' '.join(args)} imported torch"
+
+
+def test_shell_completion_does_not_import_torch(store: Path) -> None:
+    code, out, torch_imported = run_probe([], store, _CONVLADDER_COMPLETE="complete_bash",
+                                          COMP_WORDS="convladder tra", COMP_CWORD="1")
+    assert code == 0 and out.split() == ["train"]
+    assert not torch_imported
+
+
+def test_the_probe_sees_torch_where_a_command_needs_it(store: Path) -> None:
+    """The control: a command that traces a network does import torch, and the probe says so."""
+    code, out, torch_imported = run_probe(["summary", "tiny8k"], store)
+    assert code == 0 and "params" in out
+    assert torch_imported
