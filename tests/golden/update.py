@@ -36,7 +36,8 @@ import nets  # noqa: E402  (tests/nets.py, after the path above)
 # "extras on the last layer" check names each one that it counts.
 SPEC_KINDS = ("c1[conv3x3(8, bias=false) relu bn dropout(0.05)] c2[conv3x3(8) leakyrelu(negative_slope=0.1) bn] "
               "c3[conv3x3(8, padding=1, stride=2) prelu] c4[conv3x3(8, dilation=2) elu(alpha=0.5)] "
-              "t1[avgpool2x2 conv1x1(8) selu] t2[maxpool3x3(stride=1, padding=1, ceil_mode=true) conv1x1(16, groups=2)] "
+              "t1[avgpool2x2 conv1x1(8) selu] "
+              "t2[maxpool3x3(stride=1, padding=1, ceil_mode=true) conv1x1(16, groups=2)] "
               "c5[conv3x3(8) tanh sigmoid silu gelu] "
               "out[gap conv1x1(10, bias=false) relu leakyrelu prelu elu selu tanh sigmoid silu gelu bn dropout(0.1) "
               "logsoftmax]")

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from convladder.analysis.ops import ACTIVATION_NAMES, ACTIVATION_TYPES
 from convladder.analysis.table import LayerRow, NetworkTable
+from convladder.spec import kinds
 
 WEIGHT_KINDS = ("conv", "fc")
-EXTRA_KINDS = {"bn", "dropout", "relu", "leakyrelu", "prelu", "elu", "selu", "tanh", "sigmoid", "silu", "gelu", "relu6"}
+# bn, dropout and every activation of the registry (spec/kinds.py), read live
+EXTRA_KINDS = kinds.EXTRAS
 # Rows that change values one at a time and keep the layout: an fc reading a flatten through them reads the flatten.
-POINTWISE_KINDS = (EXTRA_KINDS | {"identity"} | {t.__name__.lower() for t in ACTIVATION_TYPES}
-                   | {name.rstrip("_").replace("_", "") for name in ACTIVATION_NAMES})
+POINTWISE_KINDS = kinds.KindSet(EXTRA_KINDS.test, extra=("identity",))
 
 
 @dataclass(frozen=True)

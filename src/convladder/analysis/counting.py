@@ -18,13 +18,15 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from convladder.analysis.ops import ACTIVATION_TYPES, DROPOUT_TYPES, NORM_TYPES, _arg
+from convladder.analysis.ops import DROPOUT_TYPES, NORM_TYPES, _arg
+from convladder.spec import kinds
 
 if TYPE_CHECKING:
     from convladder.analysis.trace import TraceNode
 
-# Leaf modules with parameters that do no multiply-accumulate work FlopCounterMode counts.
-NO_MAC_TYPES = (*NORM_TYPES, *ACTIVATION_TYPES, *DROPOUT_TYPES, nn.Embedding)
+# Leaf modules with parameters that do no multiply-accumulate work FlopCounterMode counts (with the
+# registry's activations, read when counting: spec/kinds.py).
+NO_MAC_TYPES = (*NORM_TYPES, *DROPOUT_TYPES, nn.Embedding)
 CONV_NAMES = {"conv1d", "conv2d", "conv3d"}
 CONV_TRANSPOSE_NAMES = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 # (index of the left operand, index of the right operand) of matrix products counted exactly
@@ -110,7 +112,8 @@ def module_macs(node: TraceNode, module: nn.Module) -> int | None:
         return _conv_macs(node.output, weight)
     if isinstance(module, nn.Linear):
         return _dense_macs(node.output, weight)
-    if isinstance(module, NO_MAC_TYPES) or next(module.parameters(), None) is None:
+    if (isinstance(module, NO_MAC_TYPES) or isinstance(module, kinds.torch_types("activation"))
+            or next(module.parameters(), None) is None):
         return 0
     return None  # a leaf with weights whose work is not modelled (attention, bilinear, recurrent layers, ...)
 

@@ -14,21 +14,17 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from convladder.spec import kinds
 from convladder.spec.build import ClassProbs
 
 if TYPE_CHECKING:
     from convladder.analysis.trace import TraceNode
 
-ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.Tanh, nn.Sigmoid, nn.SiLU,
-                    nn.GELU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus,
-                    nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Threshold, nn.RReLU)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.LocalResponseNorm)
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 # Functions and tensor methods by name (fx records F.max_pool2d as a dispatch wrapper; names are stable).
-ACTIVATION_NAMES = {"relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "elu", "elu_", "selu", "selu_", "celu",
-                    "tanh", "tanh_", "sigmoid", "sigmoid_", "silu", "gelu", "relu6", "hardswish", "hardsigmoid",
-                    "hardtanh", "hardtanh_", "mish", "softplus", "softsign", "logsigmoid", "rrelu", "threshold"}
+# Activations, modules and functions, are the registry's (spec/kinds.py: kinds.torch_types(), function_names()).
 NORM_NAMES = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "local_response_norm", "normalize"}
 DROPOUT_NAMES = {"dropout", "dropout1d", "dropout2d", "alpha_dropout", "feature_alpha_dropout"}
 # Value changes at each position alone: the field and the size stay as they are.
@@ -170,7 +166,7 @@ def describe_module(module: nn.Module, node: TraceNode) -> None:
         node.geometry["statistics"] = not isinstance(module, nn.LocalResponseNorm)
     elif isinstance(module, DROPOUT_TYPES):
         node.kind, node.category, node.op = "dropout", "pointwise", f"dropout {module.p:g}"
-    elif isinstance(module, ACTIVATION_TYPES):
+    elif isinstance(module, kinds.torch_types("activation")):
         node.kind, node.category = type(module).__name__.lower(), "pointwise"
         node.op = node.kind
     elif isinstance(module, nn.Identity):
@@ -255,7 +251,7 @@ def describe_function(node: TraceNode, fxnode: fx.Node, name: str, values: dict[
         node.kind = name.replace("_", "")
         node.category, node.op, node.dim = "softmax", name.replace("_", "-"), _arg(fxnode, 1, "dim")
         return
-    elif name in ACTIVATION_NAMES:
+    elif name in kinds.function_names("activation"):
         node.kind, node.category, node.op = name.rstrip("_").replace("_", ""), "pointwise", name.rstrip("_")
         return
     elif name == "normalize":  # x / ||x|| along dim: mixes what lies along dim, like a softmax

@@ -19,6 +19,7 @@ from torch import nn
 
 from convladder.analysis.trace import capture
 from convladder.doctor.result import FAIL, PASS, WARN, Check, worst
+from convladder.spec import kinds
 from convladder.train.config import TrainConfig
 from convladder.data.normalise import stat_text, to_unit
 from convladder.train.device_data import DeviceData
@@ -38,10 +39,10 @@ SATURATED_WARN = 0.5  # share of sigmoid/tanh outputs within 2 % of their limits
 SPREAD_WARN, SPREAD_FAIL = 1e2, 1e3  # max/min over layers of |grad| / |weight|
 SAMPLES = 16  # training images kept for the HTML page
 
-RELUS = {"relu", "relu6"}  # "dead" means never positive; leaky variants never die
-SQUASH = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "hardsigmoid": (0.0, 1.0), "hardtanh": (-1.0, 1.0)}
-ACTIVATIONS = RELUS | set(SQUASH) | {"leakyrelu", "prelu", "elu", "selu", "celu", "silu", "gelu", "mish",
-                                     "hardswish", "softplus"}
+# From the registry (spec/kinds.py), live: "dead" means never positive (relu, relu6; leaky variants never die);
+# squashing kinds saturate in a range (sigmoid (0, 1), tanh (-1, 1), ...); every activation is watched.
+RELUS = kinds.DIES
+ACTIVATIONS = kinds.ACTIVATIONS
 
 
 @dataclass
@@ -197,8 +198,9 @@ def check_activations(p: Patient) -> Check:
             row.update(dead_channels=dead, dead_units=float((~alive_units).float().mean()))
             status = worst(status, FAIL if dead >= DEAD_FAIL else WARN if dead >= DEAD_WARN else PASS)
             note = f" dead {100 * dead:.0f} % of channels"
-        if rec.node.kind in SQUASH:
-            lo, hi = SQUASH[rec.node.kind]
+        squash = kinds.get(rec.node.kind).squashes if rec.node.kind in kinds.ACTIVATIONS else None
+        if squash:
+            lo, hi = squash
             margin = 0.02 * (hi - lo)
             sat = float(((out < lo + margin) | (out > hi - margin)).float().mean())
             row["saturated"] = sat

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from convladder.report.plot import Figure, cmap_with_gaps, mosaic, normalise_tiles, plt
+from convladder.spec import kinds
 
-ACTIVATIONS = {"relu", "relu6", "leakyrelu", "elu", "selu", "gelu", "silu", "prelu"}  # the tracer's kinds
+# The ReLU-like kinds (positive passes, negative shrinks to zero or near it) of the registry, live
+ACTIVATIONS = kinds.SIGN_KEPT
 
 
 def param_share(table: Any) -> Figure:

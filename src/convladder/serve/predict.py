@@ -200,7 +200,8 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layers: int = 2) -> tuple[to
     """
     from convladder.analysis.trace import capture
 
-    followers = {"bn", "relu", "leakyrelu", "prelu", "elu", "selu", "silu", "gelu", "tanh", "sigmoid"}
+    from convladder.spec.kinds import FOLLOWERS as followers  # bn and every activation (spec/kinds.py)
+
     with torch.inference_mode():
         logits = getattr(model, "logits", model)(x)
         _, records = capture(model, x, lambda node: node.visible and node.output is not None and len(node.output) == 3)

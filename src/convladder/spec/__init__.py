@@ -40,7 +40,8 @@ def dropout(p: float) -> Layer:
 
 
 def act(kind: str = "relu", **kwargs: float) -> Layer:
-    """An activation by name: relu, leakyrelu(negative_slope=), prelu, elu(alpha=), selu, tanh, sigmoid, silu, gelu."""
+    """An activation by name: one the notation takes (`spec.kinds.SPEC_ACTIVATIONS`: relu, leakyrelu(negative_slope=),
+    prelu, elu(alpha=), selu, tanh, sigmoid, silu, gelu, and any registered since)."""
     return Layer(kind, **kwargs)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from convladder.errors import UserError
+from convladder.spec import kinds
 from convladder.spec.layers import (OUTPUT_ACTIVATIONS, POOLS, Layer, NetworkSpec, env_limit, max_layers,
                                     too_many_layers)
 from convladder.spec.notation import format_layer
@@ -187,7 +188,7 @@ def layer_params(layer: Layer, shape: tuple[int, ...]) -> int:
         return shape[0] * layer.out_features + (layer.out_features if layer.has_bias else 0)
     if layer.kind == "bn":
         return 2 * shape[0]
-    return 1 if layer.kind == "prelu" else 0
+    return kinds.KINDS[layer.kind].params  # activations: a count the kind declares (prelu: 1 slope)
 
 
 PARAMS_ENV, ACTIVATIONS_ENV = "CONVLADDER_MAX_PARAMS", "CONVLADDER_MAX_ACTIVATIONS"
@@ -296,13 +297,10 @@ def build_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.Mo
 
 
 def _activation(layer: Layer) -> nn.Module:
-    kind = layer.kind
-    if kind == "leakyrelu":
-        return nn.LeakyReLU(layer.negative_slope if layer.negative_slope is not None else 0.01)
-    if kind == "elu":
-        return nn.ELU(layer.alpha if layer.alpha is not None else 1.0)
-    return {"relu": nn.ReLU, "prelu": nn.PReLU, "selu": nn.SELU, "tanh": nn.Tanh,
-            "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "gelu": nn.GELU}[kind]()
+    """The kind's torch class (spec/kinds.py), given the layer's arguments in order, each defaulted by the kind."""
+    kind = kinds.KINDS[layer.kind]
+    values = [getattr(layer, name) for name in kind.args]
+    return getattr(nn, kind.torch[0])(*[kind.defaults[i] if v is None else v for i, v in enumerate(values)])
 
 
 def build_module(spec: NetworkSpec, in_channels: int | None = None, *, max_params: int | None = None,

@@ -14,35 +14,15 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from convladder.errors import UserError
+from convladder.spec import kinds
 
-# Every layer kind the notation knows, with the arguments it accepts (beyond `kind`).
+# Every layer kind the notation knows, with the arguments it accepts (beyond `kind`), and the kinds by
+# category: live views of the one registry, spec/kinds.py (a kind registered there is known here at once).
 # The first argument listed is the positional one, if the kind takes any.
-CONV_ARGS = ("out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias")
-POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode")
-KIND_ARGS: dict[str, tuple[str, ...]] = {
-    "conv": CONV_ARGS,
-    "maxpool": POOL_ARGS,
-    "avgpool": POOL_ARGS,
-    "bn": (),
-    "dropout": ("p",),
-    "relu": (),
-    "leakyrelu": ("negative_slope",),
-    "prelu": (),
-    "elu": ("alpha",),
-    "selu": (),
-    "tanh": (),
-    "sigmoid": (),
-    "silu": (),
-    "gelu": (),
-    "gap": (),
-    "flatten": (),
-    "fc": ("out_features", "bias"),
-    "softmax": (),
-    "logsoftmax": (),
-}
-ACTIVATIONS = frozenset({"relu", "leakyrelu", "prelu", "elu", "selu", "tanh", "sigmoid", "silu", "gelu"})
-POOLS = frozenset({"maxpool", "avgpool"})
-OUTPUT_ACTIVATIONS = frozenset({"softmax", "logsoftmax"})
+KIND_ARGS = kinds.KIND_ARGS
+ACTIVATIONS = kinds.SPEC_ACTIVATIONS
+POOLS = kinds.POOLS
+OUTPUT_ACTIVATIONS = kinds.OUTPUT_ACTIVATIONS
 
 BLOCK_ROLES = ("convolution", "transition", "output")
 
@@ -65,10 +45,6 @@ FLOAT_BOUNDS: dict[str, tuple[float, float]] = {  # closed ranges; dropout's p i
     "alpha": (-1000.0, 1000.0),
 }
 BOOL_FIELDS = frozenset({"bias", "ceil_mode"})
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "conv": ("out_channels", "kernel_size"), "maxpool": ("kernel_size",), "avgpool": ("kernel_size",),
-    "fc": ("out_features",), "dropout": ("p",),
-}
 MAX_LAYERS_ENV = "CONVLADDER_MAX_LAYERS"
 DEFAULT_MAX_LAYERS = 1_000
 
@@ -174,7 +150,7 @@ class Layer:
             # one type per field, so equal layers compare equal and print alike (YAML `p: 0` is 0.0)
             object.__setattr__(self, name, float(value) if name in FLOAT_BOUNDS
                                else value if name in BOOL_FIELDS else int(value))
-        missing = [name for name in REQUIRED.get(self.kind, ()) if getattr(self, name) is None]
+        missing = [name for name in kinds.KINDS[self.kind].required if getattr(self, name) is None]
         if missing:
             raise UserError(f"{self.kind} needs {' and '.join(missing)}")
 
@@ -226,10 +202,10 @@ class Block:
     def resolved_role(self) -> str:
         if self.role:
             return self.role
-        kinds = {layer.kind for layer in self.layers}
-        if kinds & ({"gap", "flatten", "fc"} | OUTPUT_ACTIVATIONS):
+        names = {layer.kind for layer in self.layers}
+        if any(kind in kinds.OUTPUT_ROLE for kind in names):
             return "output"
-        if kinds & POOLS:
+        if any(kind in POOLS for kind in names):
             return "transition"
         return "convolution"
 

@@ -19,19 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from convladder.errors import UserError
-from convladder.spec.layers import (BLOCK_ROLES, BOOL_FIELDS, FLOAT_BOUNDS, INT_BOUNDS, KIND_ARGS, POOLS, Block, Layer,
+from convladder.spec import kinds
+from convladder.spec.layers import (BLOCK_ROLES, BOOL_FIELDS, FLOAT_BOUNDS, INT_BOUNDS, KIND_ARGS, Block, Layer,
                                     NetworkSpec, arg_problem, max_layers, too_many_layers)
 
-KIND_ALIASES = {
-    "batchnorm": "bn",
-    "batchnorm2d": "bn",
-    "drop": "dropout",
-    "swish": "silu",
-    "linear": "fc",
-    "dense": "fc",
-    "globalavgpool": "gap",
-    "log_softmax": "logsoftmax",
-}
+# Kind names, their aliases (batchnorm: bn, swish: silu, ...) and which kinds carry their window in the name
+# (conv3x3) come from the registry, spec/kinds.py.
 # Short argument names, applied only where the kind has no argument of that name (dropout's `p`).
 ARG_ALIASES = {
     "s": "stride",
@@ -46,7 +39,7 @@ ARG_ALIASES = {
 BOOL_ARGS = BOOL_FIELDS
 FLOAT_ARGS = frozenset(FLOAT_BOUNDS)
 MAX_DIGITS = 30  # a whole number longer than this is out of every argument's range (and int() stops at 4,300)
-SIZED_KIND = re.compile(r"^(conv|maxpool|avgpool)(\d+)x(\d+)$")
+SIZED_KIND = re.compile(rf"^({'|'.join(kinds.SIZED)})(\d+)x(\d+)$")
 
 TOKEN = re.compile(
     r"(?P<space>\s+|#[^\n]*|->|>)"
@@ -185,29 +178,23 @@ class _Parser:
                 raise self.fail("only square kernels are supported: write e.g. conv3x3", kind_tok)
             fixed["kernel_size"] = self.whole_number("kernel_size", kh_text, kind_tok)
         else:
-            kind = KIND_ALIASES.get(raw, raw)
+            kind = kinds.alias(raw)
         if kind not in KIND_ARGS:
             known = "conv3x3, conv1x1, maxpool2x2, avgpool2x2, " + ", ".join(
-                k for k in KIND_ARGS if k not in ("conv", "maxpool", "avgpool")
+                k for k in KIND_ARGS if k not in kinds.SIZED
             )
             raise self.fail(f"unknown layer {kind_tok.text!r}; known: {known}", kind_tok)
-        if kind in ("conv", *POOLS) and "kernel_size" not in fixed and self.tok.text != "(":
+        if kind in kinds.SIZED and "kernel_size" not in fixed and self.tok.text != "(":
             raise self.fail(f"{kind} needs a kernel size: write e.g. {kind}3x3", kind_tok)
         args = self.parse_args(kind) if self.tok.text == "(" else {}
         for name, value in fixed.items():
             if name in args and args[name] != value:
                 raise self.fail(f"kernel_size given twice ({value} in the name, {args[name]} as argument)", kind_tok)
         args.update(fixed)
-        if kind == "conv" and "out_channels" not in args:
-            raise self.fail("a convolution must state its output channels, e.g. conv3x3(16)", kind_tok)
-        if kind == "conv" and "kernel_size" not in args:
-            raise self.fail("a convolution needs a kernel size, e.g. conv3x3(16)", kind_tok)
-        if kind in POOLS and "kernel_size" not in args:
-            raise self.fail("a pooling layer needs a kernel size, e.g. maxpool2x2", kind_tok)
-        if kind == "fc" and "out_features" not in args:
-            raise self.fail("a fully connected layer must state its outputs, e.g. fc(10)", kind_tok)
-        if kind == "dropout" and "p" not in args:
-            raise self.fail("dropout needs its probability, e.g. dropout(0.05)", kind_tok)
+        declared = kinds.KINDS[kind]
+        for name, hint in zip(declared.required, declared.hints):
+            if name not in args:
+                raise self.fail(hint, kind_tok)
         try:
             return Layer(kind=kind, **args)
         except UserError as exc:  # the checks above come first; this keeps any other refusal at its position
@@ -234,7 +221,7 @@ class _Parser:
                     raise self.fail(f"{kind} has no argument {key_tok.text!r}; it takes {', '.join(allowed) or 'none'}")
                 self.i += 2
             else:
-                if positional or not allowed or kind in POOLS:
+                if positional or not allowed or kind in kinds.POOLS:
                     raise self.fail(f"unexpected positional argument to {kind}; name it (e.g. stride=2)")
                 key = allowed[0]
                 positional += 1
@@ -298,11 +285,12 @@ def format_layer(layer: Layer) -> str:
     """Canonical text of one layer: every argument that is set, by torch's name."""
     args = layer.args()
     head = layer.kind
-    if layer.kind in ("conv", *POOLS):
+    declared = kinds.KINDS[layer.kind]
+    if declared.sized:
         k = args.pop("kernel_size")
         head = f"{layer.kind}{k}x{k}"
     parts: list[str] = []
-    first = {"conv": "out_channels", "fc": "out_features", "dropout": "p"}.get(layer.kind)
+    first = declared.args[0] if declared.prints_first else None
     if first and first in args:
         parts.append(format_value(args.pop(first)))
     parts += [f"{key}={format_value(value)}" for key, value in args.items()]

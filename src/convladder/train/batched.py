@@ -35,14 +35,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from convladder.spec import kinds
 from convladder.spec.build import ClassProbs, SpecNet, run_without_output_layer
 from convladder.train.config import TrainConfig, crop_at
 from convladder.train.epochs import EpochRunner, drive_steps, epoch_lrs, epoch_rows, finish_rows
 from convladder.train.progress import Progress
 from convladder.train.step import WARMUP_STEPS, StepRunner, TrainStep, step_mode
 
-_STATELESS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.MaxPool2d,
-              nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, ClassProbs)
+def _stateless() -> tuple[type, ...]:
+    """Modules one instance of which serves every copy: the registry's batchable kinds (spec/kinds.py), and the
+    output softmax."""
+    return (*kinds.batchable_types(), ClassProbs)
 
 
 class GroupedLinear(nn.Module):
@@ -84,13 +87,14 @@ def why_not_batchable(model: nn.Module) -> str | None:
     for module in model.modules():
         if isinstance(module, (SpecNet, nn.Sequential)):
             continue
-        if isinstance(module, nn.PReLU):
-            return "prelu shares its slope across channels"
+        kind = kinds.kind_of_class(type(module))
+        if kind is not None and kind.unbatchable:  # e.g. prelu shares its slope across channels
+            return kind.unbatchable
         if isinstance(module, nn.Conv2d):
             if module.padding_mode != "zeros":
                 return f"conv padding_mode {module.padding_mode}"
             continue
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear, *_STATELESS)):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear, *_stateless())):
             continue
         return f"layer {type(module).__name__} has no batched form"
     return None
