@@ -116,6 +116,9 @@ def test_a_runs_report_and_dashboards(store, tmp_path: Path) -> None:
     run = convladder.load(results[0].run_id, runs=root)
     report = run.report()
     assert "<iframe srcdoc=" in report._repr_html_() and run.id in report.html
+    handin = run.handin(tmp_path / "handin")
+    assert handin.data == tmp_path / "handin" / "README.md" and str(handin) == handin.data.read_text()
+    assert re.search(r"\]\((?!/)[^)]+\.png\)", str(handin))  # figures linked relatively, beside it
     pytest.importorskip("tensorboard")
     folder = run.to_tensorboard(tmp_path / "tb")
     assert folder.name.endswith(run.id) and list(folder.glob("events.out.tfevents.*"))
@@ -177,12 +180,22 @@ def test_doctor_lr_find_sweep_and_ladder(store, capsys, tmp_path: Path) -> None:
     assert ranked["counts"]["completed"] == 2 and "summary:" in str(ranked)
 
     steps = convladder.ladder("gap-vs-fc", steps="1-2", epochs=1, subset=256, dataset="synthetic",
-                              runs=tmp_path / "lad", quiet=True)
+                              runs=tmp_path / "lad", quiet=True, handin=tmp_path / "handin")
     assert len(steps.data["steps"]) >= 2 and str(steps).startswith("ladder gap-vs-fc")
+    assert steps.data["handin"] == tmp_path / "handin" / "README.md" and steps.data["handin"].is_file()
     code, out, _ = run_cli(capsys, "ladder", "report", "gap-vs-fc", "--runs", str(tmp_path / "lad"))
     assert str(steps) == out.rstrip("\n")
     with pytest.raises(UserError, match="not lr"):
         convladder.ladder("gap-vs-fc", lr=0.1, runs=tmp_path / "lad")
+
+
+@pytest.mark.slow  # counting the default space's networks: ~5 s of CPU per call
+def test_frontier_dry_run_matches_the_cli(capsys, tmp_path: Path) -> None:
+    plan = convladder.frontier(budgets="2k", trials=2, dry_run=True, runs=tmp_path)
+    code, out, _ = run_cli(capsys, "frontier", "--budgets", "2k", "--trials", "2", "--dry-run", "--runs", str(tmp_path))
+    assert code == 0 and str(plan) == out.rstrip("\n") and str(plan).startswith("budget 2,000:")
+    with pytest.raises(UserError, match="seeds must be at least 1"):
+        convladder.frontier(seeds=0)
 
 
 # -- the example notebooks use only the public API -------------------------------------------------------------

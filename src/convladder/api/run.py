@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 class Run:
     """One stored run: `.config`, `.metrics`, `.result`, `.env` (its files), `.curves()`, `.misclassified(n)`,
-    `.confusion()`, `.model()` (trained weights loaded), `.report()`, `.to_tensorboard(dir)`, `.to_mlflow(uri)`. `model=`: the class it trained, for a class
+    `.confusion()`, `.model()` (trained weights loaded), `.report()`, `.handin()` (Markdown), `.to_tensorboard(dir)`,
+    `.to_mlflow(uri)`. `model=`: the class it trained, for a class
     convladder cannot rebuild alone (defined in a notebook whose source was not recorded)."""
 
     def __init__(self, store: RunStore, record: RunRecord, model: Any = None):
@@ -110,6 +111,15 @@ class Run:
         from convladder.train.result import RunReport
 
         return RunReport.of_run(self.path, out, model=model or self._model_class)
+
+    def handin(self, out: str | Path | None = None) -> Shown:
+        """The Markdown hand-in of the run (`convladder report RUN --markdown`): README.md with its figures as
+        PNG files beside it, in `out` (a folder, default handin-<run id>, or a .md file); shows the Markdown."""
+        from convladder.report.markdown import handin_path, write_handin
+
+        readme = handin_path(out, self.id, [self.store.root])  # checked before the work, as the command's -o
+        path = write_handin(str(self.path), readme, self.store.root)
+        return Shown(path.read_text(), path, title=f"hand-in written to {path}")
 
     def to_tensorboard(self, logdir: str | Path) -> Path:
         """Write the run to TensorBoard under `logdir` (as `convladder runs export --tensorboard`); its folder."""

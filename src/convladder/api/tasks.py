@@ -64,9 +64,10 @@ def check(model: Any, input_shape: tuple[int, ...] | None = None, *, budget: int
 
 def ladder(name_or_file: str, *, steps: str | list[int] | None = None, seeds: int = 1,
            runs: str | Path | None = None, executor: str = "inprocess", quiet: bool = False,
-           **config: Any) -> Shown:
+           handin: str | Path | None = None, **config: Any) -> Shown:
     """Run a ladder's steps x seeds (finished jobs are skipped), then its comparison table, as `ladder run` and
-    `ladder report` do. config: the keys `ladder run` overrides for every step (epochs, subset, dataset, device)."""
+    `ladder report` do. config: the keys `ladder run` overrides for every step (epochs, subset, dataset, device).
+    handin: also write the Markdown hand-in there (`ladder report --markdown -o`): README.md and its figures."""
     from convladder.ladder.compare import format_table, ladder_summary
     from convladder.ladder.ladder import load_ladder
     from convladder.ladder.run import run_ladder
@@ -79,6 +80,11 @@ def ladder(name_or_file: str, *, steps: str | list[int] | None = None, seeds: in
                         "other settings belong in the ladder file")
     lad = load_ladder(name_or_file)
     store = RunStore(runs)
+    readme = None
+    if handin is not None:
+        from convladder.report.markdown import handin_path, write_ladder_handin
+
+        readme = handin_path(handin, lad.name, [store.root])  # checked before the work
     results = run_ladder(lad, store.root, steps=steps, seeds=seeds, executor=executor, echo=_say(quiet), **config)
     failed = [r for r in results if r["status"] == "failed"]
     if failed and len(failed) == len(results):
@@ -87,7 +93,10 @@ def ladder(name_or_file: str, *, steps: str | list[int] | None = None, seeds: in
     text = format_table(rows, lad)
     if failed:
         text += f"\nwarning: {len(failed)} of {len(results)} job(s) failed; rerun to retry only those"
-    return Shown(text, {"jobs": results, "steps": rows}, title=f"ladder {lad.name}")
+    data: dict[str, Any] = {"jobs": results, "steps": rows}
+    if readme is not None:
+        data["handin"] = write_ladder_handin(lad, store, readme, rows)
+    return Shown(text, data, title=f"ladder {lad.name}")
 
 
 def sweep(file: str | Path, *, seeds: int | None = None, runs: str | Path | None = None,
@@ -116,11 +125,31 @@ def sweep(file: str | Path, *, seeds: int | None = None, runs: str | Path | None
     return Shown(format_table(summary) + f"\nsummary: {path}", summary, title=f"sweep {spec.name}")
 
 
+def frontier_plan(spec: Any) -> str:
+    """`frontier --dry-run`: each budget's candidate networks (counted, none trained) and the rejected ones."""
+    from convladder.executors.frontier import candidates
+
+    lines = []
+    for budget in spec.budgets:
+        cands, stats = candidates(spec, budget)
+        if spec.trials:
+            lines.append(f"budget {budget:,}: {stats['in_budget']} of {stats['generated']} networks fit, "
+                         f"{stats['near']} within {spec.near:.0%} of it; trying {len(cands)}")
+        else:
+            lines.append(f"budget {budget:,}: the file's candidates only; trying {len(cands)}"
+                         + (" (one trial: no search, its seeds are the reported ones)" if len(cands) == 1 else ""))
+        lines += [f"  {c.params:>7,}  {c.text}" for c in cands]
+        lines += [f"  rejected {r['params']:>7,}  {r['reason']}: {r['model'][:60]}..." for r in stats["rejected"]]
+    return "\n".join(lines)
+
+
 def frontier(file: str | Path | None = None, *, budgets: str | None = None, seeds: int | None = None,
              trials: int | None = None, epochs: str | None = None, dataset: str | None = None,
-             runs: str | Path | None = None, executor: str = "inprocess", quiet: bool = False) -> Shown:
+             runs: str | Path | None = None, executor: str = "inprocess", dry_run: bool = False,
+             quiet: bool = False) -> Shown:
     """The frontier, as `convladder frontier`: the best network under each budget, chosen on validation and
-    re-trained over seeds (5 by default); the summary is written to <runs>/frontiers/ after each budget."""
+    re-trained over seeds (5 by default); the summary is written to <runs>/frontiers/ after each budget.
+    dry_run: each budget's candidate networks, nothing trained."""
     from convladder.executors.base import job_line, make_executor
     from convladder.executors.frontier import format_table, run_frontier, write_summary
     from convladder.executors.frontierspec import load_frontier
@@ -129,6 +158,8 @@ def frontier(file: str | Path | None = None, *, budgets: str | None = None, seed
         if value is not None and value < least:
             raise UserError(f"{name} must be at least {least} (got {value})")
     spec = load_frontier(file, budgets=budgets, seeds=seeds, trials=trials, epochs=epochs, dataset=dataset)
+    if dry_run:
+        return Shown(frontier_plan(spec), spec, title="frontier (dry run)")
     root, say, t0, path = _root(runs), _say(quiet), time.perf_counter(), []
 
     def save(summary: dict[str, Any]) -> None:  # after each budget: an interrupted frontier keeps what it measured

@@ -175,7 +175,7 @@ def frontier_command(
 ) -> None:
     """Search each budget, select on validation, re-train the winners over seeds, print the frontier table."""
     from convladder.executors.base import job_line, make_executor
-    from convladder.executors.frontier import candidates, format_table, run_frontier, write_summary
+    from convladder.executors.frontier import format_table, run_frontier, write_summary
     from convladder.executors.frontierspec import load_frontier
     from convladder.paths import runs_dir
 
@@ -185,18 +185,9 @@ def frontier_command(
     spec = load_frontier(file, budgets=budgets, seeds=seeds, trials=trials, epochs=epochs, dataset=dataset)
     root = Path(runs).expanduser() if runs else runs_dir()
     if dry_run:
-        for budget in spec.budgets:
-            cands, stats = candidates(spec, budget)
-            if spec.trials:
-                typer.echo(f"budget {budget:,}: {stats['in_budget']} of {stats['generated']} networks fit, "
-                           f"{stats['near']} within {spec.near:.0%} of it; trying {len(cands)}")
-            else:
-                typer.echo(f"budget {budget:,}: the file's candidates only; trying {len(cands)}"
-                           + (" (one trial: no search, its seeds are the reported ones)" if len(cands) == 1 else ""))
-            for c in cands:
-                typer.echo(f"  {c.params:>7,}  {c.text}")
-            for r in stats["rejected"]:
-                typer.echo(f"  rejected {r['params']:>7,}  {r['reason']}: {r['model'][:60]}...")
+        from convladder.api.tasks import frontier_plan  # one wording for the CLI and Python
+
+        typer.echo(frontier_plan(spec))
         return
     ex = make_executor(executor, ray_address, cpus_per_trial, gpus_per_trial, max_retries, ray_verbose)
     t0 = time.perf_counter()
