@@ -217,7 +217,10 @@ def export_int8(run: LoadedRun, out: Path, *, calibration: int = DEFAULT_CALIBRA
                         f"{dataset} training split (seeded sample; no validation or test image)", threads,
                         TIMING_BATCH, str(run.path / RECORD), versions())
     atomic_write_bytes(out, int8)
-    atomic_write_bytes(run.path / RECORD, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    try:
+        atomic_write_bytes(run.path / RECORD, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    except OSError as exc:  # a read-only store: the figures are still printed, and said not to be recorded
+        report.record = f"nowhere: {run.path} cannot be written ({exc.strerror or type(exc).__name__})"
     return report
 
 
