@@ -102,7 +102,6 @@ def test_mlflow_params_metrics_table_and_folder_read_back(stored, tmp_path: Path
 def test_runs_export_puts_a_ladders_steps_side_by_side(stored, capsys, tmp_path: Path) -> None:
     root, run_id = stored
     for step in (1, 2):
-        config = json.loads((root / run_id / "config.json").read_text())
         copy_run(root / run_id, f"20990101-00000{step}-abcde{step}",
                  config={"tags": ["ladder:mini", f"step:{step}"], "name": f"mini {step}. step{step}"})
     RunStore(root).reindex()
@@ -114,6 +113,11 @@ def test_runs_export_puts_a_ladders_steps_side_by_side(stored, capsys, tmp_path:
     client = mlflow_tracking.MlflowClient(tracking_uri=f"file:{tmp_path / 'ml'}")
     found = client.search_runs([client.get_experiment_by_name("ladder-mini").experiment_id])
     assert sorted(r.data.tags["convladder.run_id"] for r in found) == ["20990101-000001-abcde1", "20990101-000002-abcde2"]
+    copy_run(root / run_id, "20990101-000003-abcde3", config={"tags": ["sweep:lr", "trial:t001"]})
+    RunStore(root).reindex()
+    code, out, err = run_cli(capsys, "runs", "export", "sweep:lr", "--runs", str(root), "--tensorboard", str(tmp_path / "tb"))
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "tb" / "sweep-lr").iterdir()] == ["t001-seed1-20990101-000003-abcde3"]
     code, _, err = run_cli(capsys, "runs", "export", "ladder:nothere", "--runs", str(root), "--tensorboard", "x")
     assert code == 2 and "no runs tagged 'ladder:nothere'" in err and len(err.strip().splitlines()) == 1
 
