@@ -36,6 +36,14 @@ def _metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+def _epoch_ends(run_id: str, rows: list[dict]) -> list[float]:
+    """When each epoch ended: the run's start (its id, local time) plus the epochs' times — the run's own clock."""
+    import time
+
+    started = time.mktime(time.strptime(run_id[:15], "%Y%m%d-%H%M%S"))
+    return [started + sum(r["epoch_time_s"] for r in rows[:i + 1]) for i in range(len(rows))]
+
+
 def _events(folder: Path) -> event_accumulator.EventAccumulator:
     acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
@@ -51,6 +59,7 @@ def test_tensorboard_scalars_hparams_and_table_read_back(stored, tmp_path: Path)
         events = acc.Scalars(tag)
         assert [e.step for e in events] == [r["epoch"] for r in rows], tag
         assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6), tag
+    assert [e.wall_time for e in acc.Scalars("accuracy/test")] == pytest.approx(_epoch_ends(run_id, rows))
     gap = acc.Scalars(exporters.GAP_TAG)
     assert [e.value for e in gap] == pytest.approx([r["train_acc"] - r["test_acc"] for r in rows], rel=1e-5)
     result = json.loads((root / run_id / "result.json").read_text())
@@ -87,6 +96,7 @@ def test_mlflow_params_metrics_table_and_folder_read_back(stored, tmp_path: Path
         history = sorted(client.get_metric_history(found.info.run_id, key), key=lambda m: m.step)
         assert [m.step for m in history] == [r["epoch"] for r in rows], key
         assert [m.value for m in history] == pytest.approx([r[key] for r in rows], rel=1e-9), key
+        assert [m.timestamp for m in history] == [int(s * 1000) for s in _epoch_ends(run_id, rows)], key
     gap = sorted(client.get_metric_history(found.info.run_id, "gap"), key=lambda m: m.step)
     assert [m.value for m in gap] == pytest.approx([r["train_acc"] - r["test_acc"] for r in rows])
     files = {f.path for f in client.list_artifacts(found.info.run_id)}

@@ -122,7 +122,11 @@ def sweep(file: str | Path, *, seeds: int | None = None, runs: str | Path | None
     if c["failed"] and not c["completed"] and not c["stopped"]:
         raise UserError(f"every trial of sweep {spec.name} failed or was over budget ({c['failed']} failed, "
                         f"{c['rejected']} over budget); summary: {path}")
-    return Shown(format_table(summary) + f"\nsummary: {path}", summary, title=f"sweep {spec.name}")
+    text = format_table(summary) + f"\nsummary: {path}"
+    if c["failed"]:  # the command's warning (it exits 0): the others are ranked and kept
+        text += (f"\nwarning: {c['failed']} of {sum(c.values())} trial(s) failed; the ranking holds the others "
+                 "(a rerun trains only what is missing)")
+    return Shown(text, summary, title=f"sweep {spec.name}")
 
 
 def frontier_plan(spec: Any) -> str:

@@ -56,6 +56,22 @@ def gap_rows(metrics: list[dict[str, Any]]) -> list[tuple[int, float]]:
             if isinstance(r.get("train_acc"), (int, float)) and isinstance(r.get("test_acc"), (int, float))]
 
 
+def epoch_clock(run: RunData) -> dict[int, float]:
+    """When each epoch ended, in seconds since 1970: the run's start (its id, local time) plus the epochs' own
+    times (training + evaluation); a dashboard's wall-time axis then spans the run, not 1970."""
+    import time
+
+    try:
+        clock = time.mktime(time.strptime(run.id[:15], "%Y%m%d-%H%M%S"))
+    except ValueError:  # a folder not named by a run id: its files' time
+        clock = run.path.stat().st_mtime if run.path.exists() else 0.0
+    out = {}
+    for row in run.metrics:
+        clock += float(row.get("epoch_time_s") or 0.0)
+        out[int(row["epoch"])] = clock
+    return out
+
+
 def hparams(run: RunData) -> dict[str, str | int | float | bool]:
     """The run's config as flat hyperparameters: numbers, text and flags as they are, anything else as JSON."""
     out: dict[str, str | int | float | bool] = {}
@@ -153,13 +169,14 @@ def write_tensorboard(run: RunData, logdir: str | Path) -> Path:
     for old in folder.glob("events.out.tfevents.*"):  # a second export of the run replaces the first
         old.unlink()
     writer = SummaryWriter(log_dir=str(folder))
+    clock = epoch_clock(run)
     try:
         for row in run.metrics:
             for key, tag in SCALARS:
                 if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool):
-                    writer.add_scalar(tag, float(row[key]), int(row["epoch"]))
+                    writer.add_scalar(tag, float(row[key]), int(row["epoch"]), walltime=clock[int(row["epoch"])])
         for epoch, value in gap_rows(run.metrics):
-            writer.add_scalar(GAP_TAG, value, epoch)
+            writer.add_scalar(GAP_TAG, value, epoch, walltime=clock[epoch])
         numbers = {f"result/{k}": v for k, v in result_numbers(run).items()}
         for exp in hparams_summary(hparams(run), numbers):
             writer.file_writer.add_summary(exp)
@@ -216,10 +233,12 @@ def write_mlflow(run: RunData, client: Any, experiment: str | None = None) -> st
     try:
         # MLflow keeps a param value to 6000 characters: a long spec keeps its start, the folder has it whole
         params = [Param(k, str(v)[:6000]) for k, v in hparams(run).items()]
-        metrics = [Metric(key, float(row[key]), 0, int(row["epoch"])) for row in run.metrics
+        ms = {epoch: int(seconds * 1000) for epoch, seconds in epoch_clock(run).items()}  # MLflow: milliseconds
+        metrics = [Metric(key, float(row[key]), ms[int(row["epoch"])], int(row["epoch"])) for row in run.metrics
                    for key, _ in SCALARS if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)]
-        metrics += [Metric("gap", value, 0, epoch) for epoch, value in gap_rows(run.metrics)]
-        metrics += [Metric(k, v, 0, 0) for k, v in result_numbers(run).items() if k != "gap"]
+        metrics += [Metric("gap", value, ms[epoch], epoch) for epoch, value in gap_rows(run.metrics)]
+        end = max(ms.values(), default=0)
+        metrics += [Metric(k, v, end, 0) for k, v in result_numbers(run).items() if k != "gap"]
         for start in range(0, max(len(params), len(metrics)), 100):  # log_batch takes at most 100 params
             client.log_batch(mid, metrics=metrics[start:start + 100], params=params[start:start + 100],
                              tags=[RunTag("convladder.gap_note", GAP_NOTE)] if start == 0 else [])
