@@ -92,6 +92,13 @@ def test_runs_and_load_show_what_the_cli_shows(store, capsys) -> None:
         convladder.load("nothere", runs=root)
     with pytest.raises(UserError, match="two or more runs"):
         convladder.compare(results[0])
+    from convladder.train.result import SeedResults
+
+    both = SeedResults(results)
+    assert str(convladder.compare(both)) == str(convladder.compare(*results))  # a seeds result is its runs
+    with pytest.raises(UserError, match="one per seed — load one"):
+        convladder.load(both)
+    assert convladder.load(run) is run
 
 
 def test_a_run_gives_its_network_figures_and_report(store) -> None:

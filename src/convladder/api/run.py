@@ -189,6 +189,11 @@ def load(run: Any = "latest", *, runs: str | Path | None = None, model: Any = No
     `convladder.train` returned. runs: the run store (default $CONVLADDER_RUNS or ./runs)."""
     from convladder.runs.store import RunStore
 
+    if hasattr(run, "results") and hasattr(run, "median"):  # SeedResults: one run per seed
+        raise UserError(f"that result holds {len(run)} runs, one per seed — load one: convladder.load(results.median) "
+                        "or convladder.load(results[0]); convladder.compare(results) shows them side by side")
+    if isinstance(run, Run):
+        return run
     folder = getattr(run, "run_dir", None) or (run if isinstance(run, Path) else None)
     if folder is None and isinstance(run, str) and (Path(run).expanduser() / "config.json").is_file():
         folder = run
@@ -221,7 +226,9 @@ def runs(*, status: str | None = None, model: str | None = None, tag: str | None
 
 
 def compare(*run_refs: Any, runs: str | Path | None = None) -> Shown:
-    """Runs side by side, as `convladder runs compare`: results, then the config keys that differ."""
+    """Runs side by side, as `convladder runs compare`: results, then the config keys that differ. A result of
+    several seeds counts as its runs."""
     from convladder.runs.commands import compare_text
 
+    run_refs = tuple(r for ref in run_refs for r in (ref.results if hasattr(ref, "median") else [ref]))
     return Shown(compare_text(_store(store_of(run_refs, runs)), [ref_of(r) for r in run_refs]), title="runs compared")
