@@ -31,6 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' run makers and damaged bundles: one definition
+sys.path.insert(0, str(ROOT / "bench"))
+from hardening_stops import HEADER, diskfull, signals  # noqa: E402 - disk full and signals: real CLI processes
+
+STOPS = {"diskfull": ("A full disk (3 MB tmpfs)", diskfull), "signals": ("SIGTERM / SIGINT", signals)}
 
 LIMIT_S, LIMIT_MB = 1.0, 100.0
 Result = tuple[str, bool, str]  # case, passed, detail
@@ -402,7 +406,7 @@ def server(tmp: Path) -> list[Result]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", help="run the bombs against this src folder (another checkout)")
-    parser.add_argument("--only", default="bombs,bundles,outputs,damaged,server")
+    parser.add_argument("--only", default="bombs,bundles,outputs,damaged,server,diskfull,signals")
     parser.add_argument("--out", help="also write the tables to this markdown file")
     args = parser.parse_args()
     groups = args.only.split(",")
@@ -418,6 +422,12 @@ def main() -> None:
             if group == "bombs":
                 results, rows = bombs(tmp / group, args.src)
                 details += ["", f"### YAML and JSON bombs ({args.src or 'this checkout'})", "", *rows]
+            elif group in STOPS:  # real CLI processes of the code under test (hardening_stops.py)
+                title, run_group = STOPS[group]
+                results, rows = run_group(tmp / group, args.src or str(ROOT / "src"))
+                table_rows = [r for r in rows if r.startswith("|")]
+                details += ["", f"### {title} ({args.src or 'this checkout'})", "",
+                            *([*HEADER, *table_rows] if table_rows else rows)]
             else:
                 results = plan[group](tmp / group)
             failed = [r for r in results if not r[1]]

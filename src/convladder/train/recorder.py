@@ -22,6 +22,7 @@ import torch
 
 from convladder.interrupts import deferred, record
 from convladder.errors import UserError
+from convladder.fileio import DiskFull
 from convladder.runs.store import RunHandle, RunStore, notice
 from convladder.train.config import TrainConfig
 from convladder.train.models import write_record
@@ -163,7 +164,12 @@ class Recorder:
         return result
 
     def failed(self, exc: BaseException) -> RunResult:
-        return self._end("failed", None, f"{type(exc).__name__}: {exc}")
+        try:
+            return self._end("failed", None, f"{type(exc).__name__}: {exc}")
+        except DiskFull:  # no room for result.json either: `exc` (the first write that failed) is what to show;
+            # the folder then has no result.json and the store settles the run as interrupted (resumable)
+            return make_result(self.config, self.state, self.run_id, self.params, self.clock(), "failed",
+                               self.select, None, f"{type(exc).__name__}: {exc}")
 
     def diverged(self, epoch: int) -> TrainingDiverged:
         where = f"run {self.run_id}" if self.handle else "the run"
