@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,10 +42,15 @@ COMMANDS = [
 ]
 
 
-def wall(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+def wall(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """(wall s, CPU s of the process: user + sys, exit code); CPU time is what a busy neighbour inflates least."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, env=env, cwd=ROOT)
-    return time.perf_counter() - t0, proc.returncode
+    elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, proc.returncode
 
 
 def torch_imported(args: list[str], env: dict[str, str]) -> str:
@@ -78,17 +84,16 @@ def main() -> None:
         rows = []
         baselines = [("python -c pass", [sys.executable, "-c", "pass"], None),
                      ("python -c 'import torch'", [sys.executable, "-c", "import torch"], None)]
-        for label, argv, target in baselines:
-            times = [wall(argv, env)[0] for _ in range(opts.repeat)]
-            rows.append((label, statistics.median(times), min(times), "yes" if "torch" in label else "no", target, 0))
-            print(f"{label:28} median {rows[-1][1]:.3f}s", flush=True)
-        for label, args, extra, target in COMMANDS:
-            run_env = {**env, **extra}
-            results = [wall([sys.executable, "-m", "convladder", *args], run_env) for _ in range(opts.repeat)]
-            times = [t for t, _ in results]
-            rows.append((label, statistics.median(times), min(times), torch_imported(args, run_env), target,
-                         max(code for _, code in results)))
-            print(f"{label:28} median {rows[-1][1]:.3f}s  torch imported: {rows[-1][3]}", flush=True)
+        runs = [(label, argv, env, "yes" if "torch" in label else "no", None) for label, argv, _ in baselines]
+        runs += [(label, [sys.executable, "-m", "convladder", *args], {**env, **extra}, None, target)
+                 for label, args, extra, target in COMMANDS]
+        for label, argv, run_env, torch, target in runs:
+            results = [wall(argv, run_env) for _ in range(opts.repeat)]
+            torch = torch or torch_imported(argv[3:], run_env)
+            rows.append((label, statistics.median(r[0] for r in results), min(r[0] for r in results),
+                         statistics.median(r[1] for r in results), torch, target, max(r[2] for r in results)))
+            print(f"{label:28} median {rows[-1][1]:.3f}s wall, {rows[-1][3]:.3f}s CPU  torch imported: {torch}",
+                  flush=True)
         load_after = os.getloadavg()
     text = table(rows, opts, load_before, load_after)
     print()
@@ -107,11 +112,11 @@ def table(rows: list[tuple], opts: argparse.Namespace, load_before: tuple, load_
              f"after {'/'.join(f'{x:.2f}' for x in load_after)}; {opts.repeat} runs per command, each a fresh "
              "interpreter (`python -m convladder ...`), wall time measured around the process",
              "",
-             "| command | median wall s | fastest s | torch imported | target s | exit |",
-             "| --- | ---: | ---: | --- | ---: | ---: |"]
-    for label, median, fastest, torch, target, code in rows:
-        lines.append(f"| {label} | {median:.3f} | {fastest:.3f} | {torch} | {'' if target is None else target} | "
-                     f"{code} |")
+             "| command | median wall s | fastest wall s | median CPU s (user+sys) | torch imported | target s | exit |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for label, median, fastest, cpu, torch, target, code in rows:
+        lines.append(f"| {label} | {median:.3f} | {fastest:.3f} | {cpu:.3f} | {torch} | "
+                     f"{'' if target is None else target} | {code} |")
     return "\n".join(lines) + "\n"
 
 

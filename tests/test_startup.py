@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from convladder.ladder.ladder import builtin_names, load_ladder
 from convladder.runs.store import RunStore
+from convladder.spec.size import estimate_size
 from convladder.train.config import TrainConfig
 from convladder.train.loop import train
 
@@ -62,6 +64,8 @@ def store(tmp_path_factory) -> Path:
     (["models", "--json"], '"params"'),
     (["runs", "list"], "startup-probe"),
     (["runs", "show", "latest"], "(completed)"),
+    (["ladder", "check", "eip4-s2"], "ok: 15 steps"),
+    (["ladder", "list"], "eip4-s2"),
 ])
 def test_light_commands_do_not_import_torch(store: Path, args: list[str], expect: str) -> None:
     code, out, torch_imported = run_probe(args, store)
@@ -81,3 +85,12 @@ def test_the_probe_sees_torch_where_a_command_needs_it(store: Path) -> None:
     code, out, torch_imported = run_probe(["summary", "tiny8k"], store)
     assert code == 0 and "params" in out
     assert torch_imported
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_ladder_check_counts_from_the_spec_equal_the_traced_tables(name: str) -> None:
+    """`ladder check` counts a spec step's parameters from the spec alone (spec/size.py, no torch): the same
+    number the traced network table gives."""
+    for step in load_ladder(name).steps:
+        if step.spec is not None:
+            assert estimate_size(step.spec).params == step.table().total_params, (name, step.index)

@@ -40,11 +40,14 @@ def check_cmd(ladder: str = LADDER_ARG) -> None:
     without `because:` (or nothing)."""
     from convladder.ladder.diff import check_ladder
     from convladder.ladder.ladder import load_ladder
+    from convladder.spec.size import estimate_size
 
     lad = load_ladder(ladder)
     diffs = check_ladder(lad)
     for step, d in zip(lad.steps, diffs):
-        params = step.table().total_params
+        # a spec's count from the spec alone (no torch; tests/test_startup.py checks it against the traced
+        # table's); an own class is imported and traced
+        params = estimate_size(step.spec).params if step.spec is not None else step.table().total_params
         things = "; ".join(d.things) or ("the starting point" if step.index == 1 else "-")
         typer.echo(f"{step.index}. {step.name} ({params:,} params): {step.change}")
         typer.echo(f"   thing(s): {things}" + (f"  because: {step.because}" if len(d.things) > 1 else ""))

@@ -158,7 +158,7 @@ def check_ladder(ladder: Any) -> list[StepDiff]:
     """Diff every step against the one before (step 1 against the base); raise UserError for a step
     that changes nothing, or more than one thing without `because:`."""
     from convladder.errors import UserError
-    from convladder.spec.own import is_own_ref
+    from convladder.spec.ownref import is_own_ref
     from convladder.spec.registry import resolve_spec
 
     diffs: list[StepDiff] = []

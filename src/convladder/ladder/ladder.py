@@ -333,7 +333,7 @@ def _apply(ladder: Ladder, step: Step, spec: NetworkSpec | str, base_dir: Path |
             raise UserError(f"{where}: {exc}") from None
         except (ValueError, TypeError, KeyError) as exc:
             raise UserError(f"{where}: {exc}") from None
-    from convladder.spec.build import output_shape
+    from convladder.spec.size import output_shape
 
     where = step.where(ladder, "edit" if step.edits else "model")
     try:

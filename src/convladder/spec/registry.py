@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from convladder.errors import UserError
-from convladder.spec.build import check_size
+from convladder.spec.size import check_size
 from convladder.spec.layers import NetworkSpec
 from convladder.spec.notation import SpecError, parse_spec
 from convladder.spec.ownref import is_own_ref, no_class_message
