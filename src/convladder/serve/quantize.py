@@ -3,7 +3,10 @@
 Steps (`export_int8`):
 
 1. the fp32 graph of `serve.export` (pixels in [0, 1] -> probabilities), built from `serve.fuse.inference_logits`:
-   every BatchNorm that folds exactly into a convolution is folded first, so there is no BN left to quantise;
+   every BatchNorm that folds exactly into a convolution is folded first (a spec's network); every BatchNorm2d
+   left (before a padded convolution, or in an own class) becomes the same affine map as a 1x1 depthwise
+   convolution (`bn_as_conv`), which onnxruntime quantises — a BatchNormalization node would stay fp32 between
+   a dequantise and a quantise. The count of each is recorded;
 2. `onnxruntime.quantization.quant_pre_process` (shape inference, graph optimisation), then `quantize_static`:
    int8 weights per output channel (symmetric), uint8 activations with ranges from MinMax calibration on
    **training images** of the run's data set (its training split: never the validation or test images), a fixed
@@ -18,6 +21,7 @@ QOperator (QLinearConv ...) is the default format: on the 2-core box it ran fast
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -27,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from convladder.data.normalise import to_unit
 from convladder.errors import UserError
@@ -34,7 +40,7 @@ from convladder.fileio import atomic_write_bytes
 from convladder.runs.reader import check_output
 from convladder.serve.export import (INPUT_NAME, ProbsFromPixels, _add_metadata, _onnx_bytes, ort_probs, ort_session,
                                      require_onnx, verify)
-from convladder.serve.fuse import inference_logits
+from convladder.serve.fuse import _affine, inference_logits
 from convladder.serve.predict import LoadedRun
 
 FORMATS = ("qoperator", "qdq")
@@ -70,6 +76,9 @@ class Int8Report:
     threads: int  # onnxruntime intra-op threads (0: onnxruntime's choice)
     timing_batch: int
     record: str  # the JSON file in the run folder that holds this report
+    bn_folded: int = 0  # BatchNorm layers folded into a convolution
+    bn_as_conv: int = 0  # BatchNorm layers written as a 1x1 depthwise convolution
+    bn_left: int = 0  # BatchNormalization nodes left in the fp32 graph (functional F.batch_norm calls)
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -113,6 +122,28 @@ def run_data(run: LoadedRun) -> tuple[Images, Images, str]:
     val = val_images(TrainConfig(subset=subset, val_size=int(run.config.get("val_size") or 0)))
     train_idx = split_indices(n, val, int(run.config.get("split_seed") or 0))[0].numpy() if val else np.arange(n)
     return Images(x_train[train_idx], y_train[train_idx]), Images(x_test, y_test), name
+
+
+def bn_as_conv(model: nn.Module) -> tuple[nn.Module, int]:
+    """(a copy of `model` with every BatchNorm2d replaced by the same per-channel affine map as a 1x1 depthwise
+    convolution, how many were replaced); exact in fp32 (eval-mode statistics)."""
+    model = copy.deepcopy(model).eval()
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.BatchNorm2d) and module.running_var is not None:
+            scale, shift = _affine(module)
+            conv = nn.Conv2d(module.num_features, module.num_features, 1, groups=module.num_features)
+            with torch.no_grad():
+                conv.weight.copy_(scale.view(-1, 1, 1, 1))
+                conv.bias.copy_(shift)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, conv.eval())
+            replaced += 1
+    return model, replaced
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 def calibration_sample(pool: Images, count: int, seed: int = 0) -> np.ndarray:
@@ -181,6 +212,12 @@ def versions() -> dict[str, str]:
             "python": platform.python_version(), "cpu": cpu_model(), "cores": str(os.cpu_count())}
 
 
+def _onnx_ops(data: bytes) -> list[str]:
+    import onnx
+
+    return [node.op_type for node in onnx.load_from_string(data).graph.node]
+
+
 def _with_note(data: bytes, items: dict[str, str]) -> bytes:
     import onnx
 
@@ -202,8 +239,12 @@ def export_int8(run: LoadedRun, out: Path, *, calibration: int = DEFAULT_CALIBRA
     out = check_output(out, f"{run.run_id}.int8.onnx", run.path.parent)
     pool, test, dataset = run_data(run)
     cal01 = calibration_sample(pool, calibration)
-    wrapper = ProbsFromPixels(inference_logits(run.model), run.mean, run.std, run.input_shape).eval()
+    fused = inference_logits(run.model)
+    folded = _batchnorms(run.model) - _batchnorms(fused)
+    net, as_conv = bn_as_conv(fused)
+    wrapper = ProbsFromPixels(net, run.mean, run.std, run.input_shape).eval()
     fp32 = _add_metadata(_onnx_bytes(wrapper), run)
+    bn_left = _onnx_ops(fp32).count("BatchNormalization")
     verify(fp32, run, out)  # the fused fp32 graph agrees with torch (and, on the cached test set, with the run)
     int8 = _with_note(quantize_onnx(fp32, cal01, quant_format), {
         "convladder.int8": f"static {quant_format}, per-channel int8 weights, uint8 activations, MinMax calibration "
@@ -215,7 +256,7 @@ def export_int8(run: LoadedRun, out: Path, *, calibration: int = DEFAULT_CALIBRA
     report = Int8Report(str(out), run.run_id, dataset, len(test.x), fp32_acc, int8_acc, fp32_acc - int8_acc,
                         drop_limit, len(fp32), len(int8), fp32_rate, int8_rate, quant_format, len(cal01),
                         f"{dataset} training split (seeded sample; no validation or test image)", threads,
-                        TIMING_BATCH, str(run.path / RECORD), versions())
+                        TIMING_BATCH, str(run.path / RECORD), folded, as_conv, bn_left, versions())
     atomic_write_bytes(out, int8)
     try:
         atomic_write_bytes(run.path / RECORD, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
@@ -227,8 +268,10 @@ def export_int8(run: LoadedRun, out: Path, *, calibration: int = DEFAULT_CALIBRA
 def report_lines(report: Int8Report) -> list[str]:
     """What `export --int8` prints: accuracy, drop, sizes, speed (the loud line is added by the caller)."""
     return [
-        f"wrote {report.path} (int8, {report.quant_format}, {report.int8_bytes / 1024:.1f} KiB; fp32 with BN folded: "
-        f"{report.fp32_bytes / 1024:.1f} KiB)",
+        f"wrote {report.path} (int8, {report.quant_format}, {report.int8_bytes / 1024:.1f} KiB; the fp32 graph it "
+        f"came from: {report.fp32_bytes / 1024:.1f} KiB)",
+        f"BatchNorm: {report.bn_folded} folded into convolutions, {report.bn_as_conv} as 1x1 depthwise convolutions"
+        + (f", {report.bn_left} left as fp32 BatchNormalization (functional calls)" if report.bn_left else ""),
         f"calibration: {report.calibration_images} images of the {report.calibration_source}",
         f"{report.dataset} test accuracy on all {report.test_images:,} test images: fp32 {report.fp32_acc:.2f}%, "
         f"int8 {report.int8_acc:.2f}% (drop {report.drop:+.2f} points; limit {report.drop_limit:g})",
