@@ -18,12 +18,18 @@ Two measurements:
   positions larger, and the map's own positions (its "region") at a known offset. A global reduction —
   a global pool or mean, an fc over a flattened map, a pool or convolution whose one window covers the
   whole map — reads only its region, and whatever depends on one is clipped to the image (padding is not
-  input). Forward-mode derivatives with one tangent per canvas row (then per canvas column) give, for every
-  position, the rows (columns) it depends on; extents are the (smallest, largest) over the positions.
-  The jump is the shift between the windows of neighbouring positions, measured with global reductions held
-  constant (detached), over the smallest period in which the windows repeat. Per-axis measurement assumes
-  what every generated op satisfies: what a position depends on along the height does not depend on its
-  column (kernels are rectangles).
+  input). Forward-mode derivatives with one tangent per canvas row (then per canvas column), all in one
+  batch, give for every position the rows (columns) it depends on; extents are the (smallest, largest) over
+  the positions. The jump is the shift between the windows of neighbouring positions, measured with global
+  reductions held constant (detached), over the smallest period in which the windows repeat. Per-axis
+  measurement assumes what every generated op satisfies: what a position depends on along the height does
+  not depend on its column (kernels are rectangles) — and that every column has a path to some pixel: where a
+  position reads only padding the other axis is extended too (`_reads_only_padding`).
+
+  Only where a derivative is nonzero matters, and every op of the linearised network is a sum of nonnegative
+  terms with positive weights, so the canvas carries 0/1 supports (`_binary`, float32: exact) and a
+  convolution of ones is computed as sums of shifted slices over each group's summed channels — the supports
+  of the float64 derivatives of the full convolutions, several times cheaper.
 """
 
 from __future__ import annotations
@@ -41,10 +47,12 @@ from torch import nn
 
 import rf_netgen as G
 
+CANVAS = torch.float32  # the canvas holds 0/1 supports (see _binary)
 POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.Dropout, G.Sigmoid, nn.Identity, nn.Sigmoid, nn.ReLU6, nn.GELU)
 
 
-def _avg_like(x: torch.Tensor, k, s=None, p=0, d=1, ceil: bool = False, out: tuple[int, int] | None = None):
+def _avg_like(x: torch.Tensor, k, s=None, p=0, d=1, ceil: bool = False, out: tuple[int, int] | None = None,
+):
     """Every position of a max-pool's windows, equally: a depthwise convolution of ones, same geometry;
     `out` = the size PyTorch's pool gives (ceil mode: zeros past the end read nothing)."""
     k = (k, k) if isinstance(k, int) else tuple(k)
@@ -56,10 +64,25 @@ def _avg_like(x: torch.Tensor, k, s=None, p=0, d=1, ceil: bool = False, out: tup
         for a in range(2):
             need = (out[a] - 1) * s[a] + d[a] * (k[a] - 1) + 1 - (x.shape[2 + a] + p[a])
             right[a] = max(right[a], need)
-    x = F.pad(x, (p[1], right[1], p[0], right[0]))
-    ones = torch.ones(x.shape[1], 1, *k, dtype=x.dtype)
-    y = F.conv2d(x, ones, stride=s, dilation=d, groups=x.shape[1])
+    y = _window_sum(x, k, s, d, ((p[0], right[0]), (p[1], right[1])))
     return y if out is None else y[:, :, :out[0], :out[1]]
+
+
+def _window_sum(x: torch.Tensor, k, s, d, pads) -> torch.Tensor:
+    """Each channel alone, zero-padded by `pads` ((before, after) per axis): the sum of every window of k taps
+    (dilation d, stride s) — a convolution with a kernel of ones, as one shifted strided slice per tap and axis
+    (exact, and far cheaper than torch's float64 convolution)."""
+    x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+    for a in range(2):
+        dim = 2 + a
+        count = (x.shape[dim] - d[a] * (k[a] - 1) - 1) // s[a] + 1
+        taps = [x.narrow(dim, t * d[a], (count - 1) * s[a] + 1) for t in range(k[a])]
+        if s[a] > 1:
+            taps = [t[:, :, ::s[a]] if a == 0 else t[:, :, :, ::s[a]] for t in taps]
+        x = taps[0].clone() if len(taps) > 1 else taps[0]
+        for tap in taps[1:]:
+            x += tap
+    return x
 
 
 def linearise(model: nn.Module) -> nn.Module:
@@ -205,6 +228,24 @@ def _geometry(op: nn.Module):
     return None
 
 
+def _ones_conv(x: torch.Tensor, cout: int, groups: int, conv) -> torch.Tensor:
+    """A (transposed) convolution whose weights are all 1: every output channel of a group is the same sum of
+    that group's input channels, so the channels of each group are summed first, `conv` (a window sum over each
+    channel alone) runs on those and its result is repeated: the numbers of the convolution with a full weight
+    of ones, several times fewer operations."""
+    n, c, h, w = x.shape
+    y = conv(x.view(n, groups, c // groups, h, w).amax(2))  # 0/1 supports: any channel of the group
+    return y.repeat_interleave(cout // groups, 1) if cout > groups else y
+
+
+def _conv_pads(padding, k, d) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(before, after) per axis, as torch pads: 'same' puts the odd pixel after the map."""
+    if padding == "same":
+        return tuple((d[a] * (k[a] - 1) // 2, d[a] * (k[a] - 1) - d[a] * (k[a] - 1) // 2) for a in range(2))
+    p = _pads(padding, k, d)
+    return (p[0], p[0]), (p[1], p[1])
+
+
 def _whole(geo, n_in: tuple[int, int], n_out: tuple[int, int]) -> bool:
     """One window that reads every position of the map: a global reduction (AvgPool2d(14) on 14x14)."""
     k, _, padding, d = geo[:4]
@@ -234,16 +275,16 @@ def _apply(op: nn.Module, ins: list[_V], out_n: tuple[int, int], local: bool) ->
         if is_pool:  # the canvas map keeps as many positions after the original ones as before them
             y = _avg_like(x, k, s, p, d, ceil, (out_n[0] + 2 * off[0], out_n[1] + 2 * off[1]))
         else:
-            ones = torch.ones(op.out_channels, op.in_channels // op.groups, *k, dtype=x.dtype)
-            y = F.conv2d(x, ones, None, s, padding, d, op.groups)
+            y = _ones_conv(x, op.out_channels, op.groups, lambda v: _window_sum(v, k, s, d, _conv_pads(padding, k, d)))
         if whole:
             return _V(_held(y) if local else y, (0, 0), (1, 1), glob=True)
         return _V(y, off, out_n, glob=a.glob)
     if isinstance(op, POINTWISE):
         return a
     if isinstance(op, nn.ConvTranspose2d):
-        ones = torch.ones(op.in_channels, op.out_channels // op.groups, *op.kernel_size, dtype=a.x.dtype)
-        y = F.conv_transpose2d(a.x, ones, None, op.stride, op.padding, op.output_padding, op.groups, op.dilation)
+        y = _ones_conv(a.x, op.out_channels, op.groups, lambda v: F.conv_transpose2d(
+            v, torch.ones(v.shape[1], 1, *op.kernel_size, dtype=v.dtype), None, op.stride, op.padding,
+            op.output_padding, v.shape[1], op.dilation))
         return _V(y, (a.off[0] * op.stride[0], a.off[1] * op.stride[1]), out_n, glob=a.glob)
     if isinstance(op, G.Interp):
         y = F.interpolate(a.x, scale_factor=op.scale, mode=op.mode)
@@ -299,6 +340,14 @@ def _sizes(net: G.Net, input_shape) -> list[tuple[int, int]]:
     return sizes
 
 
+def _binary(v: _V) -> _V:
+    """Each value as 1 where it is nonzero (its support), 0 elsewhere. Every op is a sum of nonnegative terms
+    with positive weights (the product rule too), so where a value is nonzero depends only on where its inputs
+    are: the supports are those of the float64 derivatives, while the numbers stay small (float32 is exact)."""
+    v.x.sign_()  # in place: a tensor shared with an input (a view, the op itself) is 0/1 already
+    return v
+
+
 def _supports(net: G.Net, input_shape, sizes, axis: int, margin: int, local: bool, other: int = 0):
     """Per op: the (value, [per-position-along-`axis` sets of canvas rows/columns]) on a canvas enlarged along
     `axis` by `margin` on each side; each set as (first, last+1) or None when empty."""
@@ -309,7 +358,7 @@ def _supports(net: G.Net, input_shape, sizes, axis: int, margin: int, local: boo
     n = shape[axis]
     # batch entry 0 carries the values (all ones), entry 1 + r the derivative along canvas row/column r: every
     # op but the product is linear, so one pass of the linearised ops computes both
-    x = torch.zeros(1 + n, c, *shape, dtype=torch.float64)
+    x = torch.zeros(1 + n, c, *shape, dtype=CANVAS)
     x[0] = 1.0
     idx = torch.arange(n)
     if axis == 0:
@@ -321,7 +370,7 @@ def _supports(net: G.Net, input_shape, sizes, axis: int, margin: int, local: boo
     out = []
     values: dict[int, _V] = {0: _V(x, off, (h, w))}
     for i, (op, reads) in enumerate(zip(net.ops, net.wiring)):
-        v = _apply(op, [values[r] for r in reads], sizes[i], local)
+        v = _binary(_apply(op, [values[r] for r in reads], sizes[i], local))
         values[i + 1] = v
         out.append(_measure(v, axis, n))
         start, count = (v.off[axis], v.n[axis]) if v.kind != "vector" else (0, 1)
@@ -338,11 +387,11 @@ def _supports(net: G.Net, input_shape, sizes, axis: int, margin: int, local: boo
 
 def _measure(v: _V, axis: int, n: int):
     """The (first, last+1) canvas row/column of every position along `axis`, over the whole canvas map."""
-    t = v.x[1:]
+    t = v.x[1:]  # (every value is a sum of positive terms: nonzero where it depends)
     if v.kind == "vector":
-        dep = (t.abs().sum(1) > 0)[:, None]  # (tangents, 1)
+        dep = t.amax(1)[:, None] > 0  # (tangents, 1)
     else:
-        s = t.abs().sum(1) > 0  # (tangents, H, W)
+        s = t.amax(1) > 0  # (tangents, H, W)
         dep = s.any(2) if axis == 0 else s.any(1)  # union over the other axis (rectangular kernels)
     any_ = dep.any(0).tolist()
     first = dep.int().argmax(0).tolist()
@@ -375,7 +424,14 @@ def net_fields(net: G.Net, input_shape: tuple[int, int, int], margin: int | None
     margin = margin or stride * -(-max(8, max(image) // 2, 6 * stride) // stride)
     while True:
         try:
-            per_axis = [_axis_fields(net, input_shape, sizes, a, margin, image[a], stride) for a in range(2)]
+            other = 0
+            if _reads_only_padding(net, input_shape, sizes, 0):
+                other = stride * -(-8 // stride)  # a multiple of the strides: positions stay aligned
+                while _reads_only_padding(net, input_shape, sizes, other):
+                    other *= 2
+                    if other > 64 * margin:
+                        raise AssertionError("a position depends on no input pixel")
+            per_axis = [_axis_fields(net, input_shape, sizes, a, margin, image[a], other) for a in range(2)]
             break
         except Retry:
             margin *= 2
@@ -389,12 +445,31 @@ class _Empty(Exception):
     """Every position along the other axis read only its padding: measure with that axis extended too."""
 
 
-def _axis_fields(net, input_shape, sizes, axis, margin, image, stride):
+def _axis_fields(net, input_shape, sizes, axis, margin, image, other):
     try:
-        return _axis_fields_at(net, input_shape, sizes, axis, margin, image, 0)
-    except _Empty:  # a few positions more along the other axis give every position a path (a multiple of
-        # the strides, so that its positions stay aligned)
-        return _axis_fields_at(net, input_shape, sizes, axis, margin, image, stride * -(-8 // stride))
+        return _axis_fields_at(net, input_shape, sizes, axis, margin, image, other)
+    except _Empty:  # (a margin along the other axis that is a multiple of the strides keeps positions aligned)
+        return _axis_fields_at(net, input_shape, sizes, axis, margin, image, 2 * other or margin)
+
+
+def _reads_only_padding(net: G.Net, input_shape, sizes, other: int) -> bool:
+    """Whether a position of some op's map reads only padding through its local paths (global reductions held),
+    on the image with `other` positions of canvas on every side.
+
+    Each axis is measured with the other axis at its real size (cheaper), where a column that reads only
+    padding carries no derivative: the rows a position depends on through it would be lost, although in the
+    table's convention (the map goes on) that column sees pixels like any other. Such networks are measured
+    with the other axis extended as well, by a margin that leaves no position of any map without a path."""
+    c, h, w = input_shape
+    x = torch.ones(2, c, h + 2 * other, w + 2 * other, dtype=CANVAS)
+    values: dict[int, _V] = {0: _V(x, (other, other), (h, w))}
+    for i, (op, reads) in enumerate(zip(net.ops, net.wiring)):
+        v = values[i + 1] = _binary(_apply(op, [values[r] for r in reads], sizes[i], local=True))
+        if v.kind == "vector" or (v.glob and v.n == (1, 1)):
+            continue  # one value from a global reduction: no local part to see
+        if not bool((v.region()[1].amax(0) > 0).all()):
+            return True
+    return False
 
 
 def _axis_fields_at(net, input_shape, sizes, axis, margin, image, other):

@@ -160,6 +160,40 @@ def test_after_upsampling_a_number_or_a_range_never_a_question_mark(mode):
     assert fields[-1].extents == extents(c4) and fields[-1].jumps == (1, 1)
 
 
+class Cast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Decoder("transposed")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).float()  # what forward returns is a hidden node (a cast) of the last row
+
+
+@pytest.mark.parametrize("model", [Decoder("transposed"), Cast()], ids=["row", "hidden"])
+def test_the_totals_line_prints_the_output_range_as_the_rows_do(model):
+    from convladder.analysis.render import totals_line
+
+    table = summarize(model, (1, 48, 48))
+    assert table.layers[-1].rf_text == "9-11" and table.rf_out is None
+    assert table.rf_out_text == "9-11" and table.rf_out_range == [[9, 11], [9, 11]]
+    # was 'RF at output ? (field varies by position: 9-11)'; the cast: a TypeError
+    assert "RF at output 9-11 (field varies by position: smallest-largest)" in totals_line(table)
+
+
+def test_the_field_figure_shows_range_rows_at_their_largest_with_the_range_marked():
+    from convladder.report import netfigs
+
+    table = summarize(Decoder("transposed"), (1, 48, 48))
+    figure = netfigs.rf_growth(table)
+    ax = figure.fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[-1] == "c4 conv4x4" and len(labels) == len(table.layers)  # the range row was left out
+    assert list(ax.lines[0].get_ydata())[-1] == 11
+    bars = [c for c in ax.collections if c.get_label().startswith("varies by position")]
+    assert len(bars) == 1 and [list(seg[:, 1]) for seg in bars[0].get_segments()] == [[9, 11]]
+    assert "output RF 9-11" in ax.get_title()
+
+
 def test_a_channel_shuffle_keeps_the_field():
     model = G.Net([nn.Conv2d(1, 4, 3, padding=1), G.Shuffle(2), nn.Conv2d(4, 4, 3, padding=1)], [(0,), (1,), (2,)])
     table = summarize(model, (1, 16, 16))
@@ -174,6 +208,17 @@ def test_a_reshape_that_moves_positions_is_still_unknown():
 
     table = summarize(nn.Sequential(nn.Conv2d(1, 2, (3, 1)), Swap(), nn.Conv2d(2, 2, 3)), (1, 16, 16))
     assert table.layers[1].rf is None and "height or width" in table.layers[1].note
+
+
+def test_a_column_that_reads_only_padding_still_carries_its_rows():
+    # bench finding (seed 2923, 8x8): a 1x1/3 convolution with padding 1 makes column 0 of a 2x1 map read only
+    # padding; after a global-context add a 5x5 window spans rows -32..18 of the image, clipped 0..7: 8 rows. The
+    # oracle measured rows with the width at its real size, where that column carries no derivative, and said 7.
+    net, shape = G.random_net(2923)
+    assert [type(op).__name__ for op in net.ops[1:3]] == ["Conv2d", "Conv2d"] and net.ops[2].stride == (3, 3)
+    fields = net_fields(net, shape)
+    assert [f.extents for f in fields[7:10]] == [same(8), ((7, 8), (8, 8)), same(8)]  # was 7, 7x8, 7x8
+    assert compare(2923) == []  # the table: 8, 7-8x8, 8 (unchanged)
 
 
 # -- the property: the table equals the oracle on generated networks ---------------------------------------------

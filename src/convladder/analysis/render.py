@@ -125,7 +125,7 @@ def totals_parts(table: NetworkTable) -> list[str]:
         + (f", frozen {frozen:,}" if frozen else "") + ")",
         f"BN buffers {table.total_buffers:,} (Keras would count them as params: {table.total_params + table.total_buffers:,})",
         _macs_total(table),
-        f"RF at output {table.rf_out if table.rf_out is not None else '?'}"
+        f"RF at output {table.rf_out_text}"
         + (f" ({table.rf_note})" if table.rf_out is None and getattr(table, "rf_note", "") else ""),
     ]
     return parts + (bytes_parts(table) if getattr(table, "memory", None) is not None else [])

@@ -67,8 +67,7 @@ class LayerRow:
         if self.rf is not None:
             return str(self.rf)
         if self.rf_range:
-            parts = [f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in self.rf_range]
-            return parts[0] if parts[0] == parts[1] else f"{parts[0]}x{parts[1]}"
+            return range_text(self.rf_range)
         return f"{self.rf_hw[0]}x{self.rf_hw[1]}" if self.rf_hw else "?"
 
     @property
@@ -78,6 +77,12 @@ class LayerRow:
         if self.jump_ratio:
             return self.jump_ratio[0] if self.jump_ratio[0] == self.jump_ratio[1] else "x".join(self.jump_ratio)
         return f"{self.jump_hw[0]}x{self.jump_hw[1]}" if self.jump_hw else "?"
+
+
+def range_text(extents: list[list[int]]) -> str:
+    """A field that varies by position, [smallest, largest] per axis, as the rows print it: '44-48', '3-4x5'."""
+    parts = [f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in extents]
+    return parts[0] if parts[0] == parts[1] else f"{parts[0]}x{parts[1]}"
 
 
 @dataclass
@@ -101,6 +106,14 @@ class NetworkTable:
     input_note: str = ""  # how the given input shape was read, e.g. torchinfo's (1, 1, 28, 28) as one 28x28x1 image
     memory: MemoryPlan | None = field(default=None, repr=False)  # weight bytes and peak activation memory
     peak_row: str | None = None  # the row during which peak activation memory is alive
+    rf_out_range: list[list[int]] | None = None  # per axis [smallest, largest] where the output's field varies
+
+    @property
+    def rf_out_text(self) -> str:
+        """The output's field as the rows print theirs: '28', '3-4' where it varies by position, or '?'."""
+        if self.rf_out is not None:
+            return str(self.rf_out)
+        return range_text(self.rf_out_range) if self.rf_out_range else "?"
 
     def __repr__(self) -> str:
         from convladder.analysis.render import table_text
@@ -237,7 +250,7 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
     if spec is not None:
         for number, block in enumerate(spec.blocks):
             roles[block.name or f"block{number + 1}"] = block.resolved_role
-    rf_out, rf_note = _output_field(trace, fields, rows)
+    rf_out, rf_note, rf_out_range = _output_field(trace, fields, rows)
     plan = plan_memory(trace)
     for row in rows:
         found = plan.nodes.get(row.name)
@@ -262,6 +275,7 @@ def summarize(model_or_spec: nn.Module | NetworkSpec, input_shape: tuple[int, in
         output_row=_output_row(trace, rows),
         memory=plan,
         peak_row=_peak_row(trace, rows, plan.peak_node),
+        rf_out_range=rf_out_range,
     )
 
 
@@ -277,18 +291,24 @@ def _peak_row(trace: ModelTrace, rows: list[LayerRow], node_name: str | None) ->
     return None
 
 
-def _output_field(trace: ModelTrace, fields: dict[str, Field], rows: list[LayerRow]) -> tuple[int | None, str]:
-    """(RF, why it is unknown) of what forward returns, which need not be the last row run."""
+def _output_field(trace: ModelTrace, fields: dict[str, Field],
+                  rows: list[LayerRow]) -> tuple[int | None, str, list[list[int]] | None]:
+    """(RF, why it is not one number, its range where it varies by position) of what forward returns, which need
+    not be the last row run."""
     if trace.output_name is None:
-        return None, trace.output_note or "the output is not one traced tensor"
+        return None, trace.output_note or "the output is not one traced tensor", None
     row = next((r for r in rows if r.name == trace.output_name), None)
     if row is not None:
         if row.rf is None and row.rf_range:  # a UNet's output map: the range, not a bare '?'
-            return None, f"field varies by position: {row.rf_text}"
-        return row.rf, row.note if row.rf is None else ""
+            return None, "field varies by position: smallest-largest", row.rf_range
+        return row.rf, row.note if row.rf is None else "", None
     f = fields[trace.output_name]  # a hidden node (a cast, an index) or the input itself
-    return _pair_value(f.r), "" if _pair_value(f.r) is not None else (
-        f.reason or f"field differs per axis: {f.r[0]} high, {f.r[1]} wide")  # type: ignore[index]
+    ext = f.extents()
+    if _pair_value(f.r) is not None:
+        return _pair_value(f.r), "", None
+    if ext is not None and f.r is None:
+        return None, "field varies by position: smallest-largest", [list(e) for e in ext]
+    return None, f.reason or (f"field differs per axis: {f.r[0]} high, {f.r[1]} wide" if f.r else "unknown"), None
 
 
 def _output_row(trace: ModelTrace, rows: list[LayerRow]) -> str | None:

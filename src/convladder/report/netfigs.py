@@ -32,16 +32,32 @@ def param_share(table: Any) -> Figure:
     return Figure("param_share", "Where the parameters are: share per layer", fig, vector=True)
 
 
+def _rf_span(row: Any) -> tuple[int, int] | None:
+    """(smallest, largest) over the positions of the larger side of a row's field; None for '?'."""
+    if row.rf is not None:
+        return row.rf, row.rf
+    if getattr(row, "rf_range", None):
+        (h0, h1), (w0, w1) = row.rf_range
+        return max(h0, w0), max(h1, w1)
+    return (max(row.rf_hw),) * 2 if row.rf_hw else None
+
+
 def rf_growth(table: Any) -> Figure:
-    """Receptive field after each layer against the input size."""
-    rows = [r for r in table.layers if r.rf is not None]
+    """Receptive field after each layer against the input size; where it varies by position (after upsampling)
+    the point is the largest field and a bar spans smallest to largest; a field per axis is its larger side."""
+    rows = [(r, _rf_span(r)) for r in table.layers if _rf_span(r) is not None]
     size = max(table.input[1:]) if len(table.input) == 3 else None
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.plot(range(len(rows)), [r.rf for r in rows], "-o", ms=3, label="receptive field")
+    ax.plot(range(len(rows)), [span[1] for _, span in rows], "-o", ms=3, label="receptive field (larger side)")
+    ranged = [(i, span) for i, (_, span) in enumerate(rows) if span[0] != span[1]]
+    if ranged:
+        ax.vlines([i for i, _ in ranged], [s[0] for _, s in ranged], [s[1] for _, s in ranged], color="tab:orange",
+                  lw=3, label="varies by position (smallest-largest)")
     if size:
         ax.axhline(size, color="tab:red", ls="--", lw=1, label=f"input {size}×{size}")
-    ax.set_xticks(range(len(rows)), [f"{r.name} {r.kind}" for r in rows], rotation=70, fontsize=6.5)
-    ax.set(ylabel="pixels", title=f"receptive field layer by layer (output RF {table.rf_out})")
+    ax.set_xticks(range(len(rows)), [f"{r.name} {r.kind}" for r, _ in rows], rotation=70, fontsize=6.5)
+    out = getattr(table, "rf_out_text", table.rf_out)
+    ax.set(ylabel="pixels", title=f"receptive field layer by layer (output RF {out})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return Figure("rf_growth", "Receptive-field growth layer by layer, against the input size", fig, vector=True)
