@@ -182,3 +182,13 @@ def test_bad_input_is_one_line(exported, tmp_path):
     assert "\n" not in str(caught.value) and not (tmp_path / "odd.onnx").exists()
     with pytest.raises(UserError, match="quant_format"):
         export_int8(run, tmp_path / "x.onnx", quant_format="int4")
+
+
+def test_python_api_export_int8(exported, tmp_path):
+    import convladder
+
+    root, run_id, _, _ = exported
+    shown = convladder.export(run_id, int8=True, calibration=40, out=tmp_path / "api.onnx", runs=root)
+    record = json.loads((root / run_id / "export-int8.json").read_text())
+    assert shown.calibration_images == record["calibration_images"] == 40 and (tmp_path / "api.onnx").is_file()
+    assert f"int8 {record['int8_acc']:.2f}%" in str(shown)

@@ -267,14 +267,22 @@ def export_lines(report: Any, dataset: str, check: bool, weights_label: str = ""
 
 
 def export(run: Any, *, format: str = "onnx", out: str | Path | None = None, which: str = "final",
-           check: bool = True, runs: str | Path | None = None) -> Shown:
-    """One verified ONNX file of a run's network, as `convladder export` (default <run id>.onnx); `.path`."""
+           check: bool = True, runs: str | Path | None = None, int8: bool = False, **int8_options: Any) -> Shown:
+    """One verified ONNX file of a run's network, as `convladder export` (default <run id>.onnx); `.path`.
+    int8=True: `export --int8` (calibration=1000, quant_format='qoperator', threads=0): an Int8Report."""
     if format.lower() != "onnx":
         raise UserError(f"format {format} is not supported; use format='onnx'")
     from convladder.serve.export import export_onnx, require_onnx
 
     require_onnx()  # before loading anything, so a missing extra is the first thing said
     loaded = _loaded(run, runs, which)
+    if int8:
+        from convladder.serve.quantize import report_lines, warning_line
+
+        report = export_onnx(loaded, Path(out) if out else Path(f"{loaded.run_id}.int8.onnx"), int8=True,
+                             **int8_options)
+        lines = report_lines(report) + [line for line in [warning_line(report)] if line]
+        return Shown("\n".join(lines), report, title=f"int8 export of run {loaded.run_id}")
     report = export_onnx(loaded, Path(out) if out else Path(f"{loaded.run_id}.onnx"), check=check)
     lines = export_lines(report, str(loaded.config.get("dataset") or "mnist"), check,
                          getattr(loaded, "weights_label", ""))

@@ -79,7 +79,7 @@ def _export_int8(run: str, out: Optional[Path], runs: Optional[Path], which: str
                  quant_format: str, threads: int) -> None:
     from convladder.serve.export import require_onnx
     from convladder.serve.predict import load_run
-    from convladder.serve.quantize import FORMATS, export_int8, report_lines
+    from convladder.serve.quantize import FORMATS, export_int8, report_lines, warning_line
 
     require_onnx()
     if quant_format not in FORMATS:  # before loading anything
@@ -90,9 +90,7 @@ def _export_int8(run: str, out: Optional[Path], runs: Optional[Path], which: str
     for line in report_lines(report):
         typer.echo(line)
     if report.loud:  # still written: the numbers say how much it lost
-        typer.secho(f"WARNING: int8 loses {report.drop:.2f} accuracy points (more than {report.drop_limit:g}) on the "
-                    f"{report.dataset} test set; the file was written — try more --calibration images or --quant-format",
-                    fg=typer.colors.RED, bold=True, err=True)
+        typer.secho(warning_line(report), fg=typer.colors.RED, bold=True, err=True)
 
 
 def serve_cmd(

@@ -265,6 +265,14 @@ def export_int8(run: LoadedRun, out: Path, *, calibration: int = DEFAULT_CALIBRA
     return report
 
 
+def warning_line(report: Int8Report) -> str | None:
+    """The loud line for a drop over the limit (the file is written all the same), or None."""
+    if not report.loud:
+        return None
+    return (f"WARNING: int8 loses {report.drop:.2f} accuracy points (more than {report.drop_limit:g}) on the "
+            f"{report.dataset} test set; the file was written — try more calibration images or the other format")
+
+
 def report_lines(report: Int8Report) -> list[str]:
     """What `export --int8` prints: accuracy, drop, sizes, speed (the loud line is added by the caller)."""
     return [
