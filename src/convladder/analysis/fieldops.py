@@ -14,7 +14,9 @@ from convladder.analysis.fieldaxis import (NOTHING, Axis, Field, Pair, bilinear,
                                            union_axes, unknown)
 from convladder.analysis.trace import TraceNode
 
+
 def spatial(shape: list[int] | None) -> Pair | None:
+    """(height, width) of a traced (C, H, W) shape; None for anything else."""
     return (shape[1], shape[2]) if shape is not None and len(shape) == 3 else None
 
 
@@ -26,7 +28,7 @@ def _expected_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> i
     return out
 
 
-def map_axes(field: Field, change) -> tuple[Axis, Axis] | None:  # type: ignore[no-untyped-def]
+def _map_axes(field: Field, change) -> tuple[Axis, Axis] | None:  # type: ignore[no-untyped-def]
     return None if field.axes is None else (change(field.axes[0], 0), change(field.axes[1], 1))
 
 
@@ -58,7 +60,7 @@ def window_field(field: Field, node: TraceNode) -> Field:
                                        for a, n in enumerate(size_in))
     if whole:  # one window over every position (AvgPool2d(14) on 14x14): a global reduction
         return replace(field.union(), step=step)
-    axes = map_axes(field, lambda ax, a: through(ax, k[a], s[a], pad[a], d[a]))
+    axes = _map_axes(field, lambda ax, a: through(ax, k[a], s[a], pad[a], d[a]))
     return replace(field, axes=axes, step=step, grid=size_out)  # type: ignore[arg-type]
 
 
@@ -93,7 +95,7 @@ def upsample_field(field: Field, node: TraceNode) -> Field:
             return unknown(f"{node.name}: {mode} resizing (align_corners={g.get('align_corners')}, factor "
                            f"{factors[0]}x{factors[1]}) is not analysed: an odd factor puts outputs on inputs")
         step = (field.step[0] / factors[0], field.step[1] / factors[1])  # type: ignore[index]
-    axes = map_axes(field, change)
+    axes = _map_axes(field, change)
     if axes is not None and any(NOTHING in ax.windows for ax in axes):
         return unknown(f"{node.name}: some positions read no input (the kernel is shorter than the stride)")
     return replace(field, axes=axes, step=step, grid=size_out)
@@ -112,7 +114,7 @@ def adaptive_field(field: Field, node: TraceNode) -> Field:
                        f"uses windows of different sizes")
     k = (size_in[0] // size_out[0], size_in[1] // size_out[1])
     assert field.step is not None
-    axes = map_axes(field, lambda ax, a: through(ax, k[a], k[a], 0, 1))
+    axes = _map_axes(field, lambda ax, a: through(ax, k[a], k[a], 0, 1))
     return replace(field, axes=axes, step=(field.step[0] * k[0], field.step[1] * k[1]), grid=size_out)
 
 
@@ -273,7 +275,7 @@ def slice_field(field: Field, node: TraceNode, items: list[object]) -> Field:
     if (node.output or [])[1:] != (sizes if kept else []):
         return unknown(f"{what}: output {node.output} does not follow from the index")
     step = (field.step[0] * steps[0], field.step[1] * steps[1])
-    axes = map_axes(field, lambda ax, a: through(ax, 1, steps[a], -offsets[a], 1))
+    axes = _map_axes(field, lambda ax, a: through(ax, 1, steps[a], -offsets[a], 1))
     if not kept:  # one position of the map: one value per channel
         return replace(field, axes=axes, step=step, layout="vector", grid=(1, 1))
     return replace(field, axes=axes, step=step, grid=(sizes[0], sizes[1]))
@@ -322,6 +324,6 @@ def pad_field(field: Field, node: TraceNode) -> Field:
         return field
     if pad is None or after is None:
         return unknown(f"{node.name}: padding by amounts the trace could not read")
-    axes = map_axes(field, lambda ax, a: through(ax, 1, 1, pad[a], 1))
+    axes = _map_axes(field, lambda ax, a: through(ax, 1, 1, pad[a], 1))
     return replace(field, axes=axes, grid=after)
 
