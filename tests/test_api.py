@@ -259,9 +259,11 @@ def test_pyproject_leaves_the_torch_version_open() -> None:
 
 @pytest.mark.slow  # a fresh venv and a real pip install (~15-25 s on 2 shared cores)
 def test_pip_install_into_an_env_that_holds_torch_leaves_torch_as_it_is(tmp_path: Path) -> None:
+    import os
     import shutil
 
     torch_dir = Path(torch.__file__).resolve().parents[1]  # the site-packages that holds this torch
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the fresh env sees only its own paths
     venv = tmp_path / "venv"
     subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)],
                    check=True)
@@ -272,7 +274,7 @@ def test_pip_install_into_an_env_that_holds_torch_leaves_torch_as_it_is(tmp_path
 
     def torch_in_venv() -> tuple[str, str]:
         out = subprocess.run([py, "-c", "import torch; print(torch.__version__); print(torch.__file__)"],
-                             capture_output=True, text=True, check=True).stdout.split()
+                             capture_output=True, text=True, check=True, env=env).stdout.split()
         return out[0], out[1]
 
     before = torch_in_venv()
@@ -285,9 +287,10 @@ def test_pip_install_into_an_env_that_holds_torch_leaves_torch_as_it_is(tmp_path
     # present torch does not meet fails here instead of pulling another torch
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-index",
                            "--no-build-isolation", "--quiet", f"{src}[tensorboard,mlflow]"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert torch_in_venv() == before  # the same torch, from the same place
     listed = subprocess.run([py, "-c", "import convladder, importlib.metadata as m; print(convladder.__file__); "
-                             "print(m.version('convladder'))"], capture_output=True, text=True, check=True).stdout
+                             "print(m.version('convladder'))"], capture_output=True, text=True, check=True,
+                            env=env).stdout
     assert str(venv) in listed.splitlines()[0] and listed.splitlines()[1] == convladder.__version__

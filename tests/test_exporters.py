@@ -168,3 +168,23 @@ def test_python_train_writes_tensorboard_too(tmp_path: Path) -> None:
     assert _events(folder).Scalars("accuracy/test")[0].value == pytest.approx(result.final["test_acc"])
     with pytest.raises(UserError, match="leave runs=False out"):
         convladder.train("tiny8k", runs=False, tensorboard=tmp_path / "tb2", dataset="synthetic", epochs=1)
+
+
+def test_an_mlflow_store_that_cannot_be_used_is_one_line_before_training(capsys, tmp_path: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.perf_counter()
+    code, _, err = run_cli(capsys, "train", "--model", "tiny8k", "--dataset", "synthetic", "--epochs", "1",
+                           "--runs", str(tmp_path / "runs"), "--mlflow", f"http://127.0.0.1:{port}")
+    assert code == 2 and f"no tracking server answers at 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+    assert time.perf_counter() - start < 30  # MLflow's own retries took 4 min against a closed port
+    assert not (tmp_path / "runs").exists() or not RunStore(tmp_path / "runs").list_runs()
+    import importlib.util
+
+    if importlib.util.find_spec("sqlalchemy") is None:  # mlflow-skinny: no database stores
+        with pytest.raises(UserError, match="needs the full MLflow package"):
+            exporters.require(mlflow=f"sqlite:///{tmp_path / 'm.db'}")

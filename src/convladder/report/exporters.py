@@ -41,13 +41,37 @@ EXTRA = {"tensorboard": ("tensorboard", "pip install 'convladder[tensorboard]'")
 
 
 def require(tensorboard: Any = None, mlflow: Any = None) -> None:
-    """One UserError line when an asked-for writer's package is missing (checked before any training)."""
+    """One UserError line when an asked-for writer's package is missing, or (given a URI) its MLflow store cannot
+    be reached: checked before any training, not after it."""
     import importlib.util
 
     for asked, name in ((tensorboard, "tensorboard"), (mlflow, "mlflow")):
         module, how = EXTRA[name]
         if asked and importlib.util.find_spec(module) is None:
             raise UserError(f"--{name} needs the {module} package, which is not installed — {how}")
+    if isinstance(mlflow, str):
+        probe_mlflow(mlflow)
+
+
+def probe_mlflow(uri: str) -> None:
+    """A tracking server that does not answer, or a store this install cannot write, is one line now: MLflow itself
+    retries a dead server for minutes (measured: 4 min 13 s against a closed port)."""
+    import importlib.util
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname or "localhost", port), timeout=5).close()
+        except OSError as exc:
+            raise UserError(f"--mlflow {uri}: no tracking server answers at {parts.hostname}:{port} "
+                            f"({exc.strerror or exc}) — start it (mlflow server) or give a file:DIR store") from None
+    elif parts.scheme.startswith(("sqlite", "postgresql", "mysql", "mssql")) and \
+            importlib.util.find_spec("sqlalchemy") is None:
+        raise UserError(f"--mlflow {uri}: a database store needs the full MLflow package (pip install mlflow); "
+                        "mlflow-skinny writes file:DIR stores and talks to tracking servers (http://)")
 
 
 def gap_rows(metrics: list[dict[str, Any]]) -> list[tuple[int, float]]:
@@ -210,7 +234,7 @@ def mlflow_client(uri: str) -> Any:
         return MlflowClient(tracking_uri=uri)
     except Exception as exc:  # noqa: BLE001 - MLflow's own error, cut to one line
         raise UserError(f"--mlflow {uri}: MLflow cannot open that tracking store ({_first(exc)}) — give a "
-                        "file:DIR, sqlite:///FILE.db or http(s):// URI") from None
+                        "file:DIR store or a tracking server's http(s):// URI") from None
 
 
 def _first(exc: BaseException) -> str:
@@ -265,5 +289,10 @@ def export_runs(runs: list[RunData], tensorboard: str | Path | None = None, mlfl
         if tensorboard:
             lines.append(f"tensorboard: run {run.id} -> {write_tensorboard(run, tensorboard)}")
         if client is not None:
-            lines.append(f"mlflow: run {run.id} -> {mlflow} run {write_mlflow(run, client, experiment)}")
+            from mlflow.exceptions import MlflowException
+
+            try:
+                lines.append(f"mlflow: run {run.id} -> {mlflow} run {write_mlflow(run, client, experiment)}")
+            except MlflowException as exc:  # MLflow's own error, one line (what was written before stays)
+                raise UserError(f"--mlflow {mlflow}: run {run.id}: {_first(exc)}") from None
     return lines

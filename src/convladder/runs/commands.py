@@ -270,7 +270,7 @@ def runs_export(
     tensorboard: Annotated[Optional[Path], Opt("--tensorboard", help="write TensorBoard event files under DIR "
                                                                      "(pip install 'convladder[tensorboard]')")] = None,
     mlflow: Annotated[Optional[str], Opt("--mlflow", help="log to this MLflow tracking URI, e.g. file:./mlruns or "
-                                                         "sqlite:///mlflow.db (pip install 'convladder[mlflow]')")] = None,
+                                                         "http://host:5000 (pip install 'convladder[mlflow]')")] = None,
     experiment: Annotated[Optional[str], Opt("--experiment", help="MLflow experiment (default: the ladder's or "
                                                                   "sweep's name, else convladder)")] = None,
     runs: RunsOpt = None,
