@@ -185,6 +185,9 @@ def test_an_mlflow_store_that_cannot_be_used_is_one_line_before_training(capsys,
     assert not (tmp_path / "runs").exists() or not RunStore(tmp_path / "runs").list_runs()
     import importlib.util
 
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot write there"):
+        exporters.require(tensorboard=tmp_path / "file" / "tb")  # under a file: no folder can be made
     if importlib.util.find_spec("sqlalchemy") is None:  # mlflow-skinny: no database stores
         with pytest.raises(UserError, match="needs the full MLflow package"):
             exporters.require(mlflow=f"sqlite:///{tmp_path / 'm.db'}")

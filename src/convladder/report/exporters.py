@@ -51,6 +51,20 @@ def require(tensorboard: Any = None, mlflow: Any = None) -> None:
             raise UserError(f"--{name} needs the {module} package, which is not installed — {how}")
     if isinstance(mlflow, str):
         probe_mlflow(mlflow)
+    if isinstance(tensorboard, (str, Path)):
+        _writable(Path(tensorboard).expanduser())
+
+
+def _writable(folder: Path) -> None:
+    """A log folder one cannot write is one line now, not after the training."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise UserError(f"--tensorboard {folder}: cannot write there ({exc.strerror or exc}) — give a folder you "
+                        "may write") from None
 
 
 def probe_mlflow(uri: str) -> None:
