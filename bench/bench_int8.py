@@ -27,11 +27,10 @@ from convladder.analysis.table import summarize
 from convladder.data.normalise import to_unit
 from convladder.fileio import atomic_write_text
 from convladder.runs.store import RunStore
-from convladder.serve.export import ProbsFromPixels, _add_metadata, _onnx_bytes, ort_probs, ort_session
-from convladder.serve.fuse import inference_logits
+from convladder.serve.export import ort_probs, ort_session
 from convladder.serve.predict import load_run
-from convladder.serve.quantize import (TIMING_BATCH, calibration_sample, export_int8, quantize_onnx, run_data,
-                                       versions)
+from convladder.serve.quantize import (TIMING_BATCH, calibration_sample, export_int8, fp32_graph, quantize_onnx,
+                                       run_data, versions)
 from convladder.spec.registry import list_models, resolve_spec
 from convladder.train.result import median_value
 
@@ -80,9 +79,8 @@ def choices(loaded, threads: int, rounds: int) -> list[list[str]]:
     """The newest run: QOperator/QDQ x 200/1,000 calibration images, accuracy and speed of each."""
     pool, test, _ = run_data(loaded)
     x01 = to_unit(test.x).numpy()
-    fp32 = _add_metadata(_onnx_bytes(ProbsFromPixels(inference_logits(loaded.model), loaded.mean, loaded.std,
-                                                     loaded.input_shape).eval()), loaded)
-    models = {"fp32 (BN folded)": fp32}
+    fp32 = fp32_graph(loaded)[0]
+    models = {"fp32 (BN folded or 1x1 conv)": fp32}
     for fmt in ("qoperator", "qdq"):
         for n in (200, 1000):
             models[f"int8 {fmt}, {n} cal."] = quantize_onnx(fp32, calibration_sample(pool, n), fmt)
@@ -116,8 +114,7 @@ def main() -> None:
                 loaded = load_run(run_id, store)
                 report = export_int8(loaded, Path(tmp) / f"{run_id}.int8.onnx", threads=args.threads)
                 x01 = to_unit(run_data(loaded)[1].x).numpy()
-                fp32 = _add_metadata(_onnx_bytes(ProbsFromPixels(inference_logits(loaded.model), loaded.mean,
-                                                                 loaded.std, loaded.input_shape).eval()), loaded)
+                fp32 = fp32_graph(loaded)[0]
                 speed = rates({"fp32": fp32, "int8": Path(report.path).read_bytes()}, x01, args.threads, args.rounds)
                 per_run.append((report, speed))
                 print(f"{name} {run_id}: fp32 {report.fp32_acc:.2f} int8 {report.int8_acc:.2f} "
@@ -145,7 +142,7 @@ def main() -> None:
         f"{load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), onnxruntime {v['onnxruntime']}, "
         f"onnx {v['onnx']}, torch {v['torch']}, Python {v['python']}; {time.perf_counter() - start:.0f} s.",
         "",
-        "Each run: `export_int8` defaults (BN folded, QOperator, per-channel int8 weights, uint8 activations, MinMax "
+        "Each run: `export_int8` defaults (BN folded, or a 1x1 depthwise conv where it cannot, QOperator, per-channel int8 weights, uint8 activations, MinMax "
         "calibration on 1,000 seeded training-split images), accuracy on all 10,000 MNIST test images. Speed: "
         f"onnxruntime CPU, {args.threads} thread(s), batch {TIMING_BATCH}, fp32 and int8 passes over the test set "
         f"alternated, best of {args.rounds} each; on a shared, loaded box these are rough. Table bytes: "
@@ -161,7 +158,7 @@ def main() -> None:
         "",
         "## Choices, on the newest run of each network",
         "",
-        "Same fp32 graph (BN folded); accuracy on the 10,000 test images; speed as above (alternated, best of "
+        "Same fp32 graph as export (BN folded, or a 1x1 depthwise conv where it cannot fold); accuracy on the 10,000 test images; speed as above (alternated, best of "
         f"{args.rounds}).",
         "",
     ]

@@ -146,6 +146,15 @@ def _batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+def fp32_graph(run: LoadedRun) -> tuple[bytes, int, int, int]:
+    """(the fp32 ONNX model int8 export quantises, BatchNorms folded, made 1x1 convolutions, left as nodes)."""
+    fused = inference_logits(run.model)
+    folded = _batchnorms(run.model) - _batchnorms(fused)
+    net, as_conv = bn_as_conv(fused)
+    fp32 = _add_metadata(_onnx_bytes(ProbsFromPixels(net, run.mean, run.std, run.input_shape).eval()), run)
+    return fp32, folded, as_conv, _onnx_ops(fp32).count("BatchNormalization")
+
+
 def calibration_sample(pool: Images, count: int, seed: int = 0) -> np.ndarray:
     """`count` training images drawn without replacement (seeded), as float32 pixels in [0, 1]."""
     if count < 1:
@@ -239,12 +248,7 @@ def export_int8(run: LoadedRun, out: Path, *, calibration: int = DEFAULT_CALIBRA
     out = check_output(out, f"{run.run_id}.int8.onnx", run.path.parent)
     pool, test, dataset = run_data(run)
     cal01 = calibration_sample(pool, calibration)
-    fused = inference_logits(run.model)
-    folded = _batchnorms(run.model) - _batchnorms(fused)
-    net, as_conv = bn_as_conv(fused)
-    wrapper = ProbsFromPixels(net, run.mean, run.std, run.input_shape).eval()
-    fp32 = _add_metadata(_onnx_bytes(wrapper), run)
-    bn_left = _onnx_ops(fp32).count("BatchNormalization")
+    fp32, folded, as_conv, bn_left = fp32_graph(run)
     verify(fp32, run, out)  # the fused fp32 graph agrees with torch (and, on the cached test set, with the run)
     int8 = _with_note(quantize_onnx(fp32, cal01, quant_format), {
         "convladder.int8": f"static {quant_format}, per-channel int8 weights, uint8 activations, MinMax calibration "
