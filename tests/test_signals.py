@@ -170,3 +170,25 @@ def test_ray_ladder_under_sigterm_shuts_workers_down_and_removes_their_stores(tm
     assert "*** SIGTERM received" not in err and "Traceback" not in err
     assert lines(err)[-1].startswith("terminated (SIGTERM): ")
     assert not list(tmp.glob("convladder-ray-*"))  # the killed workers' stores are removed
+
+
+def test_a_command_without_its_own_handler_exits_143_with_one_line(monkeypatch, capsys) -> None:
+    """typer turns an uncaught KeyboardInterrupt into a silent exit 130; the CLI says it and keeps SIGTERM's 143."""
+    from convladder.cli import main
+    from convladder.runs.store import RunStore
+
+    def cut(self, *a, **k):
+        raise interrupts.Terminated()
+
+    monkeypatch.setattr(RunStore, "list_runs", cut)
+    old = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(["runs", "list", "--runs", "/nonexistent-store"])
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        interrupts._state.update(installed=False, last=None)
+    assert done.value.code == 143
+    assert lines(capsys.readouterr().err) == ["terminated (SIGTERM): stopped; no file was left half-written "
+                                              "(every write is atomic)"]

@@ -98,5 +98,5 @@ def main(argv: list[str] | None = None) -> None:
         stop = getattr(done.__context__, "__cause__", None)
         if not isinstance(stop, KeyboardInterrupt):
             raise
-        typer.secho(interrupts.resume_line(stop), err=True, fg=typer.colors.YELLOW)
+        typer.secho(interrupts.stopped_line(stop), err=True, fg=typer.colors.YELLOW)
         sys.exit(interrupts.exit_code(stop))

@@ -124,3 +124,10 @@ def resume_line(exc: BaseException | None, again: str | None = None) -> str:
         go_on = f"resume with: convladder train --resume {rid}" if epoch else "nothing to resume; start it again"
         return f"{head}: {saved}; {go_on}"
     return f"{head}: {saved}; resume each with: convladder train --resume <run id>"
+
+
+def stopped_line(exc: BaseException | None) -> str:
+    """The line of a command that does not handle the stop itself: its cut runs if any, else that it stopped."""
+    if recorded():
+        return resume_line(exc)
+    return f"{what(exc)}: stopped; no file was left half-written (every write is atomic)"
