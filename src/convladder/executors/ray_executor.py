@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from convladder.errors import UserError
+from convladder.fileio import DiskFull
 from convladder.executors.base import EXECUTORS, Job, OnDone, find_completed, run_job
 from convladder.executors.ray_connect import RayLog, check_reachable, parse_address  # noqa: F401 - check_reachable re-exported
 from convladder.executors.ray_runs import Collected, PrivateStore, first_sentence, job_base
@@ -189,7 +190,7 @@ class RayExecutor:
                 i = next(i for i in todo if jobs[i].key == res["key"])
                 results[i] = self._finish({**(results[i] or {}), **job_base(jobs[i]), **res, "executor": "ray"},
                                           on_done)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, DiskFull):  # a stop, or no room to import runs: no worker or store left behind
             if collected is not None:
                 from convladder.interrupts import deferred
 
@@ -204,8 +205,8 @@ class RayExecutor:
         return [r for r in results if r is not None]
 
     def _stop(self, ray, pending: dict[Any, int], collected: Collected) -> None:
-        """Ctrl-C or SIGTERM: cancel the running tasks (their workers are killed), wait until they are gone, then
-        import what finished meanwhile and remove the killed workers' temporary stores on this machine."""
+        """Ctrl-C, SIGTERM or a full disk: cancel the running tasks (their workers are killed), wait until they are
+        gone, then import what finished meanwhile and remove the killed workers' temporary stores on this machine."""
         for ref in pending:
             try:
                 ray.cancel(ref, force=True)
