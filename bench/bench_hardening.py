@@ -1,14 +1,16 @@
-"""Issue 30's adversarial matrix for bounded parsing, run bundles, output paths and damaged run folders: every
-vector tried, each failure counted, the bombs measured (wall time and peak memory of the parse).
+"""Issue 30's adversarial matrix for bounded parsing, run bundles, output paths, damaged run folders, the server,
+a full disk and signals: every vector tried, each failure counted, the bombs measured (wall time and peak memory
+of the parse); the disk-full and signal tries are real CLI processes (hardening_stops.py).
 
-    .venv/bin/python bench/bench_hardening.py [--src DIR] [--only bombs,bundles,outputs,damaged,server] [--out FILE.md]
+    .venv/bin/python bench/bench_hardening.py [--src DIR] [--only bombs,bundles,outputs,damaged,server,diskfull,signals]
+                                              [--out FILE.md]
 
 A try passes when convladder answers with one UserError line (or, for a damaged folder, a note and exit 0)
 and nothing in the run store changed; a traceback, a hang (> 20 s), a wrong exit status, or a file written
 where it must not be is a failure. Each bomb runs in its own process (RLIMIT_AS 3 GiB, 20 s) so a bomb of the
 old code is killed, not the machine: "peak MB" is that process's maximum RSS, "+MB" its growth during the
 parse (the interpreter and imports before it excluded); a bomb passes at <= 1 s and <= 100 MB growth.
-`--src /path/to/old/src` runs the bombs against another checkout (the before column of the results).
+`--src /path/to/old/src` runs the bombs, disk-full and signal tries against another checkout (the before tables).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     from convladder.errors import UserError
     import convladder.train.config, convladder.ladder.ladder, convladder.executors.frontierspec  # imports first
+    import convladder.spec.own, convladder.spec.yamlform  # (torch loads lazily now: not inside the measured parse)
     P = sys.argv[1]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
