@@ -4,6 +4,7 @@ the CUDA-graph fallback (tiny generated data, CPU)."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -14,9 +15,32 @@ from convladder.errors import UserError
 from convladder.train.config import TrainConfig, validate
 from convladder.data.normalise import to_unit
 from convladder.train.device_data import DeviceData, synthetic_splits
-from convladder.train.optim import TensorSGD, make_scheduler, schedule_tables
+from convladder.train.optim import TensorSGD, momentum_cycle, schedule_tables
 from convladder.train.runenv import build_model
 from convladder.train.step import StepRunner, TrainStep, recalibrate_bn
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's own schedulers for the config (none, step, onecycle, cosine): the reference schedule_tables is
+    checked against (training reads the tables; this lived in train/optim.py, used by these tests only)."""
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        cycle = momentum_cycle(config)
+        high, low = cycle or (0.95, 0.85)  # torch's defaults; unused when the momentum is not cycled
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=config.pct_start,
+            div_factor=config.div_factor, final_div_factor=config.final_div_factor, cycle_momentum=cycle is not None,
+            base_momentum=low, max_momentum=high)
+    if config.schedule == "step":
+        every = config.step_size * steps_per_epoch
+        factor = lambda step: config.gamma ** (step // every)  # noqa: E731
+    elif config.schedule == "cosine":
+        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+    else:
+        factor = lambda step: 1.0  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
 
 SPEC = ("c1[conv3x3(8, bias=false) relu bn dropout(0.1)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
         "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")

@@ -290,7 +290,7 @@ def test_runs_pointing_at_a_file_is_one_clear_error(tmp_path, monkeypatch):
     def no_data(*_a, **_k):
         raise AssertionError("train loaded data before checking --runs")
 
-    monkeypatch.setattr("convladder.train.loop.load_splits", no_data)
+    monkeypatch.setattr("convladder.train.runner.load_splits", no_data)
     code, _, err = _cli("train", "--model", TINY, "--dataset", "synthetic", "--epochs", "1", "--runs", str(target))
     assert code == 2 and "is a file, not a folder" in err and target.read_text() == "x"
 

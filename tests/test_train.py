@@ -271,16 +271,16 @@ def test_init_schemes_redraw_conv_weights_and_zero_biases(scheme):
 
 
 def test_default_threads_leave_busy_cores_alone(monkeypatch):
-    import convladder.train.loop as loop
+    import convladder.train.runner as runner  # the one setup of every way into training
 
-    monkeypatch.setattr(loop.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(loop, "_TORCH_THREADS", 2)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runner, "_TORCH_THREADS", 2)
     for busy, expected in [(0.0, 2), (0.2, 2), (1.0, 1), (1.9, 1), (2.0, 1), (None, 2)]:
-        loop.default_threads.cache_clear()
-        monkeypatch.setattr(loop, "_busy_cores", lambda busy=busy: busy)
-        assert loop.default_threads() == expected, busy
-    loop.default_threads.cache_clear()
-    assert loop._busy_cores(0.05) is not None  # /proc/stat here; the load average elsewhere
+        runner.default_threads.cache_clear()
+        monkeypatch.setattr(runner, "_busy_cores", lambda busy=busy: busy)
+        assert runner.default_threads() == expected, busy
+    runner.default_threads.cache_clear()
+    assert runner._busy_cores(0.05) is not None  # /proc/stat here; the load average elsewhere
 
 
 def test_shift_images_moves_pixels_and_fills_the_border_with_black():

@@ -225,3 +225,17 @@ def summarize(model_or_spec: Any, input_shape: tuple[int, ...] | None = None, *,
 
         return network_verdict(resolve_spec(model_or_spec, shape), input_shape, **verdict)
     return network_verdict(model_or_spec, input_shape, **verdict)
+
+
+def _report_of_run(folder: Path, out: str | Path | None = None, *, model: Any = None) -> Any:
+    """What `result.report()` calls: the run's HTML report (report/, with torch and matplotlib: loaded on first use)."""
+    from convladder.report.runreport import report_of_run
+
+    return report_of_run(folder, out, model=model)
+
+
+# train/ never imports report/ (docs/ARCHITECTURE.md); the root package, which may import any area, hands
+# RunResult.report its report maker. train/result.py and the train package load no torch.
+from convladder.train import result as _result  # noqa: E402 - after the package above is set up
+
+_result.set_report_maker(_report_of_run)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from convladder.runs.store import RunRecord, RunStore
-    from convladder.train.result import RunReport, RunResult
+    from convladder.report.runreport import RunReport
+    from convladder.train.result import RunResult
 
 
 class Run:
@@ -108,7 +109,7 @@ class Run:
 
     def report(self, out: str | Path | None = None, model: Any = None) -> RunReport:
         """The run's HTML report (what `convladder report RUN` writes), inline in Jupyter; `out` also writes it."""
-        from convladder.train.result import RunReport
+        from convladder.report.runreport import RunReport
 
         return RunReport.of_run(self.path, out, model=model or self._model_class)
 

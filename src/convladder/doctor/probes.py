@@ -17,25 +17,14 @@ from convladder.data.datasets import DataSplits
 from convladder.doctor.checks import Patient
 from convladder.doctor.result import FAIL, PASS, SKIP, WARN, Check
 from convladder.train.device_data import DeviceData
-from convladder.train.optim import schedule_tables
-from convladder.train.step import TrainStep, evaluate
+from convladder.train.lrfind import ramp_step
+from convladder.train.step import evaluate
 
 OVERFIT_IMAGES, OVERFIT_STEPS = 32, 300  # Karpathy's "overfit one batch": a few hundred steps must reach 100 %
 LR_STEPS = 100  # mini-batches of the LR range test (convladder lr-find's default)
 FELL = 0.05  # the ramp's smoothed loss must fall by this share of its start, else there is no good range
 LEARN_STEPS = 100  # mini-batches of the short run
 LEARN_PASS, LEARN_WARN = 0.5, 0.15  # held-out accuracy above chance, as a share of (100 - chance)
-
-
-def _momentum(config) -> float:
-    """The config's momentum (SGD) or beta1 (Adam) held constant, as the LR range test holds it."""
-    return schedule_tables(config.replace(schedule="none", epochs=1), 1)[1][0]
-
-
-def _step(model: nn.Module, data: DeviceData, config, device: torch.device, lrs: list[float]) -> TrainStep:
-    torch.manual_seed(config.seed)  # dropout draws from the global RNG: each probe the same, whatever ran before
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    return TrainStep(model, data, config, device, [gen], lrs + lrs[-1:], [_momentum(config)] * (len(lrs) + 1))
 
 
 def _no_dropout(model: nn.Module) -> int:
@@ -131,7 +120,7 @@ def check_overfit(p: Patient, lr: float, images: int = OVERFIT_IMAGES, max_steps
     x = x[:, 0] if x.shape[1] == 1 else x  # grey as (N, H, W), colour keeps its channels
     cfg = p.config.replace(batch_size=n, val_size=0, subset=0, augment=False, label_smoothing=0.0)
     one = DeviceData(DataSplits(d.name, x, y, x, y, d.classes, d.mean, d.std), cfg, p.device)
-    step = _step(model, one, cfg, p.device, [lr] * max_steps)
+    step = ramp_step(model, one, cfg, p.device, [lr] * max_steps)
     losses, reached = [], None
     for t in range(1, max_steps + 1):
         step.new_epoch()  # one batch per epoch: the same n images, reshuffled
@@ -168,7 +157,7 @@ def check_learning(p: Patient, lr: float, steps: int = LEARN_STEPS) -> Check:
     model = p.copy().train()
     warm = max(1, steps // 4)
     lrs = [lr * (0.1 + 0.9 * min(1.0, t / warm)) for t in range(steps)]
-    step = _step(model, p.data, p.config, p.device, lrs)
+    step = ramp_step(model, p.data, p.config, p.device, lrs)
     losses = []
     for t in range(steps):
         if t % step.steps == 0:  # cycle epochs when the run is longer than one

@@ -17,10 +17,8 @@ import torch
 from convladder.doctor import checks, probes
 from convladder.doctor.result import Check, DoctorResult
 from convladder.errors import UserError
-from convladder.train import runenv
-from convladder.train.config import TrainConfig, resolve_words, validate
-from convladder.train.device_data import load_splits
-from convladder.train.loop import resolve_device, set_threads
+from convladder.train import runenv, runner
+from convladder.train.config import TrainConfig
 
 
 def _model_text(model: Any) -> str:
@@ -70,11 +68,8 @@ def doctor(model: Any = None, splits: Any = None, config: TrainConfig | None = N
     config = (config or TrainConfig()).replace()
     if model is not None:
         config = config.replace(model=model, model_spec=None)
-    validate(config)
-    config = resolve_words(config, say, data=splits)  # lr: auto is checked as the number it stands for
-    device = resolve_device(config.device)
-    set_threads(config, device)
-    splits = splits if splits is not None else load_splits(config)
+    config, device = runner.begin(config, say, data=splits)  # lr: auto is checked as the number it stands for
+    splits = runner.load_data(config, splits)
     notes: list[str] = []
     n = min(len(splits.y_train), config.subset or len(splits.y_train))
     if config.val_size and config.val_size > n // 4:  # a small data set: keep most of it for training

@@ -160,6 +160,24 @@ def steepest(lrs: list[float], losses: list[float]) -> float | None:
     return float(lrs[i + 1]) if slopes[i] < 0 else None
 
 
+def ramp_step(model: torch.nn.Module, data: Any, config: Any, device: torch.device, lrs: list[float], *,
+              channels_last: bool = False) -> Any:
+    """The training step of `convladder train` (train/step.py) with its schedule replaced by `lrs`, one per step,
+    momentum (SGD) or beta1 (Adam) held at the config's: the LR range test's ramp, and the doctor's probes'.
+
+    Seeds the global RNG (dropout) and the step's generator (batch order, augmentation) with config.seed, so
+    each ramp is the same whatever ran before it.
+    """
+    from convladder.train.optim import schedule_tables
+    from convladder.train.step import TrainStep
+
+    torch.manual_seed(config.seed)
+    momentum = schedule_tables(config.replace(schedule="none", epochs=1), 1)[1][0]
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    return TrainStep(model, data, config, device, [gen], lrs + lrs[-1:], [momentum] * (len(lrs) + 1),
+                     channels_last=channels_last)
+
+
 def suggest_lr(config, *, min_lr: float = 1e-5, max_lr: float = 1.0, steps: int = 100, data=None,
                beta: float = 0.98, diverge: float = 4.0) -> LRFindResult:
     """The LR range test for a TrainConfig: its model, data, batch size, optimiser and augmentation.
@@ -169,27 +187,17 @@ def suggest_lr(config, *, min_lr: float = 1e-5, max_lr: float = 1.0, steps: int 
     object (tests).
     """
     from convladder.train import runenv
-    from convladder.train.config import validate
-    from convladder.train.device_data import load_splits
     from convladder.train.epochs import channels_last_for
-    from convladder.train.loop import resolve_device, set_threads
-    from convladder.train.optim import schedule_tables
-    from convladder.train.step import TrainStep
+    from convladder.train.runner import begin, load_data
 
-    validate(config)
+    config, device = begin(config, words=False)  # lr: auto is what this test finds
     lrs = lr_schedule(min_lr, max_lr, steps)
-    device = resolve_device(config.device)
-    set_threads(config, device)
-    setup = runenv.prepare(config, data if data is not None else load_splits(config), device)
+    setup = runenv.prepare(config, load_data(config, data), device)
     data, model = setup.data, setup.model
     channels_last = channels_last_for(config, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # The training step itself, its schedule table replaced by the ramp (momentum/beta1 held at the config's).
-    momentum = schedule_tables(config.replace(schedule="none", epochs=1), 1)[1][0]
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    step = TrainStep(model, data, config, device, [gen], lrs + lrs[-1:], [momentum] * (len(lrs) + 1),
-                     channels_last=channels_last)
+    step = ramp_step(model, data, config, device, lrs, channels_last=channels_last)
     model.train()
 
     def take(i: int, lr: float) -> float:

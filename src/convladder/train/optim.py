@@ -148,27 +148,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig, lr: torch.Tensor | Non
     return _torch_optimizer(params, config, lr, capturable, momentum if config.optimizer != "adadelta" else None)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-batch schedule: none, step (x gamma every step_size epochs), onecycle, or cosine to ~0."""
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "onecycle":
-        cycle = momentum_cycle(config)
-        high, low = cycle or (0.95, 0.85)  # torch's defaults; unused when the momentum is not cycled
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total, pct_start=config.pct_start,
-            div_factor=config.div_factor, final_div_factor=config.final_div_factor, cycle_momentum=cycle is not None,
-            base_momentum=low, max_momentum=high)
-    if config.schedule == "step":
-        every = config.step_size * steps_per_epoch
-        factor = lambda step: config.gamma ** (step // every)  # noqa: E731
-    elif config.schedule == "cosine":
-        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-    else:
-        factor = lambda step: 1.0  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def momentum_cycle(config: TrainConfig) -> tuple[float, float] | None:
     """OneCycle's momentum range (high, low): `momentum` +- 0.05, kept within [0, 0.999]; None when not cycled.
 

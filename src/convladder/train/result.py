@@ -16,6 +16,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# RunResult.report() draws the run's HTML report, which is report/'s work, a later layer than train/. This module
+# imports nothing from it (docs/ARCHITECTURE.md: no upward imports, no import circle); the root package, which
+# may import any area, hands the function in when convladder is imported (report.runreport.report_of_run).
+_report_maker: Callable[..., Any] | None = None
+
+
+def set_report_maker(make: Callable[..., Any]) -> None:
+    """Set what `RunResult.report` calls: make(folder, out, *, model) -> the report object."""
+    global _report_maker
+    _report_maker = make
+
+
 RISE = 0.1  # percentage points over the last 3 evaluations that count as "still improving"
 WINDOW = 3
 
@@ -195,16 +207,19 @@ class RunResult:
                        + (f"<b>{E(v)}</b>" if k == "verdict" else E(v)) + "</td></tr>" for k, v in self.lines())
         return f'<div><b>{E(self._title())}</b><table style="border-collapse:collapse">{body}</table></div>'
 
-    def report(self, runs_root: str | Path | None = None, out: str | Path | None = None, *,
-               model: Any = None) -> RunReport:
-        """The run's HTML report (the one `convladder report RUN` writes), shown inline in Jupyter.
+    def report(self, runs_root: str | Path | None = None, out: str | Path | None = None, *, model: Any = None) -> Any:
+        """The run's HTML report (the one `convladder report RUN` writes), shown inline in Jupyter: a
+        `convladder.report.runreport.RunReport`.
 
         Reads the run store only; with `out` the report is also written to that file. The run folder is
         `run_dir` when the trainer set it, else `<runs_root or the default run store>/<run_id>`. `model`: the
         class the run trained, for a class the report cannot import itself (one defined in a notebook); the
         weight figures (mistakes, confusion, BN, feature maps) need it.
         """
-        return RunReport.of_run(self.folder(runs_root), out, model=model)
+        folder = self.folder(runs_root)
+        if _report_maker is None:  # the root package hands it in on import: this is a broken install
+            raise RuntimeError("no report maker: convladder's root package sets it (train.result.set_report_maker)")
+        return _report_maker(folder, out, model=model)
 
     def folder(self, runs_root: str | Path | None = None) -> Path:
         """The run's folder in the store (UserError when the run was not stored)."""
@@ -229,61 +244,6 @@ _TD = "text-align:left;padding:1px 0"
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
-
-
-class RunReport:
-    """A run's HTML report: inline in Jupyter (in an iframe, so its styles stay inside), a path or size elsewhere."""
-
-    def __init__(self, html_text: str, name: str, path: Path | None = None, height: int = 720):
-        self.html = html_text
-        self.name = name
-        self.path = path
-        self.height = height
-
-    @classmethod
-    def of_run(cls, folder: Path, out: str | Path | None = None, *, model: Any = None) -> RunReport:
-        # late imports: the report area sits above train/, and needs matplotlib only when a report is asked for
-        from convladder.report.html import render
-        from convladder.report.rundata import load_run
-
-        run = load_run(folder)
-        if model is not None:
-            _give_models(run, folder, model)
-        report = cls(render("run", run.id, [run]), folder.name)
-        if out is not None:
-            report.save(out)
-        return report
-
-    def save(self, out: str | Path) -> Path:
-        """Write the report to `out` (one self-contained HTML file), atomically."""
-        from convladder.fileio import atomic_write_text
-
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, self.html)
-        self.path = path
-        return path
-
-    def _repr_html_(self) -> str:
-        # srcdoc keeps the report's CSS and sorting script inside the frame; no network, no scripts in the page
-        return (f'<iframe srcdoc="{E(self.html, quote=True)}" style="width:100%;height:{self.height}px;'
-                f'border:1px solid #ccc" sandbox="allow-scripts"></iframe>')
-
-    def __repr__(self) -> str:
-        where = f"written to {self.path}" if self.path else "not written; .save('report.html') writes it"
-        return f"<RunReport of run {self.name}: {len(self.html) / 1e6:.1f} MB of HTML, {where}>"
-
-
-def _give_models(run: Any, folder: Path, model: Any) -> None:
-    """Hand the report the trained networks rebuilt from `model` (the person's class), so it need not import it.
-
-    RunData caches its networks in `_models`; filling that cache is how a caller supplies them.
-    """
-    from convladder.train.models import create_model
-
-    for which, name in (("final", "model.safetensors"), ("best", "best.safetensors")):
-        if (folder / name).is_file():
-            run._models[which] = create_model(folder, model=model, which=which)
 
 
 MEDIAN_RULE = ("median: of an even number of seeds the lower of the middle two — a number one run had "
@@ -324,8 +284,7 @@ class SeedResults:
         """The run whose final test accuracy is the median (the lower one of the middle two)."""
         return median_item(self.results, lambda r: r.final.get("test_acc"))
 
-    def report(self, runs_root: str | Path | None = None, out: str | Path | None = None, *,
-               model: Any = None) -> RunReport:
+    def report(self, runs_root: str | Path | None = None, out: str | Path | None = None, *, model: Any = None) -> Any:
         """The median run's report; its result block gives the spread over every seed run in the store."""
         return self.median.report(runs_root, out, model=model)
 
