@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=10000, help="training images for precise BN")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", default="ema-5k.md", help="results file name under bench/results/")
+    ap.add_argument("--label", default="frontier5k", help="the network's name in the title")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     store = RunStore(Path(args.runs))
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     done = {step: [s for s in seeds if step in by_seed[s]] for step in ("baseline", "ema")}
     cfg = configs.get("ema") or configs["baseline"]
     decay = configs["ema"]["ema"] if "ema" in configs else None
-    lines = [f"# Weight EMA on {cfg['model']}: one-change ladder step (bench/ladder-ema-5k.yaml)", "",
+    params = store.get(next(iter(by_seed[seeds[0]].values()))["run"]).params
+    lines = [f"# Weight EMA on {args.label} ({params:,} params): one-change ladder step (bench/ladder-ema-5k.yaml)", "",
              f"- machine: {cpu_model()}, {os.cpu_count()} cores shared with other engineers' jobs, torch threads "
              f"{cfg.get('threads')} per run, niced; torch {torch.__version__}, python {sys.version.split()[0]}; "
              f"table made {time.strftime('%Y-%m-%d %H:%M')} UTC",
@@ -142,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
                   "`live_test_acc`; best epoch by `live_val_acc`), which are the baseline's weights as the check "
                   "above shows."]
     if done["ema"]:
+        lines += ["", "## EMA minus live weights, epoch by epoch (same runs; mean over the EMA seeds, points)", "",
+                  "| epoch | val | test |", "|---|---|---|"]
+        per_run = [store.read_metrics(by_seed[s]["ema"]["run"]) for s in done["ema"]]
+        for i, row in enumerate(per_run[0]):
+            if "live_test_acc" not in row:
+                continue
+            gap = {k: sum(r[i][f"{k}_acc"] - r[i][f"live_{k}_acc"] for r in per_run) / len(per_run)
+                   for k in ("val", "test")}
+            lines.append(f"| {row['epoch']} | {gap['val']:+.2f} | {gap['test']:+.2f} |")
         config = TrainConfig.from_dict(configs["ema"])
         data = DeviceData(load_splits(config), config, torch.device("cpu"))
         lines += ["", f"## BatchNorm statistics for the EMA weights (final epoch; val % / test %)", "",
