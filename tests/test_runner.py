@@ -61,7 +61,7 @@ def observe(case: str, tmp: Any) -> Any:
     raise ValueError(case)
 
 
-# Written from the code before train/runner.py (HEAD 3ae61ae, this machine's CPU, torch 2.13.0, 1 thread) by
+# Written from the code just before train/runner.py (a9f03ce^, this machine's CPU, torch 2.13.0, 1 thread) by
 # `python tests/test_runner.py`: the runner must not move a single bit of any of these.
 PINNED: dict[str, Any] = {'single': [{'seed': 3,
              'rows': [{'epoch': 1,

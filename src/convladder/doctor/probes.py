@@ -1,8 +1,9 @@
 """The checks that train a copy of the network: LR range test, overfitting one batch, a short run, one epoch.
 
-All train with convladder's own training step (`train/step.py`), the LR range test of `convladder lr-find`
-(`train/lrfind.py`) and, for `--epochs`, the trainer itself (`train/loop.py`, no run store); the patient's
-network is never changed.
+All train with convladder's own training step (`train/step.py`) on an lr ramp (`lrfind.ramp_step`, the LR range
+test's: the range test of `convladder lr-find` itself, then overfit and the short run at fixed or warming-up
+rates) and, for `--epochs`, the trainer itself (`train/loop.py`, no run store); the patient's network is never
+changed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch import nn
 
 from convladder.data.datasets import DataSplits
