@@ -23,7 +23,7 @@ import pytest
 
 from convladder import interrupts
 
-TRAIN = ["train", "--dataset", "synthetic", "--subset", "1200", "--epochs", "6", "--threads", "1"]
+TRAIN = ["train", "--dataset", "synthetic", "--subset", "1200", "--epochs", "3", "--threads", "1"]
 
 
 def run_until(args: list[str], ready: str | Callable[[], bool], sig: int, env: dict[str, str] | None = None,
@@ -61,7 +61,7 @@ def index_rows(root: Path) -> dict[str, str]:
 @pytest.mark.parametrize("sig,code,head", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                            (signal.SIGINT, 130, "interrupted")])
 def test_train_stopped_by_a_signal_is_interrupted_at_once_and_resumes(tmp_path: Path, sig, code, head) -> None:
-    rc, out, err = run_until([*TRAIN, "--runs", str(tmp_path)], "epoch 1/6", sig)
+    rc, out, err = run_until([*TRAIN, "--runs", str(tmp_path)], "epoch 1/3", sig)
     assert rc == code, err
     (run_id, status), = index_rows(tmp_path).items()
     assert status == "interrupted"  # in the index as the process left it, not settled later by a reader
@@ -103,10 +103,11 @@ steps:
 """
 
 
+@pytest.mark.slow  # ~20 s: two CLI processes
 def test_ladder_run_under_sigterm_marks_the_step_and_a_rerun_skips_finished_ones(tmp_path: Path) -> None:
     ladder = tmp_path / "sig.yaml"
     ladder.write_text(LADDER)
-    args = ["ladder", "run", str(ladder), "--dataset", "synthetic", "--subset", "1200", "--epochs", "6",
+    args = ["ladder", "run", str(ladder), "--dataset", "synthetic", "--subset", "1200", "--epochs", "3",
             "--runs", str(tmp_path / "runs")]
     folders = tmp_path / "runs"
     second = lambda: len(list(folders.glob("*/metrics.jsonl"))) == 2  # noqa: E731 - step two finished an epoch
@@ -155,6 +156,7 @@ def test_serve_stops_on_sigterm_with_143(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # ~40 s: a local Ray starts and stops
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("ray"), reason="ray is not installed")
 def test_ray_ladder_under_sigterm_shuts_workers_down_and_removes_their_stores(tmp_path: Path, request) -> None:
     ladder = tmp_path / "sig.yaml"
