@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import platform
+import resource
+import subprocess
 import sys
 import time
 import warnings
@@ -37,9 +40,25 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+MEMORY = 6 << 30  # address space per worker: a network that needs more is an error in the table, not an OOM kill
+
+
 def _quiet() -> None:
     warnings.filterwarnings("ignore", message="Using padding='same'")  # even kernels with 'same': torch's note
     torch.set_num_threads(1)
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        paths = ["tests/rf_oracle.py", "tests/rf_netgen.py"] + [f"src/convladder/analysis/{m}.py" for m in (
+            "field", "fieldaxis", "fieldops", "table", "trace", "ops")]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], capture_output=True, text=True,
+                               timeout=10).stdout
+        return out.stdout.strip() + (" (the oracle or the field code edited after it)" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _one(seed: int) -> tuple[list[str], str, dict]:
@@ -69,6 +88,7 @@ def main() -> None:
     problems: list[str] = []
     errors: list[str] = []
     began = time.time()
+    args.commit, args.load = _commit(), os.getloadavg()[0]
     seeds = range(args.start, args.start + args.networks)
     with multiprocessing.get_context("fork").Pool(args.jobs, initializer=_quiet) as pool:
         for done, (found, error, counted) in enumerate(pool.imap(_one, seeds, chunksize=20), 1):
@@ -92,8 +112,9 @@ def _write(args: argparse.Namespace, stats: dict, problems: list[str], errors: l
         "# Receptive field against a gradient oracle (`bench/bench_rf_oracle.py`)",
         "",
         f"Machine: {_cpu()}, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, {args.jobs} process(es) of 1 torch thread (2 cores shared with other work). "
-        f"{time.strftime('%Y-%m-%d')}.",
+        f"torch {torch.__version__}, {args.jobs} process(es) of 1 torch thread (2 cores shared with other work; "
+        f"load average {args.load:.1f} at the start, {os.getloadavg()[0]:.1f} at this write), at most "
+        f"{MEMORY >> 30} GiB per process. Code: commit {args.commit}. {time.strftime('%Y-%m-%d')}.",
         "",
         (f"**Partial: {done:,} of {args.networks:,} networks done.**\n\n" if done < args.networks else "") +
         f"Networks: `tests/rf_netgen.random_net(seed)`, seeds {args.start}–{args.start + done - 1}. "

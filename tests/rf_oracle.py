@@ -348,23 +348,41 @@ def _binary(v: _V) -> _V:
     return v
 
 
+CHUNK = 1 << 22  # canvas values per channel and batch entry, summed over a chunk of tangents: memory bound
+
+
 def _supports(net: G.Net, input_shape, sizes, axis: int, margin: int, local: bool, other: int = 0):
     """Per op: the (value, [per-position-along-`axis` sets of canvas rows/columns]) on a canvas enlarged along
-    `axis` by `margin` on each side; each set as (first, last+1) or None when empty."""
+    `axis` by `margin` on each side; each set as (first, last+1) or None when empty. The tangents run in chunks
+    (a wide canvas of a strided network held them all at once in 23 GB)."""
     c, h, w = input_shape
     shape = [h, w]
     shape[axis] += 2 * margin
     shape[1 - axis] += 2 * other  # the other axis too, without tangents, where its padding cut every path
     n = shape[axis]
+    per = max(1, CHUNK // (shape[0] * shape[1]))
+    merged = None
+    for lo in range(0, n, per):
+        part = _supports_of(net, input_shape, sizes, axis, margin, local, other, shape, range(lo, min(n, lo + per)))
+        merged = part if merged is None else [
+            (v, [a if b is None else b if a is None else (min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(sa, sb)])
+            for (v, sa), (_, sb) in zip(merged, part)]
+    return merged
+
+
+def _supports_of(net: G.Net, input_shape, sizes, axis, margin, local, other, shape, rows: range):
+    """`_supports` for the tangents of canvas rows (columns) `rows` only."""
+    c, h, w = input_shape
+    n = shape[axis]
     # batch entry 0 carries the values (all ones), entry 1 + r the derivative along canvas row/column r: every
     # op but the product is linear, so one pass of the linearised ops computes both
-    x = torch.zeros(1 + n, c, *shape, dtype=CANVAS)
+    x = torch.zeros(1 + len(rows), c, *shape, dtype=CANVAS)
     x[0] = 1.0
-    idx = torch.arange(n)
+    idx = torch.arange(len(rows))
     if axis == 0:
-        x[idx + 1, :, idx, :] = 1.0
+        x[idx + 1, :, idx + rows.start, :] = 1.0
     else:
-        x[idx + 1, :, :, idx] = 1.0
+        x[idx + 1, :, :, idx + rows.start] = 1.0
     off = (margin, other) if axis == 0 else (other, margin)
     last_use = {r: i for i, reads in enumerate(net.wiring) for r in reads}
     out = []
@@ -372,7 +390,7 @@ def _supports(net: G.Net, input_shape, sizes, axis: int, margin: int, local: boo
     for i, (op, reads) in enumerate(zip(net.ops, net.wiring)):
         v = _binary(_apply(op, [values[r] for r in reads], sizes[i], local))
         values[i + 1] = v
-        out.append(_measure(v, axis, n))
+        out.append(_measure(v, axis, rows.start))
         start, count = (v.off[axis], v.n[axis]) if v.kind != "vector" else (0, 1)
         # a position whose support comes within half the margin of the canvas edge may have read past it
         # (strides and dilations skip pixels, so touching the edge is not the only sign): widen and rerun
@@ -385,8 +403,9 @@ def _supports(net: G.Net, input_shape, sizes, axis: int, margin: int, local: boo
     return out
 
 
-def _measure(v: _V, axis: int, n: int):
-    """The (first, last+1) canvas row/column of every position along `axis`, over the whole canvas map."""
+def _measure(v: _V, axis: int, base: int):
+    """The (first, last+1) canvas row/column of every position along `axis`, over the whole canvas map, for
+    tangents of rows (columns) `base`, `base` + 1, ..."""
     t = v.x[1:]  # (every value is a sum of positive terms: nonzero where it depends)
     if v.kind == "vector":
         dep = t.amax(1)[:, None] > 0  # (tangents, 1)
@@ -396,7 +415,7 @@ def _measure(v: _V, axis: int, n: int):
     any_ = dep.any(0).tolist()
     first = dep.int().argmax(0).tolist()
     last = (dep.shape[0] - dep.flip(0).int().argmax(0)).tolist()
-    return v, [(lo, hi) if ok else None for ok, lo, hi in zip(any_, first, last)]
+    return v, [(base + lo, base + hi) if ok else None for ok, lo, hi in zip(any_, first, last)]
 
 
 def _period(windows: list[tuple[int, int]]) -> Fraction | None:
