@@ -20,9 +20,9 @@ from convladder.train.config import TrainConfig
 from convladder.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
-# runs the CLI's entry point as the console script does, then says whether torch was imported
+# runs the CLI's entry point as the console script does, then says whether torch (or $PROBE_MODULE) was imported
 PROBE = """
-import sys
+import os, sys
 from convladder.cli import main
 try:
     main(sys.argv[1:])
@@ -30,19 +30,20 @@ except SystemExit as stop:
     code = stop.code
 else:
     code = 0
-sys.stderr.write("\\ntorch imported: %s\\n" % ("torch" in sys.modules))
+module = os.environ.get("PROBE_MODULE", "torch")
+sys.stderr.write("\\n%s imported: %s\\n" % (module, module in sys.modules))
 sys.exit(code)
 """
 TINY = ("c1[conv3x3(8, bias=false) relu bn] t1[maxpool2x2 conv1x1(8, bias=false)] "
         "out[gap conv1x1(10, bias=false) logsoftmax]")
 
 
-def run_probe(args: list[str], runs: Path, **env: str) -> tuple[int, str, bool]:
-    """(exit code, stdout, whether torch was imported) of `convladder ARGS` in a fresh interpreter."""
+def run_probe(args: list[str], runs: Path, module: str = "torch", **env: str) -> tuple[int, str, bool]:
+    """(exit code, stdout, whether `module` was imported) of `convladder ARGS` in a fresh interpreter."""
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, env={**os.environ, "CONVLADDER_RUNS": str(runs), **env})
+                          cwd=ROOT, env={**os.environ, "CONVLADDER_RUNS": str(runs), "PROBE_MODULE": module, **env})
     marker = proc.stderr.strip().splitlines()[-1]
-    assert marker.startswith("torch imported: "), proc.stderr
+    assert marker.startswith(f"{module} imported: "), proc.stderr
     return proc.returncode, proc.stdout, marker.endswith("True")
 
 
@@ -85,6 +86,27 @@ def test_the_probe_sees_torch_where_a_command_needs_it(store: Path) -> None:
     code, out, torch_imported = run_probe(["summary", "tiny8k"], store)
     assert code == 0 and "params" in out
     assert torch_imported
+
+
+def test_summary_of_a_registered_network_does_not_import_dynamo(store: Path) -> None:
+    """`summary` needs torch but not torch._dynamo (~1.6 s of CPU): a small spec's table is traced on the CPU;
+    on the meta device F.relu runs through torch._refs, whose wrapper imports it. Module list, not time."""
+    code, out, dynamo_imported = run_probe(["summary", "tiny8k"], store, module="torch._dynamo")
+    assert code == 0 and "params 7,944" in out
+    assert not dynamo_imported, "convladder summary tiny8k imported torch._dynamo"
+
+
+def test_a_spec_table_leaves_the_rng_and_threads_and_imports_no_dynamo() -> None:
+    """`convladder.summarize` of a spec in a fresh interpreter: the global RNG and the thread count are as they
+    were (the CPU build draws from a forked generator, the trace's single thread is given back), no dynamo."""
+    code = ("import sys, torch, convladder\n"
+            "torch.manual_seed(7); torch.set_num_threads(2); state = torch.get_rng_state()\n"
+            "table = convladder.summarize('tiny8k')\n"
+            "print(table.total_params, torch.equal(state, torch.get_rng_state()), torch.get_num_threads(),\n"
+            "      'torch._dynamo' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["7944", "True", "2", "False"]
 
 
 @pytest.mark.parametrize("name", builtin_names())

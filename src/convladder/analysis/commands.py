@@ -48,7 +48,7 @@ def table_for(model: str, input: str | None, model_args: str | None, *, classes:
     """(table with its design checks, title) for a name, spec text/file, or an own class `file.py:ClassName`
     (imports that file): `network_verdict`, the one verdict `convladder.summarize` gives too."""
     from convladder.analysis.table import DEFAULT_INPUT, network_verdict
-    from convladder.spec.own import is_own_ref
+    from convladder.spec.ownref import is_own_ref  # (spec.own, the loader, only for an own class)
 
     shape = parse_input_size(input) if input else None
     if is_own_ref(model):
