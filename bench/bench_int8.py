@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the speed figures")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", default="int8.md")
+    parser.add_argument("--grid", default="tiny8k,frontier15k",
+                        help="networks whose newest run gets the QDQ/QOperator x calibration grid (comma-separated)")
     args = parser.parse_args()
     load_start, start = os.getloadavg(), time.perf_counter()
     found = find_runs(args.runs)
@@ -108,10 +110,11 @@ def main() -> None:
         for name in [n for n in NETWORKS if n in found]:
             table = summarize(resolve_spec(name))
             mem = table.memory
-            per_run = []
+            per_run, epochs = [], []
             for root, run_id in found[name]:
                 store = copy_of(root, run_id, Path(tmp))
                 loaded = load_run(run_id, store)
+                epochs.append(int(loaded.config.get("epochs") or 0))
                 report = export_int8(loaded, Path(tmp) / f"{run_id}.int8.onnx", threads=args.threads)
                 x01 = to_unit(run_data(loaded)[1].x).numpy()
                 fp32 = fp32_graph(loaded)[0]
@@ -120,7 +123,9 @@ def main() -> None:
                 print(f"{name} {run_id}: fp32 {report.fp32_acc:.2f} int8 {report.int8_acc:.2f} "
                       f"fp32 {speed['fp32']:,.0f}/s int8 {speed['int8']:,.0f}/s", flush=True)
             reports = [r for r, _ in per_run]
-            rows.append([name, f"{registered[name].params:,}", str(len(reports)),
+            recipes = ", ".join(f"{e}x{epochs.count(e)}" if epochs.count(e) > 1 else str(e)
+                                for e in sorted(set(epochs)))
+            rows.append([name, f"{registered[name].params:,}", str(len(reports)), recipes,
                          spread([r.fp32_acc for r in reports]), spread([r.int8_acc for r in reports]),
                          spread([r.drop for r in reports]),
                          f"{mem.weights_fp32 / 1024:.1f} / {mem.weights_int8 / 1024:.1f}",
@@ -128,10 +133,11 @@ def main() -> None:
                          f"{mem.peak_fp32 / 1024:.1f} / {mem.peak_int8 / 1024:.1f}",
                          f"{median_value([s['fp32'] for _, s in per_run]):,.0f} / "
                          f"{median_value([s['int8'] for _, s in per_run]):,.0f}"])
-            newest = load_run(found[name][-1][1], Path(tmp) / f"store-{found[name][-1][1]}")
-            choice_tables.append((name, newest.run_id, choices(newest, args.threads, args.rounds)))
+            if name in args.grid.split(","):
+                newest = load_run(found[name][-1][1], Path(tmp) / f"store-{found[name][-1][1]}")
+                choice_tables.append((name, newest.run_id, choices(newest, args.threads, args.rounds)))
     v = versions()
-    head = ["network", "params", "runs", "fp32 test % (min / median / max)", "int8 test %", "drop, points (fp32 - int8; < 0: int8 better)",
+    head = ["network", "params", "runs", "epochs (x runs)", "fp32 test % (min / median / max)", "int8 test %", "drop, points (fp32 - int8; < 0: int8 better)",
             "table weights KiB fp32 / int8", "ONNX file KiB fp32 / int8", "table peak RAM KiB fp32 / int8",
             "images/s fp32 / int8 (median of runs)"]
     lines = [
@@ -153,7 +159,8 @@ def main() -> None:
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
         *["| " + " | ".join(r) + " |" for r in rows],
         "",
-        "Runs: every completed run of the network in the stores given (their recipes as recorded). "
+        "Runs: every completed run of the network in the stores given (their recipes as recorded; a run of fewer "
+        "epochs than the network's own recipe (12) is a short one, its accuracy below what the network reaches). "
         f"Not in the stores given (not trained here, so not measured): {', '.join(missing) or 'none'}.",
         "",
         "## Choices, on the newest run of each network",
