@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and `python -m convladder`."""
     from convladder import interrupts
 
+    interrupts.forget()  # the line a stop prints names this command's runs only
     interrupts.install()  # SIGTERM raises like Ctrl-C: runs are marked interrupted, exit 143 (Ctrl-C: 130)
     command = build_command()
     try:

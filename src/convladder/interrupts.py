@@ -86,6 +86,12 @@ def record(run_id: str, epoch: int) -> None:
     _saved.append((run_id, epoch))
 
 
+def forget() -> None:
+    """Start a command afresh: runs cut by an earlier command of this process (tests, a notebook) are not its own."""
+    _saved.clear()
+    _state.update(last=None, pending=None)
+
+
 def recorded() -> list[tuple[str, int]]:
     """The runs this process marked interrupted, in order."""
     return list(_saved)
