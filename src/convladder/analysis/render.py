@@ -117,6 +117,16 @@ def totals_line(table: NetworkTable) -> str:
     return " | ".join(totals_parts(table))
 
 
+def totals_lines(table: NetworkTable) -> list[str]:
+    """The totals as printed under the text table: counts on one line, bytes on the next (one line wrapped at 200+)."""
+    parts = totals_parts(table)
+    counts = parts[:4]
+    lines = [" | ".join(counts)]
+    if parts[4:]:
+        lines.append("memory: " + " | ".join(parts[4:]))
+    return lines
+
+
 def totals_parts(table: NetworkTable) -> list[str]:
     """The totals under the table, one text per quantity (params, BN buffers, MACs, RF at the output)."""
     frozen = table.total_params - table.trainable_params
@@ -150,7 +160,8 @@ def _macs_total(table: NetworkTable) -> str:
 
 def print_table(table: NetworkTable, console: Console, title: str | None = None) -> None:
     console.print(network_table(table, title))
-    console.print(totals_line(table))
+    for line in totals_lines(table):
+        console.print(line)
     if getattr(table, "notice", ""):
         console.print(f"note: {table.notice}", highlight=False)
     if getattr(table, "input_note", ""):
