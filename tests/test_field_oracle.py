@@ -227,3 +227,12 @@ def test_table_equals_the_oracle_on_300_generated_networks():
     torch.set_num_threads(1)
     problems = [p for seed in range(300) for p in compare(seed)]
     assert not problems, "\n".join(problems[:10])
+
+
+def test_an_output_range_reaches_the_json_the_html_summary_and_the_ladder_row():
+    """Readers of the table print the range the totals line prints, never 'unknown' or None."""
+    from convladder.report.html import network_table
+
+    table = summarize(Decoder("transposed"), (1, 48, 48))
+    assert table.to_dict()["rf_out_range"] == [[9, 11], [9, 11]]
+    assert "output receptive field 9-11 on" in network_table(table)

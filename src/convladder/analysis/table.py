@@ -147,6 +147,7 @@ class NetworkTable:
             "total_buffers": self.total_buffers,
             "total_macs": self.total_macs,
             "rf_out": self.rf_out,
+            **({"rf_out_range": self.rf_out_range} if self.rf_out_range else {}),
             "rf_note": self.rf_note,
             "block_roles": self.block_roles,
             "notice": self.notice,

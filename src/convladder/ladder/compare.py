@@ -113,7 +113,7 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
         done = [s for s in seeds if s["status"] == "completed"]
         row: dict[str, Any] = {
             "step": step.index, "name": step.name, "change": step.change, "why": step.why, "because": step.because,
-            "params": table.total_params, "rf_out": table.rf_out, "handout": step.handout, "spec": step.spec_text,
+            "params": table.total_params, "rf_out": table.rf_out, "rf_out_text": table.rf_out_text, "handout": step.handout, "spec": step.spec_text,
             # the epochs the step trains: a run option, the ladder's, or the trainer's default
             "epochs": opts.get("epochs") or step.train.get("epochs") or TrainConfig().epochs,
             "dataset": (done[0]["dataset"] if done else None) or opts.get("dataset") or step.train.get("dataset", "mnist"),
@@ -230,7 +230,7 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
                                    + ("" if not eps else f"@{eps[0]}" if len(eps) == 1 else f"@{eps[0]}-{eps[-1]}")
                                    + f" ({r.get('selected_by') or '?'})")
         seeds = f" [{r['n_completed']} seed(s)" + (f", {r['n_failed']} failed" if r["n_failed"] else "") + "]"
-        lines.append((str(r["step"]), r["name"], f"{r['params']:,}{hp}", str(r["rf_out"]), str(r["epochs"]),
+        lines.append((str(r["step"]), r["name"], f"{r['params']:,}{hp}", r.get("rf_out_text") or str(r["rf_out"]), str(r["epochs"]),
                       _pct(r.get("train")) + (f" ({h['train']:.2f})" if h.get("train") else ""),
                       _pct(r.get("test")) + (f" ({h['test']:.2f}" + (f"@{h['epoch']}" if h.get("epoch") else "") + ")"
                                              if h.get("test") else ""),

@@ -176,7 +176,7 @@ def network_table(table: Any) -> str:
     uncounted = getattr(table, "macs_uncounted", None)
     macs = (f"at least {table.total_macs:,} MACs per image (not counted: {E(', '.join(uncounted))})" if uncounted
             else f"{table.total_macs:,} MACs per image")  # a partial sum is a lower bound, said as one
-    rf = table.rf_out if table.rf_out is not None else "unknown"
+    rf = table.rf_out_text if table.rf_out_text != "?" else "unknown"  # a field that varies: "3-4"
     summary = (f"<p>{table.trainable_params:,} trainable parameters, {macs}, "
                f"output receptive field {rf} on a {_size(table.input)} input"
                + (f"; {E('; '.join(bytes_parts(table)))} (docs/analysis.md: how bytes are counted)"

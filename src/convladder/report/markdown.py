@@ -174,7 +174,7 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         ts, bs = r.get("test_stats"), r.get("best_stats")
-        body.append([r["step"], r["name"], r["change"], f"{r['params']:,}", r["rf_out"] if r["rf_out"] is not None else "?",
+        body.append([r["step"], r["name"], r["change"], f"{r['params']:,}", r.get("rf_out_text") or (r["rf_out"] if r["rf_out"] is not None else "?"),
                      r["epochs"], _mmm(ts), _mmm(bs),
                      _fmt(r.get("train")), _fmt(r.get("gap")), potential_shown(r.get("potential"), r.get("train"), raw=False),
                      r.get("verdict") or "-", f"{r['n_completed']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")])
@@ -225,7 +225,7 @@ def _step_section(ladder: Ladder, store: RunStore, r: dict[str, Any], folder: Pa
     out += [f"**Target:** test accuracy >= {r['target']:g} % on every seed (the ladder's target).", ""]
     handout = r.get("handout") or {}
     facts = f"**Parameters:** {r['params']:,}" + (f" (handout: {int(handout['params']):,})" if handout.get("params") else "")
-    facts += f" · **RF at the output:** {r['rf_out'] if r['rf_out'] is not None else '?'} · **epochs:** {r['epochs']}"
+    facts += f" · **RF at the output:** {r.get('rf_out_text') or (r['rf_out'] if r['rf_out'] is not None else '?')} · **epochs:** {r['epochs']}"
     out += [facts, ""]
     seeds, runs = _step_numbers(store, r)
     if not seeds:

@@ -319,7 +319,7 @@ def final_numbers(run: RunData) -> dict[str, Any]:
     return {
         "status": r.get("status") or ("running or incomplete" if run.metrics else "no data"),
         "params": r.get("params") or (table.trainable_params if table else None),
-        "rf": table.rf_out if table else None,
+        "rf": (table.rf_out if table.rf_out is not None else table.rf_out_text) if table else None,  # "3-4": varies
         "epochs": r.get("epochs_done", len(run.metrics) or None),
         # the epoch the final accuracies are of: the last one trained, unless a run ended between evaluations
         "final_epoch": final.get("epoch") or r.get("epochs_done", len(run.metrics) or None),
