@@ -116,3 +116,64 @@ def test_ladder_check_counts_from_the_spec_equal_the_traced_tables(name: str) ->
     for step in load_ladder(name).steps:
         if step.spec is not None:
             assert estimate_size(step.spec).params == step.table().total_params, (name, step.index)
+
+
+def test_the_static_command_table_matches_what_the_areas_register() -> None:
+    """`convladder --help` lists cli.COMMANDS (name, area, short help) without importing the areas: the table must
+    be what each area's register() adds, in the order and with the first help paragraph of the full tree."""
+    import importlib
+    import inspect
+
+    import typer
+    import typer.main
+
+    from convladder.cli import COMMAND_AREAS, COMMANDS, build_command
+
+    full = build_command()
+    assert [name for name, _, _ in COMMANDS] == list(full.commands)
+    for name, area, short in COMMANDS:
+        assert inspect.cleandoc(full.commands[name].help or "").split("\n\n")[0] == short, name
+    owners = {}
+    for area in COMMAND_AREAS:
+        sub = typer.Typer()
+        importlib.import_module(f"{area}.commands").register(sub)
+        owners.update({name: area for name in typer.main.get_group(sub).commands})
+    assert owners == {name: area for name, area, _ in COMMANDS}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["runs", "--help"], ["models"], ["modls"]])
+def test_the_lazy_tree_answers_as_the_full_one(args: list[str], capsys, monkeypatch) -> None:
+    """The console script's lazy root group prints what the full command tree prints (help panels, a command's
+    output, the 'Did you mean' of a typo) and exits with the same code."""
+    from convladder.cli import build_command
+
+    monkeypatch.setenv("COLUMNS", "120")
+    answers = []
+    for lazy in (True, False):
+        with pytest.raises(SystemExit) as done:
+            build_command(lazy=lazy).main(args=args, prog_name="convladder")
+        answers.append((done.value.code, *capsys.readouterr()))
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("args, module", [
+    (["models"], "convladder.train.commands"),  # another area's commands are not imported
+    (["models"], "pydantic"),  # typer's coercion is built only for a value it must convert
+    (["runs", "list"], "yaml"),  # the --runs option alone: no config or YAML parser
+    (["runs", "show", "latest"], "pydantic"),
+])
+def test_light_commands_leave_heavy_modules_out(store: Path, args: list[str], module: str) -> None:
+    code, out, imported = run_probe(args, store, module=module)
+    assert code == 0 and out
+    assert not imported, f"convladder {' '.join(args)} imported {module}"
+
+
+def test_typers_coercion_is_built_only_for_a_value_it_must_convert(store: Path) -> None:
+    """`runs list` coerces no value (options not given, --limit's int default): no pydantic; --limit 1 goes
+    through typer's own coercion (pydantic imported), and --limit x is refused by it as before (exit 2)."""
+    assert run_probe(["runs", "list"], store, module="pydantic")[2] is False
+    code, out, pydantic_imported = run_probe(["runs", "list", "--limit", "1"], store, module="pydantic")
+    assert code == 0 and "startup-probe" in out and pydantic_imported
+    proc = subprocess.run([sys.executable, "-m", "convladder", "runs", "list", "--limit", "x"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env={**os.environ, "CONVLADDER_RUNS": str(store)})
+    assert proc.returncode == 2 and "--limit" in proc.stderr

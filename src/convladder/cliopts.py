@@ -1,8 +1,8 @@
 """The command line's shared options, declared once: the options generated from TrainConfig's fields (train,
 lr-find, ladder run), the executor options (train --seeds, sweep, frontier, ladder run) and --runs.
 
-Layer: the command line (docs/ARCHITECTURE.md). Nothing here imports torch: `convladder --help` builds every
-command from these declarations, and the commands that compute nothing answer without loading it.
+Layer: the command line (docs/ARCHITECTURE.md). Nothing here imports torch: `train --help` builds its command
+from these declarations, and the commands that compute nothing answer without loading it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from convladder.errors import UserError
-from convladder.safeparse import close_names
-from convladder.train.config import TRAIN, TrainConfig
+
+# train.config and safeparse (which import yaml, ~0.03 s) are imported where used: `runs list|show` read only
+# RunsOpt from here.
 
 Opt = typer.Option
 
@@ -52,11 +53,14 @@ DataAliasOpt = Annotated[Optional[str], Opt("--data", hidden=True)]
 # -- options generated from TrainConfig -----------------------------------------------------------------------
 
 
-def config_options(command: str = TRAIN, defaults: bool = True) -> list[inspect.Parameter]:
+def config_options(command: str | None = None, defaults: bool = True) -> list[inspect.Parameter]:
     """One typer option per TrainConfig field that `command` shows (train, lr-find, ladder run: the field's
     metadata says), generated from the dataclass: the field's type, its help and panel, its default in the help.
     Every option defaults to None (= not given), so a `--config` file or the defaults decide what the command
-    line leaves out."""
+    line leaves out. command: default `train`."""
+    from convladder.train.config import TRAIN, TrainConfig
+
+    command = command or TRAIN
     params = []
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
@@ -76,10 +80,10 @@ def config_options(command: str = TRAIN, defaults: bool = True) -> list[inspect.
     return params
 
 
-def with_config_options(func: Callable[..., None], command: str = TRAIN,
+def with_config_options(func: Callable[..., None], command: str | None = None,
                         defaults: bool = True) -> Callable[..., None]:
     """`func(ctx, <its own options>, **config)` as typer sees it: ctx, the options `command` takes from
-    TrainConfig (`config_options`), its own."""
+    TrainConfig (`config_options`; command: default `train`), its own."""
     own = list(inspect.signature(func, eval_str=True).parameters.values())  # the real Annotated[...] objects
     head = [p for p in own if p.name == "ctx"]
     rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own
@@ -95,6 +99,8 @@ def with_config_options(func: Callable[..., None], command: str = TRAIN,
 
 def reject_stray_args(ctx: typer.Context) -> list[str]:
     """The trailing key=value overrides; a mistyped option gets 'No such option --epoch, did you mean --epochs?'."""
+    from convladder.safeparse import close_names
+
     extra = list(ctx.args)
     for arg in extra:
         if arg.startswith("-"):
