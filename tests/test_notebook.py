@@ -127,7 +127,8 @@ def test_table_text_is_plain_and_shows_question_marks() -> None:
     line = next(ln for ln in text.splitlines() if ln.lstrip("│ ").startswith("5 "))
     cells = [c.strip() for c in line.split("│")]
     assert cells.count("?") == 2 and "size changed 24->22" in line
-    assert text.splitlines()[-1].startswith("params 10,890")
+    assert text.splitlines()[-2].startswith("params 10,890")  # the counts, then the bytes on their own line
+    assert text.splitlines()[-1].startswith("memory: weights ")
     for r in table.layers:
         assert r.op in text
     with_findings = table_text(table, [Finding("budget", "error", None, "over budget", "why", "try")])
