@@ -455,3 +455,30 @@ def test_runs_list_says_which_split_picked_the_best_epoch(tmp_path, capsys):
     row = _row(out, on_test)
     assert "99.10% test" in row and "97.25" not in row  # was 97.25 under "best val": the val acc of a test pick
     assert "picked on the test set" in out  # and the footnote says what that means
+
+
+def test_index_set_up_waits_out_another_process_setting_up_the_same_file():
+    """SQLite answers a journal-mode change with 'database is locked' at once (no busy handler) while another
+    connection sets up the same new index: the set-up retries instead of failing the run (a CI run failed so)."""
+    import sqlite3
+
+    from convladder.runs import store as store_module
+
+    class Busy:  # a connection whose first two set-up statements meet another process's lock
+        def __init__(self, error: str) -> None:
+            self.conn, self.left, self.error, self.calls = sqlite3.connect(":memory:"), 2, error, 0
+
+        def execute(self, sql: str):
+            self.calls += 1
+            if self.left:
+                self.left -= 1
+                raise sqlite3.OperationalError(self.error)
+            return self.conn.execute(sql)
+
+    busy = Busy("database is locked")
+    store_module._set_up(busy)  # type: ignore[arg-type]
+    assert busy.calls >= 3 and busy.conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    other = Busy("no such table: nothing")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        store_module._set_up(other)  # type: ignore[arg-type]
+    assert other.calls == 1  # other errors are not retried

@@ -129,6 +129,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+
+def _set_up(conn: sqlite3.Connection, wait_s: float = 60.0) -> None:
+    """WAL mode and the schema, retried while another process holds the file: SQLite answers a journal-mode change
+    (and the first schema write of a new index) with SQLITE_BUSY at once, without its busy handler, when another
+    connection is setting up the same file — two runs starting together on a fresh store saw 'database is locked'."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.01
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
+            conn.execute(SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
 class RunStore:
     """Runs under `root` (default: $CONVLADDER_RUNS or ./runs)."""
 
@@ -190,8 +211,7 @@ class RunStore:
         conn = sqlite3.connect(path, timeout=60, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(SCHEMA)
+            _set_up(conn)
         except BaseException:
             conn.close()
             raise
