@@ -174,8 +174,8 @@ def test_ray_ladder_under_sigterm_shuts_workers_down_and_removes_their_stores(tm
     assert not list(tmp.glob("convladder-ray-*"))  # the killed workers' stores are removed
 
 
-def test_a_command_without_its_own_handler_exits_143_with_one_line(monkeypatch, capsys) -> None:
-    """typer turns an uncaught KeyboardInterrupt into a silent exit 130; the CLI says it and keeps SIGTERM's 143."""
+def _runs_list_cut_by_sigterm(monkeypatch) -> int:
+    """`convladder runs list` in this process, stopped by SIGTERM inside the store; its exit code."""
     from convladder.cli import main
     from convladder.runs.store import RunStore
 
@@ -191,31 +191,20 @@ def test_a_command_without_its_own_handler_exits_143_with_one_line(monkeypatch, 
         for s, handler in old.items():
             signal.signal(s, handler)
         interrupts._state.update(installed=False, last=None)
-    assert done.value.code == 143
+    return done.value.code
+
+
+def test_a_command_without_its_own_handler_exits_143_with_one_line(monkeypatch, capsys) -> None:
+    """typer turns an uncaught KeyboardInterrupt into a silent exit 130; the CLI says it and keeps SIGTERM's 143."""
+    assert _runs_list_cut_by_sigterm(monkeypatch) == 143
     assert lines(capsys.readouterr().err) == ["terminated (SIGTERM): stopped; no file was left half-written "
                                               "(every write is atomic)"]
 
 
 def test_a_stop_names_only_the_runs_of_its_own_command(monkeypatch, capsys) -> None:
     """Runs cut by an earlier command of the same process (a notebook, a test session) are not listed again."""
-    from convladder.cli import main
-    from convladder.runs.store import RunStore
-
     interrupts.record("20250101-000000-abcdef", 3)  # an earlier command's cut run
-
-    def cut(self, *a, **k):
-        raise interrupts.Terminated()
-
-    monkeypatch.setattr(RunStore, "list_runs", cut)
-    old = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
-    try:
-        with pytest.raises(SystemExit) as done:
-            main(["runs", "list", "--runs", "/nonexistent-store"])
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        interrupts._state.update(installed=False, last=None)
-    assert done.value.code == 143
+    assert _runs_list_cut_by_sigterm(monkeypatch) == 143
     err = capsys.readouterr().err
     assert "20250101-000000-abcdef" not in err
     assert lines(err) == ["terminated (SIGTERM): stopped; no file was left half-written (every write is atomic)"]
