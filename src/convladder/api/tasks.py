@@ -131,6 +131,7 @@ def sweep(file: str | Path, *, seeds: int | None = None, runs: str | Path | None
 
 def frontier_plan(spec: Any) -> str:
     """`frontier --dry-run`: each budget's candidate networks (counted, none trained) and the rejected ones."""
+    from convladder.executors.families import family_of
     from convladder.executors.frontier import candidates
 
     lines = []
@@ -139,10 +140,12 @@ def frontier_plan(spec: Any) -> str:
         if spec.trials:
             lines.append(f"budget {budget:,}: {stats['in_budget']} of {stats['generated']} networks fit, "
                          f"{stats['near']} within {spec.near:.0%} of it; trying {len(cands)}")
+            lines += [f"  family {fam}: {n['generated']:,} generated, {n['in_budget']:,} fit, {n['near']:,} near, "
+                      f"{n['chosen']} chosen" for fam, n in stats["families"].items()]
         else:
             lines.append(f"budget {budget:,}: the file's candidates only; trying {len(cands)}"
                          + (" (one trial: no search, its seeds are the reported ones)" if len(cands) == 1 else ""))
-        lines += [f"  {c.params:>7,}  {c.text}" for c in cands]
+        lines += [f"  {c.params:>7,}  {family_of({'shape': c.shape}):<9}  {c.text}" for c in cands]
         lines += [f"  rejected {r['params']:>7,}  {r['reason']}: {r['model'][:60]}..." for r in stats["rejected"]]
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """The frontier: the best network under each of several parameter budgets, measured over seeds.
 
-For every budget: generate networks of the notes' family (3x3 blocks, a transition = maxpool2x2 + 1x1, BN
-after every layer but the last, small dropout, GAP + 1x1 to the classes, no bias, no FC), count their
+For every budget: generate networks of the space's families (`families.py`: the notes' 3x3 blocks, a transition =
+maxpool2x2 + 1x1, BN after every layer but the last, small dropout, GAP + 1x1 to the classes, no bias, no FC;
+or their depthwise-separable variant), count their
 parameters from the spec before anything trains, keep the ones closest under the budget, search them with
 the recipe values through the sweep machinery (`sweep.run_sweep`: any executor, ASHA on Ray Tune), pick the
 winner on the *validation* split, then re-train the winner over N fresh seeds and record the min / median /
@@ -11,104 +12,41 @@ file format and the design choices.
 
 from __future__ import annotations
 
-import itertools
 import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from convladder.errors import UserError
 from convladder.executors.base import Executor, InProcessExecutor
+from convladder.executors.families import (  # family_text stays importable from here, as before the move
+    Candidate, family_counts, family_of, family_text, generate, network_text, take_turns)
 from convladder.executors.frontierspec import FrontierSpec, spec_params
 from convladder.executors.sweep import Param, SweepSpec, Trial, make_trials, run_sweep
 from convladder.executors.sweep import write_summary as write_sweep_summary
 from convladder.train.result import MEDIAN_RULE, min_median_max
 
 
-@dataclass
-class Candidate:
-    """One network of the search: its spec text, parameters (spec count) and where it came from."""
-
-    text: str
-    params: int
-    shape: dict[str, Any]  # the family's dimensions, or {"given": name} for an explicit candidate
-
-
-# -- the networks -----------------------------------------------------------------------------------------
-def family_text(before: int, after: int, first: int, width1: int, squeeze: int, width2: int, dropout: float,
-                classes: int = 10, pad_last: bool = True) -> str:
-    """One network of the notes' family as spec text (no bias anywhere, BN after every layer but the last)."""
-    drop = f" dropout({dropout:g})" if dropout > 0 else ""
-    blocks, n = [], 0
-    for i in range(before + after):
-        n += 1
-        width = first if i == 0 else width1 if i < before else width2
-        pad = ", padding=1" if pad_last and i == before + after - 1 and after > 0 else ""
-        blocks.append(f"conv{n}[conv3x3({width}{pad}, bias=false) relu bn{drop}]")
-        if i == before - 1:
-            blocks.append(f"trans1[maxpool2x2 conv1x1({squeeze}, bias=false) relu bn]")
-    return " ".join(blocks) + f" out[gap conv1x1({classes}, bias=false) logsoftmax]"
-
-
-def family(space: dict[str, Any]) -> tuple[list[Candidate], int]:
-    """Every network of the space with its parameter count (spec count, nothing built), and how many do not fit.
-
-    The notes' rules prune the product: the first convolution is no wider than the block it starts, the
-    transition's 1x1 reduces (squeeze <= width1) and the block after it does not start below the squeeze.
-    """
-    key = repr(sorted(space.items()))
-    if key in _FAMILY:
-        return _FAMILY[key]
-    out, unfit, seen = [], 0, set()
-    for before, after, first, w1, sq, w2 in itertools.product(space["before"], space["after"], space["first"],
-                                                              space["width1"], space["squeeze"], space["width2"]):
-        if before < 1 or (before == 1 and w1 != space["width1"][0]):
-            continue  # before=1: the first conv is the whole block, width1 does not apply
-        if first > w1 or sq > w1 or w2 < sq:
-            continue
-        text = family_text(before, after, first, w1, sq, w2, 0.0, int(space["classes"]), bool(space["pad_last"]))
-        if text in seen:
-            continue
-        seen.add(text)
-        try:
-            params = spec_params(text)
-        except UserError:  # the maps shrink below 1x1: the shape does not fit the input
-            unfit += 1
-            continue
-        out.append(Candidate(text, params, {"before": before, "after": after, "first": first, "width1": w1,
-                                            "squeeze": sq, "width2": w2}))
-    _FAMILY[key] = (out, unfit)
-    return out, unfit
-
-
-_FAMILY: dict[str, tuple[list[Candidate], int]] = {}  # the space's networks, counted once per process
-
-
+# -- the networks: executors/families.py generates each family; here they are chosen per budget ----------
 def candidates(spec: FrontierSpec, budget: int) -> tuple[list[Candidate], dict[str, Any]]:
-    """The architectures tried under `budget`: the `trials` nearest under it, one per shape in turn.
+    """The architectures tried under `budget`: the `trials` nearest under it, one per family and layout in turn.
 
     Every network of the space is counted; over-budget ones and those under near x budget are dropped here,
-    so they never train. Shapes (before, after) take turns so the trials are not all one layout.
+    so they never train. Families, then layouts (where the transitions sit), take turns so the trials are not
+    all one family or one layout.
     Explicit candidates between near x budget and the budget are added; the others are listed as rejected
     (a 2k network is not a 5k budget's answer).
     """
     s = spec.space
-    pool, unfit = family(s) if spec.trials else ([], 0)  # trials: 0 tries the file's candidates only
+    pool, unfit = generate(s) if spec.trials else ([], {})  # trials: 0 tries the file's candidates only
     seen = {c.text: c for c in pool if c.params <= budget}
     over = len(pool) - len(seen)
     near = [c for c in seen.values() if c.params >= spec.near * budget]
-    groups: dict[tuple[int, int], list[Candidate]] = {}
-    for c in sorted(near, key=lambda c: (-c.params, c.text)):
-        groups.setdefault((c.shape["before"], c.shape["after"]), []).append(c)
-    chosen: list[Candidate] = []
-    for row in itertools.zip_longest(*groups.values()):  # round robin over shapes, nearest first in each
-        chosen += [c for c in row if c is not None]
-    chosen = chosen[:spec.trials] if spec.trials else []
-    with_dropout = [Candidate(family_text(**c.shape, dropout=d, classes=int(s["classes"]), pad_last=bool(s["pad_last"])),
-                              c.params, {**c.shape, "dropout": d}) for c in chosen for d in s["dropout"]]
+    chosen = take_turns(near, spec.trials) if spec.trials else []  # families, then layouts, take turns
+    with_dropout = [Candidate(network_text(c.shape, d, s), c.params, {**c.shape, "dropout": d})
+                    for c in chosen for d in s["dropout"]]
     rejected = []
     for name in spec.candidates:
         params = spec_params(name)
@@ -119,8 +57,9 @@ def candidates(spec: FrontierSpec, budget: int) -> tuple[list[Candidate], dict[s
                              "reason": f"{params:,} parameters < near {spec.near:g} x budget {budget:,}"})
         else:
             with_dropout.append(Candidate(name, params, {"given": name}))
-    stats = {"generated": len(pool) + unfit, "over_budget": over, "does_not_fit": unfit, "in_budget": len(seen),
-             "near": len(near), "chosen": len(chosen), "rejected": rejected}
+    stats = {"generated": len(pool) + sum(unfit.values()), "over_budget": over, "does_not_fit": sum(unfit.values()),
+             "in_budget": len(seen), "near": len(near), "chosen": len(chosen), "rejected": rejected,
+             "families": family_counts(pool, unfit, budget, spec.near, chosen)}
     return with_dropout, stats
 
 
@@ -202,6 +141,7 @@ def run_budget(spec: FrontierSpec, budget: int, runs_root: str | Path, executor:
         row["selected_on"] = "the only trial of this budget (no search)"
     for r in row["trials"]:
         r["shape"] = shapes.get(r["model"])
+        r["family"] = family_of(r)
     row["search_wall_s"] = time.perf_counter() - t0
     if winner is None:
         row["note"] = "no search trial completed with a validation accuracy; see the trials' errors"
@@ -282,7 +222,7 @@ def format_table(summary: dict[str, Any]) -> str:
                      + (f"  ({c['over_budget']} generated over budget, never trained)" if c.get("over_budget") else ""))
         if w:
             recipe = ", ".join(f"{k}={v}" for k, v in w["recipe"].items())
-            lines.append(f"        {w['model']}" + (f"  [{recipe}]" if recipe else ""))
+            lines.append(f"        {family_of(w)}: {w['model']}" + (f"  [{recipe}]" if recipe else ""))
     return "\n".join(lines + [f"({MEDIAN_RULE})"])
 
 

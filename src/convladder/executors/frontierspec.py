@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from convladder.errors import UserError
+from convladder.executors.families import FAMILIES
 from convladder.executors.scheduled import SchedulerSpec, parse_scheduler
 from convladder.executors.sweepspec import read_yaml_mapping, whole_number
 from convladder.safeparse import clip, unknown_keys
@@ -29,6 +30,9 @@ SPACE_DEFAULTS: dict[str, list[Any]] = {
     "squeeze": [4, 6, 8, 10, 12],  # channels of the transition's 1x1
     "width2": [6, 8, 10, 12, 14, 16, 20, 24, 28, 32],  # channels of the convolutions after the transition
     "dropout": [0.05],  # after each 3x3 block (not the transition, not the output)
+    "family": ["notes"],  # which generators of executors/families.py: notes, separable
+    "transitions": [1],  # transition blocks: 1 or 2
+    "middle": [2],  # 3x3 convolutions between two transitions (transitions: 2 only)
 }
 SPACE_KEYS = set(SPACE_DEFAULTS) | {"classes", "pad_last"}
 DEFAULT_BUDGETS = [2000, 3000, 4000, 5000, 6000, 8000, 10000, 15000, 20000]
@@ -121,6 +125,15 @@ def parse_frontier(data: dict[str, Any], where: Callable[..., str] = lambda *k: 
             space[key] = values
             continue
         values = _list(values, where("space", key))
+        if key == "family":
+            bad = [v for v in values if v not in FAMILIES]
+            if bad:
+                raise UserError(f"{where('space', key)}: family {clip(bad[0], 40)} is not one the frontier generates "
+                                f"— use {' or '.join(FAMILIES)} (docs/frontier.md, The space)")
+            space[key] = list(dict.fromkeys(values))
+            continue
+        if key == "transitions" and any(v not in (1, 2) or isinstance(v, bool) for v in values):
+            raise UserError(f"{where('space', key)}: transitions takes 1 or 2 (transition blocks), not {clip(values, 40)}")
         ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and (0 <= v < 1 if key == "dropout"
                  else v == int(v) and v >= (0 if key == "before" else 1)) for v in values)
         if not ok:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
 from convladder.errors import UserError
+from convladder.executors.families import family_of
 from convladder.report.plot import Figure
 from convladder.train.result import MEDIAN_RULE
 
@@ -159,9 +160,10 @@ def _references(ax: Any) -> None:
 
 
 def frontier_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """One row per budget: the winner, its selection score, its seeds' min/median/max test accuracy, its spec."""
+    """One row per budget: the winner, its selection score, its seeds' min/median/max test accuracy, its family
+    (executors/families.py; 'candidate' for a network the file named) and its spec."""
     head = ["budget", "params", "int8 weights KiB", "peak RAM int8 KiB", "min test %", "median", "max", "seeds",
-            "val % (selection)", "trials completed", "over budget (never trained)", "recipe", "network"]
+            "val % (selection)", "trials completed", "over budget (never trained)", "recipe", "family", "network"]
     rows = []
     for b in summary["budgets"]:
         w, f, c = b.get("winner") or {}, b.get("final") or {}, b.get("candidates") or {}
@@ -174,7 +176,7 @@ def frontier_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                      len(f.get("test_accs") or []), w.get("val_acc"), tried,
                      c.get("over_budget", 0) + len(c.get("rejected") or []),
                      ", ".join(f"{k}={v}" for k, v in (w.get("recipe") or {}).items()) or "–",
-                     w.get("model") or b.get("note") or "–"])
+                     family_of(w) if w else "–", w.get("model") or b.get("note") or "–"])
     return head, rows
 
 

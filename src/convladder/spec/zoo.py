@@ -88,6 +88,21 @@ ZOO: dict[str, ZooEntry] = {
         ("15k", (11, 16, 11, 16, 22, 22, 16), 14_523, "99.55 / 99.55 / 99.60"),
         ("20k", (13, 19, 13, 19, 25, 25, 19), 19_441, "99.54 / 99.55 / 99.57"),
     ]},
+    # Issue 33: the frontier's separable family (executors/families.py) at the 2k budget, tiny8k's block order
+    # (2 blocks, transition, 4 blocks); tests/test_families.py checks this text is the generator's.
+    "sep2k": ZooEntry(
+        "conv1[conv3x3(10, bias=false) relu bn dropout(0.05)] "
+        "conv2[conv3x3(10, groups=10, bias=false) conv1x1(14, bias=false) relu bn dropout(0.05)] "
+        "trans1[maxpool2x2 conv1x1(10, bias=false) relu bn] "
+        "conv3[conv3x3(10, groups=10, bias=false) conv1x1(14, bias=false) relu bn dropout(0.05)] "
+        "conv4[conv3x3(14, groups=14, bias=false) conv1x1(14, bias=false) relu bn dropout(0.05)] "
+        "conv5[conv3x3(14, groups=14, bias=false) conv1x1(14, bias=false) relu bn dropout(0.05)] "
+        "conv6[conv3x3(14, padding=1, groups=14, bias=false) conv1x1(14, bias=false) relu bn dropout(0.05)] "
+        "out[gap conv1x1(10, bias=false) logsoftmax]",
+        "separable family, 2k budget: tiny8k's block order, each 3x3 after the first depthwise (groups = its "
+        "input channels) + 1x1, widths 10/14/10/14; RF 28 at the output; NOT measured yet (no seeds trained)",
+        1_976,
+    ),
     "vgg16": ZooEntry(
         " ".join(
             f"conv{b}_{i}[conv3x3({c}, padding=1) relu]" + (f" pool{b}[maxpool2x2]" if i == n else "")
