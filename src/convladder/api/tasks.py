@@ -147,6 +147,10 @@ def frontier_plan(spec: Any) -> str:
                          + (" (one trial: no search, its seeds are the reported ones)" if len(cands) == 1 else ""))
         lines += [f"  {c.params:>7,}  {family_of({'shape': c.shape}):<9}  {c.text}" for c in cands]
         lines += [f"  rejected {r['params']:>7,}  {r['reason']}: {r['model'][:60]}..." for r in stats["rejected"]]
+        if spec.halving and cands:  # the rungs: trials, epochs and images each, the cost against a plain grid
+            from convladder.executors.halving import plan_lines
+
+            lines += plan_lines(spec, budget, cands)
     return "\n".join(lines)
 
 

@@ -130,7 +130,11 @@ def run_budget(spec: FrontierSpec, budget: int, runs_root: str | Path, executor:
     sweep = search_sweep(spec, budget, cands)
     planned = make_trials(sweep)
     searched = not (len(planned) == 1 and planned[0].status == "pending" and spec.search == "grid")
-    if searched:
+    if searched and spec.halving:  # successive halving: rungs of rising fidelity, then a rank check
+        from convladder.executors.halving import search_halving
+
+        winner, row["trials"], row["screening"] = search_halving(spec, budget, planned, runs_root, executor, on_done)
+    elif searched:
         search = run_sweep(sweep, runs_root, executor, on_done=on_done)
         winner, row["trials"] = select(search.trials, runs_root)
     else:  # one network, one recipe: nothing to select, so no search run; its seeds are the reported ones
@@ -183,7 +187,8 @@ def run_frontier(spec: FrontierSpec, runs_root: str | Path, executor: Executor |
     summary: dict[str, Any] = {
         "kind": "frontier", "name": spec.name, "file": spec.path, "dataset": spec.base.get("dataset", "mnist"),
         "executor": getattr(executor, "name", type(executor).__name__), "search": spec.search,
-        "scheduler": spec.scheduler.describe() if spec.scheduler else None, "seeds": spec.seeds,
+        "scheduler": (spec.halving or spec.scheduler).describe() if spec.halving or spec.scheduler else None,
+        "seeds": spec.seeds,
         "search_seeds": spec.search_seeds, "trials_per_budget": spec.trials, "near": spec.near,
         "selected_on": "validation accuracy of the final epoch (worst search seed)", "space": spec.space,
         "recipe": spec.recipe, "base": spec.base, "environment": environment(), "budgets": [],
@@ -223,6 +228,10 @@ def format_table(summary: dict[str, Any]) -> str:
         if w:
             recipe = ", ".join(f"{k}={v}" for k, v in w["recipe"].items())
             lines.append(f"        {family_of(w)}: {w['model']}" + (f"  [{recipe}]" if recipe else ""))
+        if b.get("screening"):
+            from convladder.executors.halving import screening_line
+
+            lines.append(f"        {screening_line(b['screening'])}")
     return "\n".join(lines + [f"({MEDIAN_RULE})"])
 
 

@@ -57,6 +57,7 @@ class FrontierSpec:
     sample_seed: int = 0
     scheduler: SchedulerSpec | None = None
     path: str | None = None
+    halving: Any = None  # HalvingSpec: `scheduler: {name: halving}`, successive halving in-process (halving.py)
 
 
 # -- reading ----------------------------------------------------------------------------------------------
@@ -91,6 +92,7 @@ def parse_frontier(data: dict[str, Any], where: Callable[..., str] = lambda *k: 
                    default_name: str = "frontier", budgets: str | None = None, seeds: int | None = None,
                    trials: int | None = None, epochs: str | None = None, dataset: str | None = None) -> FrontierSpec:
     """A FrontierSpec from a mapping; `where(*key)` says file:line for errors; keyword overrides win."""
+    from convladder.executors.halving import is_halving, parse_halving  # lazily: halving.py imports frontier.py
     from convladder.train.config import field_names, val_images
 
     for key in data:
@@ -171,7 +173,8 @@ def parse_frontier(data: dict[str, Any], where: Callable[..., str] = lambda *k: 
         search_seeds=whole_number(data.get("search_seeds", 1), where("search_seeds")), search=search,
         samples=whole_number(data.get("samples", 8), where("samples")),
         sample_seed=whole_number(data.get("sample_seed", 0), where("sample_seed"), minimum=0),
-        scheduler=parse_scheduler(data.get("scheduler"), where))
+        scheduler=None if is_halving(data.get("scheduler")) else parse_scheduler(data.get("scheduler"), where),
+        halving=parse_halving(data, where))
     if spec.seeds < 1 or spec.trials < 0:
         raise UserError(f"--seeds must be at least 1 and --trials at least 0 (got {spec.seeds} and {spec.trials})")
     if spec.trials == 0 and not spec.candidates:

@@ -163,7 +163,8 @@ def frontier_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """One row per budget: the winner, its selection score, its seeds' min/median/max test accuracy, its family
     (executors/families.py; 'candidate' for a network the file named) and its spec."""
     head = ["budget", "params", "int8 weights KiB", "peak RAM int8 KiB", "min test %", "median", "max", "seeds",
-            "val % (selection)", "trials completed", "over budget (never trained)", "recipe", "family", "network"]
+            "val % (selection)", "trials completed", "screen vs full: spearman (n)",
+            "over budget (never trained)", "recipe", "family", "network"]
     rows = []
     for b in summary["budgets"]:
         w, f, c = b.get("winner") or {}, b.get("final") or {}, b.get("candidates") or {}
@@ -173,11 +174,19 @@ def frontier_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         found = winner_bytes(w, summary.get("dataset")) if w else None
         kib = [round(v / 1024, 1) for v in found] if found else ["–", "–"]
         rows.append([b["budget"], w.get("params"), *kib, acc.get("min"), acc.get("median"), acc.get("max"),
-                     len(f.get("test_accs") or []), w.get("val_acc"), tried,
+                     len(f.get("test_accs") or []), w.get("val_acc"), tried, _rank_check(b.get("screening")),
                      c.get("over_budget", 0) + len(c.get("rejected") or []),
                      ", ".join(f"{k}={v}" for k, v in (w.get("recipe") or {}).items()) or "–",
                      family_of(w) if w else "–", w.get("model") or b.get("note") or "–"])
     return head, rows
+
+
+def _rank_check(s: dict[str, Any] | None) -> str:
+    """Successive halving's rank check as a cell: Spearman's rho and n, with its warning; '–' without halving."""
+    if not s:
+        return "–"
+    rho = "–" if s.get("spearman") is None else f"{s['spearman']:+.2f}"
+    return f"{rho} (n={s.get('n')})" + (f" WARNING: {s['flag']}" if s.get("flag") else "")
 
 
 def frontier_body(summary: dict[str, Any]) -> str:

@@ -83,6 +83,10 @@ class TrainConfig:
                       "(generated, for tests and smoke runs)", DATA, also=(LR_FIND, LADDER_RUN))
     data_root: str | None = _f(None, "folder with the data set's files", DATA)
     subset: int = _f(0, SUBSET_HELP, DATA, also=(LR_FIND, LADDER_RUN))
+    # after the split, unlike subset: a screened run validates on the very images the full runs do
+    train_images: int = _f(0, "train on the first N of the training images left after the validation split is held "
+                           "out (0 = all); the validation split stays the full run's (successive halving's screen)",
+                           DATA, cli=False, older=0)
     val_size: int = _f(5000, "validation images held out of the training set for model selection (0 = no split)",
                        DATA)
     split_seed: int = _f(0, "seed of the validation split (fixed across seeds so seeds are comparable)", DATA)
@@ -383,7 +387,7 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"momentum (SGD's momentum, Adam's beta1) must be < 1 (got {config.momentum}): e.g. momentum=0.9")
     if not 0 <= config.shift_eval <= 8:
         raise UserError(f"shift_eval is the largest shift in pixels, 0 (off) to 8 (got {config.shift_eval})")
-    for key in ("subset", "val_size", "clean_train_eval", "threads", "precise_bn", "crop", "crop_epochs"):
+    for key in ("subset", "train_images", "val_size", "clean_train_eval", "threads", "precise_bn", "crop", "crop_epochs"):
         if getattr(config, key) < 0:
             raise UserError(f"{key} must be >= 0 (got {getattr(config, key)})")
     if not 0 <= config.ema < 1:

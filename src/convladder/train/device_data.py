@@ -81,6 +81,11 @@ class DeviceData:
             raise UserError(f"val_size {val_size} leaves no training images (data set has {n}); lower val_size")
         train_idx, val_idx = split_indices(n, val_size, config.split_seed) if val_size else (
             torch.arange(n), torch.arange(0))
+        if config.train_images:  # after the split: the validation images are the ones a full run holds out
+            if config.train_images > len(train_idx):
+                raise UserError(f"train_images {config.train_images} is more than the {len(train_idx)} training images "
+                                "left after the validation split; lower it (0 = all)")
+            train_idx = train_idx[: config.train_images]
         if config.batch_size > len(train_idx):
             raise UserError(f"batch_size {config.batch_size} is larger than the {len(train_idx)} training images; lower it")
         self.device = device
