@@ -80,10 +80,10 @@ def test_train_images_cuts_training_images_after_the_split_so_validation_is_unch
     ({"name": "halving"}, r"sh.yaml:\d+: scheduler: halving needs screen_epochs"),
     ("halving", "scheduler: halving needs its screen"),
     ({**HALVING, "reduction_factor": 1}, r"sh.yaml:\d+: reduction_factor must be a number > 1"),
-    ({**HALVING, "rungs": 1}, r"sh.yaml:\d+: expected a whole number >= 2"),
-    ({**HALVING, "screen_epochs": 0}, r"sh.yaml:\d+: expected a whole number >= 1"),
+    ({**HALVING, "rungs": 1}, r"sh.yaml:\d+: rungs: expected a whole number >= 2"),
+    ({**HALVING, "screen_epochs": 0}, r"sh.yaml:\d+: screen_epochs: expected a whole number >= 1"),
     ({**HALVING, "screen_subset": 16}, r"sh.yaml:\d+: screen_subset 16 is smaller than a batch \(32 images\)"),
-    ({**HALVING, "correlation_sample": -1}, r"sh.yaml:\d+: expected a whole number >= 0"),
+    ({**HALVING, "correlation_sample": -1}, r"sh.yaml:\d+: correlation_sample: expected a whole number >= 0"),
 ])
 def test_bad_halving_keys_are_one_line_naming_file_and_line(tmp_path, scheduler, message):
     with pytest.raises(UserError, match=message) as exc:

@@ -25,6 +25,7 @@ from convladder.errors import UserError
 from convladder.executors import frontier
 from convladder.executors.base import Executor
 from convladder.executors.sweep import Trial, make_trials, trial_jobs
+from convladder.train.distill import resolve_dict as resolve_teacher
 from convladder.executors.sweepspec import whole_number
 from convladder.safeparse import clip, unknown_keys
 
@@ -73,14 +74,16 @@ def parse_halving(data: dict[str, Any], where: Callable[..., str]) -> HalvingSpe
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 < factor < 1e6:
         raise UserError(f"{where('scheduler', 'reduction_factor')}: reduction_factor must be a number > 1 (3 keeps "
                         f"the best third at each rung), not {clip(factor)}")
-    spec = HalvingSpec(
-        screen_epochs=whole_number(raw["screen_epochs"], where("scheduler", "screen_epochs")),
-        screen_subset=whole_number(raw.get("screen_subset", 0), where("scheduler", "screen_subset"), minimum=0),
-        reduction_factor=float(factor), rungs=whole_number(raw.get("rungs", 2), where("scheduler", "rungs"), minimum=2),
-        correlation_sample=whole_number(raw.get("correlation_sample", 4), where("scheduler", "correlation_sample"),
-                                        minimum=0))
+
+    def number(key: str, default: Any, least: int) -> int:
+        return whole_number(raw.get(key, default), f"{where('scheduler', key)}: {key}", minimum=least)
+
+    spec = HalvingSpec(screen_epochs=number("screen_epochs", None, 1), screen_subset=number("screen_subset", 0, 0),
+                       reduction_factor=float(factor), rungs=number("rungs", 2, 2),
+                       correlation_sample=number("correlation_sample", 4, 0))
+    searched = (data.get("recipe") or {}).get("batch_size") or []
     batches = [v for v in [(data.get("base") or {}).get("batch_size", 128),
-                           *((data.get("recipe") or {}).get("batch_size") or [])] if isinstance(v, int)]
+                           *(searched if isinstance(searched, list) else [searched])] if isinstance(v, int)]
     if spec.screen_subset and batches and spec.screen_subset < max(batches):
         raise UserError(f"{where('scheduler', 'screen_subset')}: screen_subset {spec.screen_subset} is smaller than a "
                         f"batch ({max(batches)} images); give at least {max(batches)} (0 = all)")
@@ -184,6 +187,8 @@ def search_halving(spec: Any, budget: int, planned: list[Trial], runs_root: str 
     """Successive halving over a budget's trials: (winner, trial rows, the `screening` record)."""
     h, seeds = spec.halving, spec.search_seeds
     pending = [t for t in planned if t.status == "pending"]
+    for t in pending:  # teacher: its full run id, which every rung's job key holds (train/distill.py)
+        t.config = resolve_teacher(t.config, runs_root)
     if not pending:  # every trial over budget or unbuildable: nothing to screen
         return (*frontier.select(planned, runs_root), None)
     sizes = rung_sizes(len(pending), h)
