@@ -124,18 +124,25 @@ class Counting(InProcessExecutor):
         return [{**r, "final_test_acc": Poison(), "best_test_acc": Poison()} if s else r for r, s in zip(out, search)]
 
 
-def test_halving_screens_promotes_on_val_checks_the_rank_and_resumes_without_training(tmp_path, monkeypatch, capsys):
+def test_halving_screens_promotes_on_val_checks_the_rank_and_resumes_without_training(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     path = write(tmp_path, FILE)
     real = frontier._final
     monkeypatch.setattr(frontier, "_final", lambda root, run_id, key: real(root, run_id, key) if key == "val_acc"
                         else pytest.fail("the search read a test accuracy"))
-    ex = Counting()
+    store = RunStore(runs)
+
+    def stop_after_three(res):  # Ctrl-C in the middle of rung 0
+        if len(store.list_runs()) == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        frontier.run_frontier(load_frontier(path), runs, Counting(), on_done=stop_after_three)
+    ex = Counting()  # started again: the three measured jobs are not trained again
     summary = frontier.run_frontier(load_frontier(path), runs, ex)
     b = summary["budgets"][0]
     s = b["screening"]
-    store = RunStore(runs)
-    assert ex.trained == 6 + 4 + 1 == len(store.list_runs())  # screen, full fidelity, the winner's one fresh seed
+    assert ex.trained == 6 + 4 + 1 - 3 and len(store.list_runs()) == 11  # screen, full, the winner's fresh seed
+    assert s["jobs_trained"] == 6 + 4 - 3
     # rung 0: every trial, 1 epoch on 512 of the 922 training images, validated on the full runs' split
     screen = [j for j in ex.jobs if " rung 0 " in j.label]
     assert len(screen) == 6 and {(j.config["epochs"], j.config["train_images"]) for j in screen} == {(1, 512)}
@@ -166,7 +173,7 @@ def test_halving_screens_promotes_on_val_checks_the_rank_and_resumes_without_tra
 
     head, rows = frontier_rows(summary)
     assert rows[0][head.index("screen vs full: spearman (n)")].startswith(f"{s['spearman']:+.2f} (n=4)")
-    # stopped and started again: every job is in the store, so nothing trains and the decisions are the same
+    # once more: every job is in the store, so nothing trains and the decisions are the same
     again = Counting()
     summary2 = frontier.run_frontier(load_frontier(path), runs, again)
     assert again.trained == 0 and len(again.jobs) == 11 and len(store.list_runs()) == 11
