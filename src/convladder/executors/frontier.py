@@ -227,7 +227,9 @@ def format_table(summary: dict[str, Any]) -> str:
                      + (f"  ({c['over_budget']} generated over budget, never trained)" if c.get("over_budget") else ""))
         if w:
             recipe = ", ".join(f"{k}={v}" for k, v in w["recipe"].items())
-            lines.append(f"        {family_of(w)}: {w['model']}" + (f"  [{recipe}]" if recipe else ""))
+            taught = w["recipe"].get("teacher") or (summary.get("base") or {}).get("teacher")  # config teacher
+            lines.append(f"        {family_of(w)}: {w['model']}" + (f"  [{recipe}]" if recipe else "")
+                         + (f"  (distilled from {taught}: params are the student's only)" if taught else ""))
         if b.get("screening"):
             from convladder.executors.halving import screening_line
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from convladder.errors import UserError
 from convladder.executors.base import Executor, InProcessExecutor, Job, make_job
+from convladder.train.distill import resolve_dict as resolve_teacher
 from convladder.executors.scheduled import stopped_summary
 from convladder.executors.sweepspec import Param, SweepSpec, param_count, placeholders
 from convladder.train.result import MEDIAN_RULE, min_median_max
@@ -146,6 +147,8 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path, executor: Executor | None 
     t0 = time.perf_counter()
     trials = make_trials(spec)
     runnable = [t for t in trials if t.status == "pending"]
+    for t in runnable:  # teacher: its full run id, which the job key holds (train/distill.py)
+        t.config = resolve_teacher(t.config, runs_root)
     jobs = [job for t in runnable for job in trial_jobs(t, spec.seeds)]
     by_id = {t.id: t for t in trials}
     if spec.scheduler:

@@ -73,7 +73,7 @@ class StepRuns:
         return [r for r in self.chosen if r.status == "completed"]
 
 
-def select_runs(ladder: Ladder, runs: list[Any], opts_tag: str | None) -> list[StepRuns]:
+def select_runs(ladder: Ladder, runs: list[Any], opts_tag: str | None, runs_root: Any = None) -> list[StepRuns]:
     """Which runs stand for each step -- the one selection `ladder report` and the HTML report share.
 
     `runs` (newest first, with `.tags`, `.seed`, `.status`) are the runs tagged with this ladder; those of the
@@ -81,8 +81,9 @@ def select_runs(ladder: Ladder, runs: list[Any], opts_tag: str | None) -> list[S
     the rest one run per seed stands for the step.
     """
     opts = parse_options_tag(opts_tag) if opts_tag else {}
-    expected = ({job.key for job in ladder_jobs(ladder, None, max(1, _max_seeds(runs)), **opts)} if opts_tag
-                else set())
+    # runs_root: where a step's teacher is resolved, as `ladder run` resolved it (its full run id is in the key)
+    expected = ({job.key for job in ladder_jobs(ladder, None, max(1, _max_seeds(runs)), runs_root=runs_root,
+                                                tolerant=True, **opts)} if opts_tag else set())
     out = []
     for step in ladder.steps:
         of_step = [r for r in runs if f"step:{step.index}" in r.tags]
@@ -106,7 +107,7 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
     opts = parse_options_tag(opts_tag) if opts_tag else {}
     rows: list[dict[str, Any]] = []
     prev_test: float | None = None
-    for sel in select_runs(ladder, runs, opts_tag):
+    for sel in select_runs(ladder, runs, opts_tag, store.root):
         step = sel.step
         table = step.table()
         seeds = [_seed_row(store, r) for r in sel.chosen]
@@ -144,7 +145,8 @@ def _seed_row(store: RunStore, record: Any) -> dict[str, Any]:
     return {**out, "status": res.get("status", record.status), "train": final.get("train_acc"), "test": final.get("test_acc"),
             "best_test": best.get("test_acc"), "best_epoch": best.get("epoch"), "selected_by": best.get("selected_by"),
             "params": res.get("params"), "history": history, "error": res.get("message") or "; ".join(notes) or None,
-            "wall_time_s": res.get("wall_time_s"), "shifted": res.get("shifted_test"), "notes": notes}
+            "wall_time_s": res.get("wall_time_s"), "shifted": res.get("shifted_test"), "notes": notes,
+            "distilled": res.get("distilled_from")}  # config teacher (train/distill.py)
 
 
 def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -168,7 +170,7 @@ def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
            "best_epochs": sorted({s["best_epoch"] for s in bests if s.get("best_epoch") is not None}),
            "selected_by": ", ".join(sorted({str(s["selected_by"]) for s in bests if s.get("selected_by")})) or None,
            "params_trained": done[0].get("params"), "least": judged, "verdict": judged["verdict"],
-           "median_seed": median["seed"], "shifted": median.get("shifted")}
+           "median_seed": median["seed"], "shifted": median.get("shifted"), "distilled": median.get("distilled")}
     if train is None:
         return {**out, "gap": None, "potential": None}
     return {**out, "gap": gap(train, test), "potential": potential(train, test)}
@@ -230,7 +232,8 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
                                    + ("" if not eps else f"@{eps[0]}" if len(eps) == 1 else f"@{eps[0]}-{eps[-1]}")
                                    + f" ({r.get('selected_by') or '?'})")
         seeds = f" [{r['n_completed']} seed(s)" + (f", {r['n_failed']} failed" if r["n_failed"] else "") + "]"
-        lines.append((str(r["step"]), r["name"], f"{r['params']:,}{hp}", r.get("rf_out_text") or str(r["rf_out"]), str(r["epochs"]),
+        name = r["name"] + (" (distilled)" if r.get("distilled") else "")  # a teacher's soft targets trained it
+        lines.append((str(r["step"]), name, f"{r['params']:,}{hp}", r.get("rf_out_text") or str(r["rf_out"]), str(r["epochs"]),
                       _pct(r.get("train")) + (f" ({h['train']:.2f})" if h.get("train") else ""),
                       _pct(r.get("test")) + (f" ({h['test']:.2f}" + (f"@{h['epoch']}" if h.get("epoch") else "") + ")"
                                              if h.get("test") else ""),
@@ -245,6 +248,9 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
     widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, lines), MEDIAN_RULE, "", "readings:"]
+    if any(r.get("distilled") for r in rows):
+        out.insert(-2, "(distilled): trained on a teacher run's soft targets (config teacher); params are the student's "
+                       "only — `runs show` names the teacher and its params")
     others = sum(r.get("other_options") or 0 for r in rows)
     if others:  # runs of another `ladder run` invocation: never mixed in, never dropped without a word
         shown = " ".join(f"{k}={v}" for k, v in sorted((rows[0].get("options") or {}).items())) or "the defaults"

@@ -73,14 +73,20 @@ def parse_options_tag(tag: str) -> dict[str, Any]:
     return out
 
 
-def ladder_jobs(ladder: Ladder, steps: list[int] | None = None, seeds: int = 1, **options: Any) -> list[Job]:
-    """One job per selected step and seed, in ladder order."""
+def ladder_jobs(ladder: Ladder, steps: list[int] | None = None, seeds: int = 1, *,
+                runs_root: str | Path | None = None, tolerant: bool = False, **options: Any) -> list[Job]:
+    """One job per selected step and seed, in ladder order. `runs_root`: the store a step's `teacher:` is looked
+    up in, so the job key holds its full run id (train/distill.py; `tolerant`: a report's recomputed keys)."""
+    from convladder.train.distill import resolve_dict
+
     jobs = []
     opts = options_tag(options)
     for i in steps or range(1, len(ladder.steps) + 1):
         step = ladder.step(i)
         for s in range(seeds):
             cfg = step_config(ladder, step, s, **options)
+            if runs_root is not None:
+                cfg = resolve_dict(cfg, runs_root, tolerant=tolerant)
             jobs.append(make_job(cfg, label=f"step {i} {step.name} seed {cfg['seed']}",
                                  tags=(f"ladder:{ladder.name}", f"step:{i}", opts, *ladder.source_tags),
                                  step=i, seed=cfg["seed"]))
@@ -98,7 +104,7 @@ def run_ladder(ladder: Ladder, runs_root: str | Path, steps: str | list[int] | N
         raise UserError(f"--seeds must be at least 1 (got {seeds})")
     echo = echo or (lambda line: print(line, file=sys.stdout, flush=True))
     indexes = steps if isinstance(steps, list) else parse_steps(steps, len(ladder.steps))
-    jobs = ladder_jobs(ladder, indexes, seeds, **options)
+    jobs = ladder_jobs(ladder, indexes, seeds, runs_root=runs_root, **options)
     results: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
     for job in jobs:

@@ -22,6 +22,7 @@ from convladder.analysis.render import bytes_parts, format_size
 from convladder.fileio import atomic_write_text
 from convladder.train.result import (MEDIAN_RULE, POTENTIAL_CAP, POTENTIAL_NOTE, potential_meaningful, potential_shown,
                                      potential_text, shifted_text)
+from convladder.train.distill import distilled_text
 from convladder.report import assets, concepts, figures, netfigs
 from convladder.report.plot import Figure
 from convladder.report.rundata import (
@@ -149,9 +150,11 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
          + f" <small>(target {_num(n['target'])})</small>"
          + (f"<br><small>{E(POTENTIAL_NOTE)}</small>" if _over_cap(n["potential"]) else "")),
         ("verdict", f"<strong>{E(str(n['verdict'] or '–'))}</strong>"),
-        ("parameters", _num(n["params"])),
+        ("parameters", _num(n["params"]) + (" <small>(the student's only)</small>" if n["distilled_from"] else "")),
         ("wall time", f"{_num(n['wall_time_s'], 1)} s"),
     ]
+    if n["distilled_from"]:  # config teacher: said beside the numbers it produced, as the EMA label is
+        rows.append(("distillation", E(distilled_text(n["distilled_from"]))))
     if n["shifted"]:
         rows.append(("test accuracy, images shifted (mean of 4 directions)", E(shifted_text(n["shifted"])) + " %"))
     # completed runs only, one per seed (seed_siblings gives one per seed; this run counts when it completed)

@@ -27,6 +27,7 @@ from convladder.report.plot import PNG_DPI, Figure
 from convladder.report.rundata import RunData, final_numbers, load_run
 from convladder.runs.reader import check_output
 from convladder.runs.store import RunStore
+from convladder.train.distill import distilled_text
 from convladder.train.result import (MEDIAN_RULE, POTENTIAL_NOTE, gap, min_median_max, potential, potential_meaningful,
                                      potential_shown)
 
@@ -225,6 +226,8 @@ def _step_section(ladder: Ladder, store: RunStore, r: dict[str, Any], folder: Pa
     out += [f"**Target:** test accuracy >= {r['target']:g} % on every seed (the ladder's target).", ""]
     handout = r.get("handout") or {}
     facts = f"**Parameters:** {r['params']:,}" + (f" (handout: {int(handout['params']):,})" if handout.get("params") else "")
+    if r.get("distilled"):  # config teacher: the step's count is the student's alone
+        facts += f" (the student's; {distilled_text(r['distilled'])})"
     facts += f" · **RF at the output:** {r.get('rf_out_text') or (r['rf_out'] if r['rf_out'] is not None else '?')} · **epochs:** {r['epochs']}"
     out += [facts, ""]
     seeds, runs = _step_numbers(store, r)
@@ -300,8 +303,11 @@ def run_markdown(run: RunData, folder: Path) -> str:
             ["gap = train − test (points)", _fmt(n["gap"])],
             ["potential = test + (100 − train) %", potential_shown(n["potential"], train)],
             [f"verdict (target {target:g} %)", n["verdict"] or "-"],
-            ["parameters", f"{n['params']:,}" if n["params"] is not None else "-"],
+            ["parameters" + (" (the student's only)" if n["distilled_from"] else ""),
+             f"{n['params']:,}" if n["params"] is not None else "-"],
             ["wall time s", _fmt(n["wall_time_s"], 1)]]
+    if n["distilled_from"]:  # config teacher (train/distill.py)
+        rows.append(["distillation", distilled_text(n["distilled_from"])])
     sibs = [r for r in seed_siblings(run) if r.status == "completed"]
     s = spread([final_numbers(r)["test_acc"] for r in sibs])
     if s:

@@ -330,7 +330,16 @@ def final_numbers(run: RunData) -> dict[str, Any]:
         "gap": gap, "potential": pot, "verdict": r.get("verdict"), "target": r.get("target", run.config.get("target")),
         "wall_time_s": r.get("wall_time_s"), "seed": r.get("seed", run.config.get("seed")),
         "shifted": r.get("shifted_test") if isinstance(r.get("shifted_test"), dict) else None,
+        # config teacher (train/distill.py): the teacher's run, model, params, T and weight; params above: the student's
+        "distilled_from": r.get("distilled_from") if isinstance(r.get("distilled_from"), dict) else _taught(run.config),
     }
+
+
+def _taught(config: dict[str, Any]) -> dict[str, Any] | None:
+    """What config.json says of a teacher while result.json does not (a running run), else None."""
+    from convladder.train.distill import config_record
+
+    return config_record(config) if isinstance(config, dict) else None
 
 
 def spread(values: list[float | None]) -> dict[str, float] | None:
@@ -371,7 +380,7 @@ def ladder_selection(name: str, runs: list[RunData], source: str | Path | None =
         ladder = None  # hand-made runs: no job keys to ask the ladder file about
     if ladder is not None:
         steps = [(f"step {s.step.index}", s.completed, len(s.chosen), s.stale, len(s.fresh))
-                 for s in select_runs(ladder, tagged, opts)]
+                 for s in select_runs(ladder, tagged, opts, tagged[0].path.parent if tagged else None)]
     else:  # no ladder file to ask: the newest run of a step says its current config
         groups: dict[Any, list[RunData]] = {}
         for run in runs:

@@ -79,16 +79,21 @@ def list_text(store: Any, records: list[Any]) -> str:
     if not records:
         return "no runs"
     shown = [(r, _progress(store.root / r.id, r)) for r in records]
+    taught = {r.id: _teacher_of(store.root / r.id) for r in records}  # config teacher: distilled runs
     # step/name last and whole: a ladder run's name says its ladder, step and step name ("my-dropout 2. dropout-0.05")
     lines = [f"{'id':24} {'status':11} {'model':{MODEL_WIDTH}} {'seed':>4} {'params':>8} {'ep':>7} "
              f"{'final test':>10} {'best on split':>13} {'best ep':>7} step/name"]
     for r, (ep, best) in shown:
         lines.append(f"{r.id:24} {r.status:11} {model_cell(r.model):{MODEL_WIDTH}} {_fmt(r.seed):>4} "
                      f"{_fmt(r.params):>8} {ep:>7} {_fmt(r.final_test_acc, True):>10} {best:>13} "
-                     f"{_fmt(r.best_epoch):>7} {r.name or '-'}")
+                     f"{_fmt(r.best_epoch):>7} {r.name or '-'}"
+                     + (f" (distilled from {taught[r.id]})" if taught[r.id] else ""))
     lines.append("ep: done/configured for a run that did not finish; final test: the last epoch's; "
                  "best on split: the best epoch's accuracy on the split that picked it; model: an own class as "
                  "file.py:Class (`runs show` gives its folder), a long spec with its middle left out")
+    if any(taught.values()):
+        lines.append("distilled: trained on a teacher run's soft targets; params are the student's only (`runs show` "
+                     "gives the teacher's)")
     if any(best.endswith("test*") for _, (_, best) in shown):
         lines.append("* best epoch picked on the test set (select_on: test): an optimistic figure, not a held-out "
                      "estimate — the final test accuracy is the honest one")
@@ -139,6 +144,14 @@ def _progress(folder: Path, r: Any) -> tuple[str, str]:
     if picked == "val" or (picked is None and r.best_val_acc is not None):  # no result.json: the index's val pick
         return ep, _fmt(r.best_val_acc, True) + " val"
     return ep, "-"
+
+
+def _teacher_of(folder: Path) -> str | None:
+    """The teacher run a run was distilled from (config teacher), from its config.json; None for most runs."""
+    from convladder.runs.reader import read_json
+
+    teacher = read_json(folder / "config.json", []).get("teacher") if (folder / "config.json").is_file() else None
+    return str(teacher) if teacher else None
 
 
 def _own_line(folder: Path) -> str | None:
@@ -203,6 +216,11 @@ def show_text(record: Any, folder: Path, config: dict[str, Any], metrics: list[d
                      f"{_pts(m.get('train_acc')):>10} {_pts(m.get('val_acc')):>8} {_pts(m.get('test_acc')):>8} "
                      f"{_num(m.get('epoch_time_s'), '>5.1f')}s")
     lines.append("* train acc as seen while training (dropout/augmentation on)")
+    if config.get("teacher"):  # train/distill.py: the parameter count above is the student's alone
+        from convladder.train.distill import config_record, distilled_text
+
+        taught = (result or {}).get("distilled_from") or config_record(config)
+        lines.append(f"{distilled_text(taught)} — params above are the student's only")
     if config.get("ema"):  # train/ema.py: evaluated, selected and saved in place of the live weights
         lines.append(f"val acc, test acc: EMA weights (decay {config['ema']:g} per step); the live weights' are "
                      "live_val_acc / live_test_acc in metrics.jsonl")

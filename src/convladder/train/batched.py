@@ -317,8 +317,9 @@ class StreamsEpochRunner:
     """N ordinary models (one per seed) trained epoch by epoch together; `EpochRunner`'s interface."""
 
     def __init__(self, models: list[nn.Module], data, configs: list[TrainConfig], device: torch.device,
-                 rng: CopyRng, notice: Callable[[str], None] | None = None):
-        self.runners = [EpochRunner(m, data, c, device, [c.seed], notice) for m, c in zip(models, configs)]
+                 rng: CopyRng, notice: Callable[[str], None] | None = None, teacher=None):
+        # teacher (config teacher): one frozen network that every seed's step asks
+        self.runners = [EpochRunner(m, data, c, device, [c.seed], notice, teacher) for m, c in zip(models, configs)]
         self.config, self.data, self.device = configs[0], data, device
         self.copies = len(models)
         self.steps = self.runners[0].steps

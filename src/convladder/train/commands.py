@@ -74,6 +74,9 @@ def train_command(
         cfg = build_config(config, options, (set_ or []) + extra)
         # lr: auto (option, --set or config file) found here, once, so --print-config shows the number
         cfg = resolve_words(cfg, None if quiet or json_lines else typer.echo)
+        from convladder.train.distill import resolve as resolve_teacher
+
+        cfg = resolve_teacher(cfg, store)  # teacher: the full run id, which job keys and config.json hold
         if print_config:
             import yaml
 

@@ -111,6 +111,17 @@ class TrainConfig:
     ema: float = _f(0.0, "weight EMA: decay per optimiser step, e.g. 0.999 (0 = off); the average is evaluated beside "
                     "the live weights each epoch, and selected, saved, exported and predicted with (docs/training.md)",
                     OPTIM, older=0.0)
+    # distillation (train/distill.py): a stored run's soft targets beside the labels
+    teacher: str | None = _f(None, "distil from a stored run: its id, unique prefix or latest:<model, name or tag>, in "
+                             "the same run store (--runs); recorded as the full run id (docs/training.md)",
+                             "Distillation", older=None)
+    distill_temperature: float = _f(4.0, "distillation temperature T: soft targets softmax(teacher logits / T)",
+                                    "Distillation", older=4.0)
+    distill_weight: float = _f(0.5, "weight of the soft loss T^2 KL(teacher || student); the hard cross-entropy "
+                               "gets 1 - weight", "Distillation", older=0.5)
+    # where the teacher was found (set with teacher): a worker whose own store lacks it reads it there
+    teacher_runs: str | None = _f(None, "the run store the teacher was found in (filled in by the trainer)",
+                                  "Distillation", cli=False, job_key=False, experiment=False, older=None)
     augment: bool = _f(True, "rotation/translation/scale on the device", AUG)
     rotate: float = _f(7.0, "degrees, uniform in [-rotate, rotate]", AUG)
     translate: float = _f(2.0, "pixels, uniform in [-translate, translate]", AUG)
@@ -392,6 +403,7 @@ def validate(config: TrainConfig) -> None:
             raise UserError(f"{key} must be >= 0 (got {getattr(config, key)})")
     if not 0 <= config.ema < 1:
         raise UserError(f"ema is the weight average's decay per step, in [0, 1): 0 = off (got {config.ema}): e.g. ema=0.999")
+    check_distill(config)
     if not 0 <= config.label_smoothing < 1:
         raise UserError(f"label_smoothing must be in [0, 1) (got {config.label_smoothing})")
     if not 0 <= config.pad_crop <= 64:
@@ -412,3 +424,20 @@ def validate(config: TrainConfig) -> None:
     if config.nesterov and config.optimizer == "sgd" and config.momentum == 0:
         raise UserError("nesterov needs momentum > 0: set momentum=0.9 or nesterov=false")
     # select_on val with val_size 0 is allowed: best = final epoch, and the result says no split selected it
+
+
+def check_distill(config: TrainConfig) -> None:
+    """The distillation keys' bounds; temperature or weight without a teacher would do nothing, so it is refused."""
+    if not (math.isfinite(config.distill_temperature) and config.distill_temperature > 0):
+        raise UserError(f"distill_temperature must be a finite number > 0 (got {config.distill_temperature}): e.g. "
+                        "distill_temperature=4")
+    if not 0 <= config.distill_weight <= 1:
+        raise UserError(f"distill_weight is the soft loss's share, in [0, 1] (got {config.distill_weight}): e.g. "
+                        "distill_weight=0.5")
+    if config.teacher is not None and not str(config.teacher).strip():
+        raise UserError("teacher is empty — give a run id, a unique prefix or latest:<model, name or tag>, or leave "
+                        "teacher out")
+    if not config.teacher and any(getattr(config, k) != _field(k).default for k in ("distill_temperature",
+                                                                                  "distill_weight")):
+        raise UserError("distill_temperature/distill_weight set without a teacher: they would change nothing — "
+                        "add teacher=<run> or leave them at their defaults")

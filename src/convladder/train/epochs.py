@@ -42,7 +42,8 @@ class EpochRunner:
     """Trains `model` (a single network, or a BatchedNet of len(seeds) copies) epoch by epoch."""
 
     def __init__(self, model: torch.nn.Module, data, config: TrainConfig, device: torch.device, seeds: list[int],
-                 notice=None):
+                 notice=None, teacher: Any = None):
+        # teacher: config teacher's frozen network (train/distill.Teacher), shared by every step and replica
         self.config, self.data, self.device, self.seeds = config, data, device, seeds
         self.copies = len(seeds)
         self.batched = self.copies > 1
@@ -59,11 +60,14 @@ class EpochRunner:
             from convladder.train.parallel import ParallelStep, check_data_parallel
 
             check_data_parallel(model, config, device)
-            self.step = ParallelStep(model, data, config, device, self.generators[0], lrs, moms, config.data_parallel)
+            self.step = ParallelStep(model, data, config, device, self.generators[0], lrs, moms, config.data_parallel,
+                                     teacher=teacher)
         else:
             forward = torch.compile(model.logits) if config.compile else None
+            if teacher is not None and self.channels_last:
+                teacher.use_channels_last()
             self.step = TrainStep(model, data, config, device, self.generators, lrs, moms, forward=forward,
-                                  channels_last=self.channels_last)
+                                  channels_last=self.channels_last, teacher=teacher)
         self.runner = StepRunner(self.step, step_mode(config, device), notice)
         # config.ema: the weights' average (train/ema.py), updated by the step; evaluated beside the live model,
         # and the model that is selected, saved and reported (data parallel: replica 0's step keeps it)
@@ -251,12 +255,14 @@ def finish_rows(rows: list[dict[str, Any]], te: float) -> None:
         row["train_images_per_s"] = row.pop("train_images_per_s")
 
 
-def run_info(config: TrainConfig, run_id: str | None, params: int, device: torch.device, data) -> dict[str, Any]:
-    """What Progress.start gets."""
+def run_info(config: TrainConfig, run_id: str | None, params: int, device: torch.device, data,
+             distilled: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What Progress.start gets (`distilled`: the teacher's record, train/distill.py)."""
     return {"run_id": run_id, "model": config.model if len(config.model) < 40 else "custom spec", "params": params,
+            "teacher_params": (distilled or {}).get("params"),
             "device": str(device) + (" (bf16 training step)" if autocast_dtype(device, config.precision) else ""),
             "n_train": data.n_train, "n_val": len(data.y_val), "n_test": len(data.y_test),
-            "seed": config.seed, "epochs": config.epochs, "recipe": recipe_text(config, len(data.y_val))}
+            "seed": config.seed, "epochs": config.epochs, "recipe": recipe_text(config, len(data.y_val), distilled)}
 
 
 def drive_steps(run: Callable[[], None], steps: int, shown: Any, batch: int, progress: Progress) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from convladder.errors import UserError
 from convladder.runs.store import RunStore
-from convladder.train import runner
+from convladder.train import distill, runner
 from convladder.train.config import TrainConfig
 from convladder.train.epochs import PAUSE_ENV
 from convladder.train.progress import Progress
@@ -107,6 +107,7 @@ def train_seeds(config: TrainConfig, store: RunStore | None = None, progress: Pr
     stored as its own run.
     """
     config, device = runner.begin(config, (progress or Progress()).note, data=data)  # lr: auto once for all seeds
+    config = distill.resolve(config, store)  # once: a later seed's `latest` would be an earlier seed's run
     if batched_mode(config, device) is not None:
         results = train_batched(config, store, progress, data=data)
         if results is not None:

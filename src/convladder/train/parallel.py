@@ -54,9 +54,12 @@ class ParallelStep:
     """`TrainStep`'s interface for one model trained as `replicas` data-parallel replicas on threads."""
 
     def __init__(self, model: torch.nn.Module, data, config: TrainConfig, device: torch.device,
-                 generator: torch.Generator, lr_table: list[float], momentum_table: list[float], replicas: int):
+                 generator: torch.Generator, lr_table: list[float], momentum_table: list[float], replicas: int,
+                 teacher=None):
         self.models = [model] + [copy.deepcopy(model) for _ in range(replicas - 1)]
-        self.replicas = [TrainStep(m, data, config, device, [generator], lr_table, momentum_table, shard=(r, replicas))
+        # teacher (config teacher): one frozen network in eval mode, each replica asks it about its own share
+        self.replicas = [TrainStep(m, data, config, device, [generator], lr_table, momentum_table, shard=(r, replicas),
+                                   teacher=teacher)
                          for r, m in enumerate(self.models)]
         self.main = self.replicas[0]
         self.generator, self.config, self.device = generator, config, device

@@ -31,11 +31,11 @@ class Progress:
 _OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adadelta": "Adadelta"}
 
 
-def recipe_text(config: Any, n_val: int | None = None) -> str:
+def recipe_text(config: Any, n_val: int | None = None, distilled: dict[str, Any] | None = None) -> str:
     """The training recipe in one line: optimizer and lr, schedule, batch, epochs, augmentation, validation.
 
     `config` is a TrainConfig (read by attribute: keys another version lacks are left out); `n_val` the
-    validation images the run holds out.
+    validation images the run holds out; `distilled` the teacher's record (train/distill.py) of config teacher.
     """
     get = lambda key, default=None: getattr(config, key, default)  # noqa: E731
     opt = str(get("optimizer", "sgd"))
@@ -57,6 +57,12 @@ def recipe_text(config: Any, n_val: int | None = None) -> str:
         parts.append(f"label smoothing {get('label_smoothing'):g}")
     if get("ema"):
         parts.append(f"EMA weights (decay {get('ema'):g} per step) evaluated, selected and saved")
+    if get("teacher"):
+        from convladder.train.distill import config_record, distilled_text
+
+        record = distilled or config_record({k: get(k) for k in ("teacher", "distill_temperature", "distill_weight")})
+        parts.append(distilled_text(record, params=False) + " (train loss = (1 - weight) cross-entropy + weight "
+                     "T² KL to the teacher)")
     aug = []
     if get("augment"):
         aug += [f"rotate ±{get('rotate'):g}°", f"shift ±{get('translate'):g} px", f"scale ±{100 * get('scale'):g}%"]
@@ -101,7 +107,8 @@ class PlainProgress(Progress):
         print(text, file=self.stream, flush=True)
 
     def start(self, info: dict[str, Any]) -> None:
-        self._print(f"run {info['run_id']}: {info['model']} ({info['params']:,} params) on {info['device']}, "
+        teacher = f", the student's only; teacher {info['teacher_params']:,}" if info.get("teacher_params") else ""
+        self._print(f"run {info['run_id']}: {info['model']} ({info['params']:,} params{teacher}) on {info['device']}, "
                     f"{info['n_train']:,} train / {info['n_val']:,} val / {info['n_test']:,} test images, seed {info['seed']}")
         if info.get("recipe"):
             self._print(info["recipe"])

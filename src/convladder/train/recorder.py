@@ -57,6 +57,7 @@ class Recorder:
         # own: the OwnModel record of a person's network, written into the run folder with the config
         self.config, self.store, self.params, self.t0, self.select = config, store, params, t0, select
         self.own = own
+        self.distilled: dict[str, Any] | None = None  # config teacher: the teacher's record (train/distill.py)
         self.state = RunState()
         self.handle: RunHandle | None = None
         self._carried = 0.0  # wall time from earlier processes of a resumed run
@@ -184,6 +185,7 @@ class Recorder:
         result = make_result(self.config, self.state, self.run_id, self.params, self.clock(), status,
                              self.select, clean, message)
         result.shifted_test = shifted
+        result.distilled_from = self.distilled
         if self.handle is not None:
             with deferred():  # a second signal must not leave result.json and the index disagreeing
                 self.handle.write_json("result.json", result.to_dict())

@@ -128,6 +128,8 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
     # final model's test accuracy with images shifted k pixels ("0".."N", mean over 4 directions; shift_eval)
     shifted_test: dict[str, float] | None = None
+    # config teacher: {run, model, params, temperature, weight}; `params` above stays the student's alone
+    distilled_from: dict[str, Any] | None = None
     # where the run's folder is (set by whoever holds the store; never written to result.json)
     run_dir: str | None = field(default=None, repr=False, compare=False)
 
@@ -154,6 +156,8 @@ class RunResult:
                          f"({self.train_acc_source} train acc)")
         if self.verdict:
             parts.append(self.verdict)
+        if self.distilled_from:
+            parts.append(self._distilled())
         return ", ".join(parts)
 
     # -- display: a plain REPL, print(), and Jupyter -------------------------------------------------------
@@ -182,9 +186,17 @@ class RunResult:
         out.append(("time", f"{self.wall_time_s:.1f} s wall, whole process (data loading, model build, training, "
                     f"evaluation, saving); warm-up (first step) {self.warmup_s:.2f} s"))
         out.append((f"time to {self.target:g}%", target_time_text(self.train_time_to_target_s, self.time_to_target_s)))
+        if self.distilled_from:
+            out.append(("distillation", self._distilled()))
         if self.message:
             out.append(("note", self.message))
         return out
+
+    def _distilled(self) -> str:
+        """'distilled from <run> (<model>, T 4, weight 0.5); teacher N params, ...' (config teacher)."""
+        from convladder.train.distill import distilled_text
+
+        return distilled_text(self.distilled_from or {})
 
     def _weights(self) -> str:
         """' (EMA weights)' when the accuracies are a weight average's (config ema), else ''."""
@@ -193,7 +205,8 @@ class RunResult:
     def _title(self) -> str:
         run = f"run {self.run_id}" if self.run_id else "run (not stored)"
         seed = f", seed {self.seed}" if self.seed is not None else ""
-        return f"{run}: {self.status}, {self.epochs_done} epoch(s), {self.params:,} params{seed}"
+        student = " (the student's; distilled)" if self.distilled_from else ""
+        return f"{run}: {self.status}, {self.epochs_done} epoch(s), {self.params:,} params{student}{seed}"
 
     def __str__(self) -> str:
         rows = self.lines()

@@ -25,7 +25,7 @@ from convladder.errors import UserError
 from convladder.interrupts import installed as interrupts_installed
 from convladder.runs.store import RunStore
 from convladder.spec.registry import check_model
-from convladder.train import runenv
+from convladder.train import distill, runenv
 from convladder.train.config import TrainConfig, resolve_words, validate
 from convladder.train.device_data import load_splits
 from convladder.train.epochs import EpochRunner, pause_hook, run_info
@@ -165,6 +165,7 @@ class Prepared(NamedTuple):
     configs: list[TrainConfig]  # one per seed, as its config.json records it
     owns: list[Any]  # one per seed: what the run records about an own model (None for a spec)
     setup: runenv.Setup  # the first seed's: data on the device, spec text, params
+    teacher: Any = None  # config teacher's network (train/distill.Teacher), or None
 
 
 def _epoch_runner(config: TrainConfig, splits: Any, device: torch.device, mode: str | None,
@@ -173,8 +174,9 @@ def _epoch_runner(config: TrainConfig, splits: Any, device: torch.device, mode: 
     if mode is None:
         setup = runenv.prepare(config, splits, device)
         config = config.replace(model_spec=setup.spec_text, val_size=len(setup.data.y_val))
-        return Prepared(EpochRunner(setup.model, setup.data, config, device, [config.seed], notice=notice),
-                        [config], [setup.own], setup)
+        teacher = distill.load(config, setup.data, device)
+        return Prepared(EpochRunner(setup.model, setup.data, config, device, [config.seed], notice=notice,
+                                    teacher=teacher), [config], [setup.own], setup, teacher)
     from convladder.train.batched import CopyRng, StreamsEpochRunner, why_not_batchable, widen
 
     seeds = [config.seed + i for i in range(config.seeds)]
@@ -187,27 +189,31 @@ def _epoch_runner(config: TrainConfig, splits: Any, device: torch.device, mode: 
     if reason:  # grouped is only ever asked for explicitly (batched=on|grouped)
         raise UserError(f"batched: {config.batched}, but {reason}; use batched=streams, auto or off")
     first = setups[0]
+    teacher = distill.load(config, first.data, device)
     configs = [config.replace(seed=s, seeds=1, model_spec=first.spec_text, val_size=len(first.data.y_val),
                               tags=list(tags_by_seed.get(s, config.tags))) for s in seeds]
     models = [s.model for s in setups]
     owns = [s.own for s in setups]
     if mode == "streams":
-        return Prepared(StreamsEpochRunner(models, first.data, configs, device, rng, notice=notice), configs, owns,
-                        first)
+        return Prepared(StreamsEpochRunner(models, first.data, configs, device, rng, notice=notice, teacher=teacher),
+                        configs, owns, first, teacher)
     model = widen(models)
     torch.manual_seed(seeds[0])  # one dropout stream for all copies
-    return Prepared(EpochRunner(model, first.data, configs[0], device, seeds, notice=notice), configs, owns, first)
+    return Prepared(EpochRunner(model, first.data, configs[0], device, seeds, notice=notice, teacher=teacher), configs,
+                    owns, first, teacher)
 
 
 def _recorders(prepared: Prepared, store: RunStore | None, progress: Progress, device: torch.device, t0: float,
                mode: str | None, resume_run: str | None) -> list[Recorder]:
     """One recorder per seed: its run folder created (or reopened to resume), its progress started."""
-    runner, configs, owns, setup = prepared
+    runner, configs, owns, setup = prepared[:4]
     data = setup.data
     select = _select(configs[0], data)
     recs = [Recorder(c, store, setup.params, t0, select, own=own) for c, own in zip(configs, owns)]
+    distilled = prepared.teacher.record if prepared.teacher is not None else None
     env = None
     for rec, c in zip(recs, configs):
+        rec.distilled = distilled  # result.json's distilled_from
         if resume_run is not None:
             runner.load_resume(rec.reopen(resume_run), rec.state.epoch)
         elif store is not None:
@@ -216,7 +222,7 @@ def _recorders(prepared: Prepared, store: RunStore | None, progress: Progress, d
                 if mode is not None:
                     env["batched_with_seeds"], env["batched_mode"] = [x.seed for x in configs], mode
             rec.create(env)
-        progress.start(run_info(c, rec.run_id, setup.params, device, data))
+        progress.start(run_info(c, rec.run_id, setup.params, device, data, distilled))
     return recs
 
 
@@ -237,6 +243,7 @@ def run(config: TrainConfig, store: RunStore | None = None, progress: Progress |
     t0 = time.perf_counter()
     progress = progress or Progress()
     config, device = begin(config, progress.note, data=data)
+    config = distill.resolve(config, store)  # teacher: the full run id, refused before any folder exists
     mode = batched_mode(config, device) if batched else None
     if batched and mode is None:
         return None

@@ -25,6 +25,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +74,10 @@ class TrainStep:
     def __init__(self, model: torch.nn.Module, data: DeviceData, config: TrainConfig, device: torch.device,
                  generators: list[torch.Generator], lr_table: list[float], momentum_table: list[float], *,
                  forward: Callable[[torch.Tensor], torch.Tensor] | None = None, channels_last: bool = False,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), teacher: Any = None):
         # shard (r, n): a data-parallel replica (train/parallel.py) that takes images r, r+n, ... of each batch
+        # teacher: config teacher's network (train/distill.Teacher), whose soft targets join the loss
+        self.teacher = teacher
         self.model, self.data, self.config, self.device = model, data, config, device
         self.generators = generators
         self.copies = len(generators)
@@ -169,6 +172,10 @@ class TrainStep:
         if self.crop:  # after the warp, so the crop sees the digit where the warp put it (no extra shift)
             x = centre_crop(x, self.crop)
         x = self.data.normalise(x)
+        taught = None
+        if self.teacher is not None:  # the teacher sees exactly this batch, each copy's images in turn
+            with autocast(self.device, self.config.precision):
+                taught = self.teacher.logits(x)
         if n > 1:  # copy i's images on channel group i
             c, h, w = x.shape[1:]
             x = x.view(n, b, c, h, w).transpose(0, 1).reshape(b, n * c, h, w)
@@ -178,14 +185,15 @@ class TrainStep:
             logits = self.forward(x).float()
         if n == 1:
             per_copy = F.cross_entropy(logits, y[0], label_smoothing=self.config.label_smoothing).view(1)
-            loss = per_copy[0]
             hits = (logits.detach().argmax(1) == y[0]).sum().view(1)
         else:  # each copy's mean loss, summed: copy i's gradient is its own, as if trained alone
             flat = F.cross_entropy(logits.reshape(b * n, -1), y.t().reshape(-1), reduction="none",
                                    label_smoothing=self.config.label_smoothing)
             per_copy = flat.view(b, n).mean(0)
-            loss = per_copy.sum()
             hits = (logits.detach().argmax(2) == y.t()).sum(0)
+        if taught is not None:  # (1 - w) * CE + w * T^2 KL, per copy (train/distill.py)
+            per_copy = self.teacher.loss(per_copy, logits, taught)
+        loss = per_copy[0] if n == 1 else per_copy.sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         per_copy = per_copy.detach()
