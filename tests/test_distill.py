@@ -284,3 +284,22 @@ def test_bad_values_are_refused():
             from convladder.train.config import validate
 
             validate(cfg(**{"teacher": "x", **bad}))
+
+
+def test_the_frontier_table_says_distilled(teacher, tmp_path):
+    from convladder.executors.frontier import format_table, run_frontier
+    from convladder.executors.frontierspec import load_frontier, spec_params
+
+    store, tid = teacher
+    path = tmp_path / "fr.yaml"
+    budget = spec_params(DROPOUT) + 10
+    path.write_text(json.dumps({"name": "taught", "budgets": [budget], "trials": 0, "seeds": 1, "near": 0.1,
+                                "candidates": [DROPOUT],
+                                "base": {**{k: v for k, v in cfg(epochs=1).to_dict().items()
+                                            if k in ("dataset", "val_size", "epochs", "batch_size", "threads",
+                                                     "device", "clean_train_eval")},
+                                         "teacher": "latest:teacher"}}))
+    summary = run_frontier(load_frontier(path), store.root)
+    run_id = summary["budgets"][0]["final"]["runs"][0]
+    assert store.read_config(run_id)["teacher"] == tid  # resolved before the job keys were made
+    assert "(distilled from latest:teacher: params are the student's only)" in format_table(summary)
