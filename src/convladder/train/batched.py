@@ -124,6 +124,8 @@ def _widen_module(ms: list[nn.Module]) -> nn.Module:
             target.copy_(tensor)
         else:
             target.copy_(_cat([m.state_dict()[name] for m in ms]))
+    for name, param in out.named_parameters():  # frozen stays frozen (train/init.start_levers)
+        param.requires_grad_(first.get_parameter(name).requires_grad)
     return out
 
 

@@ -29,10 +29,13 @@ TRISTATE = ("auto", "on", "off")
 BATCHED = ("auto", "on", "off", "grouped", "streams")
 PRECISIONS = ("auto", "fp32", "bf16")
 INITS = ("torch", "glorot", "kaiming")  # train/init.py implements them
+BN_WEIGHTS = ("learn", "frozen")  # train/init.py freezes, train/optim.py groups the BN lr
+FIRST_LAYERS = ("learn", "whiten", "whiten-frozen")  # train/whiten.py
 # choice-valued keys, compared in lower case (`optimizer: SGD` in a YAML file means sgd)
 CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
                                        "select_on": SELECT_ON, "channels_last": TRISTATE, "cuda_graphs": TRISTATE,
-                                       "batched": BATCHED, "init": INITS, "precision": PRECISIONS}
+                                       "batched": BATCHED, "init": INITS, "precision": PRECISIONS,
+                                       "bn_weight": BN_WEIGHTS, "first_layer": FIRST_LAYERS}
 SUBSET_HELP = ("train on the first N training images only (0 = all); the validation split is held out of "
                "these N: val_size images, at most N/10 (--subset 10000: 9,000 train, 1,000 validate)")
 
@@ -136,6 +139,12 @@ class TrainConfig:
     flip: bool = _f(False, "natural images: mirror half the training images left-right (not for digits or text)", AUG, older=False)
     init: str = _f("torch", "weight init: torch (PyTorch defaults), glorot (Keras' defaults), kaiming (He normal)",
                    OPTIM)
+    first_layer: str = _f("learn", "first conv: learn (as init gives it), whiten (filters from the training images' "
+                          "patch covariance, then trained), whiten-frozen (the same, not trained) (docs/training.md)",
+                          OPTIM, older="learn")
+    bn_lr: float = _f(1.0, "multiplier on the lr of BatchNorm's weight and bias (the schedule shapes it alike; 0 "
+                      "freezes them)", OPTIM, older=1.0)
+    bn_weight: str = _f("learn", "BatchNorm's weight (gamma): learn, or frozen at its initial 1", OPTIM, older="learn")
     seed: int = _f(1, "random seed of the run", RUN, also=(LR_FIND,), experiment=False)
     seeds: int = _f(1, "train seeds seed, seed+1, ... and report min/median/max", RUN, experiment=False)
     device: str = _f("auto", "auto, cpu, cuda, mps", RUN, also=(LR_FIND, LADDER_RUN), job_key=False, experiment=False)
@@ -406,6 +415,9 @@ def validate(config: TrainConfig) -> None:
     check_distill(config)
     if not 0 <= config.label_smoothing < 1:
         raise UserError(f"label_smoothing must be in [0, 1) (got {config.label_smoothing})")
+    if not (math.isfinite(config.bn_lr) and config.bn_lr >= 0):
+        raise UserError(f"bn_lr multiplies BatchNorm's lr, a finite number >= 0 (got {config.bn_lr}): e.g. bn_lr=0.5, "
+                        "0 freezes BatchNorm")
     if not 0 <= config.pad_crop <= 64:
         raise UserError(f"pad_crop is pixels of padding before the random crop, 0 (off) to 64 (got {config.pad_crop}): "
                         "e.g. pad_crop=4 for 32x32 images")

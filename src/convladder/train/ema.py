@@ -32,9 +32,12 @@ class WeightEMA:
         self.model = copy.deepcopy(model)  # same class and layout: evaluation, saving and export need nothing new
         self.model.requires_grad_(False)
         live, avg = model.state_dict(keep_vars=True), self.model.state_dict(keep_vars=True)
-        pairs = [(avg[k], live[k]) for k in live]
-        self.averaged = [(a, v) for a, v in pairs if a.is_floating_point()]
-        self.copied = [(a, v) for a, v in pairs if not a.is_floating_point()]
+        # frozen parameters (requires_grad off: bn_weight frozen, first_layer whiten-frozen) are copied, not
+        # averaged: d * w + (1 - d) * w need not round back to w
+        frozen = {k for k, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        pairs = [(avg[k], live[k], k not in frozen and avg[k].is_floating_point()) for k in live]
+        self.averaged = [(a, v) for a, v, mean in pairs if mean]
+        self.copied = [(a, v) for a, v, mean in pairs if not mean]
         device = next(iter(live.values())).device
         self._decay = torch.tensor(decay, dtype=torch.float32, device=device)
 

@@ -32,13 +32,19 @@ class TensorSGD:
     training process's start on the 2-core CPU) and wraps `step` and `zero_grad` in hooks (~70 us a step).
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: torch.Tensor, momentum: torch.Tensor, *,
-                 nesterov: bool = False, weight_decay: float = 0.0, use_momentum: bool = True):
-        params = list(params)
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: torch.Tensor,
+                 momentum: torch.Tensor, *, nesterov: bool = False, weight_decay: float = 0.0,
+                 use_momentum: bool = True):
+        # params: tensors, or groups as torch takes them ({"params": [...], "lr_scale": s}: that group's lr is
+        # lr * s, applied inside the step, so every group shares the one lr tensor a CUDA graph reads)
+        given = list(params)
+        groups = given if given and isinstance(given[0], dict) else [{"params": given}]
+        params = [p for g in groups for p in g["params"]]
         if not params:
             raise ValueError("optimizer got an empty parameter list")
-        self.param_groups: list[dict[str, Any]] = [{"params": params, "weight_decay": weight_decay,
-                                                    "nesterov": nesterov}]
+        self.param_groups: list[dict[str, Any]] = [
+            {"params": list(g["params"]), "weight_decay": weight_decay, "nesterov": nesterov,
+             **({"lr_scale": float(g["lr_scale"])} if g.get("lr_scale", 1.0) != 1.0 else {})} for g in groups]
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {p: {} for p in params}
         self.lr, self.momentum, self.use_momentum = lr, momentum, use_momentum
         if use_momentum:
@@ -66,6 +72,9 @@ class TensorSGD:
                     update = torch._foreach_mul(bufs, self.lr)
             else:
                 update = torch._foreach_mul(grads, self.lr)
+            scale = group.get("lr_scale", 1.0)  # a Python float: no host read, the same op on every replay
+            if scale != 1.0:
+                torch._foreach_mul_(update, scale)
             torch._foreach_sub_(params, update)
         return None
 
@@ -118,9 +127,10 @@ class TensorSGD:
 Optimiser = Union[torch.optim.Optimizer, TensorSGD]
 
 
-def _torch_optimizer(params: list[torch.Tensor], config: TrainConfig, lr, capturable: bool = False,
+def _torch_optimizer(params: list[Any], config: TrainConfig, lr, capturable: bool = False,
                      momentum=None) -> torch.optim.Optimizer:
-    """torch's optimiser of the config (lr a float, or a device tensor for the training step)."""
+    """torch's optimiser of the config (lr a float, or a device tensor for the training step); `params` are
+    tensors or groups whose "lr" is already scaled (`param_groups`)."""
     extra = {"capturable": True} if capturable else {}
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum,
@@ -134,18 +144,67 @@ def _torch_optimizer(params: list[torch.Tensor], config: TrainConfig, lr, captur
                                 foreach=False if not capturable else None, **extra)
 
 
+def bn_param_ids(model: nn.Module) -> set[int]:
+    """ids of the parameters of `model`'s BatchNorm layers (weight and bias)."""
+    return {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)}
+
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters (requires_grad; `train/init.py` froze the rest) as optimiser groups.
+
+    bn_lr 1: one group, every parameter in `model.parameters()` order (the optimiser state of runs stored before
+    bn_lr existed). Otherwise the other parameters, then BatchNorm's with `lr_scale` = bn_lr.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.bn_lr == 1.0:
+        return [{"params": params}]
+    bn = bn_param_ids(model)
+    groups = [{"params": [p for p in params if id(p) not in bn]},
+              {"params": [p for p in params if id(p) in bn], "lr_scale": float(config.bn_lr)}]
+    return [g for g in groups if g["params"]]
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig, lr: torch.Tensor | None = None,
                    momentum: torch.Tensor | None = None, capturable: bool = False) -> Optimiser:
     """The config's optimiser. With `lr`/`momentum` tensors (the training step): SGD is `TensorSGD`; Adam/AdamW
-    take both as tensors (momentum = beta1), Adadelta the lr. Without them: torch's optimiser with a float lr."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if lr is None:
-        return _torch_optimizer(params, config, config.lr)
-    if config.optimizer == "sgd":
+    take both as tensors (momentum = beta1), Adadelta the lr. Without them: torch's optimiser with a float lr.
+
+    A group with `lr_scale` (bn_lr) trains at lr * scale: TensorSGD scales inside its step; torch's optimisers get
+    the group its own lr tensor, which `follow_lr` sets from the shared one before every step."""
+    groups = param_groups(model, config)
+    if lr is not None and config.optimizer == "sgd":
         assert momentum is not None
-        return TensorSGD(params, lr, momentum, nesterov=config.nesterov and config.momentum > 0,
+        return TensorSGD(groups, lr, momentum, nesterov=config.nesterov and config.momentum > 0,
                          weight_decay=config.weight_decay, use_momentum=config.momentum > 0)
-    return _torch_optimizer(params, config, lr, capturable, momentum if config.optimizer != "adadelta" else None)
+    base = config.lr if lr is None else lr
+    for group in groups:
+        if group.get("lr_scale", 1.0) != 1.0:
+            group["lr"] = base * group["lr_scale"]  # a float, or a new device tensor that follow_lr keeps current
+    if lr is None:
+        return _torch_optimizer(groups, config, config.lr)
+    return _torch_optimizer(groups, config, lr, capturable, momentum if config.optimizer != "adadelta" else None)
+
+
+def follow_lr(optimizer: Optimiser, lr: torch.Tensor) -> None:
+    """Each scaled group's lr tensor = lr * its scale, on the device (no host read; a CUDA graph replays it).
+
+    Nothing to do for TensorSGD (it scales inside its step) or a group at scale 1 (it holds `lr` itself)."""
+    for group in optimizer.param_groups:
+        scale = group.get("lr_scale", 1.0)
+        if scale != 1.0 and isinstance(group.get("lr"), torch.Tensor):
+            torch.mul(lr, scale, out=group["lr"])
+
+
+def bind_tensors(optimizer: Optimiser, lr: torch.Tensor, momentum: torch.Tensor) -> None:
+    """After `load_state_dict` put the saved hyperparameters into the groups: point them at the step's tensors
+    again (a scaled group at its own tensor, set from `lr` by `follow_lr`)."""
+    for group in optimizer.param_groups:
+        if "lr" in group:
+            scale = group.get("lr_scale", 1.0)
+            group["lr"] = lr if scale == 1.0 else lr * scale
+        if "betas" in group and isinstance(group["betas"][0], torch.Tensor):
+            group["betas"] = (momentum, group["betas"][1])
 
 
 def momentum_cycle(config: TrainConfig) -> tuple[float, float] | None:

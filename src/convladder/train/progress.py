@@ -57,6 +57,7 @@ def recipe_text(config: Any, n_val: int | None = None, distilled: dict[str, Any]
         parts.append(f"label smoothing {get('label_smoothing'):g}")
     if get("ema"):
         parts.append(f"EMA weights (decay {get('ema'):g} per step) evaluated, selected and saved")
+    parts += lever_texts(get)
     if get("teacher"):
         from convladder.train.distill import config_record, distilled_text
 
@@ -79,6 +80,21 @@ def recipe_text(config: Any, n_val: int | None = None, distilled: dict[str, Any]
     parts.append(f"validation {val:,} images held out (best epoch by {get('select_on')})" if val
                  else "no validation split" + (" (best epoch by test)" if get("select_on") == "test" else ""))
     return "recipe: " + "; ".join(parts)
+
+
+def lever_texts(get: Any) -> list[str]:
+    """The recipe's words for bn_lr, bn_weight and first_layer (nothing at their defaults)."""
+    bn_lr, bn_weight, first = get("bn_lr", 1.0), get("bn_weight", "learn"), get("first_layer", "learn")
+    out = []
+    if bn_lr == 0:
+        out.append("BN weight and bias frozen (BN lr x0)")
+    elif bn_lr != 1:
+        out.append(f"BN lr x{bn_lr:g}")
+    if bn_weight == "frozen" and bn_lr != 0:
+        out.append("BN weight frozen at 1")
+    if first in ("whiten", "whiten-frozen"):
+        out.append("first layer whitened" + (" (frozen)" if first == "whiten-frozen" else ""))
+    return out
 
 
 def _epoch_line(row: dict[str, Any], epochs: int | None = None) -> str:

@@ -15,6 +15,7 @@ import torch
 from convladder.errors import UserError
 from convladder.train.config import TrainConfig
 from convladder.train.device_data import DeviceData
+from convladder.train.init import start_levers
 from convladder.train.models import OwnModel, build
 
 
@@ -25,6 +26,7 @@ class Setup:
     spec_text: str  # config.model_spec: spec text, an absolute file.py:ClassName, or python:<name>
     params: int
     own: OwnModel | None = None  # what the run records about an own model (None for a spec)
+    levers: dict[str, Any] | None = None  # what env.json records about first_layer (train/init.start_levers)
 
 
 def build_model(model: Any, input_shape: tuple[int, ...], seed: int, init: str = "torch", *,
@@ -53,8 +55,9 @@ def prepare(config: TrainConfig, splits, device: torch.device) -> Setup:
     if config.crop:
         check_crop(model, config, data.image_shape, data.classes)
     torch.manual_seed(config.seed)  # the dummy forward used no RNG, but keep the stream identical on resume
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Setup(data, model.to(device), built.spec_text, params, built.own)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # the network's, before any freezing
+    levers = start_levers(model, config, data)  # whitening reads training images only; frozen: requires_grad off
+    return Setup(data, model.to(device), built.spec_text, params, built.own, levers)
 
 
 def check_crop(model: torch.nn.Module, config: TrainConfig, image_shape: tuple[int, ...], classes: int) -> None:

@@ -219,6 +219,7 @@ def _recorders(prepared: Prepared, store: RunStore | None, progress: Progress, d
         elif store is not None:
             if env is None:
                 env = runenv.environment(device, data.image_shape, data.mean, data.std)
+                env.update(setup.levers or {})  # first_layer: how the first conv was whitened
                 if mode is not None:
                     env["batched_with_seeds"], env["batched_mode"] = [x.seed for x in configs], mode
             rec.create(env)

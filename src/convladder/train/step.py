@@ -36,7 +36,7 @@ from convladder.train.config import TrainConfig
 from convladder.data.normalise import to_unit
 from convladder.train.device_data import DeviceData
 from convladder.train.ema import WeightEMA
-from convladder.train.optim import make_optimizer
+from convladder.train.optim import bind_tensors, follow_lr, make_optimizer
 
 CUDA_EVAL_BATCH = 10000  # on CUDA, evaluation batches are at least this large (one launch per batch matters there)
 WARMUP_STEPS = 3  # eager steps before capture (cuDNN picks its kernels, the allocator settles), as torch's docs do
@@ -203,6 +203,7 @@ class TrainStep:
 
     def update(self) -> None:
         """The optimiser's step from the gradients, then the schedule's next lr and momentum; the next batch."""
+        follow_lr(self.optimizer, self.lr)  # bn_lr: a torch optimiser's scaled group's lr tensor (no-op otherwise)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.t)  # self.t: optimiser steps before this one (the EMA's warm-up reads it)
@@ -219,11 +220,7 @@ class TrainStep:
     def load_state(self, optimizer_state: dict) -> None:
         self.optimizer.load_state_dict(optimizer_state)
         # load_state_dict puts the saved hyperparameters into the groups: point them at the step's tensors again
-        for group in self.optimizer.param_groups:
-            if "lr" in group:
-                group["lr"] = self.lr
-            if "betas" in group and isinstance(group["betas"][0], torch.Tensor):
-                group["betas"] = (self.momentum, group["betas"][1])
+        bind_tensors(self.optimizer, self.lr, self.momentum)
 
 
 class StepRunner:
