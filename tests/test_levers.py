@@ -21,7 +21,7 @@ from convladder.train.optim import schedule_tables
 from convladder.train.progress import recipe_text
 from convladder.train.runenv import prepare
 from convladder.train.step import TrainStep
-from convladder.train.whiten import WHITEN_EPS, conv_patches, first_conv
+from convladder.train.whiten import WHITEN_EPS, conv_patches, first_conv, whiten_first_layer
 
 TINY = ("c1[conv3x3(8, bias=false) relu bn dropout(0.05)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
         "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
@@ -267,3 +267,21 @@ def test_the_cli_refusal_and_the_recipe_line(capsys, tmp_path):
     assert "BN lr x0.5" in text and "first layer whitened (frozen)" in text
     assert "BN weight frozen at 1" in recipe_text(cfg(bn_weight="frozen"))
     assert "BN" not in recipe_text(cfg()) and "whitened" not in recipe_text(cfg())
+
+
+def test_a_biased_same_padded_conv_gets_zero_mean_whitened_responses():
+    model = nn.Sequential(nn.Conv2d(1, 20, 3, padding="same", bias=True), nn.ReLU())
+    images = torch.nn.functional.avg_pool2d(torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(1)),
+                                            3, 1, 1) + 0.5  # correlated neighbours, like strokes; mean not 0
+    before = model[0].weight.detach().clone()
+    record = whiten_first_layer(model, images, frozen=False, where="first_layer=whiten", image_seed=0)
+    conv = model[0]
+    with torch.no_grad():
+        out = conv(images).transpose(0, 1).reshape(20, -1).double()  # (channels, responses)
+    assert out[:18].mean(1).abs().max() < 1e-4  # bias = -W @ mean patch
+    assert (out[:18] - conv.bias[:18, None].double()).mean(1).abs().max() > 0.1  # which it had to correct
+    cov = torch.cov(out[:9])
+    values = torch.tensor(record["eigenvalues"], dtype=torch.float64)
+    torch.testing.assert_close(cov, torch.diag(values / (values + WHITEN_EPS)), atol=5e-3, rtol=5e-3)
+    assert record["negated_pairs"] == 9 and record["kept_init_channels"] == 2
+    assert torch.equal(conv.weight[18:], before[18:])  # beyond 2d the init stays
