@@ -150,15 +150,17 @@ def _box(mask: torch.Tensor) -> tuple[int, int]:
 
 
 def centre_field(model: nn.Module, input_shape: tuple[int, int, int], module_name: str | None = None,
-                 block: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+                 block: int = 1, call: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
     """((smallest, largest) height, (smallest, largest) width) of the fields of the `block` x `block` units at
-    the centre of `module_name`'s output (the model's output when None), by reverse-mode gradients."""
+    the centre of `module_name`'s output (the model's output when None) at its `call`-th call (a module applied
+    several times), by reverse-mode gradients."""
     model = linearise(model)
     seen: list[torch.Tensor] = []
 
     def stop(module, inputs, output):
         seen.append(output)
-        raise _Reached  # what comes after (a dense layer sized for another input) does not matter
+        if len(seen) == call:
+            raise _Reached  # what comes after (a dense layer sized for another input) does not matter
 
     target = model if module_name is None else model.get_submodule(module_name)
     handle = target.register_forward_hook(stop)
@@ -170,7 +172,7 @@ def centre_field(model: nn.Module, input_shape: tuple[int, int, int], module_nam
         pass
     finally:
         handle.remove()
-    out = seen[0]
+    out = seen[-1]
     hs, ws = [], []
     if out.dim() == 2:
         units = [lambda: out[0].sum()]

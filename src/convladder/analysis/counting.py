@@ -77,7 +77,8 @@ def module_tensors(module: nn.Module) -> list[tuple[torch.Tensor, bool]]:
 def count_module(node: TraceNode, module: nn.Module, counted: Counted) -> None:
     """Parameters of a module call: all of them at its first call, none at a later one (shared_with says so)."""
     if id(module) in counted.modules:
-        node.shared_with = counted.modules[id(module)]
+        if module_tensors(module):  # a ReLU called twice reuses no weights: nothing to name
+            node.shared_with = counted.modules[id(module)]
         return
     counted.modules[id(module)] = node.name
     # A torch.nn leaf (e.g. a transformer layer) uses all of its parameters in this one call.

@@ -65,6 +65,14 @@ def _unknown(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
+def _params_text(row: LayerRow, numbers: dict[str, int]) -> str:
+    """The row's parameter count; a later call of shared weights names the row that counted them ('shared #3')."""
+    shared = getattr(row, "shared_with", "")
+    if shared and not row.params:
+        return f"shared #{numbers[shared]}" if shared in numbers else f"shared {shared}"
+    return format_count(row.params) if row.params else ""
+
+
 def _macs_text(row: LayerRow) -> str:
     if not getattr(row, "macs_known", True):
         return "?"  # the layer computes, but convladder has no exact count for it
@@ -87,7 +95,7 @@ def _cells(table: NetworkTable) -> list[list[str]]:
         block = row.block if row.block != previous_block else ""
         previous_block = row.block
         cells = [str(row.index + 1), block, row.kind, format_size(row.input), row.op, format_size(row.output),
-                 row.rf_text, row.jump_text, format_count(row.params) if row.params else "",
+                 row.rf_text, row.jump_text, _params_text(row, numbers),
                  _macs_text(row), f"{row.share:.1%}" if row.params else "",
                  format_bytes(row.weight_bytes) if row.weight_bytes else "",
                  format_bytes(row.weight_bytes_int8) if row.weight_bytes_int8 else "", format_bytes(row.live_bytes)]

@@ -61,6 +61,7 @@ class LayerRow:
     weight_bytes: int = 0  # its parameters at fp32 (analysis.memory)
     weight_bytes_int8: int = 0  # the same stored as static int8 export stores them
     live_bytes: int | None = None  # activation bytes alive at fp32 while it runs (int8: a quarter)
+    shared_with: str = ""  # the earlier row whose weights this call reuses (its params are counted there)
 
     @property
     def rf_text(self) -> str:
@@ -141,7 +142,7 @@ class NetworkTable:
     def to_dict(self) -> dict[str, Any]:
         return {
             "input": self.input,
-            "layers": [asdict(row) for row in self.layers],
+            "layers": [_row_dict(row) for row in self.layers],
             "total_params": self.total_params,
             "trainable_params": self.trainable_params,
             "total_buffers": self.total_buffers,
@@ -214,6 +215,14 @@ class NetworkTable:
                 return row if row.kind.startswith("conv") else previous
             previous = row
         return previous
+
+
+def _row_dict(row: LayerRow) -> dict[str, Any]:
+    """A row as JSON: `shared_with` only where the row reuses weights (the rows of other networks stay as they were)."""
+    out = asdict(row)
+    if not out["shared_with"]:
+        del out["shared_with"]
+    return out
 
 
 def _one_position(row: LayerRow) -> bool:
@@ -380,14 +389,16 @@ def _rows(trace: ModelTrace, fields: dict[str, Field]) -> list[LayerRow]:
         extents = f.extents() if f.r is None else None  # upsampling: neighbouring positions see different sizes
         if extents is not None:
             note = (note + "; " if note else "") + "field varies by position (smallest-largest)"
-        block = node.name.split(".")[0] if node.module is not None or node.scope else ""
+        # the scope names a block's later application ('block#2', trace._application); a top-level module's
+        # later call is its own row name ('conv2#2')
+        block = (node.scope or node.name).split(".")[0] if node.module is not None or node.scope else ""
         rows.append(LayerRow(
             index=len(rows), name=node.name, block=block, kind=node.kind, op=node.op, input=node.input,
             output=node.output or [], rf=_pair_value(f.r), jump=_pair_value(f.j), params=node.params,
             trainable_params=node.trainable, buffers=node.buffers, macs=node.macs, bias=node.bias,
             reads_from=[] if sources == [previous] else sources, note=note,
             rf_hw=list(f.r) if f.r is not None else None, jump_hw=list(f.j) if f.j is not None else None,
-            macs_known=node.macs_known,
+            macs_known=node.macs_known, shared_with=node.shared_with,
             rf_range=[list(e) for e in extents] if extents is not None else None,
             jump_ratio=[str(s) for s in f.step] if f.j is None and f.step is not None and f.known else None,
         ))

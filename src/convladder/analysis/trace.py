@@ -15,6 +15,7 @@ unknown downstream (`?`), never guessed. Counting (parameters once, MACs on ever
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -129,6 +130,14 @@ INPLACE_OPERATORS = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "i
                      "ilshift", "irshift"}
 
 
+_CALL_COUNT = re.compile(r"@(\d+)$")
+
+
+def _application(scope: str) -> str:
+    """fx's 'block@1' (block's second call) as the rows write it, 'block#2' (as `_unique` names module rows)."""
+    return _CALL_COUNT.sub(lambda m: f"#{int(m.group(1)) + 1}", scope)
+
+
 def _in_place(fxnode: fx.Node, name: str, module: nn.Module | None) -> bool:
     """Whether the call changes its first argument in place (so later readers of it read this call's result)."""
     if module is not None:
@@ -175,10 +184,14 @@ def _trace_fx(model: nn.Module, x: torch.Tensor) -> ModelTrace:
             continue  # sizes (x.shape[2:] too), flags: not a layer
         tensor_inputs = [a for a in fxnode.all_input_nodes if a in by_fx]
         first = next((values[a] for a in tensor_inputs if isinstance(values.get(a), torch.Tensor)), None)
-        scope = _scope(fxnode)
+        scope = _application(_scope(fxnode))
         if fxnode.op == "call_module":
             name = str(fxnode.target)
             scope = name.rpartition(".")[0]
+            stack = list((fxnode.meta.get("nn_module_stack") or {}).keys())
+            parent = _application(stack[-2]) if len(stack) >= 2 else ""
+            if parent.partition("#")[0] == scope and "#" in parent:  # a later call of the block it sits in
+                scope = parent
         else:
             name = f"{scope}.{fxnode.name}" if scope else fxnode.name
         node = TraceNode(name=_unique(names, name), scope=scope, kind="", category="", op="",
