@@ -10,13 +10,20 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cli_util import run_cli
 from convladder.analysis.table import summarize
+from convladder.errors import UserError
+from convladder.spec import block, bn, conv, gap, network, relu, softmax
+from convladder.spec.build import build_module, check_size
+from convladder.spec.notation import SpecError, format_spec, parse_spec
+from convladder.spec.yamlform import spec_from_dict, spec_to_dict
 from rf_oracle import centre_field
 
 torch.set_num_threads(1)  # tiny forwards on shared cores
@@ -140,3 +147,102 @@ def test_cli_summary_check_and_json_say_shared(tmp_path, capsys):
     assert data["total_params"] == 880 and data["memory"]["weights_fp32_bytes"] == 3520
     code, out, _ = run_cli(capsys, "summary", ref, "--format", "markdown")
     assert code == 0 and "| shared #3 |" in out
+
+
+# -- the spec notation: name[...]*N ---------------------------------------------------------------------------
+
+SHARED_SPECS = [
+    # the notes' block applied 3 times, padded so the map keeps its size
+    "c1[conv3x3(8, bias=false) relu bn] res[conv3x3(8, padding=1, bias=false) relu bn]*3 "
+    "out[gap conv1x1(10, bias=false) logsoftmax]",
+    # a depthwise-separable block applied twice after a transition, with a role and a dropout
+    "c1[conv3x3(12, bias=false) relu bn] t1[maxpool2x2 conv1x1(8, bias=false)] "
+    "sep:convolution[conv3x3(8, padding=1, groups=8, bias=false) conv1x1(8, bias=false) prelu bn dropout(0.05)]*2 "
+    "out[gap conv1x1(10) logsoftmax]",
+    # unpadded: each application shrinks the map by 2 (the channels stay), biases and no BN
+    "c1[conv3x3(6)] res[conv3x3(6) relu]*4 out[gap conv1x1(10) softmax]",
+    # two shared blocks, one of fully connected layers on a flat vector (BN1d per application)
+    "c1[conv3x3(4)] a[conv3x3(4, padding=1, bias=false) bn relu]*2 head[gap flatten fc(4) relu] mlp[fc(4) bn relu]*3 "
+    "out[fc(10) logsoftmax]",
+]
+
+
+@pytest.mark.parametrize("text", SHARED_SPECS)
+def test_shared_specs_round_trip_and_count_as_built(text):
+    spec = parse_spec(text)
+    assert parse_spec(format_spec(spec)) == spec and format_spec(spec) == text
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+    assert spec_from_dict(yaml.safe_load(yaml.safe_dump(spec_to_dict(spec)))) == spec
+    model = build_module(spec)
+    unique = sum(p.numel() for p in model.parameters())
+    assert check_size(spec).params == unique  # torch-free count = the built module's unique parameters
+    table = summarize(spec)
+    assert table.total_params == unique == sum(r.params for r in table.layers)
+    assert len(table.layers) == len(spec.applied_layers) == len(check_size(spec).shapes)
+    assert [r.output for r in table.layers] == [list(s) for s in check_size(spec).shapes]
+    assert table.total_macs == _flop_macs(model, (1, 28, 28))
+
+
+def test_python_form_equals_the_text():
+    text = "c1[conv3x3(8, bias=false) relu bn] res[conv3x3(8, padding=1, bias=false) relu bn]*3 out[gap conv1x1(10) logsoftmax]"
+    spec = network(block("c1", conv(8, bias=False), relu(), bn()),
+                   block("res", conv(8, padding=1, bias=False), relu(), bn(), repeat=3),
+                   block("out", gap(), conv(10, 1), softmax(log=True)))
+    assert spec == parse_spec(text) and spec != parse_spec(text.replace("*3", "*2"))
+
+
+def test_a_shared_block_is_built_once_and_applied_n_times_with_bn_per_application():
+    spec = parse_spec(SHARED_SPECS[0])
+    torch.manual_seed(0)
+    model = build_module(spec).eval()
+    res = model.res
+    assert [n for n, _ in res.named_children()] == ["0", "1", "2", "2_2", "2_3"]  # one conv, three BNs
+    with torch.no_grad():
+        for name in ("2", "2_2", "2_3"):  # each BN its own statistics, so a mix-up shows
+            res._modules[name].running_mean.uniform_(-0.5, 0.5)
+            res._modules[name].running_var.uniform_(0.5, 2.0)
+        x = torch.randn(3, 8, 26, 26)
+        y = x
+        for bn_name in ("2", "2_2", "2_3"):  # by hand: the one conv, relu, this application's BN
+            y = res._modules[bn_name](F.relu(res._modules["0"](y)))
+        assert torch.allclose(res(x), y)
+        # what walks a SpecNet's blocks as a flat list (the logits, BN folding for export) applies it 3 times too
+        images = torch.randn(4, 1, 28, 28)
+        by_hand = model.out(res(model.c1(images)))
+        assert torch.allclose(model(images), by_hand)
+        from convladder.serve.fuse import inference_logits
+        assert torch.allclose(inference_logits(model)(images), model.logits(images), atol=1e-4)
+    rows = summarize(spec).layers
+    convs = [r for r in rows if r.kind == "conv3x3" and r.name.startswith("res")]
+    assert [(r.block, r.rf, r.params, r.shared_with) for r in convs] == [
+        ("res", 5, 576, ""), ("res#2", 7, 0, "res.0"), ("res#3", 9, 0, "res.0")]
+    bns = [r for r in rows if r.kind == "bn" and r.block.startswith("res")]
+    assert [r.params for r in bns] == [16, 16, 16]
+
+
+def test_a_shared_block_is_not_widened_by_the_grouped_batched_trainer():
+    from convladder.train.batched import why_not_batchable
+
+    assert "SharedBlock" in why_not_batchable(build_module(parse_spec(SHARED_SPECS[0])))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("c1[conv3x3(8)] res[conv3x3(16, padding=1) relu]*2", "block 'res' is applied 2 times (res[...]*2) but turns "
+                                                         "8 channels into 16 channels"),
+    ("c1[conv3x3(8)] res[gap flatten]*2", "turns 8 channels into a flat vector of 8"),
+])
+def test_a_block_that_changes_its_channels_is_refused_in_one_line(text, words, tmp_path, capsys):
+    with pytest.raises(UserError) as err:
+        check_size(parse_spec(text))
+    assert words in str(err.value) and "\n" not in str(err.value)
+    code, out, errtext = run_cli(capsys, "summary", text)
+    assert code == 2 and words in errtext and "Traceback" not in errtext
+
+
+def test_layer_limit_counts_every_application(monkeypatch):
+    monkeypatch.setenv("CONVLADDER_MAX_LAYERS", "10")
+    parse_spec("a[conv3x3(1, padding=1) relu]*5")
+    with pytest.raises(SpecError, match="11 layers"):
+        parse_spec("a[conv3x3(1, padding=1) relu]*5 relu")
+    with pytest.raises(UserError, match="12 layers"):
+        spec_from_dict({"blocks": [{"name": "a", "repeat": 6, "layers": ["conv3x3(1, padding=1)", "relu"]}]})

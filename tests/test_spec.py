@@ -91,6 +91,10 @@ def test_yaml_form_round_trip(tmp_path):
         ("conv3x5(4)", 1, "square"),
         ("conv3x3(16) $", 13, "unexpected character"),
         ("maxpool2x2(stride=0)", 19, "at least 1"),
+        ("a[relu]*", 8, "how many times block 'a' is applied"),  # shared blocks (tests/test_sharing.py)
+        ("a[relu]*0", 9, "a whole number from 1 to 1,000"),
+        ("a[relu]*2.5", 9, "a whole number"),
+        ("relu*3", 5, "only a named block"),
     ],
 )
 def test_parse_errors_point_at_the_token(text, column, words):

@@ -33,6 +33,7 @@ from convladder.errors import UserError
 from convladder.spec.build import ClassProbs
 from convladder.spec.build import Dropout as SpecDropout
 from convladder.spec.build import MaxPool2d as SpecMaxPool2d
+from convladder.spec.build import SharedBlock
 
 INPUT = "input"  # the name of the model input in `TraceNode.inputs`
 
@@ -194,7 +195,12 @@ def _trace_fx(model: nn.Module, x: torch.Tensor) -> ModelTrace:
                 scope = parent
         else:
             name = f"{scope}.{fxnode.name}" if scope else fxnode.name
-        node = TraceNode(name=_unique(names, name), scope=scope, kind="", category="", op="",
+        unique = _unique(names, name)
+        if fxnode.op == "call_module" and "." in name and isinstance(
+                block := model.get_submodule(name.rpartition(".")[0]), SharedBlock):
+            application = block.application(name.rpartition(".")[2], names[name])  # a spec's name[...]*N
+            scope = f"{scope}#{application}" if application > 1 else scope
+        node = TraceNode(name=unique, scope=scope, kind="", category="", op="",
                          inputs=[by_fx[a] for a in tensor_inputs], input=_shape(first) or [],
                          output=_shape(value))
         module = None

@@ -65,8 +65,9 @@ def softmax(log: bool = False) -> Layer:
     return Layer("logsoftmax" if log else "softmax")
 
 
-def block(name: str | None, *layers: Layer, role: str | None = None) -> Block:
-    return Block(name, tuple(layers), role)
+def block(name: str | None, *layers: Layer, role: str | None = None, repeat: int = 1) -> Block:
+    """A named block; repeat=3: its layers built once and applied 3 times (the text's `name[...]*3`)."""
+    return Block(name, tuple(layers), role, repeat)
 
 
 def network(*blocks: Block, name: str | None = None, input_shape: tuple[int, int, int] = (1, 28, 28)) -> NetworkSpec:

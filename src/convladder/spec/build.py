@@ -17,7 +17,7 @@ from convladder.errors import UserError
 from convladder.spec import kinds
 from convladder.spec.layers import OUTPUT_ACTIVATIONS, POOLS, Layer, NetworkSpec
 # shapes and sizes from the spec alone, torch-free (spec/size.py); importable from here as they always were
-from convladder.spec.size import check_size, estimate_size, layer_shape, output_shape  # noqa: F401
+from convladder.spec.size import PER_APPLICATION, check_size, estimate_size, layer_shape, output_shape  # noqa: F401
 
 
 class ClassProbs(nn.Module):
@@ -99,6 +99,41 @@ class MaxPool2d(nn.MaxPool2d):
         return _MaxPoolCPU.apply(x, self)
 
 
+class SharedBlock(nn.Module):
+    """A spec block `name[...]*N`: its layers built once and applied N times in a row, one BN per application.
+
+    Children `0`, `1`, ... are the layers of the first application (as in a plain block's Sequential); a BN of a
+    later application `a` is child `<index>_<a>` (`2_3`: layer 2's BN in the third application). Iterating gives
+    the modules in the order they run (a shared one once per application), so whatever walks a SpecNet's blocks
+    as a flat list of calls (`run_without_output_layer`, BN folding for export) applies the block N times.
+    """
+
+    def __init__(self, first: list[nn.Module], later: dict[str, nn.Module], repeat: int):
+        super().__init__()
+        for index, module in enumerate(first):
+            self.add_module(str(index), module)
+        for name, module in later.items():
+            self.add_module(name, module)
+        self.repeat = repeat
+        self.order = [f"{i}_{a}" if f"{i}_{a}" in later else str(i)
+                      for a in range(1, repeat + 1) for i in range(len(first))]
+
+    def __iter__(self):
+        return (self._modules[name] for name in self.order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self:
+            x = module(x)
+        return x
+
+    def application(self, child: str, call: int) -> int:
+        """Which application (1, 2, ...) the `call`-th call of child `child` belongs to (the table's block#N)."""
+        return int(child.rpartition("_")[2]) if "_" in child else call
+
+    def extra_repr(self) -> str:
+        return f"applied {self.repeat} times"
+
+
 class SpecNet(nn.Sequential):
     """A network built from a spec: a Sequential of named blocks.
 
@@ -107,7 +142,7 @@ class SpecNet(nn.Sequential):
     `F.cross_entropy`, which is the numerically stable way to do the same.
     """
 
-    def __init__(self, blocks: dict[str, nn.Sequential], spec: NetworkSpec):
+    def __init__(self, blocks: dict[str, nn.Module], spec: NetworkSpec):
         super().__init__(OrderedDict(blocks))
         self.spec = spec
 
@@ -180,14 +215,21 @@ def build_module(spec: NetworkSpec, in_channels: int | None = None, *, max_param
     check_size(spec, in_channels=in_channels, max_params=max_params, max_activations=max_activations)
     c, h, w = spec.input_shape
     shape: tuple[int, ...] = (in_channels or c, h, w)
-    blocks: dict[str, nn.Sequential] = {}
+    blocks: dict[str, nn.Module] = {}
     index = 0
     for name, block in zip(names, spec.blocks):
-        modules = []
-        for layer in block.layers:
-            module, shape = build_layer(layer, shape, index)
-            modules.append(module)
-            index += 1
-        blocks[name] = nn.Sequential(*modules)
+        modules, later = [], {}
+        for application in range(1, block.repeat + 1):
+            for number, layer in enumerate(block.layers):
+                if application == 1 or layer.kind in PER_APPLICATION:
+                    module, shape = build_layer(layer, shape, index)
+                    if application == 1:
+                        modules.append(module)
+                    else:
+                        later[f"{number}_{application}"] = module
+                else:  # built once: later applications reuse it
+                    shape = layer_shape(layer, shape, index)
+                index += 1
+        blocks[name] = SharedBlock(modules, later, block.repeat) if block.repeat > 1 else nn.Sequential(*modules)
     return SpecNet(blocks, spec)
 

@@ -185,18 +185,32 @@ class Layer:
 _ARG_FIELDS = tuple(f.name for f in fields(Layer) if f.name != "kind")
 
 
+MAX_REPEAT = 1_000  # applications of one shared block (the layer limit counts every application too)
+
+
 @dataclass(frozen=True)
 class Block:
     """A named group of layers; tables and reports group by it.
 
     `role` is one of convolution / transition / output; when not given it is
     inferred from the layers (a pool makes a transition block; GAP, flatten,
-    fc or softmax make an output block).
+    fc or softmax make an output block). `repeat` > 1: the block's layers are built once and applied
+    `repeat` times in a row, sharing their weights, with one BN per application (docs/spec.md, "Shared weights").
     """
 
     name: str | None
     layers: tuple[Layer, ...]
     role: str | None = None
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        n = self.repeat
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= MAX_REPEAT:
+            raise UserError(f"block {self.name or '(unnamed)'}: repeat must be a whole number from 1 to "
+                            f"{MAX_REPEAT:,} (got {_brief(n)})")
+        if n > 1 and not self.name:
+            raise UserError("a shared block needs a name: write e.g. res[conv3x3(8, bias=false) relu bn]*3")
+        object.__setattr__(self, "repeat", int(n))
 
     @property
     def resolved_role(self) -> str:
@@ -230,7 +244,13 @@ class NetworkSpec:
 
     @property
     def layers(self) -> list[Layer]:
+        """The layers as written (a shared block's once)."""
         return [layer for block in self.blocks for layer in block.layers]
+
+    @property
+    def applied_layers(self) -> list[Layer]:
+        """The layers in the order they run: a shared block's once per application (the table's rows)."""
+        return [layer for block in self.blocks for _ in range(block.repeat) for layer in block.layers]
 
     def with_input(self, input_shape: tuple[int, int, int]) -> NetworkSpec:
         return replace(self, input_shape=tuple(input_shape))

@@ -7,7 +7,8 @@ Every layer states its output channels, as the notes ask:
     trans1[maxpool2x2 conv1x1(8, bias=false)]
     out[gap conv1x1(10, bias=false) logsoftmax]
 
-`name[ ... ]` is a named block (`name:role[ ... ]` sets its role explicitly).
+`name[ ... ]` is a named block (`name:role[ ... ]` sets its role explicitly); `name[ ... ]*3` is a shared
+block: its layers built once and applied 3 times (docs/spec.md, "Shared weights").
 `format_spec(parse_spec(t))` gives a canonical text, and
 `parse_spec(format_spec(s)) == s` for every spec.
 """
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 
 from convladder.errors import UserError
 from convladder.spec import kinds
-from convladder.spec.layers import (BLOCK_ROLES, BOOL_FIELDS, FLOAT_BOUNDS, INT_BOUNDS, KIND_ARGS, Block, Layer,
-                                    NetworkSpec, arg_problem, max_layers, too_many_layers)
+from convladder.spec.layers import (BLOCK_ROLES, BOOL_FIELDS, FLOAT_BOUNDS, INT_BOUNDS, KIND_ARGS, MAX_REPEAT, Block,
+                                    Layer, NetworkSpec, arg_problem, max_layers, too_many_layers)
 
 # Kind names, their aliases (batchnorm: bn, swish: silu, ...) and which kinds carry their window in the name
 # (conv3x3) come from the registry, spec/kinds.py.
@@ -45,7 +46,7 @@ TOKEN = re.compile(
     r"(?P<space>\s+|#[^\n]*|->|>)"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<number>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)"
-    r"|(?P<punct>[()\[\],=:])"
+    r"|(?P<punct>[()\[\],=:*])"
 )
 
 
@@ -122,6 +123,8 @@ class _Parser:
         blocks: list[Block] = []
         loose: list[Layer] = []
         while self.tok.kind != "end":
+            if self.tok.text == "*":
+                raise self.fail("only a named block is applied several times: write e.g. res[conv3x3(8) relu bn]*3")
             if self.tok.kind != "name":
                 raise self.fail("expected a layer (e.g. conv3x3(16), relu, bn) or a block name[...]")
             nxt = self.peek()
@@ -161,7 +164,24 @@ class _Parser:
         if not layers:
             raise self.fail(f"block {name_tok.text!r} is empty")
         self.i += 1
-        return Block(name_tok.text, tuple(layers), role)
+        repeat = self.parse_repeat(name_tok.text, len(layers)) if self.tok.text == "*" else 1
+        return Block(name_tok.text, tuple(layers), role, repeat)
+
+    def parse_repeat(self, name: str, width: int) -> int:
+        """`*N` after a block: how many times its shared layers are applied (each application counts as layers)."""
+        star = self.tok
+        self.i += 1
+        tok = self.tok
+        digits = tok.text.lstrip("0") if re.fullmatch(r"\d+", tok.text) else ""
+        if tok.kind != "number" or not digits or len(digits) > 6 or int(digits) > MAX_REPEAT:
+            raise self.fail(f"expected how many times block {name!r} is applied, a whole number from 1 to "
+                            f"{MAX_REPEAT:,} (e.g. {name}[...]*3)", tok if tok.kind != "end" else star)
+        self.i += 1
+        repeat = int(digits)
+        self.count += width * (repeat - 1)
+        if self.count > self.limit:
+            raise self.fail(too_many_layers(self.count), star)
+        return repeat
 
     def parse_layer(self) -> Layer:
         kind_tok = self.tok
@@ -306,5 +326,6 @@ def format_spec(spec: NetworkSpec, multiline: bool = False) -> str:
             pieces.append(body)
         else:
             role = f":{block.role}" if block.role else ""
-            pieces.append(f"{block.name}{role}[{body}]")
+            repeat = f"*{block.repeat}" if block.repeat > 1 else ""
+            pieces.append(f"{block.name}{role}[{body}]{repeat}")
     return ("\n" if multiline else " ").join(pieces)

@@ -104,18 +104,43 @@ class SizeEstimate:
 
 
 def estimate_size(spec: NetworkSpec, in_channels: int | None = None) -> SizeEstimate:
-    """Shapes and parameters of every layer; UserError naming the layer if the spec does not fit its input."""
-    n = len(spec.layers)
+    """Shapes and parameters of every layer as it runs (a shared block's once per application: its weights on
+    the first, only its BN's on later ones); UserError naming the layer if the spec does not fit its input."""
+    n = len(spec.applied_layers)
     if n > max_layers():
         raise UserError(too_many_layers(n))
     c, h, w = spec.input_shape
     shape: tuple[int, ...] = (in_channels or c, h, w)
     shapes, params = [], []
-    for index, layer in enumerate(spec.layers):
-        params.append(layer_params(layer, shape))
-        shape = layer_shape(layer, shape, index)
-        shapes.append(shape)
+    for block in spec.blocks:
+        for application in range(block.repeat):
+            start = shape
+            for layer in block.layers:
+                own = application == 0 or layer.kind in PER_APPLICATION
+                params.append(layer_params(layer, shape) if own else 0)
+                shape = layer_shape(layer, shape, len(shapes))
+                shapes.append(shape)
+            if block.repeat > 1 and application == 0:
+                check_shared(block.name or "", block.repeat, start, shape)
     return SizeEstimate(tuple(shapes), tuple(params))
+
+
+# Layers of a shared block built once per application (the rest are built once and reused): BN's running
+# statistics describe one input distribution, and each application's input has its own (docs/spec.md).
+PER_APPLICATION = frozenset({"bn"})
+
+
+def _channels(shape: tuple[int, ...]) -> str:
+    return f"{shape[0]:,} channel{'s' * (shape[0] != 1)}" if len(shape) == 3 else f"a flat vector of {shape[0]:,}"
+
+
+def check_shared(name: str, repeat: int, before: tuple[int, ...], after: tuple[int, ...]) -> None:
+    """A shared block feeds its output back into itself: it must give back as many channels as it takes."""
+    if len(before) != len(after) or before[0] != after[0]:
+        unit = "channels" if len(before) == 3 else "features"
+        raise UserError(f"block {name!r} is applied {repeat} times ({name}[...]*{repeat}) but turns "
+                        f"{_channels(before)} into {_channels(after)} — a shared block must give back what it takes: "
+                        f"end it with a layer of {before[0]:,} {unit}, or drop *{repeat}")
 
 
 def _gb(values: int) -> str:
@@ -131,7 +156,7 @@ def check_size(spec: NetworkSpec, *, in_channels: int | None = None, max_params:
     (a trainer passes its batch size; building alone checks one image).
     """
     size = estimate_size(spec, in_channels)
-    layers = spec.layers
+    layers = spec.applied_layers
     limit = max_params or env_limit(PARAMS_ENV, DEFAULT_MAX_PARAMS)
     if size.params > limit:
         i = max(range(len(layers)), key=lambda j: size.params_per_layer[j])

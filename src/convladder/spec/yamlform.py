@@ -5,6 +5,9 @@
     blocks:
       - name: conv1
         layers: [conv3x3(8, bias=false), relu, bn]      # layers in the text notation ...
+      - name: res                                       # a shared block: built once, applied 3 times
+        repeat: 3
+        layers: [conv3x3(8, padding=1, bias=false), relu, bn]
       - name: out
         role: output
         layers:
@@ -60,9 +63,9 @@ def spec_from_dict(data: Any, where: str = "spec") -> NetworkSpec:
         here = f"{where}: block {number}"
         if not isinstance(entry, dict) or not isinstance(entry.get("layers"), list):
             raise UserError(f"{here}: expected a mapping with a 'layers' list")
-        unknown = [str(key)[:40] for key in entry if key not in ("name", "role", "layers")]
+        unknown = [str(key)[:40] for key in entry if key not in ("name", "role", "layers", "repeat")]
         if unknown:
-            raise UserError(f"{here}: unknown key(s) {sorted(unknown)}; use name, role, layers")
+            raise UserError(f"{here}: unknown key(s) {sorted(unknown)}; use name, role, layers, repeat")
         role, block_name = entry.get("role"), entry.get("name")
         if role is not None and role not in BLOCK_ROLES:
             raise UserError(f"{here}: role must be one of {', '.join(BLOCK_ROLES)}")
@@ -83,8 +86,13 @@ def spec_from_dict(data: Any, where: str = "spec") -> NetworkSpec:
                 raise UserError(f"{here}: {too_many_layers(count + len(layers))}")
         if not layers:
             raise UserError(f"{here}: 'layers' is empty; give at least one layer")
-        blocks.append(Block(block_name, tuple(layers), role))
-        count += len(layers)
+        try:
+            blocks.append(Block(block_name, tuple(layers), role, entry.get("repeat", 1)))
+        except UserError as exc:
+            raise UserError(f"{here}: {exc}") from None
+        count += len(layers) * blocks[-1].repeat
+        if count > limit:
+            raise UserError(f"{here}: {too_many_layers(count)}")
     return NetworkSpec(tuple(blocks), name=name, input_shape=input_shape)
 
 
@@ -97,6 +105,8 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
             entry["name"] = block.name
         if block.role:
             entry["role"] = block.role
+        if block.repeat > 1:
+            entry["repeat"] = block.repeat
         entry["layers"] = [format_layer(layer) for layer in block.layers]
         blocks.append(entry)
     out: dict[str, Any] = {"input": list(spec.input_shape), "blocks": blocks}
