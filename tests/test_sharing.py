@@ -246,3 +246,39 @@ def test_layer_limit_counts_every_application(monkeypatch):
         parse_spec("a[conv3x3(1, padding=1) relu]*5 relu")
     with pytest.raises(UserError, match="12 layers"):
         spec_from_dict({"blocks": [{"name": "a", "repeat": 6, "layers": ["conv3x3(1, padding=1)", "relu"]}]})
+
+
+# -- the frontier's shared family (executors/families.py) -----------------------------------------------------
+
+def test_the_shared_family_is_separable_with_each_stages_tail_one_shared_block():
+    from convladder.executors.families import family_text, generate
+    from convladder.executors.frontierspec import parse_frontier, spec_params
+
+    text = family_text(2, 4, 10, 16, 12, 20, 0.05, family="shared")
+    sep = family_text(2, 4, 10, 16, 12, 20, 0.05, family="separable")
+    assert text == (
+        "conv1[conv3x3(10, bias=false) relu bn dropout(0.05)] "
+        "conv2[conv3x3(10, groups=10, bias=false) conv1x1(16, bias=false) relu bn dropout(0.05)] "
+        "trans1[maxpool2x2 conv1x1(12, bias=false) relu bn] "
+        "conv3[conv3x3(12, groups=12, bias=false) conv1x1(20, bias=false) relu bn dropout(0.05)] "
+        # conv4-6 of the separable family, one set of weights, padded in each application (it holds the last 3x3)
+        "conv4[conv3x3(20, padding=1, groups=20, bias=false) conv1x1(20, bias=false) relu bn dropout(0.05)]*3 "
+        "out[gap conv1x1(10, bias=false) logsoftmax]")
+    shared_block = 20 * 9 + 20 * 20  # the depthwise and pointwise weights counted once, not three times
+    assert spec_params(sep) - spec_params(text) == 2 * shared_block == 1160
+    assert summarize(parse_spec(text)).rf_out == 28
+    space = parse_frontier({"space": {"family": ["separable", "shared"], "before": [2, 3], "after": [3, 4],
+                                      "first": [8], "width1": [12], "squeeze": [8], "width2": [12, 16],
+                                      "transitions": [1, 2], "middle": [2]}}).space
+    pool, unfit = generate(space)
+    def key(c):
+        return repr(sorted((k, v) for k, v in c.shape.items() if k != "family"))
+
+    shared = {key(c): c for c in pool if c.shape["family"] == "shared"}
+    separable = {key(c): c for c in pool if c.shape["family"] == "separable"}
+    # every separable layout fits as shared too (padded applications keep the last stage's maps larger: more fit)
+    assert set(separable) < set(shared) and unfit["shared"] < unfit["separable"]
+    for k, c in shared.items():
+        assert "]*" in c.text  # after >= 3: the last stage's tail is one block applied 2 or 3 times
+        assert c.params == sum(p.numel() for p in build_module(parse_spec(c.text)).parameters())
+        assert k not in separable or c.params < separable[k].params

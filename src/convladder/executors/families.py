@@ -9,7 +9,13 @@
   public 1.9k-parameter MNIST recipe does the same; it also spares the 2C BN parameters per block that
   MobileNet's BN+ReLU after the depthwise half would cost. The first conv (1 input channel) stays a plain 3x3.
 
-Both families take one or two transitions (`transitions`); with two, `middle` 3x3 blocks sit between them and
+- `shared`: the separable family with the blocks of a stage after its first (all of one width, in = out) made
+  one separable block applied that many times with one set of weights (`conv3[...]*3`, docs/spec.md "Shared
+  weights": BN per application), the reuse the best public <= 2k MNIST network makes. The stage's first block
+  changes the channels and stays its own; a shared block holding the network's last 3x3 is padded in every
+  application (one layer serves them all), so its maps keep their size there.
+
+Every family takes one or two transitions (`transitions`); with two, `middle` 3x3 blocks sit between them and
 the blocks after either transition are `width2` wide. docs/frontier.md ("The space") has the rules.
 """
 
@@ -21,7 +27,7 @@ from typing import Any
 
 from convladder.errors import UserError
 
-FAMILIES = ("notes", "separable")
+FAMILIES = ("notes", "separable", "shared")
 
 
 @dataclass
@@ -51,12 +57,20 @@ def family_text(before: int, after: int, first: int, width1: int, squeeze: int, 
     total = sum(stages)
     blocks, n, c_in = [], 0, 1
     for s, count in enumerate(stages):
-        for _ in range(count):
+        run: list[tuple[int, str]] = []  # shared family: (number, padding) of the stage's blocks after its first
+        for k in range(count):
             width = first if n == 0 else width1 if s == 0 else width2
             pad = ", padding=1" if pad_last and n == total - 1 and after > 0 else ""
             n += 1
-            blocks.append(_block(f"conv{n}", family == "separable" and n > 1, c_in, width, pad, drop))
+            if family == "shared" and k > 0 and n > 2:  # (conv2 is stage 0's first separable block)
+                run.append((n, pad))
+                continue
+            blocks.append(_block(f"conv{n}", family != "notes" and n > 1, c_in, width, pad, drop))
             c_in = width
+        if run:  # applied len(run) times; padded in every application when it holds the padded last block
+            pad = ", padding=1" if any(p for _, p in run) else ""
+            blocks.append(_block(f"conv{run[0][0]}", True, c_in, c_in, pad, drop)
+                          + (f"*{len(run)}" if len(run) > 1 else ""))
         if s < len(stages) - 1:
             blocks.append(f"trans{s + 1}[maxpool2x2 conv1x1({squeeze}, bias=false) relu bn]")
             c_in = squeeze

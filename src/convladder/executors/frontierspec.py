@@ -30,7 +30,7 @@ SPACE_DEFAULTS: dict[str, list[Any]] = {
     "squeeze": [4, 6, 8, 10, 12],  # channels of the transition's 1x1
     "width2": [6, 8, 10, 12, 14, 16, 20, 24, 28, 32],  # channels of the convolutions after the transition
     "dropout": [0.05],  # after each 3x3 block (not the transition, not the output)
-    "family": ["notes"],  # which generators of executors/families.py: notes, separable
+    "family": ["notes"],  # which generators of executors/families.py: notes, separable, shared
     "transitions": [1],  # transition blocks: 1 or 2
     "middle": [2],  # 3x3 convolutions between two transitions (transitions: 2 only)
 }
