@@ -282,3 +282,12 @@ def test_the_shared_family_is_separable_with_each_stages_tail_one_shared_block()
         assert "]*" in c.text  # after >= 3: the last stage's tail is one block applied 2 or 3 times
         assert c.params == sum(p.numel() for p in build_module(parse_spec(c.text)).parameters())
         assert k not in separable or c.params < separable[k].params
+
+
+def test_the_ladders_one_change_check_sees_a_change_of_applications():
+    from convladder.ladder.diff import diff_steps
+
+    three = parse_spec(SHARED_SPECS[0])
+    d = diff_steps(three, parse_spec(SHARED_SPECS[0].replace("]*3", "]*2")), {}, {})
+    assert not d.empty and d.things == {"shared block: applications": ["res *3 -> *2"]}  # was: 'changes nothing'
+    assert diff_steps(three, parse_spec(SHARED_SPECS[0]), {}, {}).empty

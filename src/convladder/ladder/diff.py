@@ -124,6 +124,11 @@ def diff_steps(prev_spec: NetworkSpec | None, new_spec: NetworkSpec | None, prev
             thing(f"add {b[j][1].kind}", tb[j])
     if moved:
         d.notes.append(f"{len(moved)} layer(s) now in other blocks, e.g. {moved[0][0]} -> {moved[0][1]}")
+    repeats = {blk.name: blk.repeat for blk in prev_spec.blocks}  # a shared block's applications (name[...]*N)
+    for blk in new_spec.blocks:
+        if repeats.get(blk.name, blk.repeat) != blk.repeat:
+            d.changed.append((str(blk.name), f"*{repeats[blk.name]}", f"*{blk.repeat}"))
+            thing("shared block: applications", f"{blk.name} *{repeats[blk.name]} -> *{blk.repeat}")
     for key in sorted(set(prev_config) | set(new_config)):
         old, new = prev_config.get(key), new_config.get(key)
         if old != new:
