@@ -291,3 +291,11 @@ def test_the_ladders_one_change_check_sees_a_change_of_applications():
     d = diff_steps(three, parse_spec(SHARED_SPECS[0].replace("]*3", "]*2")), {}, {})
     assert not d.empty and d.things == {"shared block: applications": ["res *3 -> *2"]}  # was: 'changes nothing'
     assert diff_steps(three, parse_spec(SHARED_SPECS[0]), {}, {}).empty
+
+
+def test_the_reports_network_table_names_the_shared_weights():
+    from convladder.report.html import network_table
+
+    page = network_table(summarize(parse_spec(SHARED_SPECS[0])))
+    assert page.count("shared with res.0") == 2  # res.0#2 and res.0#3: not a bare 0
+    assert f"{check_size(parse_spec(SHARED_SPECS[0])).params:,} trainable parameters" in page

@@ -171,7 +171,9 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
 
 def network_table(table: Any) -> str:
     rows = [[r.index, r.name, r.kind, r.op, _size(r.input), _size(r.output), r.rf_text, r.jump_text,
-             r.params, round(100 * r.share, 2), r.macs if getattr(r, "macs_known", True) else "?",
+             # a later call of shared weights counts none: say whose they are, not a bare 0
+             f"shared with {r.shared_with}" if getattr(r, "shared_with", "") and not r.params else r.params,
+             round(100 * r.share, 2), r.macs if getattr(r, "macs_known", True) else "?",
              getattr(r, "weight_bytes", None), getattr(r, "weight_bytes_int8", None), getattr(r, "live_bytes", None)]
             for r in table.layers]
     head = ["#", "layer", "kind", "op", "input (H×W×C)", "output (H×W×C)", "RF", "jump", "params", "share %", "MACs",
