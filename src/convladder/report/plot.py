@@ -70,12 +70,17 @@ class Figure:
         return f'<img alt="{_attr(self.caption)}" src="data:image/png;base64,{data}">'
 
     def save(self, folder: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+        """Write `<folder>/<name>.<fmt>` per format, each atomically (rendered in memory, then the one writer)."""
+        from convladder.fileio import atomic_write_bytes
+
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for fmt in formats:
             path = folder / f"{self.name}.{fmt}"
             extra = {"metadata": {"Date": None}} if fmt == "svg" else {"dpi": PNG_DPI}
-            self.fig.savefig(path, format=fmt, bbox_inches="tight", **extra)
+            buf = io.BytesIO()
+            self.fig.savefig(buf, format=fmt, bbox_inches="tight", **extra)
+            atomic_write_bytes(path, buf.getvalue())
             paths.append(path)
         return paths
 
