@@ -215,3 +215,117 @@ def test_figure_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch) -> 
         fig.close()
     assert {p: p.read_bytes() for p in written} == before  # the old files as they were, no temp file beside them
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+
+
+# -- summaries over stored runs, one with a damaged result.json ----------------------------------------------
+TINY_SEEDS = {"model": "c1[conv3x3(4) relu bn] t[maxpool2x2 conv1x1(4)] out[gap conv1x1(10)]", "dataset": "synthetic",
+              "subset": 256, "epochs": 1, "val_size": 64, "batch_size": 64, "threads": 1, "clean_train_eval": 0,
+              "augment": False, "lr": 0.2, "target": 1.0}  # target 1 %: every seed that is read reaches it
+
+
+def seed_jobs() -> list:
+    from convladder.executors.base import make_job
+
+    return [make_job({**TINY_SEEDS, "seed": s}, label=f"seed {s}") for s in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Three tiny completed runs (seeds 1-3), trained once for the module; tests work on copies."""
+    from convladder.executors.base import InProcessExecutor
+
+    root = tmp_path_factory.mktemp("store") / "runs"
+    results = InProcessExecutor().map(seed_jobs(), root)
+    assert [r["status"] for r in results] == ["completed"] * 3
+    return root
+
+
+@pytest.fixture
+def damaged(trained, tmp_path) -> tuple[Path, list[str], str]:
+    """A copy of the store with seed 2's result.json cut in half: (root, run ids by seed, the damaged id)."""
+    import shutil
+
+    from convladder.runs.store import RunStore
+
+    root = tmp_path / "runs"
+    shutil.copytree(trained, root)
+    store = RunStore(root)
+    ids = [store.list_runs(tag=job.config["tags"][-1])[0].id for job in seed_jobs()]
+    result = root / ids[1] / "result.json"
+    result.write_bytes(result.read_bytes()[:40])  # a write cut part way (as by an older convladder or a copy)
+    return root, ids, ids[1]
+
+
+UNREAD = "result.json cannot be read (half-written or damaged)"
+
+
+def test_rerun_jobs_report_the_damaged_run_and_keep_the_others(damaged) -> None:
+    from convladder.executors.base import InProcessExecutor, job_line
+    from convladder.executors.sweep import Trial, _settle
+
+    root, ids, bad = damaged
+    results = InProcessExecutor().map(seed_jobs(), root)
+    assert [r["status"] for r in results] == ["skipped"] * 3  # was: seed 2 'failed' with the reader's UserError
+    assert [r["run_id"] for r in results] == ids and results[1]["error"] is None
+    assert results[1]["final_test_acc"] is None and results[1]["params"] == results[0]["params"]  # the index's
+    assert results[1]["note"] == f"run {bad}: {UNREAD}, its accuracies unknown"
+    assert all(r["final_test_acc"] is not None and "note" not in r for r in (results[0], results[2]))
+    assert f"(note: run {bad}: {UNREAD}" in job_line(results[1])
+    from convladder.ladder.run import _progress_line
+
+    assert _progress_line(results[1], 2, 3).endswith(f"run {bad}  (note: run {bad}: {UNREAD}, its accuracies unknown)")
+    trial = Trial("t001", {}, {}, runs=results)
+    _settle(trial)  # a sweep trial with that run: failed, and its error says which run could not be read
+    assert trial.status == "failed" and f"seed 2: run {bad}: {UNREAD}" in trial.error
+
+
+def test_frontier_selection_leaves_out_the_trial_whose_run_cannot_be_read(damaged) -> None:
+    from convladder.executors.frontier import format_table, select
+    from convladder.executors.sweep import Trial
+
+    root, ids, bad = damaged
+    trials = [Trial(f"t00{i}", {"model": f"m{i}"}, {}, params=100 + i, status="completed",
+                    runs=[{"run_id": rid, "label": f"seed {i}"}]) for i, rid in enumerate(ids, 1)]
+    winner, rows = select(trials, root)  # was: the reader's UserError, and no frontier at all
+    assert winner is not None and winner.id != "t002"
+    assert rows[1]["val_acc"] is None and rows[1]["notes"] == [f"run {bad}: {UNREAD}"]
+    assert rows[0]["val_acc"] is not None and "notes" not in rows[0]
+    budget = {"budget": 2000, "candidates": {}, "winner": None, "final": None, "trials": rows}
+    table = format_table({"name": "t", "dataset": "synthetic", "selected_on": "val", "seeds": 1, "budgets": [budget]})
+    assert f"note: run {bad}: {UNREAD} (left out)" in table
+
+
+class StoredResults:
+    """An executor that trains nothing: it hands back results of runs already in the store."""
+
+    name = "stored"
+
+    def __init__(self, results: list[dict]) -> None:
+        self.results = results
+
+    def map(self, jobs, runs_root, on_done=None) -> list[dict]:
+        return self.results
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_train_seeds_summary_names_the_unreadable_run_and_leaves_it_out(damaged, capsys, json_lines) -> None:
+    import json
+
+    from convladder.runs.store import RunStore
+    from convladder.train.commands import _train_seeds_on_executor
+    from convladder.train.config import TrainConfig
+
+    root, ids, bad = damaged
+    results = [{"label": f"seed {s}", "status": "completed", "run_id": rid} for s, rid in enumerate(ids, 1)]
+    cfg = TrainConfig.from_dict({**TINY_SEEDS, "seed": 1, "seeds": 3})
+    _train_seeds_on_executor(cfg, RunStore(root), StoredResults(results), quiet=False, json_lines=json_lines)
+    out = capsys.readouterr().out  # was: the reader's UserError, and no summary
+    if json_lines:
+        events = [json.loads(line) for line in out.splitlines()]
+        assert events[0] == {"event": "note", "note": f"run {bad} (seed 2): {UNREAD}"}
+        assert events[1]["event"] == "seeds" and events[1]["seeds"] == [1, 3] and events[1]["runs"] == [ids[0], ids[2]]
+        assert events[1]["all_seeds_reach_target"] is None and events[1]["left_out"] == [events[0]["note"]]
+        return
+    assert f"note: run {bad} (seed 2): {UNREAD} — left out of the figures below" in out
+    assert "final test acc (last epoch) over seeds [1, 3]:" in out
+    assert "every seed's final test acc >= 1: unknown (yes for the 2 read; 1 left out, see the note above)" in out

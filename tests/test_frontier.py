@@ -107,7 +107,8 @@ def test_selection_reads_validation_never_test(monkeypatch):
     # a: best test, worst val; b and c tie on val, c is smaller: c wins; the stopped/failed ones never count
     finals = {"a": {"val_acc": 90.0, "test_acc": 99.9}, "b": {"val_acc": 95.0, "test_acc": 50.0},
               "c": {"val_acc": 95.0, "test_acc": 40.0}, "d": {"val_acc": 99.0, "test_acc": 99.0}}
-    monkeypatch.setattr(frontier, "_final", lambda root, run_id, key: finals[run_id][key] if key == "val_acc" else
+    monkeypatch.setattr(frontier, "_final", lambda root, run_id, key, notes=None:
+                        finals[run_id][key] if key == "val_acc" else
                         pytest.fail("selection read the test accuracy"))
     trials = [Trial(i, {"model": f"net-{i}", "lr": 0.1}, {}, params=p, status=s, runs=[{"run_id": i}])
               for i, p, s in (("a", 900, "completed"), ("b", 1000, "completed"), ("c", 950, "completed"),

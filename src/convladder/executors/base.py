@@ -181,18 +181,31 @@ def job_line(res: dict[str, Any]) -> str:
     return (f"{res.get('label')}: {res.get('status')}{stop}" + (f" test {acc:.2f}%" if acc is not None else "")
             + (f"  {res['error']}" if res.get("error") else "") + (f"  run {res['run_id']}" if res.get("run_id") else "")
             + (f"  (retried: {res['retried']})" if res.get("retried") else "")
-            + (f"  ({res['recovered']})" if res.get("recovered") else ""))
+            + (f"  ({res['recovered']})" if res.get("recovered") else "")
+            + (f"  (note: {res['note']})" if res.get("note") else ""))
 
 
 def _summary(runs_root: str | Path, run_id: str) -> dict[str, Any]:
-    """A stored run's fields of a job result (as `run_job` reports a run it trained), from its result.json."""
+    """A stored run's fields of a job result (as `run_job` reports a run it trained), from its result.json.
+
+    Read tolerantly, as `runs list` reads it (`runs.reader.read_result`): a missing or damaged result.json
+    leaves that run's accuracies unknown and says so in `note` (status and params from the index), instead of
+    raising and losing the results of every other job.
+    """
+    from convladder.runs.reader import read_result
     from convladder.runs.store import RunStore
 
-    rec = RunStore(runs_root).read_result(run_id)
+    store = RunStore(runs_root)
+    record = store.get(run_id)
+    notes: list[str] = []
+    rec = read_result(store.root / record.id, notes)
     final, best = rec.get("final") or {}, rec.get("best") or {}
-    return {"run_id": run_id, "status": rec.get("status", "completed"), "final_test_acc": final.get("test_acc"),
-            "final_val_acc": final.get("val_acc"), "final_train_acc": final.get("train_acc"), "best_test_acc": best.get("test_acc"),
-            "params": rec.get("params")}
+    out = {"run_id": run_id, "status": rec.get("status", record.status), "final_test_acc": final.get("test_acc"),
+           "final_val_acc": final.get("val_acc"), "final_train_acc": final.get("train_acc"),
+           "best_test_acc": best.get("test_acc"), "params": rec.get("params", record.params)}
+    if notes:
+        out["note"] = f"run {run_id}: {'; '.join(notes)}" + ("" if rec else ", its accuracies unknown")
+    return out
 
 
 def _failed_run_id(runs_root: str | Path, key: str) -> str | None:

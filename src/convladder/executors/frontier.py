@@ -74,13 +74,20 @@ def search_sweep(spec: FrontierSpec, budget: int, cands: list[Candidate]) -> Swe
                      path=spec.path, scheduler=spec.scheduler)
 
 
-def _final(runs_root: str | Path, run_id: str | None, key: str) -> float | None:
-    """The final-epoch `key` (val_acc, test_acc) of a run, from its result.json."""
+def _final(runs_root: str | Path, run_id: str | None, key: str, notes: list[str] | None = None) -> float | None:
+    """The final-epoch `key` (val_acc, test_acc) of a run, from its result.json, read tolerantly (as `runs list`
+    reads it): a missing or damaged file is None and one line in `notes` naming the run, never an error that
+    loses the whole frontier."""
+    from convladder.runs.reader import read_result
     from convladder.runs.store import RunStore
 
     if not run_id:
         return None
-    value = (RunStore(runs_root).read_result(run_id).get("final") or {}).get(key)
+    store = RunStore(runs_root)
+    found: list[str] = []
+    value = (read_result(store.root / store.get(run_id).id, found).get("final") or {}).get(key)
+    if notes is not None:
+        notes.extend(f"run {run_id}: {n}" for n in found)
     return float(value) if value is not None else None
 
 
@@ -91,11 +98,13 @@ def select(trials: list[Trial], runs_root: str | Path) -> tuple[Trial | None, li
     """
     rows, scored = [], []
     for t in trials:
-        vals = [_final(runs_root, r.get("run_id"), "val_acc") for r in t.runs] if t.status == "completed" else []
-        val = min(vals) if vals and None not in vals else None
+        notes: list[str] = []
+        vals = [_final(runs_root, r.get("run_id"), "val_acc", notes) for r in t.runs] if t.status == "completed" else []
+        val = min(vals) if vals and None not in vals else None  # a seed without one: the trial is not scored
         rows.append({"trial": t.id, "status": t.status, "model": t.values.get("model"), "params": t.params,
                      "recipe": {k: v for k, v in t.values.items() if k != "model"}, "val_acc": val,
-                     "error": t.error, "runs": [r.get("run_id") for r in t.runs]})
+                     "error": t.error, "runs": [r.get("run_id") for r in t.runs],
+                     **({"notes": notes} if notes else {})})
         if val is not None:
             scored.append((val, t))
     if not scored:
@@ -156,10 +165,12 @@ def run_budget(spec: FrontierSpec, budget: int, runs_root: str | Path, executor:
     final = run_sweep(retrain_sweep(spec, budget, winner, searched), runs_root, executor, on_done=on_done).trials[0]
     ok = [r for r in final.runs if r.get("status") in ("completed", "skipped") and r.get("final_test_acc") is not None]
     tests = [float(r["final_test_acc"]) for r in ok]
-    vals = [v for v in (_final(runs_root, r.get("run_id"), "val_acc") for r in ok) if v is not None]
+    notes = [r["note"] for r in final.runs if r.get("note")]  # result.json unreadable when the sweep read it
+    vals = [v for v in (_final(runs_root, r.get("run_id"), "val_acc", notes) for r in ok) if v is not None]
     row["final"] = {"status": final.status, "error": final.error, "seeds": [int(r["label"].rsplit(" ", 1)[-1])
                     for r in final.runs], "runs": [r.get("run_id") for r in final.runs], "test_accs": tests,
-                    "test_acc": min_median_max(tests), "val_acc": min_median_max(vals), "completed": len(ok)}
+                    "test_acc": min_median_max(tests), "val_acc": min_median_max(vals), "completed": len(ok),
+                    **({"notes": notes} if notes else {})}
     row["retrain_wall_s"] = time.perf_counter() - t1
     return row
 
@@ -230,6 +241,8 @@ def format_table(summary: dict[str, Any]) -> str:
             taught = w["recipe"].get("teacher") or (summary.get("base") or {}).get("teacher")  # config teacher
             lines.append(f"        {family_of(w)}: {w['model']}" + (f"  [{recipe}]" if recipe else "")
                          + (f"  (distilled from {taught}: params are the student's only)" if taught else ""))
+        unread = [n for t in b["trials"] for n in t.get("notes") or []] + list(f.get("notes") or [])
+        lines += [f"        note: {n} (left out)" for n in unread]
         if b.get("screening"):
             from convladder.executors.halving import screening_line
 

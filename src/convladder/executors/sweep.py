@@ -178,7 +178,8 @@ def _settle(t: Trial) -> None:
         return  # no final accuracy: a stopped trial is not ranked
     if bad or not ok:
         t.status = "failed"
-        t.error = "; ".join(f"{r.get('label')}: {r.get('error') or r.get('status')}" for r in bad) or "no runs"
+        t.error = "; ".join(f"{r.get('label')}: {r.get('error') or r.get('note') or r.get('status')}"
+                            for r in bad) or "no runs"
     else:
         t.status = "completed"
     accs = [float(r["final_test_acc"]) for r in ok]

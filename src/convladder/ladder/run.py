@@ -134,4 +134,5 @@ def _progress_line(res: dict[str, Any], n: int, total: int) -> str:
     acc = res.get("final_test_acc")
     acc_text = f"test {acc:.2f}%" if isinstance(acc, (int, float)) else "test -"
     params = res.get("params")
-    return f"{head} {res['status']}, {acc_text}, {params or 0:,} params, {wall}, run {res.get('run_id')}"
+    return (f"{head} {res['status']}, {acc_text}, {params or 0:,} params, {wall}, run {res.get('run_id')}"
+            + (f"  (note: {res['note']})" if res.get("note") else ""))

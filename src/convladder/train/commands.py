@@ -136,18 +136,45 @@ def _print_seed_stats(stats: dict[str, Any], quiet: bool, json_lines: bool, pick
             if s:
                 typer.echo(f"{label} over seeds {stats['seeds']}: "
                            f"min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}{note}")
-        typer.echo(f"every seed's final test acc >= {stats['target']:g}: "
-                   f"{'yes' if stats['all_seeds_reach_target'] else 'no'}")
+        reach, left = stats["all_seeds_reach_target"], len(stats.get("left_out") or [])
+        answer = "no" if reach is False else "yes" if reach else \
+            f"unknown (yes for the {len(stats['seeds'])} read; {left} left out, see the note above)"
+        typer.echo(f"every seed's final test acc >= {stats['target']:g}: {answer}")
         from convladder.train.result import MEDIAN_RULE
 
         typer.echo(f"({MEDIAN_RULE})")
+
+
+def _readable_results(store: Any, results: list[dict[str, Any]]) -> tuple[list[Any], list[str]]:
+    """The RunResults of finished jobs, each result.json read tolerantly (as `runs list` reads it), and one note
+    per run whose result.json is missing, damaged or not a result: those are left out, never the whole summary."""
+    from convladder.runs.reader import read_result
+    from convladder.train.result import RunResult
+
+    done, notes = [], []
+    for res in results:
+        found: list[str] = []
+        data = read_result(store.root / store.get(res["run_id"]).id, found)
+        run = None
+        if data:
+            try:
+                run = RunResult.from_dict(data)
+            except (TypeError, ValueError):
+                found.append("result.json lacks the fields of a result")
+        elif not found:
+            found.append("result.json is an empty object")
+        if run is not None and not found:
+            done.append(run)
+        elif found:  # a result read with a note (e.g. an accuracy out of range) is left out too: it is not whole
+            notes.append(f"run {res['run_id']} ({res.get('label')}): {'; '.join(found)}")
+    return done, notes
 
 
 def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: bool, json_lines: bool,
                              exported: Callable[[list[str | None]], None] = lambda ids: None) -> None:
     """Each seed is a job on the executor (e.g. Ray, side by side); the driver writes the store as they end."""
     from convladder.executors.base import job_line, make_job
-    from convladder.train.result import RunResult, seed_stats
+    from convladder.train.result import seed_stats
 
     jobs = [make_job(cfg.replace(seed=cfg.seed + i, seeds=1).to_dict(), label=f"seed {cfg.seed + i}")
             for i in range(cfg.seeds)]
@@ -157,10 +184,18 @@ def _train_seeds_on_executor(cfg: TrainConfig, store, runner: Executor, quiet: b
             typer.echo(job_line(res))
 
     results = runner.map(jobs, store.root, on_done=line)
-    done = [RunResult.from_dict(store.read_result(r["run_id"])) for r in results
-            if r["status"] in ("completed", "skipped") and r.get("run_id")]
+    done, left_out = _readable_results(store, [r for r in results
+                                               if r["status"] in ("completed", "skipped") and r.get("run_id")])
+    for note in left_out:  # said even when quiet: the figures below leave these seeds out
+        typer.echo(json.dumps({"event": "note", "note": note}) if json_lines
+                   else f"note: {note} — left out of the figures below")
     if done:
-        _print_seed_stats(seed_stats(done), quiet, json_lines, _picked_by(done))
+        stats = seed_stats(done)
+        if left_out:
+            stats["left_out"] = left_out
+            if stats["all_seeds_reach_target"]:
+                stats["all_seeds_reach_target"] = None  # unknown: an unread seed may miss the target
+        _print_seed_stats(stats, quiet, json_lines, _picked_by(done))
         exported([r.run_id for r in done])
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
