@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_shown, potential_text
+from convladder.train.result import POTENTIAL_CAP, POTENTIAL_NOTE, potential_meaningful, potential_shown, potential_text
 from convladder.ladder.ladder import Ladder, Step
 from convladder.ladder.run import OPTS_TAG, ladder_jobs, parse_options_tag
 from convladder.runs.reader import read_result
@@ -26,6 +26,17 @@ ADVICE = {
     "still improving": "test accuracy is still rising: train longer before judging",
     "healthy": "",
 }
+
+
+def output_classes(table: Any) -> int | None:
+    """The number of classes a network table's output scores: K for a (K,) or (K, 1, 1) output, else None.
+
+    Chance accuracy is 100/K, so the near-chance rule of the potential needs K (a run records no class count;
+    its network's output is checked against the data's classes before training, train/runenv.py)."""
+    out = getattr(table, "output", None) if table is not None else None
+    if not out or not (len(out) == 1 or (len(out) == 3 and out[1] * out[2] == 1)):
+        return None
+    return int(out[0]) if out[0] >= 2 else None
 
 
 def campaign_tag(runs: Iterable[Any]) -> str | None:
@@ -120,6 +131,7 @@ def ladder_summary(ladder: Ladder, store: RunStore, options: dict[str, Any] | No
             "dataset": (done[0]["dataset"] if done else None) or opts.get("dataset") or step.train.get("dataset", "mnist"),
             "seeds": seeds, "n_completed": len(done), "n_failed": sum(s["status"] == "failed" for s in seeds),
             "stale": sel.stale, "other_options": sel.others, "options": opts, "target": ladder.target,
+            "classes": output_classes(table),  # chance = 100/classes: when a potential means nothing
         }
         row.update(_aggregate(done, ladder.target))
         row["reading"] = reading(row, prev_test)
@@ -146,7 +158,9 @@ def _seed_row(store: RunStore, record: Any) -> dict[str, Any]:
             "best_test": best.get("test_acc"), "best_epoch": best.get("epoch"), "selected_by": best.get("selected_by"),
             "params": res.get("params"), "history": history, "error": res.get("message") or "; ".join(notes) or None,
             "wall_time_s": res.get("wall_time_s"), "shifted": res.get("shifted_test"), "notes": notes,
-            "distilled": res.get("distilled_from")}  # config teacher (train/distill.py)
+            "distilled": res.get("distilled_from"),  # config teacher (train/distill.py)
+            # config ema (train/ema.py): the accuracies are the weight average's
+            "weights": (res.get("extra") if isinstance(res.get("extra"), dict) else {}).get("weights")}
 
 
 def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -170,7 +184,8 @@ def _aggregate(done: list[dict[str, Any]], target: float) -> dict[str, Any]:
            "best_epochs": sorted({s["best_epoch"] for s in bests if s.get("best_epoch") is not None}),
            "selected_by": ", ".join(sorted({str(s["selected_by"]) for s in bests if s.get("selected_by")})) or None,
            "params_trained": done[0].get("params"), "least": judged, "verdict": judged["verdict"],
-           "median_seed": median["seed"], "shifted": median.get("shifted"), "distilled": median.get("distilled")}
+           "median_seed": median["seed"], "shifted": median.get("shifted"), "distilled": median.get("distilled"),
+           "weights": median.get("weights")}
     if train is None:
         return {**out, "gap": None, "potential": None}
     return {**out, "gap": gap(train, test), "potential": potential(train, test)}
@@ -191,13 +206,16 @@ def reading(row: dict[str, Any], prev_test: float | None = None) -> str:
     which = f" (the least of {n} seeds: seed {least.get('seed')})" if n > 1 else ""
     medians = ("; median " + (f"train {row['train']:.2f} / " if row.get("train") is not None else "")
                + f"test {row['test']:.2f} (seed {row.get('median_seed')})") if n > 1 else ""
+    classes = row.get("classes")  # None: 10, as potential_shown assumes
     if least.get("train") is None:
         text = f"test {least['test']:.2f}{which} (no train accuracy recorded){medians}"
     else:
-        cmp = "<" if least["potential"] < target else ">="
+        # near chance the potential is no figure to hold against the target: no '>= target' after it
+        cmp = ("" if not potential_meaningful(least["train"], classes)
+               else " < " if least["potential"] < target else " >= ")
         text = (f"train {least['train']:.2f} / test {least['test']:.2f}{which}: gap {least['gap']:.2f}, "
-                f"potential {potential_shown(least['potential'], least['train'])} {cmp} target {target:g} "
-                f"-> {least['verdict']}")
+                f"potential {potential_shown(least['potential'], least['train'], classes)}"
+                f"{cmp + f'target {target:g}' if cmp else ''} -> {least['verdict']}")
         advice = ADVICE.get(least["verdict"] or "", "")
         if least["verdict"] == "healthy":
             advice = "on target" if least["test"] >= target else "right direction: closing the gap reaches the target"
@@ -232,13 +250,14 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
                                    + ("" if not eps else f"@{eps[0]}" if len(eps) == 1 else f"@{eps[0]}-{eps[-1]}")
                                    + f" ({r.get('selected_by') or '?'})")
         seeds = f" [{r['n_completed']} seed(s)" + (f", {r['n_failed']} failed" if r["n_failed"] else "") + "]"
-        name = r["name"] + (" (distilled)" if r.get("distilled") else "")  # a teacher's soft targets trained it
+        name = (r["name"] + (" (distilled)" if r.get("distilled") else "")  # a teacher's soft targets trained it
+                + (" (EMA weights)" if r.get("weights") else ""))  # config ema: its accuracies are the average's
         lines.append((str(r["step"]), name, f"{r['params']:,}{hp}", r.get("rf_out_text") or str(r["rf_out"]), str(r["epochs"]),
                       _pct(r.get("train")) + (f" ({h['train']:.2f})" if h.get("train") else ""),
                       _pct(r.get("test")) + (f" ({h['test']:.2f}" + (f"@{h['epoch']}" if h.get("epoch") else "") + ")"
                                              if h.get("test") else ""),
                       spread, best, _pct(r.get("gap")),
-                      potential_shown(r.get("potential"), r.get("train"), raw=False),
+                      potential_shown(r.get("potential"), r.get("train"), r.get("classes"), raw=False),
                       (r.get("verdict") or "-") + seeds))
     shifts = sorted({k for r in rows for k in (r.get("shifted") or {})}, key=int)
     if shifts:  # shift_eval ran: the median seed's test accuracy with images shifted 0..N pixels
@@ -251,6 +270,9 @@ def format_table(rows: list[dict[str, Any]], ladder: Ladder) -> str:
     if any(r.get("distilled") for r in rows):
         out.insert(-2, "(distilled): trained on a teacher run's soft targets (config teacher); params are the student's "
                        "only — `runs show` names the teacher and its params")
+    if any(r.get("weights") for r in rows):
+        out.insert(-2, "(EMA weights): the step trained with config ema; its accuracies are the weight average's, "
+                       "the weights that were evaluated, selected and saved")
     others = sum(r.get("other_options") or 0 for r in rows)
     if others:  # runs of another `ladder run` invocation: never mixed in, never dropped without a word
         shown = " ".join(f"{k}={v}" for k, v in sorted((rows[0].get("options") or {}).items())) or "the defaults"

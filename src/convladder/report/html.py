@@ -33,6 +33,7 @@ from convladder.report.rundata import (
     ladder_selection,
     ladder_steps,
     load_run,
+    output_classes,
     resolve_target,
     spread,
 )
@@ -137,24 +138,32 @@ def result_block(run: RunData, siblings: list[RunData] | None = None) -> str:
     sel = n["selected_by"] or "?"
     final = ("final (last epoch)" if n["final_epoch"] == n["epochs"]
              else f"final (epoch {n['final_epoch']}, the last evaluated of {n['epochs']} trained)")
+    ema = " (EMA weights)" if n["weights"] else ""  # config ema: test/val/best are the weight average's
     rows = [
         ("status", E(str(n["status"]))),
-        (f"{final} — test accuracy", f"{_num(n['test_acc'])} %"),
+        (f"{final} — test accuracy{ema}", f"{_num(n['test_acc'])} %"),
         (f"{final} — train accuracy", f"{_num(n['train_acc'])} % <small>({E(str(n['train_acc_source']))})</small>"),
-        (f"{final} — validation accuracy", f"{_num(n['val_acc'])} %"),
-        (f"best epoch (selected by {E(sel)})",
+        (f"{final} — validation accuracy{ema}", f"{_num(n['val_acc'])} %"),
+        (f"best epoch (selected by {E(sel)}){ema}",
          f"epoch {_num(n['best_epoch'])}: test {_num(n['best_test_acc'])} %, val {_num(n['best_val_acc'])} %"),
         ("gap = train − test", f"{_num(n['gap'])} points"),
-        ("potential = test + (100 − train)", (f"{_potential(n['potential'])} %" if potential_meaningful(n["train_acc"])
-                                              else E(potential_shown(n["potential"], n["train_acc"])))
+        ("potential = test + (100 − train)", (f"{_potential(n['potential'])} %"
+                                              if potential_meaningful(n["train_acc"], n["classes"])
+                                              else E(potential_shown(n["potential"], n["train_acc"], n["classes"])))
          + f" <small>(target {_num(n['target'])})</small>"
-         + (f"<br><small>{E(POTENTIAL_NOTE)}</small>" if _over_cap(n["potential"]) else "")),
+         + (f"<br><small>{E(POTENTIAL_NOTE)}</small>"
+            if _over_cap(n["potential"]) and potential_meaningful(n["train_acc"], n["classes"]) else "")),
         ("verdict", f"<strong>{E(str(n['verdict'] or '–'))}</strong>"),
         ("parameters", _num(n["params"]) + (" <small>(the student's only)</small>" if n["distilled_from"] else "")),
         ("wall time", f"{_num(n['wall_time_s'], 1)} s"),
     ]
     if n["distilled_from"]:  # config teacher: said beside the numbers it produced, as the EMA label is
         rows.append(("distillation", E(distilled_text(n["distilled_from"]))))
+    if n["weights"]:  # train/ema.py: the average was evaluated, selected and saved in place of the live weights
+        rows.append(("weights", E(f"{n['weights']}: the test, validation and best-epoch accuracies (and the train "
+                                  "accuracy where it was measured clean at the end) are the average's, the weights "
+                                  "that were selected and saved; the live weights' are live_val_acc / live_test_acc "
+                                  "in metrics.jsonl")))
     if n["shifted"]:
         rows.append(("test accuracy, images shifted (mean of 4 directions)", E(shifted_text(n["shifted"])) + " %"))
     # completed runs only, one per seed (seed_siblings gives one per seed; this run counts when it completed)
@@ -193,7 +202,8 @@ def checks_block(run: RunData, table: Any) -> str:
     try:
         from convladder.analysis.checks import run_checks
 
-        found = run_checks(table, budget=run.config.get("budget"), classes=int(run.config.get("classes") or 10))
+        # the classes the network scores: training refused any other count than the data's (config has none)
+        found = run_checks(table, budget=run.config.get("budget"), classes=output_classes(table) or 10)
     except Exception as exc:  # noqa: BLE001
         return f"<p>design checks unavailable ({E(str(exc)[:160])})</p>"
     if not found:
@@ -310,12 +320,13 @@ def ladder_body(name: str, runs: list[RunData], source: str | Path | None = None
     rows = []
     for s in steps:
         sp = s["final_spread"]
-        rows.append([s["step"], s["step_name"], s["change"], s["params"], s["rf"], s["train_acc"], s["test_acc"],
+        rows.append([s["step"], s["step_name"] + (" (EMA weights)" if s["weights"] else ""),  # config ema
+                     s["change"], s["params"], s["rf"], s["train_acc"], s["test_acc"],
                      s["best_epoch"], s["best_test_acc"],
                      f"<td data-v='{sp['median']}'>{sp['min']:.2f} / {sp['median']:.2f} / {sp['max']:.2f}</td>" if sp else "–",
                      s["seeds"], s["gap"],
                      "not meaningful (train near chance)" if s["potential"] is not None
-                     and not potential_meaningful(s["train_acc"])
+                     and not potential_meaningful(s["train_acc"], s["classes"])
                      else f"<td data-v='{s['potential']}'>{_potential(s['potential'], raw=False)}</td>"
                      if _over_cap(s["potential"]) else s["potential"], s["verdict"], _handout(s["handout"])])
     if any(s["shifted"] for s in steps):  # shift_eval ran: test accuracy with the images shifted

@@ -177,7 +177,8 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
         ts, bs = r.get("test_stats"), r.get("best_stats")
         body.append([r["step"], r["name"], r["change"], f"{r['params']:,}", r.get("rf_out_text") or (r["rf_out"] if r["rf_out"] is not None else "?"),
                      r["epochs"], _mmm(ts), _mmm(bs),
-                     _fmt(r.get("train")), _fmt(r.get("gap")), potential_shown(r.get("potential"), r.get("train"), raw=False),
+                     _fmt(r.get("train")), _fmt(r.get("gap")),
+                     potential_shown(r.get("potential"), r.get("train"), r.get("classes"), raw=False),
                      r.get("verdict") or "-", f"{r['n_completed']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")])
     right = [True, False, False, True, True, True, True, True, True, True, True, False, True]
     return pipe_table(head, body, right)
@@ -198,7 +199,7 @@ def ladder_markdown(ladder: Ladder, store: RunStore, folder: Path, rows: list[di
            f"({md_text(MEDIAN_RULE)}); gap = train − test and potential = test + (100 − train), of the median seed; "
            "the verdict and *on target* are judged on the least seed (the lowest final test accuracy).", "",
            "## Steps", "", _summary_table(rows), ""]
-    if any((r.get("potential") or 0) > 100 and potential_meaningful(r.get("train")) for r in rows):
+    if any((r.get("potential") or 0) > 100 and potential_meaningful(r.get("train"), r.get("classes")) for r in rows):
         out += [md_text(POTENTIAL_NOTE), ""]
     notes: list[str] = []
     medians: list[RunData] = []
@@ -238,7 +239,7 @@ def _step_section(ladder: Ladder, store: RunStore, r: dict[str, Any], folder: Pa
         least = r.get("least") or {}
         out += [_stats_table(seeds), "",
                 f"**Gap** (median seed {median['seed']}): {_fmt(r.get('gap'))} points · **potential:** "
-                f"{md_text(potential_shown(r.get('potential'), r.get('train')))} · **verdict** (least seed "
+                f"{md_text(potential_shown(r.get('potential'), r.get('train'), r.get('classes')))} · **verdict** (least seed "
                 f"{least.get('seed')}): **{md_text(r.get('verdict') or '-')}**", "",
                 "Runs: " + ", ".join(f"seed {s['seed']} `{s['run_id']}`" for s in seeds) + ".", ""]
         run = runs[median["run_id"]]
@@ -277,6 +278,7 @@ def _run_reading(n: dict[str, Any], done: bool, target: float) -> str:
     if test is None or train is None or not n["verdict"]:
         return f"train {_fmt(train)} / test {_fmt(test)}: no verdict recorded"
     return reading({"train": train, "test": test, "target": target, "n_completed": 1, "verdict": n["verdict"],
+                    "classes": n["classes"],  # chance = 100/classes (None: 10)
                     "gap": gap(train, test) if n["gap"] is None else n["gap"],
                     "potential": potential(train, test) if n["potential"] is None else n["potential"]})
 
@@ -301,7 +303,7 @@ def run_markdown(run: RunData, folder: Path) -> str:
             ["best-epoch test accuracy %", _fmt(n["best_test_acc"])],
             ["best-epoch train accuracy % (as seen in training that epoch)", _fmt(best_row.get("train_acc"))],
             ["gap = train − test (points)", _fmt(n["gap"])],
-            ["potential = test + (100 − train) %", potential_shown(n["potential"], train)],
+            ["potential = test + (100 − train) %", potential_shown(n["potential"], train, n["classes"])],
             [f"verdict (target {target:g} %)", n["verdict"] or "-"],
             ["parameters" + (" (the student's only)" if n["distilled_from"] else ""),
              f"{n['params']:,}" if n["params"] is not None else "-"],
@@ -319,7 +321,7 @@ def run_markdown(run: RunData, folder: Path) -> str:
            "## Result", "", pipe_table(["quantity", "value"], rows, [False, True]), ""]
     if s:
         out += [f"({md_text(MEDIAN_RULE)})", ""]
-    if (n["potential"] or 0) > 100 and potential_meaningful(train):
+    if (n["potential"] or 0) > 100 and potential_meaningful(train, n["classes"]):
         out += [md_text(POTENTIAL_NOTE), ""]
     diag = run_diagnostics(run) if test is not None else None
     whose = "the final network" if done else "the weights the unfinished run saved (model.safetensors)"

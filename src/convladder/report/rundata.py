@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from convladder.errors import UserError
+from convladder.ladder.compare import output_classes  # a run records no class count: its network's output says it
 from convladder.runs.reader import RUN_FILES, read_json, read_metrics
 from convladder.runs.store import RUN_ID, RunStore
 
@@ -332,7 +333,21 @@ def final_numbers(run: RunData) -> dict[str, Any]:
         "shifted": r.get("shifted_test") if isinstance(r.get("shifted_test"), dict) else None,
         # config teacher (train/distill.py): the teacher's run, model, params, T and weight; params above: the student's
         "distilled_from": r.get("distilled_from") if isinstance(r.get("distilled_from"), dict) else _taught(run.config),
+        # config ema (train/ema.py): the accuracies above are the weight average's; None for live weights
+        "weights": _weights(r, run.config),
+        "classes": output_classes(table),  # chance = 100/classes: when a potential means nothing (None: 10)
     }
+
+
+def _weights(result: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """'EMA weights (decay 0.999 per step)' for a run trained with config ema (result.json extra.weights, or
+    config.json while result.json is not written yet), else None."""
+    extra = result.get("extra") if isinstance(result.get("extra"), dict) else {}
+    if isinstance(extra.get("weights"), str):
+        return extra["weights"]
+    ema = config.get("ema") if isinstance(config, dict) else None
+    ok = isinstance(ema, (int, float)) and not isinstance(ema, bool) and ema > 0
+    return f"EMA weights (decay {ema:g} per step)" if ok else None
 
 
 def _taught(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -432,6 +447,6 @@ def ladder_steps(runs: list[RunData]) -> list[dict[str, Any]]:
             "test_acc": med[0]["test_acc"], "best_epoch": med[0]["best_epoch"], "best_test_acc": med[0]["best_test_acc"],
             "final_spread": spread([n["test_acc"] for n in nums]), "gap": med[0]["gap"],
             "potential": med[0]["potential"], "verdict": ", ".join(verdicts) or None,
-            "shifted": med[0]["shifted"],
+            "shifted": med[0]["shifted"], "classes": med[0]["classes"], "weights": med[0]["weights"],
         })
     return rows

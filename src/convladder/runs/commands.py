@@ -79,7 +79,9 @@ def list_text(store: Any, records: list[Any]) -> str:
     if not records:
         return "no runs"
     shown = [(r, _progress(store.root / r.id, r)) for r in records]
-    taught = {r.id: _teacher_of(store.root / r.id) for r in records}  # config teacher: distilled runs
+    configs = {r.id: _config_of(store.root / r.id) for r in records}
+    taught = {i: str(c["teacher"]) if c.get("teacher") else None for i, c in configs.items()}  # distilled runs
+    ema = {i: bool(c.get("ema")) for i, c in configs.items()}  # config ema: the accuracies are the average's
     # step/name last and whole: a ladder run's name says its ladder, step and step name ("my-dropout 2. dropout-0.05")
     lines = [f"{'id':24} {'status':11} {'model':{MODEL_WIDTH}} {'seed':>4} {'params':>8} {'ep':>7} "
              f"{'final test':>10} {'best on split':>13} {'best ep':>7} step/name"]
@@ -87,13 +89,17 @@ def list_text(store: Any, records: list[Any]) -> str:
         lines.append(f"{r.id:24} {r.status:11} {model_cell(r.model):{MODEL_WIDTH}} {_fmt(r.seed):>4} "
                      f"{_fmt(r.params):>8} {ep:>7} {_fmt(r.final_test_acc, True):>10} {best:>13} "
                      f"{_fmt(r.best_epoch):>7} {r.name or '-'}"
-                     + (f" (distilled from {taught[r.id]})" if taught[r.id] else ""))
+                     + (f" (distilled from {taught[r.id]})" if taught[r.id] else "")
+                     + (" (EMA weights)" if ema[r.id] else ""))
     lines.append("ep: done/configured for a run that did not finish; final test: the last epoch's; "
                  "best on split: the best epoch's accuracy on the split that picked it; model: an own class as "
                  "file.py:Class (`runs show` gives its folder), a long spec with its middle left out")
     if any(taught.values()):
         lines.append("distilled: trained on a teacher run's soft targets; params are the student's only (`runs show` "
                      "gives the teacher's)")
+    if any(ema.values()):
+        lines.append("(EMA weights): final test and best on split are the weight average's (config ema), the "
+                     "weights that were evaluated, selected and saved; `runs show` gives the decay")
     if any(best.endswith("test*") for _, (_, best) in shown):
         lines.append("* best epoch picked on the test set (select_on: test): an optimistic figure, not a held-out "
                      "estimate — the final test accuracy is the honest one")
@@ -146,12 +152,12 @@ def _progress(folder: Path, r: Any) -> tuple[str, str]:
     return ep, "-"
 
 
-def _teacher_of(folder: Path) -> str | None:
-    """The teacher run a run was distilled from (config teacher), from its config.json; None for most runs."""
+def _config_of(folder: Path) -> dict[str, Any]:
+    """A run's config.json for the list's labels (teacher, ema); {} where it is missing or damaged."""
     from convladder.runs.reader import read_json
 
-    teacher = read_json(folder / "config.json", []).get("teacher") if (folder / "config.json").is_file() else None
-    return str(teacher) if teacher else None
+    config = read_json(folder / "config.json", []) if (folder / "config.json").is_file() else {}
+    return config if isinstance(config, dict) else {}
 
 
 def _own_line(folder: Path) -> str | None:

@@ -77,6 +77,14 @@ class LoadedRun:
         return " (EMA weights)" if self.config.get("ema") else ""
 
     @property
+    def weights_text(self) -> str | None:
+        """'EMA weights (decay 0.999 per step)' for a run trained with config ema, else None (/api/info's weights)."""
+        ema = self.config.get("ema")
+        if not ema:
+            return None
+        return f"EMA weights (decay {ema:g} per step)" if isinstance(ema, (int, float)) else "EMA weights"
+
+    @property
     def test_acc(self) -> float | None:
         """The test accuracy (percent) the run recorded for these weights (final or best), if it finished."""
         acc = (self.result.get(self.which) or {}).get("test_acc")

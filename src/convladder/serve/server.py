@@ -2,7 +2,9 @@
 classifies pictures: drawn or opened, kept in colour).
 
 GET  /            the page (one self-contained HTML file: no CDN, no fonts, works offline)
-GET  /api/info    {"run", "model", "model_spec", "classes", "test_acc", "input_shape"}
+GET  /api/info    {"run", "model", "model_spec", "classes", "test_acc", "weights", "input_shape", "colour"}
+                  (weights: "EMA weights (decay D per step)" for a run trained with config ema, whose test_acc
+                  and served weights are the average's; null otherwise)
 POST /predict     body: PNG/JPEG bytes (Content-Type image/png, image/jpeg, ...) or JSON
                   {"image": "data:image/png;base64,..."}; answers {"label", "probs", "top",
                   "preview": {"png", "pixels"}, "features": [{"name", "channels", "height", "width", "png"}], "ms"}
@@ -112,7 +114,8 @@ class DigitApp:
         model = str(self.run.config.get("model") or "")
         return {"run": self.run.run_id, "model": model if len(model) <= 40 else "custom spec",
                 "model_spec": self.run.config.get("model_spec"), "classes": int(probs.shape[1]),
-                "test_acc": self.run.test_acc, "input_shape": list(self.run.input_shape), "colour": self.colour}
+                "test_acc": self.run.test_acc, "weights": self.run.weights_text,
+                "input_shape": list(self.run.input_shape), "colour": self.colour}
 
     def image_from_request(self, content_type: str, body: bytes) -> bytes:
         """The image bytes of a POST body, by content type."""
