@@ -128,7 +128,7 @@ def test_halving_screens_promotes_on_val_checks_the_rank_and_resumes_without_tra
     runs = tmp_path / "runs"
     path = write(tmp_path, FILE)
     real = frontier._final
-    monkeypatch.setattr(frontier, "_final", lambda root, run_id, key: real(root, run_id, key) if key == "val_acc"
+    monkeypatch.setattr(frontier, "_final", lambda root, run_id, key, notes=None: real(root, run_id, key, notes) if key == "val_acc"
                         else pytest.fail("the search read a test accuracy"))
     store = RunStore(runs)
 
