@@ -67,6 +67,33 @@ def selection(summary: dict) -> str:
             + (" (budgets with one trial: not searched)" if len(searched) < len(summary["budgets"]) else ""))
 
 
+def screening(budget: dict) -> list[str]:
+    """The successive-halving search of one budget, as its summary recorded it: rungs, the rank check, the cost."""
+    s = budget.get("screening")
+    if not s:
+        return []
+    lines = ["", f"## {budget['budget']:,}: the search (successive halving, selection on validation)", "",
+             f"- screen: {s['screen_epochs']} epochs on {s['screen_subset']:,} training images; reduction factor "
+             f"{s['reduction_factor']:g}; search wall {budget.get('search_wall_s', 0) / 60:.1f} min, the winner's "
+             f"re-training {budget.get('retrain_wall_s', 0) / 60:.1f} min (one process)",
+             f"- cost: {s['epoch_equivalents']['halving']:g} epoch-equivalents against "
+             f"{s['epoch_equivalents']['grid']:g} for every trial at the full recipe; jobs trained {s.get('jobs_trained')}",
+             f"- **rank check: Spearman {s['spearman']:+.2f} over n = {s['n']} trials trained in full** "
+             f"({s.get('spearman_of')}){'; ' + s['flag'].upper() if s.get('flag') else ''}; winner from: "
+             f"{s.get('winner_from')}", "",
+             "| rung | trials (+ rank-check sample) | epochs | training images | promoted |", "|---|---|---|---|---|"]
+    for r in s["rungs"]:
+        images = ", ".join(f"{i:,}" if isinstance(i, int) else str(i) for i in r["train_images"])
+        lines.append(f"| {r['rung']} | {r['trials']} (+{r.get('rank_check', 0)}) | "
+                     f"{', '.join(map(str, r['epochs']))} | {images} | {', '.join(r.get('promoted') or []) or '-'} |")
+    lines += ["", "| trial | family | params | validation % per rung | rank-check sample | status |", "|---|---|---|---|---|---|"]
+    for t in budget.get("trials") or []:
+        per_rung = ", ".join(f"r{k} {v:.2f}" for k, v in sorted((t.get("rungs") or {}).items()))
+        lines.append(f"| {t['trial']} | {t.get('family', '-')} | {t['params']:,} | {per_rung} | "
+                     f"{'yes' if t.get('rank_check_sample') else ''} | {t['status']} |")
+    return lines
+
+
 def table(summary: dict, store: RunStore) -> str:
     env = summary.get("environment") or {}
     lines = [f"# Frontier `{summary['name']}` on {summary['dataset']}", "",
@@ -98,6 +125,8 @@ def table(summary: dict, store: RunStore) -> str:
                      f"| {b['budget']:,} | - | - | - | 0 | - | - | - | - | - | - | - |")
     lines += ["", f"Training time summed over every run: {total / 3600:.2f} h of one process's wall time "
               f"(runs of several processes overlap)."]
+    for b in summary["budgets"]:
+        lines += screening(b)
     lines += ["", "Networks (spec text):", ""]
     for b in summary["budgets"]:
         w = b.get("winner") or {}
