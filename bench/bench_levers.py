@@ -78,20 +78,25 @@ def collect(stores: list[Path], model: str, epochs: int) -> dict[str, dict[int, 
     return out
 
 
-def table(levers: dict[str, dict[int, dict]], model: str, epochs: int, stores: list[Path]) -> list[str]:
+def table(levers: dict[str, dict[int, dict]], model: str, epochs: int, stores: list[Path],
+          fresh: bool = False) -> list[str]:
     base = levers.get("", {})
     any_run = next(iter(next(iter(levers.values())).values()))
     threads = sorted({str(r["threads"]) for runs in levers.values() for r in runs.values()})
-    lines = [f"# Training levers on {model} ({any_run['params']:,} params), {epochs} epochs: one change each "
-             "against the baseline, seed by seed", "",
+    title = (f"# {model} ({any_run['params']:,} params), {epochs} epochs, on fresh seeds" if fresh else
+             f"# Training levers on {model} ({any_run['params']:,} params), {epochs} epochs: one change each "
+             "against the baseline, seed by seed")
+    lines = [title, "",
              f"- machine: {cpu_model()}, {os.cpu_count()} cores shared with other jobs (so wall times are loaded), "
              f"torch threads per run {', '.join(threads)}, niced; torch {torch.__version__}, python "
              f"{sys.version.split()[0]}; table made {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC",
              "- the rest of the recipe is the default (`convladder train --help`): SGD Nesterov, OneCycle max lr 0.1, "
              "batch 128, light augmentation, 5,000 validation images (the best epoch is picked on them)",
              f"- stores: {', '.join(map(str, stores))}; `PYTHONPATH=src python bench/bench_levers.py "
-             + " ".join(f"--runs {s}" for s in stores) + f" --model {model} --epochs {epochs}` remakes this file",
-             "- these seeds CHOSE nothing yet: a lever kept on them must be reported on fresh seeds (6-10)",
+             + " ".join(f"--runs {s}" for s in stores) + f" --model {model} --epochs {epochs}{' --fresh' if fresh else ''}` remakes this file",
+             ("- fresh seeds: nothing was chosen on them (the network and recipe were fixed before they ran); they "
+              "report" if fresh else
+              "- these seeds choose: a lever kept on them must be reported on fresh seeds (6-10)"),
              "- wall times: each run's own, on cores shared with a varying number of other jobs (levers measured on "
              "different days met different loads): they compare nothing", "",
              "| lever (change from the default recipe) | seeds | final test % min / median / max | best-epoch test % "
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", action="append", required=True, help="a run store (repeatable)")
     ap.add_argument("--model", default="frontier5k")
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--fresh", action="store_true", help="the runs are fresh seeds that report (not ones that choose)")
     ap.add_argument("--output", default=None, help="results file name under bench/results/ (default: print only)")
     args = ap.parse_args(argv)
     stores = [Path(s) for s in args.runs]
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if not levers:
         print(f"no completed {args.model} runs of {args.epochs} epochs in {', '.join(args.runs)}", file=sys.stderr)
         return 1
-    text = "\n".join(table(levers, args.model, args.epochs, stores)) + "\n"
+    text = "\n".join(table(levers, args.model, args.epochs, stores, args.fresh)) + "\n"
     print(text)
     if args.output:
         atomic_write_text(RESULTS / args.output, text)
