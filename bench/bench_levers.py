@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", action="append", required=True, help="a run store (repeatable)")
     ap.add_argument("--model", default="frontier5k")
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--label", default=None, help="the network's name in the title (default: --model)")
     ap.add_argument("--fresh", action="store_true", help="the runs are fresh seeds that report (not ones that choose)")
     ap.add_argument("--output", default=None, help="results file name under bench/results/ (default: print only)")
     args = ap.parse_args(argv)
@@ -136,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     if not levers:
         print(f"no completed {args.model} runs of {args.epochs} epochs in {', '.join(args.runs)}", file=sys.stderr)
         return 1
-    text = "\n".join(table(levers, args.model, args.epochs, stores, args.fresh)) + "\n"
+    lines = table(levers, args.label or args.model, args.epochs, stores, args.fresh)
+    if args.label:  # a spec given as a file: its text, so the table says what was trained
+        lines += ["", f"Network ({args.model}): `{format_spec(resolve_spec(args.model))}`"]
+    text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
         atomic_write_text(RESULTS / args.output, text)
