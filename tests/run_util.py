@@ -23,3 +23,11 @@ def copy_run(src: Path, run_id: str, *, config: dict | None = None, result: dict
         res["final"].update(result.get("final") or {})
         (dst / "result.json").write_text(json.dumps(res))
     return dst
+
+
+TIMING = ("epoch_time_s", "train_time_s", "train_images_per_s")  # wall-clock figures: differ between equal runs
+
+
+def metrics_rows(store, run_id: str) -> list[dict]:
+    """A run's metrics.jsonl rows without the timing keys, so two runs of the same computation compare equal."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in store.read_metrics(run_id)]

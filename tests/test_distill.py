@@ -25,12 +25,12 @@ from convladder.train.progress import PlainProgress
 from convladder.train.runenv import build_model
 from convladder.data.normalise import to_unit
 from convladder.train.step import TrainStep
+from run_util import metrics_rows
 
 # no dropout: one step's loss can be recomputed by hand from the same weights and batch
 PLAIN = ("c1[conv3x3(8, bias=false) relu bn] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
          "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
 DROPOUT = PLAIN.replace("relu bn] t1", "relu bn dropout(0.05)] t1")
-TIMING = ("epoch_time_s", "train_time_s", "train_images_per_s")
 
 
 def cfg(**kw) -> TrainConfig:
@@ -38,9 +38,6 @@ def cfg(**kw) -> TrainConfig:
                 threads=1, clean_train_eval=512, device="cpu")
     return TrainConfig(**{**base, **kw})
 
-
-def rows_of(store: RunStore, run_id: str) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in store.read_metrics(run_id)]
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +122,9 @@ def test_weight_zero_is_bit_identical_to_no_teacher(teacher):
     store, tid = teacher
     plain = train(cfg(), store)
     zero = train(cfg(teacher=tid, distill_weight=0.0), store)
-    assert rows_of(store, zero.run_id) == rows_of(store, plain.run_id)
+    assert metrics_rows(store, zero.run_id) == metrics_rows(store, plain.run_id)
     half = train(cfg(teacher=tid), store)  # and the teacher does change something at weight 0.5
-    assert rows_of(store, half.run_id) != rows_of(store, plain.run_id)
+    assert metrics_rows(store, half.run_id) != metrics_rows(store, plain.run_id)
 
 
 def test_resume_reloads_the_teacher(teacher, tmp_path):
@@ -138,7 +135,7 @@ def test_resume_reloads_the_teacher(teacher, tmp_path):
     stopped = store.list_runs(status="stopped")[0]
     resumed = resume(stopped.id, store)
     straight = run_to_end(train_epochs(cfg(teacher=tid), store))
-    assert rows_of(store, resumed.run_id) == rows_of(store, straight.run_id)
+    assert metrics_rows(store, resumed.run_id) == metrics_rows(store, straight.run_id)
     assert resumed.distilled_from == straight.distilled_from and resumed.distilled_from["run"] == tid
 
 

@@ -21,10 +21,10 @@ from convladder.train.models import create_model
 from convladder.train.optim import schedule_tables
 from convladder.train.runenv import build_model
 from convladder.train.step import TrainStep, evaluate
+from run_util import metrics_rows
 
 TINY = ("c1[conv3x3(8, bias=false) relu bn dropout(0.05)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
         "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
-TIMING = ("epoch_time_s", "train_time_s", "train_images_per_s")
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -32,9 +32,6 @@ def tiny_config(**kw) -> TrainConfig:
                 threads=1, clean_train_eval=512)
     return TrainConfig(**{**base, **kw})
 
-
-def rows_of(store: RunStore, run_id: str) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in store.read_metrics(run_id)]
 
 
 # Written from the code before `ema` existed (commit 669a197, this machine's CPU, 1 thread): ema=0 must not move
@@ -52,7 +49,7 @@ BEFORE_EMA = [
 def test_ema_off_leaves_a_fixed_seed_run_bit_identical(tmp_path):
     store = RunStore(tmp_path)
     result = train(tiny_config(ema=0.0), store)
-    assert rows_of(store, result.run_id) == BEFORE_EMA
+    assert metrics_rows(store, result.run_id) == BEFORE_EMA
     assert "weights" not in result.extra and "EMA" not in result.summary()
 
 
@@ -133,7 +130,7 @@ def test_resume_continues_the_same_ema(tmp_path):
     straight_store = RunStore(tmp_path / "straight")
     straight = run_to_end(train_epochs(cfg, straight_store))
     assert resumed.final == straight.final
-    assert rows_of(store, resumed.run_id) == rows_of(straight_store, straight.run_id)
+    assert metrics_rows(store, resumed.run_id) == metrics_rows(straight_store, straight.run_id)
     a, b = read_weights(store.root / resumed.run_id), read_weights(straight_store.root / straight.run_id)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -22,11 +22,11 @@ from convladder.train.progress import recipe_text
 from convladder.train.runenv import prepare
 from convladder.train.step import TrainStep
 from convladder.train.whiten import WHITEN_EPS, conv_patches, first_conv, whiten_first_layer
+from run_util import metrics_rows
 
 TINY = ("c1[conv3x3(8, bias=false) relu bn dropout(0.05)] t1[maxpool2x2 conv1x1(8, bias=false) relu bn] "
         "c2[conv3x3(16, bias=false) relu bn] out[gap conv1x1(10, bias=false) logsoftmax]")
 NO_BN = "c1[conv3x3(8) relu] t1[maxpool2x2 conv1x1(8) relu] out[gap conv1x1(10) logsoftmax]"
-TIMING = ("epoch_time_s", "train_time_s", "train_images_per_s")
 CPU = torch.device("cpu")
 OPTIMIZERS = [("sgd", 0.05), ("adam", 0.01), ("adamw", 0.01), ("adadelta", 1.0)]
 
@@ -36,9 +36,6 @@ def cfg(**kw) -> TrainConfig:
                 threads=1, clean_train_eval=512, device="cpu")
     return TrainConfig(**{**base, **kw})
 
-
-def rows(store: RunStore, run_id: str) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in store.read_metrics(run_id)]
 
 
 def stepped(config: TrainConfig, steps: int):
@@ -79,7 +76,7 @@ def test_the_defaults_leave_a_fixed_seed_run_bit_identical(tmp_path, optimizer, 
     config = TrainConfig.from_dict({**cfg(optimizer=optimizer, lr=lr).to_dict(), "bn_lr": 1.0, "bn_weight": "learn",
                                     "first_layer": "learn"})
     result = train(config, store)
-    assert rows(store, result.run_id) == BEFORE[optimizer]
+    assert metrics_rows(store, result.run_id) == BEFORE[optimizer]
     assert "first_layer" not in store.read_env(result.run_id)
 
 
@@ -135,7 +132,7 @@ def test_resume_with_bn_groups_continues_bit_for_bit(tmp_path, optimizer, lr):
     resumed = resume(record.id, store)
     straight_store = RunStore(tmp_path / "straight")
     straight = run_to_end(train_epochs(config, straight_store))
-    assert rows(store, resumed.run_id) == rows(straight_store, straight.run_id)
+    assert metrics_rows(store, resumed.run_id) == metrics_rows(straight_store, straight.run_id)
     saved = torch.load(store.root / record.id / "resume.pt", weights_only=True)
     groups = saved["optimizer"]["param_groups"] if "optimizer" in saved else None
     if groups is not None:
