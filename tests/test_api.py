@@ -82,7 +82,10 @@ def test_runs_and_load_show_what_the_cli_shows(store, capsys) -> None:
     assert run.config == json.loads((folder / "config.json").read_text())
     assert run.metrics == [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert run.result.final == results[0].final and convladder.load(str(folder)).id == run.id
-    assert convladder.load(run.id[:17], runs=root).id == run.id
+    others = [r.run_id for r in results if r.run_id != run.id]
+    # the shortest prefix no other run shares: two runs started in the same second differ only after it
+    prefix = next(run.id[:n] for n in range(16, len(run.id) + 1) if not any(o.startswith(run.id[:n]) for o in others))
+    assert convladder.load(prefix, runs=root).id == run.id
     code, out, _ = run_cli(capsys, "runs", "show", run.id, "--runs", str(root))
     assert str(run) == out.rstrip("\n")
     assert "final (last epoch)" in run._repr_html_() and "train acc*" in run._repr_html_()
