@@ -43,19 +43,25 @@ def stats(values: list[float], signed: bool = False) -> str:
     return " / ".join(f.format(v) for v in (min(values), median_value(values), max(values)))
 
 
-def lever_of(cfg: dict, default: dict) -> str:
-    """The run's experiment keys that differ from the default recipe, as `key value` words ('' = baseline)."""
+def lever_of(cfg: dict, default: dict, epochs: int | None = None) -> str:
+    """The run's experiment keys that differ from the default recipe, as `key value` words ('' = baseline).
+
+    epochs: the baseline's epochs; a run of another length names it as its lever ('epochs 15')."""
     skip = set(NOT_THE_EXPERIMENT) | FILLED_IN | {"model", "epochs", "teacher_runs"}
     words = [f"{k} {cfg[k]}" for k in sorted(cfg) if k not in skip and k in default and cfg[k] != default[k]
              and not k.startswith("distill_") and k != "teacher"]
+    if epochs is not None and cfg.get("epochs") != epochs:
+        words.insert(0, f"epochs {cfg.get('epochs')}")
     if cfg.get("teacher"):  # one lever: say what it is, with its temperature and weight (defaults or not)
         words.append(f"distilled from run {cfg['teacher']} (T {cfg.get('distill_temperature')}, weight "
                      f"{cfg.get('distill_weight')})")
     return ", ".join(words)
 
 
-def collect(stores: list[Path], model: str, epochs: int) -> dict[str, dict[int, dict]]:
-    """{lever: {seed: {run, final, best, val, wall, store}}} of the completed runs of `model` at `epochs`."""
+def collect(stores: list[Path], model: str, epochs: int,
+            other_epochs: tuple[int, ...] = ()) -> dict[str, dict[int, dict]]:
+    """{lever: {seed: {run, final, best, val, wall, store}}} of the completed runs of `model` at `epochs`, and
+    at `other_epochs` as the lever 'epochs N'."""
     default = TrainConfig().to_dict()
     spec = format_spec(resolve_spec(model))  # a ladder records the network as its spec text, train as its name
     out: dict[str, dict[int, dict]] = {}
@@ -63,11 +69,11 @@ def collect(stores: list[Path], model: str, epochs: int) -> dict[str, dict[int, 
         store = RunStore(root)
         for run in store.list_runs(status="completed"):
             cfg = store.read_config(run.id)
-            if cfg.get("epochs") != epochs or model not in (cfg.get("model"), run.model) and spec not in (
+            if cfg.get("epochs") not in (epochs, *other_epochs) or model not in (cfg.get("model"), run.model) and spec not in (
                     cfg.get("model"), cfg.get("model_spec")):
                 continue
             result = store.read_result(run.id)
-            lever = lever_of(cfg, default)
+            lever = lever_of(cfg, default, epochs)
             seed = int(cfg["seed"])
             if seed in out.get(lever, {}):  # the same job twice (two stores): keep the first, say nothing new
                 continue
@@ -79,12 +85,13 @@ def collect(stores: list[Path], model: str, epochs: int) -> dict[str, dict[int, 
 
 
 def table(levers: dict[str, dict[int, dict]], model: str, epochs: int, stores: list[Path],
-          fresh: bool = False) -> list[str]:
+          fresh: bool = False, other_epochs: tuple[int, ...] = ()) -> list[str]:
     base = levers.get("", {})
     any_run = next(iter(next(iter(levers.values())).values()))
     threads = sorted({str(r["threads"]) for runs in levers.values() for r in runs.values()})
     title = (f"# {model} ({any_run['params']:,} params), {epochs} epochs, on fresh seeds" if fresh else
-             f"# Training levers on {model} ({any_run['params']:,} params), {epochs} epochs: one change each "
+             f"# Training levers on {model} ({any_run['params']:,} params), {epochs} epochs"
+             + "".join(f" (and {e} as the lever 'epochs {e}')" for e in other_epochs) + ": one change each "
              "against the baseline, seed by seed")
     lines = [title, "",
              f"- machine: {cpu_model()}, {os.cpu_count()} cores shared with other jobs (so wall times are loaded), "
@@ -93,7 +100,8 @@ def table(levers: dict[str, dict[int, dict]], model: str, epochs: int, stores: l
              "- the rest of the recipe is the default (`convladder train --help`): SGD Nesterov, OneCycle max lr 0.1, "
              "batch 128, light augmentation, 5,000 validation images (the best epoch is picked on them)",
              f"- stores: {', '.join(map(str, stores))}; `PYTHONPATH=src python bench/bench_levers.py "
-             + " ".join(f"--runs {s}" for s in stores) + f" --model {model} --epochs {epochs}{' --fresh' if fresh else ''}` remakes this file",
+             + " ".join(f"--runs {s}" for s in stores) + f" --model {model} --epochs {epochs}"
+             + "".join(f" --other-epochs {e}" for e in other_epochs) + f"{' --fresh' if fresh else ''}` remakes this file",
              ("- fresh seeds: nothing was chosen on them (the network and recipe were fixed before they ran); they "
               "report" if fresh else
               "- these seeds choose: a lever kept on them must be reported on fresh seeds (6-10)"),
@@ -128,16 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", action="append", required=True, help="a run store (repeatable)")
     ap.add_argument("--model", default="frontier5k")
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--other-epochs", type=int, action="append", default=[],
+                    help="also runs of this many epochs, as the lever 'epochs N' (repeatable)")
     ap.add_argument("--label", default=None, help="the network's name in the title (default: --model)")
     ap.add_argument("--fresh", action="store_true", help="the runs are fresh seeds that report (not ones that choose)")
     ap.add_argument("--output", default=None, help="results file name under bench/results/ (default: print only)")
     args = ap.parse_args(argv)
     stores = [Path(s) for s in args.runs]
-    levers = collect(stores, args.model, args.epochs)
+    levers = collect(stores, args.model, args.epochs, tuple(args.other_epochs))
     if not levers:
         print(f"no completed {args.model} runs of {args.epochs} epochs in {', '.join(args.runs)}", file=sys.stderr)
         return 1
-    lines = table(levers, args.label or args.model, args.epochs, stores, args.fresh)
+    lines = table(levers, args.label or args.model, args.epochs, stores, args.fresh, tuple(args.other_epochs))
     if args.label:  # a spec given as a file: its text, so the table says what was trained
         lines += ["", f"Network ({args.model}): `{format_spec(resolve_spec(args.model))}`"]
     text = "\n".join(lines) + "\n"
