@@ -114,6 +114,10 @@ class TrainConfig:
     ema: float = _f(0.0, "weight EMA: decay per optimiser step, e.g. 0.999 (0 = off); the average is evaluated beside "
                     "the live weights each epoch, and selected, saved, exported and predicted with (docs/training.md)",
                     OPTIM, older=0.0)
+    lookahead: int = _f(0, "Lookahead: every k optimiser steps the slow weights move lookahead_alpha of the way to the "
+                        "trained (fast) ones, which restart from them (0 = off; docs/training.md)", OPTIM, older=0)
+    lookahead_alpha: float = _f(0.5, "Lookahead's step: slow += alpha * (fast - slow), alpha in (0, 1] (with "
+                                "lookahead k > 0)", OPTIM, older=0.5)
     # distillation (train/distill.py): a stored run's soft targets beside the labels
     teacher: str | None = _f(None, "distil from a stored run: its id, unique prefix or latest:<model, name or tag>, in "
                              "the same run store (--runs); recorded as the full run id (docs/training.md)",
@@ -413,6 +417,7 @@ def validate(config: TrainConfig) -> None:
     if not 0 <= config.ema < 1:
         raise UserError(f"ema is the weight average's decay per step, in [0, 1): 0 = off (got {config.ema}): e.g. ema=0.999")
     check_distill(config)
+    check_lookahead(config)
     if not 0 <= config.label_smoothing < 1:
         raise UserError(f"label_smoothing must be in [0, 1) (got {config.label_smoothing})")
     if not (math.isfinite(config.bn_lr) and config.bn_lr >= 0):
@@ -453,3 +458,17 @@ def check_distill(config: TrainConfig) -> None:
                                                                                   "distill_weight")):
         raise UserError("distill_temperature/distill_weight set without a teacher: they would change nothing — "
                         "add teacher=<run> or leave them at their defaults")
+
+
+def check_lookahead(config: TrainConfig) -> None:
+    """lookahead is a whole number of steps >= 0, its alpha in (0, 1]; alpha without lookahead would do nothing."""
+    k, alpha = config.lookahead, config.lookahead_alpha
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise UserError(f"lookahead is the optimiser steps between syncs, a whole number >= 0 (got {k!r}): e.g. "
+                        "lookahead=5, 0 = off")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0 < alpha <= 1):
+        raise UserError(f"lookahead_alpha is the slow weights' step towards the fast ones, in (0, 1] (got {alpha!r}): "
+                        "e.g. lookahead_alpha=0.5")
+    if not k and alpha != _field("lookahead_alpha").default:
+        raise UserError(f"lookahead_alpha={alpha:g} set without lookahead: it would change nothing — add lookahead=K "
+                        "(e.g. 5) or leave lookahead_alpha at its default")

@@ -72,6 +72,8 @@ class EpochRunner:
         # config.ema: the weights' average (train/ema.py), updated by the step; evaluated beside the live model,
         # and the model that is selected, saved and reported (data parallel: replica 0's step keeps it)
         self.ema = getattr(self.step, "main", self.step).ema
+        # config.lookahead: the slow weights (train/lookahead.py), saved in resume.pt beside the live ones
+        self.lookahead = getattr(self.step, "main", self.step).lookahead
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -202,6 +204,13 @@ class EpochRunner:
         out = {"model": cpu(weights), "optimizer": optimizer, "scheduler": {"step": epoch * self.steps}, "rng": rng}
         if ema is not None:
             out["ema"] = cpu(ema)
+        if self.lookahead is not None:  # the slow weights: a resumed run syncs towards the same ones
+            slow = self.lookahead.state_dict()
+            if self.batched:
+                from convladder.train.batched import unpack_state
+
+                slow = unpack_state(slow, i, self.copies)
+            out["lookahead"] = cpu(slow)
         return out
 
     def load_resume(self, saved: dict[str, Any], epoch: int) -> None:
@@ -212,6 +221,8 @@ class EpochRunner:
             # a resume.pt without "ema" (damaged: rebuilt from model.safetensors, which holds the EMA weights then)
             # starts the average from the weights loaded
             self.ema.load_state_dict(saved.get("ema") or saved["model"])
+        if self.lookahead is not None:  # without "lookahead" (damaged resume.pt) from the weights loaded
+            self.lookahead.load_state_dict(saved.get("lookahead"))
         if "optimizer" in saved:  # absent when resume.pt was damaged: the optimiser starts afresh
             self.step.load_state(saved["optimizer"])
         rng = saved.get("rng") or {}

@@ -57,6 +57,8 @@ def recipe_text(config: Any, n_val: int | None = None, distilled: dict[str, Any]
         parts.append(f"label smoothing {get('label_smoothing'):g}")
     if get("ema"):
         parts.append(f"EMA weights (decay {get('ema'):g} per step) evaluated, selected and saved")
+    if get("lookahead"):
+        parts.append(lookahead_text(get("lookahead"), get("lookahead_alpha", 0.5)))
     parts += lever_texts(get)
     if get("teacher"):
         from convladder.train.distill import config_record, distilled_text
@@ -80,6 +82,11 @@ def recipe_text(config: Any, n_val: int | None = None, distilled: dict[str, Any]
     parts.append(f"validation {val:,} images held out (best epoch by {get('select_on')})" if val
                  else "no validation split" + (" (best epoch by test)" if get("select_on") == "test" else ""))
     return "recipe: " + "; ".join(parts)
+
+
+def lookahead_text(k: int, alpha: float) -> str:
+    """'lookahead k=5, alpha 0.5 (fast weights evaluated and saved)' (config lookahead; train/lookahead.py)."""
+    return f"lookahead k={k}, alpha {alpha:g} (fast weights evaluated and saved)"
 
 
 def lever_texts(get: Any) -> list[str]:

@@ -26,6 +26,7 @@ from convladder.fileio import DiskFull
 from convladder.runs.store import RunHandle, RunStore, notice
 from convladder.train.config import TrainConfig
 from convladder.train.models import write_record
+from convladder.train.progress import lookahead_text
 from convladder.train.result import RunResult, gap, median_value, potential, time_to, verdict
 
 
@@ -228,4 +229,6 @@ def make_result(config: TrainConfig, state: RunState, run_id: str | None, params
         # the median epoch's throughput, by the one median rule (the lower of the middle two)
         extra={"train_images_per_s": median_value([r.get("train_images_per_s") for r in rows]),
                # config ema: every accuracy above is the weight average's (train/ema.py); the labels say so
-               **({"weights": f"EMA weights (decay {config.ema:g} per step)"} if config.ema else {})})
+               **({"weights": f"EMA weights (decay {config.ema:g} per step)"} if config.ema else {}),
+               # config lookahead: which weights the accuracies are (train/lookahead.py)
+               **({"lookahead": lookahead_text(config.lookahead, config.lookahead_alpha)} if config.lookahead else {})})

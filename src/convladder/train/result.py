@@ -158,6 +158,8 @@ class RunResult:
             parts.append(self.verdict)
         if self.distilled_from:
             parts.append(self._distilled())
+        if self.extra.get("lookahead"):  # config lookahead: 'lookahead k=5, alpha 0.5 (fast weights ...)'
+            parts.append(str(self.extra["lookahead"]))
         return ", ".join(parts)
 
     # -- display: a plain REPL, print(), and Jupyter -------------------------------------------------------
@@ -188,6 +190,8 @@ class RunResult:
         out.append((f"time to {self.target:g}%", target_time_text(self.train_time_to_target_s, self.time_to_target_s)))
         if self.distilled_from:
             out.append(("distillation", self._distilled()))
+        if self.extra.get("lookahead"):
+            out.append(("lookahead", str(self.extra["lookahead"])))
         if self.message:
             out.append(("note", self.message))
         return out

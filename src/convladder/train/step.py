@@ -36,6 +36,7 @@ from convladder.train.config import TrainConfig
 from convladder.data.normalise import to_unit
 from convladder.train.device_data import DeviceData
 from convladder.train.ema import WeightEMA
+from convladder.train.lookahead import Lookahead
 from convladder.train.optim import bind_tensors, follow_lr, make_optimizer
 
 CUDA_EVAL_BATCH = 10000  # on CUDA, evaluation batches are at least this large (one launch per batch matters there)
@@ -99,6 +100,10 @@ class TrainStep:
         self.optimizer = make_optimizer(model, config, self.lr, self.momentum, capturable=device.type == "cuda")
         # config.ema: the weights' moving average, updated in `update` (data-parallel: replica 0's step only)
         self.ema = WeightEMA(model, config.ema) if config.ema and shard[0] == 0 else None
+        # config.lookahead: the slow weights (train/lookahead.py), synced in `update`; data-parallel: replica 0's
+        # step only, as its optimiser is the one that steps and the replicas copy its weights after every step
+        self.lookahead = (Lookahead(model, config.lookahead, config.lookahead_alpha)
+                          if config.lookahead and shard[0] == 0 else None)
         n, s, b = self.copies, self.steps, self.batch_size
         self.order = torch.zeros(n, s, b, **i64)  # this epoch's batches, per copy
         self.noise = torch.zeros(n, s, noise_rows(self.aug), b, **f32) if self.aug is not None else None
@@ -205,6 +210,8 @@ class TrainStep:
         """The optimiser's step from the gradients, then the schedule's next lr and momentum; the next batch."""
         follow_lr(self.optimizer, self.lr)  # bn_lr: a torch optimiser's scaled group's lr tensor (no-op otherwise)
         self.optimizer.step()
+        if self.lookahead is not None:  # before the EMA: the average takes the weights the model holds after a sync
+            self.lookahead.update(self.t)
         if self.ema is not None:
             self.ema.update(self.t)  # self.t: optimiser steps before this one (the EMA's warm-up reads it)
         # the schedule: the next step's lr and momentum, read on the device from the table
