@@ -1,5 +1,5 @@
 """Labels that mean the same everywhere: a run trained with weight EMA says 'EMA weights' wherever its accuracy
-shows (runs list, the HTML report, the server's /api/info, the ladder table), and the ladder's reading judges
+shows (runs list, the HTML report, the Markdown hand-in, the server's /api/info, the ladder table), and the ladder's reading judges
 'near chance' on the run's own class count and holds no near-chance potential against the target
 (generated data, two tiny runs of one epoch)."""
 
@@ -63,6 +63,18 @@ def test_html_result_block_labels_the_ema_accuracies(runs):
     assert "(selected by val) (EMA weights)" in block
     assert "EMA weights (decay 0.9 per step): the test, validation and best-epoch accuracies" in block
     assert "EMA" not in result_block(load_run(store.root / plain))
+
+
+def test_markdown_handin_labels_the_ema_accuracies(runs, tmp_path):
+    from convladder.report.markdown import run_markdown
+    from convladder.report.rundata import load_run
+
+    store, averaged, plain = runs
+    text = run_markdown(load_run(store.root / averaged), tmp_path / "a")
+    assert "test accuracy % (EMA weights)" in text and "validation accuracy % (EMA weights)" in text
+    assert "best-epoch test accuracy % (EMA weights)" in text
+    assert "EMA weights (decay 0.9 per step): the test, validation and best-epoch accuracies" in text
+    assert "EMA" not in run_markdown(load_run(store.root / plain), tmp_path / "p")
 
 
 def test_html_result_block_labels_a_running_ema_run_from_its_config(runs, tmp_path):

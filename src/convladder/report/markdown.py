@@ -297,10 +297,11 @@ def run_markdown(run: RunData, folder: Path) -> str:
     done = run.status == "completed"
     final = ("final (last epoch)" if n["final_epoch"] == n["epochs"] else f"final (epoch {n['final_epoch']})") if done \
         else f"last recorded epoch ({n['final_epoch'] or '-'})"  # an unfinished run has no final numbers yet
+    ema = " (EMA weights)" if n["weights"] else ""  # config ema: test/val/best are the weight average's
     rows = [["status", str(n["status"])], [f"{final} train accuracy %, {n['train_acc_source']}", _fmt(train)],
-            [f"{final} test accuracy %", _fmt(test)], [f"{final} validation accuracy %", _fmt(n["val_acc"])],
-            [f"best epoch (picked by {n['selected_by'] or '?'})", str(n["best_epoch"] or "-")],
-            ["best-epoch test accuracy %", _fmt(n["best_test_acc"])],
+            [f"{final} test accuracy %{ema}", _fmt(test)], [f"{final} validation accuracy %{ema}", _fmt(n["val_acc"])],
+            [f"best epoch (picked by {n['selected_by'] or '?'}){ema}", str(n["best_epoch"] or "-")],
+            [f"best-epoch test accuracy %{ema}", _fmt(n["best_test_acc"])],
             ["best-epoch train accuracy % (as seen in training that epoch)", _fmt(best_row.get("train_acc"))],
             ["gap = train − test (points)", _fmt(n["gap"])],
             ["potential = test + (100 − train) %", potential_shown(n["potential"], train, n["classes"])],
@@ -310,6 +311,8 @@ def run_markdown(run: RunData, folder: Path) -> str:
             ["wall time s", _fmt(n["wall_time_s"], 1)]]
     if n["distilled_from"]:  # config teacher (train/distill.py)
         rows.append(["distillation", distilled_text(n["distilled_from"])])
+    if n["weights"]:  # train/ema.py: the average was evaluated, selected and saved in place of the live weights
+        rows.append(["weights", f"{n['weights']}: the test, validation and best-epoch accuracies are the average's"])
     sibs = [r for r in seed_siblings(run) if r.status == "completed"]
     s = spread([final_numbers(r)["test_acc"] for r in sibs])
     if s:
