@@ -85,12 +85,15 @@ def collect(stores: list[Path], model: str, epochs: int,
 
 
 def table(levers: dict[str, dict[int, dict]], model: str, epochs: int, stores: list[Path],
-          fresh: bool = False, other_epochs: tuple[int, ...] = ()) -> list[str]:
+          fresh: bool = False, other_epochs: tuple[int, ...] = (), label: str | None = None) -> list[str]:
+    """The table's lines; `label` names the network in the title (the command that remakes the file keeps
+    --model as given)."""
+    name = label or model
     base = levers.get("", {})
     any_run = next(iter(next(iter(levers.values())).values()))
     threads = sorted({str(r["threads"]) for runs in levers.values() for r in runs.values()})
-    title = (f"# {model} ({any_run['params']:,} params), {epochs} epochs, on fresh seeds" if fresh else
-             f"# Training levers on {model} ({any_run['params']:,} params), {epochs} epochs"
+    title = (f"# {name} ({any_run['params']:,} params), {epochs} epochs, on fresh seeds" if fresh else
+             f"# Training levers on {name} ({any_run['params']:,} params), {epochs} epochs"
              + "".join(f" (and {e} as the lever 'epochs {e}')" for e in other_epochs) + ": one change each "
              "against the baseline, seed by seed")
     lines = [title, "",
@@ -100,7 +103,7 @@ def table(levers: dict[str, dict[int, dict]], model: str, epochs: int, stores: l
              "- the rest of the recipe is the default (`convladder train --help`): SGD Nesterov, OneCycle max lr 0.1, "
              "batch 128, light augmentation, 5,000 validation images (the best epoch is picked on them)",
              f"- stores: {', '.join(map(str, stores))}; `PYTHONPATH=src python bench/bench_levers.py "
-             + " ".join(f"--runs {s}" for s in stores) + f" --model {model} --epochs {epochs}"
+             + " ".join(f"--runs {s}" for s in stores) + f" --model {model}" + (f" --label '{label}'" if label else "") + f" --epochs {epochs}"
              + "".join(f" --other-epochs {e}" for e in other_epochs) + f"{' --fresh' if fresh else ''}` remakes this file",
              ("- fresh seeds: nothing was chosen on them (the network and recipe were fixed before they ran); they "
               "report" if fresh else
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if not levers:
         print(f"no completed {args.model} runs of {args.epochs} epochs in {', '.join(args.runs)}", file=sys.stderr)
         return 1
-    lines = table(levers, args.label or args.model, args.epochs, stores, args.fresh, tuple(args.other_epochs))
+    lines = table(levers, args.model, args.epochs, stores, args.fresh, tuple(args.other_epochs), args.label)
     if args.label:  # a spec given as a file: its text, so the table says what was trained
         lines += ["", f"Network ({args.model}): `{format_spec(resolve_spec(args.model))}`"]
     text = "\n".join(lines) + "\n"

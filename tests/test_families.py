@@ -136,6 +136,17 @@ def test_sep2k_is_the_separable_family_under_2k_with_rf_28(capsys):
     assert exc.value.code == 1 and "1,976 parameters, over the budget of 1,900" in capsys.readouterr().out
 
 
+def test_sep5k_is_the_separable_family_under_5k_without_dropout():
+    from convladder.analysis.table import summarize
+    from convladder.spec.registry import list_models, resolve_spec
+
+    entry = list_models()["sep5k"]
+    assert entry.text == family_text(2, 4, 16, 26, 16, 26, 0.0, family="separable") and "dropout" not in entry.text
+    table = summarize(resolve_spec("sep5k"))
+    assert table.total_params == entry.params == spec_params("sep5k") <= 5000 and table.rf_out >= 28
+    assert "fresh seeds 6-10" in entry.description
+
+
 def test_summary_rows_and_tables_carry_the_family(tmp_path):
     from convladder.executors.frontier import format_table, run_frontier
     from convladder.report.frontierreport import frontier_rows
