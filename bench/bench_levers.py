@@ -27,6 +27,7 @@ from convladder.runs.store import RunStore
 from convladder.spec.notation import format_spec
 from convladder.spec.registry import resolve_spec
 from convladder.train.config import NOT_THE_EXPERIMENT, TrainConfig
+from convladder.train.loop import parse_seed_list
 from convladder.train.result import median_value
 from convladder.train.runenv import cpu_model
 
@@ -104,7 +105,9 @@ def table(levers: dict[str, dict[int, dict]], model: str, epochs: int, stores: l
              "batch 128, light augmentation, 5,000 validation images (the best epoch is picked on them)",
              f"- stores: {', '.join(map(str, stores))}; `PYTHONPATH=src python bench/bench_levers.py "
              + " ".join(f"--runs {s}" for s in stores) + f" --model {model}" + (f" --label '{label}'" if label else "") + f" --epochs {epochs}"
-             + "".join(f" --other-epochs {e}" for e in other_epochs) + f"{' --fresh' if fresh else ''}` remakes this file",
+             + "".join(f" --other-epochs {e}" for e in other_epochs)
+             + (f" --seeds {','.join(map(str, sorted({s for r in levers.values() for s in r})))}" if fresh else "")
+             + f"{' --fresh' if fresh else ''}` remakes this file",
              ("- fresh seeds: nothing was chosen on them (the network and recipe were fixed before they ran); they "
               "report" if fresh else
               "- these seeds choose: a lever kept on them must be reported on fresh seeds (6-10)"),
@@ -142,11 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--other-epochs", type=int, action="append", default=[],
                     help="also runs of this many epochs, as the lever 'epochs N' (repeatable)")
     ap.add_argument("--label", default=None, help="the network's name in the title (default: --model)")
+    ap.add_argument("--seeds", default=None, help="only these seeds ('6-10', '1,3'); default: every seed stored")
     ap.add_argument("--fresh", action="store_true", help="the runs are fresh seeds that report (not ones that choose)")
     ap.add_argument("--output", default=None, help="results file name under bench/results/ (default: print only)")
     args = ap.parse_args(argv)
     stores = [Path(s) for s in args.runs]
     levers = collect(stores, args.model, args.epochs, tuple(args.other_epochs))
+    if args.seeds:  # e.g. the fresh seeds alone, from stores that also hold the seeds that chose
+        keep = set(parse_seed_list(args.seeds))
+        levers = {k: {s: r for s, r in runs.items() if s in keep} for k, runs in levers.items()}
+        levers = {k: runs for k, runs in levers.items() if runs}
     if not levers:
         print(f"no completed {args.model} runs of {args.epochs} epochs in {', '.join(args.runs)}", file=sys.stderr)
         return 1
