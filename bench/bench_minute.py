@@ -49,8 +49,10 @@ def measure(recipe: str, seed: int, store: Path) -> dict:
     load_after = os.getloadavg()[0]
     if done.returncode != 0:
         raise SystemExit(f"seed {seed} of {recipe!r} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    result = next(json.loads(line) for line in reversed(done.stdout.splitlines())
-                  if line.startswith("{") and json.loads(line).get("event") == "result")
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    result = next((e for e in reversed(events) if e.get("event") == "result"), None)
+    if result is None:
+        raise SystemExit(f"seed {seed} of {recipe!r} printed no result event: nothing recorded")
     return {"recipe": recipe, "seed": seed, "process_wall_s": round(wall, 2), "run": result["run_id"],
             "final_test": result["final"]["test_acc"], "epochs": result["epochs_done"],
             "train_time_to_target_s": result.get("train_time_to_target_s"), "target": result.get("target", 99.4),
