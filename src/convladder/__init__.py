@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from convladder.analysis.table import NetworkTable
     from convladder.train.result import RunResult
 
-__version__ = "0.1.0"
+from convladder.version import __version__
 
 __all__ = ["summarize", "check", "train", "runs", "load", "compare", "ladder", "sweep", "frontier", "doctor",
            "lr_find", "predict", "export", "create_model", "Run", "__version__"]

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from convladder.errors import UserError
+from convladder.version import __version__
 from convladder.train.config import TrainConfig
 from convladder.train.device_data import DeviceData
 from convladder.train.init import start_levers
@@ -112,10 +113,8 @@ def cpu_model() -> str:
 def environment(device: torch.device, input_shape: tuple[int, ...], data_mean: float | None = None,
                 data_std: float | None = None) -> dict[str, Any]:
     """Versions, commit, machine and device of this run, and the normalisation it used (env.json)."""
-    import convladder
-
     env: dict[str, Any] = {
-        "convladder": getattr(convladder, "__version__", None), "torch": torch.__version__,
+        "convladder": __version__, "torch": torch.__version__,
         "python": platform.python_version(), "git_commit": _git_commit(), "device": str(device),
         "hostname": socket.gethostname(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "input_shape": list(input_shape),
