@@ -168,6 +168,21 @@ def test_frontier_searches_selects_on_val_retrains_over_seeds_and_reports(tmp_pa
         write_report("frontier:nope", tmp_path / "e.html", runs)
 
 
+def test_base_seed_moves_the_search_seed_and_the_fresh_seeds_follow_it(tmp_path):
+    """`base: seed: 5` searches on seed 5 and re-trains on 6, 7, ...: the reported seeds can be 6-10, fresh for
+    every choice made on seeds 1-5 before the search (issue 33's rule)."""
+    runs = tmp_path / "runs"
+    path = write(tmp_path, {"name": "s5", "budgets": ["2k"], "trials": 1, "seeds": 2, "near": 0.5,
+                            "base": BASE | {"seed": 5}, "space": SPACE, "recipe": {"lr": [0.2, 0.00001]}})
+    res = cli("frontier", str(path), "--runs", str(runs), "--quiet")
+    assert res.exit_code == 0, res.output
+    b = json.loads(next((runs / "frontiers").glob("s5-*.json")).read_text())["budgets"][0]
+    store = RunStore(runs)
+    searched = {store.read_config(r)["seed"] for t in b["trials"] for r in t["runs"]}
+    assert searched == {5} and b["final"]["seeds"] == [6, 7]
+    assert [store.read_config(r)["seed"] for r in b["final"]["runs"]] == [6, 7]
+
+
 def test_only_your_candidates_one_per_budget_train_their_seeds_without_a_search(tmp_path):
     """trials: 0 tries the file's networks only; a budget left with one trial runs no search (nothing to select):
     its seeds start at the base seed and are the reported ones."""
