@@ -165,6 +165,14 @@ def test_labels_say_distilled_everywhere(teacher, capsys):
     run = load_run(store.root / result.run_id)
     assert f"distilled from {tid}" in result_block(run) and "(the student's only)" in result_block(run)
     assert f"| distillation | distilled from {tid}" in run_markdown(run, store.root.parent / "handin")
+    # the train loss is the mixed loss, val/test loss plain cross-entropy: no shared axis, said in the table too
+    assert "train loss includes distillation (weight 0.5, T 4); val and test loss are plain" in shown
+    from convladder.report import figures
+
+    fig = figures.curves(run)
+    by_label = {line.get_label(): ax for ax in fig.fig.axes for line in ax.get_lines()}
+    assert by_label["train, with distillation (weight 0.5, T 4) (right scale)"] is not by_label["test"]
+    assert "train loss includes distillation (weight 0.5, T 4) and val/test loss do not" in fig.caption
 
 
 LADDER = """\

@@ -11,6 +11,7 @@ import torch
 from convladder.data.normalise import Stat, as_stat, normalise_images, to_unit
 from convladder.report.plot import Figure, cmap_with_gaps, epoch_axis, mosaic, plt
 from convladder.report.rundata import RunData
+from convladder.train.progress import train_loss_terms
 
 
 @dataclass
@@ -82,23 +83,23 @@ def curves(run: RunData) -> Figure:
     # 12×4.2 in across the whole figure grid: text stays >= ~11 px on screen (3 panels at 10×2.8 in one
     # grid cell shrank 9 pt text to ~7 px)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    smoothing = float(run.config.get("label_smoothing") or 0.0)
-    # with label smoothing the train loss holds the smoothing term and val/test loss do not: on one axis the
+    # with label smoothing or distillation the train loss holds terms val/test loss do not: on one axis the
     # difference would read as a train/test gap, so the train loss gets its own scale (right axis), named
-    train_loss_ax = axes[1].twinx() if smoothing else axes[1]
+    extra = train_loss_terms(run.config)
+    train_loss_ax = axes[1].twinx() if extra else axes[1]
     for key, style in (("train", "-o"), ("val", "--s"), ("test", "-^")):
         for ax, metric in ((axes[0], "acc"), (axes[1], "loss")):
             xs, ys = _series(run.metrics, f"{key}_{metric}")
             if xs:
                 label = f"{key} (seen, with augmentation/dropout)" if key == "train" and metric == "acc" else key
-                if key == "train" and metric == "loss" and smoothing:
-                    ax, label = train_loss_ax, f"train, with label smoothing {smoothing:g} (right scale)"
+                if key == "train" and metric == "loss" and extra:
+                    ax, label = train_loss_ax, f"train, with {extra} (right scale)"
                     style = ":o"
                 ax.plot(xs, ys, style, ms=3, label=label, color=_SPLIT_COLOURS[key])
     axes[0].set(title="accuracy (%)", xlabel="epoch")
-    axes[1].set(title="loss (val/test: cross-entropy; train: own scale)" if smoothing else "loss", xlabel="epoch")
-    if smoothing:
-        train_loss_ax.set_ylabel(f"train loss incl. smoothing {smoothing:g}", color="tab:blue", fontsize=8)
+    axes[1].set(title="loss (val/test: cross-entropy; train: own scale)" if extra else "loss", xlabel="epoch")
+    if extra:
+        train_loss_ax.set_ylabel(f"train loss incl. {extra}", color="tab:blue", fontsize=8)
     xs, ys = _series(run.metrics, "lr")
     axes[2].plot(xs, ys, "-o", ms=3, color="tab:purple", label="first step")
     last_x, last_y = _series(run.metrics, "lr_last")
@@ -110,7 +111,7 @@ def curves(run: RunData) -> Figure:
                 xlabel="epoch")
     for ax in axes[:2]:
         handles, labels = ax.get_legend_handles_labels()
-        if ax is axes[1] and smoothing:
+        if ax is axes[1] and extra:
             more = train_loss_ax.get_legend_handles_labels()
             handles, labels = handles + more[0], labels + more[1]
         if handles:
@@ -119,8 +120,8 @@ def curves(run: RunData) -> Figure:
         epoch_axis(ax)
     fig.tight_layout()
     caption = "Training curves: accuracy and loss per epoch, learning rate"
-    if smoothing:
-        caption += (f" (the train loss includes the label-smoothing term ({smoothing:g}) and val/test loss do not: "
+    if extra:
+        caption += (f" (the train loss includes {extra} and val/test loss do not: "
                     "they are on separate scales, and their difference is no train/test gap)")
     return Figure("curves", caption, fig, vector=True, wide=True)
 

@@ -222,6 +222,12 @@ def show_text(record: Any, folder: Path, config: dict[str, Any], metrics: list[d
                      f"{_pts(m.get('train_acc')):>10} {_pts(m.get('val_acc')):>8} {_pts(m.get('test_acc')):>8} "
                      f"{_num(m.get('epoch_time_s'), '>5.1f')}s")
     lines.append("* train acc as seen while training (dropout/augmentation on)")
+    from convladder.train.progress import train_loss_terms  # torch-free; the figure's caption says the same
+
+    extra = train_loss_terms(config)
+    if extra:
+        lines.append(f"train loss includes {extra}; val and test loss are plain cross-entropy, so the two do not "
+                     "compare as a gap")
     if config.get("teacher"):  # train/distill.py: the parameter count above is the student's alone
         from convladder.train.distill import config_record, distilled_text
 

@@ -84,6 +84,20 @@ def recipe_text(config: Any, n_val: int | None = None, distilled: dict[str, Any]
     return "recipe: " + "; ".join(parts)
 
 
+def train_loss_terms(config: dict[str, Any]) -> str | None:
+    """What a run's train loss holds beyond the plain cross-entropy that val/test loss are, e.g. 'label smoothing
+    0.1 and distillation (weight 0.5, T 4)'; None when nothing (then the three losses compare on one scale)."""
+    terms = []
+    smoothing = config.get("label_smoothing")
+    if isinstance(smoothing, (int, float)) and smoothing > 0:
+        terms.append(f"label smoothing {smoothing:g}")
+    if config.get("teacher"):  # train/distill.py: (1 - w) CE + w T^2 KL to the teacher's soft targets
+        w, t = config.get("distill_weight", 0.5), config.get("distill_temperature", 4.0)
+        terms.append(f"distillation (weight {w:g}, T {t:g})" if isinstance(w, (int, float))
+                     and isinstance(t, (int, float)) else "distillation")
+    return " and ".join(terms) or None
+
+
 def lookahead_text(k: int, alpha: float) -> str:
     """'lookahead k=5, alpha 0.5 (fast weights evaluated and saved)' (config lookahead; train/lookahead.py)."""
     return f"lookahead k={k}, alpha {alpha:g} (fast weights evaluated and saved)"
