@@ -67,15 +67,28 @@ def selection(summary: dict) -> str:
             + (" (budgets with one trial: not searched)" if len(searched) < len(summary["budgets"]) else ""))
 
 
-def screening(budget: dict) -> list[str]:
+def seeds_line(budget: dict, search_seeds: int) -> str:
+    """Which seeds chose (the search's: from the winner's seed on) and which report (its re-training)."""
+    first = ((budget.get("winner") or {}).get("config") or {}).get("seed", 1)
+    reported = (budget.get("final") or {}).get("seeds") or []
+    return (f"- seeds: the search (selection on validation) ran on seed(s) "
+            f"{', '.join(str(first + k) for k in range(search_seeds))}; the winner's reported (fresh) seeds: "
+            f"{', '.join(map(str, reported)) or '-'}")
+
+
+def screening(budget: dict, executor: str, search_seeds: int) -> list[str]:
     """The successive-halving search of one budget, as its summary recorded it: rungs, the rank check, the cost."""
     s = budget.get("screening")
     if not s:
         return []
+    search_s, retrain_s = budget.get("search_wall_s", 0), budget.get("retrain_wall_s", 0)
     lines = ["", f"## {budget['budget']:,}: the search (successive halving, selection on validation)", "",
              f"- screen: {s['screen_epochs']} epochs on {s['screen_subset']:,} training images; reduction factor "
-             f"{s['reduction_factor']:g}; search wall {budget.get('search_wall_s', 0) / 60:.1f} min, the winner's "
-             f"re-training {budget.get('retrain_wall_s', 0) / 60:.1f} min (one process)",
+             f"{s['reduction_factor']:g}",
+             f"- wall (executor {executor}): search {search_s / 60:.1f} min + the winner's re-training "
+             f"{retrain_s / 60:.1f} min = **{(search_s + retrain_s) / 60:.1f} min for the whole budget** (screening, "
+             "promotion, rank check, the winner's seeds)",
+             seeds_line(budget, search_seeds),
              f"- cost: {s['epoch_equivalents']['halving']:g} epoch-equivalents against "
              f"{s['epoch_equivalents']['grid']:g} for every trial at the full recipe; jobs trained {s.get('jobs_trained')}",
              f"- **rank check: Spearman {s['spearman']:+.2f} over n = {s['n']} trials trained in full** "
@@ -126,7 +139,7 @@ def table(summary: dict, store: RunStore) -> str:
     lines += ["", f"Training time summed over every run: {total / 3600:.2f} h of one process's wall time "
               f"(runs of several processes overlap)."]
     for b in summary["budgets"]:
-        lines += screening(b)
+        lines += screening(b, str(summary.get("executor")), int(summary.get("search_seeds") or 1))
     lines += ["", "Networks (spec text):", ""]
     for b in summary["budgets"]:
         w = b.get("winner") or {}

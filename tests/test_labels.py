@@ -289,6 +289,19 @@ def test_frontier_results_record_threads(tmp_path: Path) -> None:
     assert "threads" in text and "| 1 |" in text
 
 
+def test_frontier_results_say_the_whole_wall_its_executor_and_which_seeds_chose_and_report() -> None:
+    """The search line said '(one process)' for a search run on Ray, and no line named the seeds on either side."""
+    bench = _bench("frontier_results")
+    screening = {"screen_epochs": 4, "screen_subset": 10000, "reduction_factor": 3, "rungs": [],
+                 "epoch_equivalents": {"halving": 82.4, "grid": 180}, "spearman": 0.8, "n": 4, "flag": None}
+    budget = {"budget": 5000, "screening": screening, "search_wall_s": 1500.0, "retrain_wall_s": 1200.0,
+              "winner": {"config": {"seed": 5}}, "final": {"seeds": [6, 7, 8, 9, 10]}, "trials": []}
+    text = "\n".join(bench.screening(budget, "ray", 1))
+    assert "wall (executor ray): search 25.0 min + the winner's re-training 20.0 min = **45.0 min" in text
+    assert "ran on seed(s) 5; the winner's reported (fresh) seeds: 6, 7, 8, 9, 10" in text
+    assert "one process" not in text
+
+
 def test_the_sweep_and_frontier_tables_name_the_median_rule() -> None:
     """The frontier's terminal table printed medians without saying which (now lower-middle, named)."""
     from convladder.executors.frontier import format_table
