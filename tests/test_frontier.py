@@ -268,3 +268,31 @@ def test_bad_values_name_their_line(tmp_path):
         path.write_text(text)
         with pytest.raises(UserError, match=message):
             load_frontier(path)
+
+
+def test_the_best_measured_frontier_copies_its_figures_from_the_tables_it_names(tmp_path):
+    """bench/results/frontier-best.json is typed by hand from the result tables: every reporting seed's figure
+    must be in the table the entry names, one figure per seed, and the written table and figure follow from it."""
+    import importlib.util
+    import sys as _sys
+
+    root = Path(__file__).resolve().parent.parent
+    data = json.loads((root / "bench" / "results" / "frontier-best.json").read_text())
+    for e in data["entries"]:
+        source = (root / e["source"]).read_text()
+        assert len(e["finals"]) == len(e["seeds"]) == 5, e["network"]
+        missing = [f"{v:.2f}" for v in e["finals"] if f"{v:.2f}" not in source]
+        assert not missing, f"{e['network']}: {missing} not in {e['source']}"
+        assert e["params"] <= e["budget"]
+    spec = importlib.util.spec_from_file_location("_bench_frontier_best", root / "bench" / "frontier_best.py")
+    bench = importlib.util.module_from_spec(spec)
+    _sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    assert bench.verdict(2000, {"min": 99.17, "median": 99.28}, 20) == "met (least +0.07)"
+    assert bench.verdict(5000, {"min": 99.41, "median": 99.44}, 15) == "not met (least +0.01, median -0.01)"
+    assert bench.verdict(2000, {"min": 99.20, "median": 99.3}, 25) .startswith("not met")  # too many epochs
+    assert bench.main(["--table", str(tmp_path / "f.md"), "--figure", str(tmp_path / "f.svg")]) == 0
+    text = (tmp_path / "f.md").read_text()
+    assert text.count("\n| 2,000 |") == sum(e["budget"] == 2000 for e in data["entries"])
+    assert "<svg" in (tmp_path / "f.svg").read_text()
+    assert (tmp_path / "f.md").read_text() == (root / "bench" / "results" / "frontier.md").read_text()
