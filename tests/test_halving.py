@@ -200,3 +200,6 @@ def test_a_flagged_rank_check_is_loud_in_the_table():
                "budgets": [{"budget": 1000, "candidates": {}, "trials": [], "winner": None, "final": None,
                             "screening": s}]}
     assert "WARNING: TOO FEW TO JUDGE: 3 FULL-FIDELITY TRIAL(S)" in frontier.format_table(summary)
+    assert "rank-check sample" not in frontier.format_table(summary)
+    s["winner_from"] = "rank-check sample"  # the 5k MNIST search's winner: the screen had ranked it 8th of 13
+    assert "the winner came from the rank-check sample (the screen had not promoted it)" in frontier.format_table(summary)

@@ -304,6 +304,8 @@ def screening_line(s: dict[str, Any]) -> str:
     cost = s["epoch_equivalents"]
     line = (f"halving {rungs}; spearman rung 0 vs full (val) {rho}, n={s['n']}; search {cost['halving']:g} "
             f"epoch-equivalents, a plain grid {cost['grid']:g}")
+    if s.get("winner_from") == "rank-check sample":  # the screen had dropped the winner: the sample found it
+        line += "; the winner came from the rank-check sample (the screen had not promoted it)"
     return line + (f"  WARNING: {s['flag'].upper()}" if s.get("flag") else "")
 
 

@@ -29,10 +29,10 @@ REFERENCES: list[dict[str, Any]] = [
      "marker": "D"},
     {"label": "public: a few 8-9k networks near 99.5 % (1 seed each)", "x": 8000, "x2": 9000, "lo": 99.5, "hi": 99.5,
      "seeds": 1, "marker": "_"},
-    {"label": "convladder tiny6k: 6,124 params, 99.40 / 99.44 / 99.51 % (seeds 1-5, 15 epochs)", "x": 6124,
+    {"label": "convladder tiny6k: 6,124 params, 99.40 / 99.44 / 99.51 % (5 seeds: 1-5, 15 epochs)", "x": 6124,
      "lo": 99.40, "mid": 99.44, "hi": 99.51, "seeds": 5, "marker": "s"},
     # bench/results/train-cpu-tiny8k-seeds6-10.md: seeds that chose nothing (seeds 1-5 gave 99.48 / 99.50 / 99.50)
-    {"label": "convladder tiny8k: 7,944 params, 99.38 / 99.42 / 99.54 % (fresh seeds 6-10, 12 epochs)", "x": 7944,
+    {"label": "convladder tiny8k: 7,944 params, 99.38 / 99.42 / 99.54 % (5 seeds: fresh 6-10, 12 epochs)", "x": 7944,
      "lo": 99.38, "mid": 99.42, "hi": 99.54, "seeds": 5, "marker": "s"},
 ]
 GOALS = [(2000, 99.1, "goal (issue 33): <= 2,000 params, >= 99.1 % least of 5 seeds"),
@@ -188,7 +188,8 @@ def _rank_check(s: dict[str, Any] | None) -> str:
     if not s:
         return "–"
     rho = "–" if s.get("spearman") is None else f"{s['spearman']:+.2f}"
-    return f"{rho} (n={s.get('n')})" + (f" WARNING: {s['flag']}" if s.get("flag") else "")
+    sampled = "; winner from the rank-check sample" if s.get("winner_from") == "rank-check sample" else ""
+    return f"{rho} (n={s.get('n')}){sampled}" + (f" WARNING: {s['flag']}" if s.get("flag") else "")
 
 
 def frontier_body(summary: dict[str, Any]) -> str:
