@@ -82,12 +82,17 @@ def screening(budget: dict, executor: str, search_seeds: int) -> list[str]:
     if not s:
         return []
     search_s, retrain_s = budget.get("search_wall_s", 0), budget.get("retrain_wall_s", 0)
+    jobs = sum(r["trials"] + r.get("rank_check", 0) for r in s["rungs"]) * search_seeds
+    trained = s.get("jobs_trained")
+    whole = ("**{:.1f} min for the whole budget** (screening, promotion, rank check, the winner's seeds)"
+             .format((search_s + retrain_s) / 60) if trained is None or trained >= jobs else
+             f"{(search_s + retrain_s) / 60:.1f} min for THIS CALL ONLY: it trained {trained} of the search's {jobs} "
+             "jobs and took the rest from the store (a resumed or widened search), so it is not the budget's whole wall")
     lines = ["", f"## {budget['budget']:,}: the search (successive halving, selection on validation)", "",
              f"- screen: {s['screen_epochs']} epochs on {s['screen_subset']:,} training images; reduction factor "
              f"{s['reduction_factor']:g}",
              f"- wall (executor {executor}): search {search_s / 60:.1f} min + the winner's re-training "
-             f"{retrain_s / 60:.1f} min = **{(search_s + retrain_s) / 60:.1f} min for the whole budget** (screening, "
-             "promotion, rank check, the winner's seeds)",
+             f"{retrain_s / 60:.1f} min = {whole}",
              seeds_line(budget, search_seeds),
              f"- cost: {s['epoch_equivalents']['halving']:g} epoch-equivalents against "
              f"{s['epoch_equivalents']['grid']:g} for every trial at the full recipe; jobs trained {s.get('jobs_trained')}",

@@ -300,6 +300,14 @@ def test_frontier_results_say_the_whole_wall_its_executor_and_which_seeds_chose_
     assert "wall (executor ray): search 25.0 min + the winner's re-training 20.0 min = **45.0 min" in text
     assert "ran on seed(s) 5; the winner's reported (fresh) seeds: 6, 7, 8, 9, 10" in text
     assert "one process" not in text
+    screening["rungs"] = [{"rung": 0, "trials": 13, "epochs": [4], "train_images": [10000]},
+                          {"rung": 1, "trials": 4, "epochs": [8], "train_images": [23452]},
+                          {"rung": 2, "trials": 1, "rank_check": 3, "epochs": [15], "train_images": ["all"]}]
+    screening["jobs_trained"] = 21
+    assert "**45.0 min for the whole budget**" in "\n".join(bench.screening(budget, "ray", 1))
+    screening["jobs_trained"] = 3  # a widened rank check: the rest came from the store
+    text = "\n".join(bench.screening(budget, "ray", 1))
+    assert "whole budget" not in text and "45.0 min for THIS CALL ONLY: it trained 3 of the search's 21 jobs" in text
 
 
 def test_the_sweep_and_frontier_tables_name_the_median_rule() -> None:
