@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/frontier_results.py --runs /path/to/runs                 # the newest frontier summary
     .venv/bin/python bench/frontier_results.py --runs DIR --name mnist-cpu -o bench/results/frontier-mnist-cpu.md
+    .venv/bin/python bench/frontier_results.py --runs DIR --summary DIR/frontiers/NAME-TIME.json -o OUT.md
 
 Reads only what `convladder frontier` wrote: its summary (<runs>/frontiers/<name>-*.json, the newest of that
 name) and each re-trained run's result.json. Per budget: the network, its parameters, every seed's final-epoch
@@ -157,9 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", required=True, type=Path, help="the run store the frontier wrote to")
     ap.add_argument("--name", default=None, help="the frontier's name (default: the newest summary)")
+    ap.add_argument("--summary", type=Path, default=None,
+                    help="one summary file of the store (default: the newest of --name): a widened or resumed search "
+                         "writes a newer summary of the same name")
     ap.add_argument("-o", "--output", type=Path, default=None, help="default: bench/results/frontier-<name>.md")
     args = ap.parse_args(argv)
-    path = newest_summary(args.runs, args.name)
+    if args.summary is not None and not args.summary.is_file():
+        print(f"error: --summary {args.summary}: no such file; the summaries are in {args.runs / 'frontiers'}",
+              file=sys.stderr)
+        return 2
+    path = args.summary or newest_summary(args.runs, args.name)
     summary = json.loads(path.read_text())
     text = table(summary, RunStore(args.runs))
     out = args.output or RESULTS / f"frontier-{summary['name']}.md"

@@ -310,6 +310,22 @@ def test_frontier_results_say_the_whole_wall_its_executor_and_which_seeds_chose_
     assert "whole budget" not in text and "45.0 min for THIS CALL ONLY: it trained 3 of the search's 21 jobs" in text
 
 
+def test_frontier_results_render_the_summary_named_not_only_the_newest(tmp_path: Path, capsys) -> None:
+    """A widened rank check writes a newer summary of the same name; the whole search's table must stay remakable."""
+    bench = _bench("frontier_results")
+    (tmp_path / "frontiers").mkdir()
+    for stamp, seeds in (("20261207-142413", 5), ("20261207-150636", 7)):
+        (tmp_path / "frontiers" / f"f-{stamp}.json").write_text(json.dumps(
+            {"name": "f", "dataset": "mnist", "seeds": seeds, "environment": {}, "selected_on": "val",
+             "budgets": [{"budget": 2000, "winner": None, "final": None}]}))
+    older = tmp_path / "frontiers" / "f-20261207-142413.json"
+    out = tmp_path / "t.md"
+    assert bench.main(["--runs", str(tmp_path), "--summary", str(older), "-o", str(out)]) == 0
+    assert "trained over 5 seeds" in out.read_text()
+    assert bench.main(["--runs", str(tmp_path), "--summary", str(tmp_path / "nope.json"), "-o", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err and "trained over 5 seeds" in out.read_text()
+
+
 def test_the_sweep_and_frontier_tables_name_the_median_rule() -> None:
     """The frontier's terminal table printed medians without saying which (now lower-middle, named)."""
     from convladder.executors.frontier import format_table
