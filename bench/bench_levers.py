@@ -106,7 +106,8 @@ def table(levers: dict[str, dict[int, dict]], model: str, epochs: int, stores: l
              f"- stores: {', '.join(map(str, stores))}; `PYTHONPATH=src python bench/bench_levers.py "
              + " ".join(f"--runs {s}" for s in stores) + f" --model {model}" + (f" --label '{label}'" if label else "") + f" --epochs {epochs}"
              + "".join(f" --other-epochs {e}" for e in other_epochs)
-             + (f" --seeds {','.join(map(str, sorted({s for r in levers.values() for s in r})))}" if fresh else "")
+             # the seeds in the table, always: a store that later gains other seeds must not change the remade file
+             + f" --seeds {','.join(map(str, sorted({s for r in levers.values() for s in r})))}"
              + f"{' --fresh' if fresh else ''}` remakes this file",
              ("- fresh seeds: nothing was chosen on them (the network and recipe were fixed before they ran); they "
               "report" if fresh else
