@@ -25,10 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "results" / "frontier-best.json"
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return min_median_max(values) or {}
-
-
 def verdict(budget: int, acc: dict[str, float], epochs: int) -> str:
     """Issue 33's goal for the budget, met or not, with the margin the least seed has (None: no goal)."""
     goals = {2000: (99.10, None, 20), 5000: (99.40, 99.45, 15), 15000: (99.60, None, 20)}
@@ -55,7 +51,7 @@ def table(data: dict[str, Any]) -> str:
              "/ max | each seed | goal | wall s (median) | load | search | source |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in data["entries"]:
-        acc = spread(e["finals"])
+        acc = min_median_max(e["finals"])
         lines.append(
             f"| {e['budget']:,} | {e['network']} | {e['family']} | {e['params']:,} | {e['epochs']} | {e['chose']} | "
             f"{', '.join(map(str, e['seeds']))} | {acc['min']:.2f} / {acc['median']:.2f} / {acc['max']:.2f} | "
@@ -69,7 +65,7 @@ def figure_summary(data: dict[str, Any]) -> dict[str, Any]:
     budgets = []
     for e in sorted((e for e in data["entries"] if e.get("registered")), key=lambda e: e["params"]):
         budgets.append({"budget": e["budget"], "winner": {"params": e["params"], "model": e["network"]},
-                        "final": {"test_acc": spread(e["finals"]), "test_accs": e["finals"]}})
+                        "final": {"test_acc": min_median_max(e["finals"]), "test_accs": e["finals"]}})
     return {"name": "best measured (fresh seeds)", "dataset": "mnist", "budgets": budgets}
 
 
@@ -81,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     data = json.loads(args.data.read_text())
     atomic_write_text(args.table, table(data))
+    import matplotlib
+
     from convladder.report.frontierreport import frontier_figure
 
+    matplotlib.rcParams["svg.hashsalt"] = "frontier-best"  # fixed element ids: the same data, the same file
     fig = frontier_figure(figure_summary(data))
     if fig is None:
         print("no registered entry to draw", file=sys.stderr)

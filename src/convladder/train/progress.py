@@ -92,7 +92,10 @@ def train_loss_terms(config: dict[str, Any]) -> str | None:
     if isinstance(smoothing, (int, float)) and smoothing > 0:
         terms.append(f"label smoothing {smoothing:g}")
     if config.get("teacher"):  # train/distill.py: (1 - w) CE + w T^2 KL to the teacher's soft targets
-        w, t = config.get("distill_weight", 0.5), config.get("distill_temperature", 4.0)
+        from convladder.train.config import TrainConfig  # torch-free; its defaults, not copies of them
+
+        w = config.get("distill_weight", TrainConfig.distill_weight)
+        t = config.get("distill_temperature", TrainConfig.distill_temperature)
         terms.append(f"distillation (weight {w:g}, T {t:g})" if isinstance(w, (int, float))
                      and isinstance(t, (int, float)) else "distillation")
     return " and ".join(terms) or None
